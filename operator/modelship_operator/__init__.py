@@ -1,0 +1,5 @@
+"""The modelship operator: reconciles ModelDeployment objects into serving workloads."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

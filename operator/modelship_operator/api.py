@@ -1,0 +1,352 @@
+"""Pydantic models of the ModelDeployment API (modelship.io/v1alpha1).
+
+The CRD in crds/ is what the API server enforces; these models are what the operator
+trusts. Both must accept and reject the same manifests (tests/operator/test_api_corpus.py
+holds them to that), so every rule here has a twin in the CRD: a schema keyword or a CEL
+rule. Python attributes are snake_case; the wire names are the camelCase aliases.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelship.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration such as ``90s``, ``1m30s`` or ``500ms``."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use a number and a unit, e.g. 60s or 1m30s")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+class _Model(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class RegistrySpec(_Model):
+    tracking_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking server URI; defaults to the operator's setting.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Secret with MLFLOW_TRACKING_TOKEN or "
+        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD keys.",
+    )
+
+
+class ModelSpec(_Model):
+    name: str = Field(min_length=1, max_length=256, description="MLflow registered model name.")
+    version: str | None = Field(
+        default=None, pattern=r"^[1-9][0-9]*$", description="Fixed model version."
+    )
+    alias: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="MLflow alias to follow, e.g. champion.",
+    )
+    registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    promote_alias: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Alias set to the version a rollout promotes.",
+    )
+
+    @model_validator(mode="after")
+    def _one_of_version_alias(self) -> ModelSpec:
+        if (self.version is None) == (self.alias is None):
+            raise ValueError("exactly one of spec.model.version and spec.model.alias must be set")
+        return self
+
+
+class EnvVar(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, int | str] | None = None
+    limits: dict[str, int | str] | None = None
+
+
+class RuntimeSpec(_Model):
+    image: str | None = Field(default=None, min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    resources: ResourceRequirements | None = None
+    env: list[EnvVar] = Field(default_factory=list)
+
+
+class AutoscalingSpec(_Model):
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    max_replicas: Annotated[int, Field(ge=1)]
+    target_cpu_utilization: Annotated[int | None, Field(ge=1, le=100)] = Field(
+        default=80, alias="targetCPUUtilization"
+    )
+    target_memory_utilization: Annotated[int | None, Field(ge=1, le=100)] = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                "spec.autoscaling.minReplicas must be less than or equal to maxReplicas"
+            )
+        return self
+
+
+class IngressSpec(_Model):
+    host: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    path: str = Field(default="/", pattern=r"^/")
+    class_name: str | None = Field(default=None, min_length=1)
+    tls_secret: str | None = Field(default=None, min_length=1)
+    annotations: dict[str, str] | None = None
+
+
+class ParentRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    section_name: str | None = Field(default=None, min_length=1, max_length=253)
+
+
+class GatewaySpec(_Model):
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
+    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    path: str = Field(default="/", pattern=r"^/")
+
+
+class AnalysisQueries(_Model):
+    error_rate: str | None = Field(default=None, min_length=1)
+    latency_p95_ms: str | None = Field(default=None, min_length=1, alias="latencyP95Ms")
+    requests: str | None = Field(default=None, min_length=1)
+
+
+class AnalysisSpec(_Model):
+    provider: Literal["pods", "prometheus"] = "pods"
+    prometheus_url: str = Field(default="", alias="prometheusUrl")
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_latency_p95_ms: Annotated[float, Field(gt=0)] = Field(
+        default=500, alias="maxLatencyP95Ms"
+    )
+    min_requests: Annotated[int, Field(ge=0)] = 20
+    failure_limit: Annotated[int, Field(ge=1)] = 2
+    max_prediction_shift: Annotated[float | None, Field(gt=0)] = None
+    queries: AnalysisQueries | None = None
+
+    @model_validator(mode="after")
+    def _prometheus_url(self) -> AnalysisSpec:
+        if self.provider == "prometheus" and not self.prometheus_url:
+            raise ValueError(
+                "spec.rollout.analysis.prometheusUrl is required when provider is prometheus"
+            )
+        return self
+
+
+class RolloutSpec(_Model):
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 50, 100], min_length=1, max_length=20
+    )
+    interval: str = Field(default="60s", pattern=DURATION_PATTERN)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _steps(self) -> RolloutSpec:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("spec.rollout.steps must be strictly ascending")
+        if self.steps[-1] != 100:
+            raise ValueError("spec.rollout.steps must end at 100")
+        return self
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval)
+
+
+class CacheSpec(_Model):
+    redis_secret: str = Field(min_length=1)
+    ttl_seconds: Annotated[int, Field(ge=1)] = 300
+
+
+class AuthSpec(_Model):
+    api_key_secret: str = Field(min_length=1)
+
+
+class DisruptionBudgetSpec(_Model):
+    min_available: int | str | None = None
+    max_unavailable: int | str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DisruptionBudgetSpec:
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise ValueError(
+                "spec.disruptionBudget: set at most one of minAvailable and maxUnavailable"
+            )
+        for field, value in (
+            ("minAvailable", self.min_available),
+            ("maxUnavailable", self.max_unavailable),
+        ):
+            if isinstance(value, str) and not re.fullmatch(r"[0-9]+%", value):
+                raise ValueError(f"spec.disruptionBudget.{field} must be an integer or a percent")
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"spec.disruptionBudget.{field} must not be negative")
+        return self
+
+
+class ModelDeploymentSpec(_Model):
+    model: ModelSpec
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    autoscaling: AutoscalingSpec | None = None
+    ingress: IngressSpec | None = None
+    gateway: GatewaySpec | None = None
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    cache: CacheSpec | None = None
+    auth: AuthSpec | None = None
+    disruption_budget: DisruptionBudgetSpec | None = None
+
+    @model_validator(mode="after")
+    def _ingress_or_gateway(self) -> ModelDeploymentSpec:
+        if self.ingress is not None and self.gateway is not None:
+            raise ValueError("spec.ingress and spec.gateway are mutually exclusive")
+        return self
+
+
+# --- status -------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class AnalysisResult(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    error_rate: float | None = None
+    latency_p95_ms: float | None = Field(default=None, alias="latencyP95Ms")
+    requests: int | None = None
+    prediction_shift: float | None = None
+    passed: bool | None = None
+    at: str | None = None
+
+
+class StableStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    version: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+
+
+class CanaryStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    version: str
+    weight: int = 0
+    step: int = 0
+    failed_analyses: int = 0
+    replicas: int = 0
+    ready_replicas: int = 0
+    started_at: str | None = None
+    step_started_at: str | None = None
+    last_analysis: AnalysisResult | None = None
+
+
+class ModelStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    resolved_version: str | None = None
+
+
+Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]
+
+
+class ModelDeploymentStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    url: str | None = None
+    model: ModelStatus | None = None
+    stable: StableStatus | None = None
+    canary: CanaryStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the operator reads."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: str
+    namespace: str = "default"
+    uid: str = "00000000-0000-0000-0000-000000000000"
+    generation: int = 1
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelDeployment(BaseModel):
+    """A whole ModelDeployment object as read from the API server or a file."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    api_version: Literal["modelship.io/v1alpha1"] = Field(
+        default=API_VERSION, alias="apiVersion"
+    )
+    kind: Literal["ModelDeployment"] = KIND
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+    @classmethod
+    def from_body(cls, body: Any) -> ModelDeployment:
+        """Parse a raw object (dict or kopf Body); raises pydantic.ValidationError."""
+        return cls.model_validate(dict(body))
