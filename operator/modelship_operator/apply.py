@@ -1,0 +1,172 @@
+"""Bring the live children of a ModelDeployment to what render asked for.
+
+`decide()` is pure: it compares a desired child with the live one and says Create,
+Update or Existed, as KServe's reconcilers do. A child is left alone only when both
+hold: the hash of the desired object recorded on the live one at the last apply is
+unchanged (so a field that render dropped still triggers an apply, which server-side
+apply turns into a removal), and every desired field is present in the live object
+with the same value (so a hand edit or a deleted field is repaired). That makes a
+resync with nothing changed cost only reads.
+
+`sync_children()` does the I/O: one list per child kind (which also finds children the
+spec no longer asks for), server-side apply for Create/Update, delete for orphans.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelship_operator.k8s import ApiError, Kind, KubeClient, kind_of
+
+HASH_ANNOTATION = "modelship.io/applied-hash"
+DEPLOYMENT_LABEL = "modelship.io/deployment"
+
+
+class Action(enum.Enum):
+    CREATE = "Create"
+    UPDATE = "Update"
+    EXISTED = "Existed"
+
+
+def object_hash(obj: Mapping[str, Any]) -> str:
+    """A stable digest of a desired object (without the hash annotation itself)."""
+    clean = json.loads(json.dumps(obj))
+    clean.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
+    text = json.dumps(clean, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` carrying its own hash as an annotation."""
+    stamped: dict[str, Any] = json.loads(json.dumps(obj))
+    annotations = stamped.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[HASH_ANNOTATION] = object_hash(obj)
+    return stamped
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """True when every field of `desired` is in `live` with the same value.
+
+    Dicts may have extra keys in `live` (defaults the API server filled in); lists must
+    have the same length and match item by item.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        return all(key in live and contains(live[key], value) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return False
+        return all(contains(a, b) for a, b in zip(live, desired, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return live is desired
+    return bool(live == desired)
+
+
+def decide(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> Action:
+    """Create, Update or Existed for one child."""
+    if live is None:
+        return Action.CREATE
+    recorded = (live.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+    if recorded != object_hash(desired):
+        return Action.UPDATE
+    stamped = with_hash(desired)
+    return Action.EXISTED if contains(live, stamped) else Action.UPDATE
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+@dataclass
+class SyncResult:
+    """What one pass changed, and the live objects afterwards (by apiVersion, kind, name)."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+    def summary(self) -> str:
+        parts = []
+        for verb, names in (
+            ("created", self.created),
+            ("updated", self.updated),
+            ("deleted", self.deleted),
+        ):
+            if names:
+                parts.append(f"{verb} {', '.join(names)}")
+        return "; ".join(parts) or "no change"
+
+
+def _owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs)
+
+
+def list_children(
+    client: KubeClient,
+    kinds: Iterable[Kind],
+    namespace: str,
+    owner_name: str,
+    owner_uid: str,
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Live children of one ModelDeployment, found by label and owner reference.
+
+    A kind whose API is not served (Gateway API not installed) has no children.
+    """
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for kind in kinds:
+        try:
+            items = client.list(kind, namespace, f"{DEPLOYMENT_LABEL}={owner_name}")
+        except ApiError as exc:
+            if exc.not_found:
+                continue
+            raise
+        for item in items:
+            labels = item.get("metadata", {}).get("labels") or {}
+            if labels.get(DEPLOYMENT_LABEL) != owner_name or not _owned_by(item, owner_uid):
+                continue
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+            found[_key(item)] = item
+    return found
+
+
+def sync_children(
+    client: KubeClient,
+    desired: list[dict[str, Any]],
+    child_kinds: Iterable[tuple[str, str]],
+    namespace: str,
+    owner_name: str,
+    owner_uid: str,
+    field_manager: str,
+) -> SyncResult:
+    """Apply what differs, delete what is no longer desired; reads first, writes only on change."""
+    kinds = [kind_of(api_version, kind) for api_version, kind in child_kinds]
+    live = list_children(client, kinds, namespace, owner_name, owner_uid)
+    result = SyncResult()
+    wanted = {_key(obj) for obj in desired}
+    for obj in desired:
+        key = _key(obj)
+        action = decide(obj, live.get(key))
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        if action is Action.EXISTED:
+            result.live[key] = live[key]
+            continue
+        result.live[key] = client.apply(with_hash(obj), field_manager)
+        (result.created if action is Action.CREATE else result.updated).append(label)
+    for key, obj in live.items():
+        if key not in wanted:
+            if client.delete(kind_of(key[0], key[1]), namespace, key[2]):
+                result.deleted.append(f"{key[1]}/{key[2]}")
+    return result

@@ -1,0 +1,83 @@
+"""kopf handlers: thin entry points that hand the work to reconcile.
+
+Run with ``kopf run -m modelship_operator.handlers --all-namespaces`` (or ``-n NS``).
+Handlers are synchronous: kopf runs them in its thread pool, and the Kubernetes and
+MLflow clients they use are blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from modelship_operator import api, reconcile
+from modelship_operator.k8s import KubeClient
+from modelship_operator.settings import OperatorSettings
+
+_SETTINGS = OperatorSettings()
+_MANAGED = {"app.kubernetes.io/managed-by": "modelship"}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Turn our settings into kopf's, and build the shared clients once."""
+    ours = OperatorSettings()
+    # Keep kopf's bookkeeping in annotations under our prefix, never in status or spec.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelship.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="modelship.io", key="last-handled-configuration"
+    )
+    # Our own Events say what matters; kopf's per-handler chatter stays in the log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = ours.watch_timeout_seconds
+    settings.watching.client_timeout = ours.watch_timeout_seconds + 30
+    settings.networking.request_timeout = ours.api_timeout_seconds
+    settings.peering.standalone = ours.standalone
+    if not ours.standalone:
+        settings.peering.name = ours.peering_name
+        settings.peering.clusterwide = ours.clusterwide_peering
+    memo.settings = ours
+    memo.client = KubeClient.from_environment(timeout=ours.api_timeout_seconds)
+    memo.reconciler = reconcile.Reconciler(memo.client, ours)
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+def reconcile_md(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    retry: int,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Create or update every child of a ModelDeployment; report in status."""
+    memo.reconciler.run(body, patch, retry=retry, logger=logger, sweep=True)
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    interval=_SETTINGS.resync_interval_seconds,
+    initial_delay=_SETTINGS.resync_interval_seconds,
+    idle=_SETTINGS.resync_interval_seconds / 2,
+)
+def resync_md(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Repair drift (a child edited or deleted by hand); writes nothing when none."""
+    memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_MANAGED)
+def deployment_event(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Keep the owner's status current as its Deployments' pods become ready or go away."""
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.deployment_changed(body, logger=logger)

@@ -1,0 +1,324 @@
+"""One reconcile pass of a ModelDeployment: validate, resolve, render, apply, report.
+
+Order matters for "nothing half-way": the spec is parsed and every child rendered
+before the first write, so a spec the operator cannot honour changes nothing and gets
+Stalled=True with a message naming the field. Such a spec is not retried: it waits for
+the next change of the spec. Transient API or registry errors are retried by kopf with
+a growing delay (`kopf.TemporaryError`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelship_operator import api, status
+from modelship_operator.apply import SyncResult, sync_children
+from modelship_operator.k8s import ApiError, KubeClient, kind_of
+from modelship_operator.registry import Credentials, Registry, RegistryError
+from modelship_operator.render import RenderError, RolloutState, desired_kinds, render
+from modelship_operator.settings import OperatorSettings
+
+MD_KIND = kind_of(api.API_VERSION, api.KIND)
+SECRET_KIND = kind_of("v1", "Secret")
+
+
+def backoff(retry: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Delay before retry number `retry` (0-based): 1, 2, 4, ... seconds, at most `cap`."""
+    return float(min(cap, base * (2 ** min(retry, 16))))
+
+
+def field_path(error: ValidationError, prefix: str = "") -> str:
+    """The wire path of the first problem in a pydantic error, e.g. spec.autoscaling.minReplicas."""
+    first = error.errors()[0]
+    parts = [str(p) for p in first.get("loc", ()) if not str(p).startswith("function-after")]
+    return ".".join([prefix, *parts]).strip(".") if parts else prefix
+
+
+def validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    path = field_path(error)
+    message = str(first.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    return f"{path}: {message}" if path and not message.startswith("spec.") else message
+
+
+def url_of(md: api.ModelDeployment) -> str:
+    spec = md.spec
+    if spec.ingress is not None:
+        scheme = "https" if spec.ingress.tls_secret else "http"
+        return f"{scheme}://{spec.ingress.host}{spec.ingress.path}"
+    if spec.gateway is not None and spec.gateway.hostnames:
+        return f"http://{spec.gateway.hostnames[0]}{spec.gateway.path}"
+    return f"http://{md.metadata.name}.{md.metadata.namespace}.svc.cluster.local/"
+
+
+def desired_replicas(md: api.ModelDeployment) -> int:
+    if md.spec.autoscaling is not None:
+        return md.spec.autoscaling.min_replicas
+    return md.spec.replicas
+
+
+class Reconciler:
+    """Holds the shared clients; one pass at a time per ModelDeployment."""
+
+    def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    # -- the pass ---------------------------------------------------------------------
+
+    def run(
+        self,
+        body: Mapping[str, Any],
+        patch: kopf.Patch,
+        *,
+        retry: int,
+        logger: Any,
+        sweep: bool = True,
+    ) -> None:
+        meta = body.get("metadata", {})
+        with self._lock(meta.get("namespace", "default"), meta["name"]):
+            self._run(body, patch, retry=retry, logger=logger)
+
+    def _run(self, body: Mapping[str, Any], patch: kopf.Patch, *, retry: int, logger: Any) -> None:
+        meta = body.get("metadata", {})
+        generation = meta.get("generation")
+        current = dict(body.get("status") or {})
+        try:
+            md = api.ModelDeployment.from_body(_plain(body))
+        except ValidationError as exc:
+            self._stall(body, patch, current, "InvalidSpec", validation_message(exc), generation)
+            return
+
+        try:
+            version = self._stable_version(md, current)
+        except RegistryError as exc:
+            self._registry_problem(body, patch, current, exc, generation, retry)
+            return
+
+        state = RolloutState(stable_version=version)
+        try:
+            desired = render(md, state, self.settings)
+        except RenderError as exc:
+            self._stall(body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", generation)
+            return
+
+        try:
+            result = sync_children(
+                self.client,
+                desired,
+                desired_kinds(),
+                md.metadata.namespace,
+                md.metadata.name,
+                md.metadata.uid,
+                self.settings.field_manager,
+            )
+        except ApiError as exc:
+            if exc.transient:
+                logger.warning(f"transient API error, retrying: {exc}")
+                raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc
+            self._stall(body, patch, current, "ApiError", str(exc), generation)
+            raise kopf.TemporaryError(str(exc), delay=self.settings.stalled_retry_seconds) from exc
+
+        if result.changed:
+            logger.info(f"children: {result.summary()}")
+            kopf.info(body, reason="Reconciled", message=result.summary())
+        self._report(body, patch, current, md, version, result)
+
+    # -- pieces -----------------------------------------------------------------------
+
+    def _stable_version(self, md: api.ModelDeployment, current: Mapping[str, Any]) -> str:
+        if md.spec.model.version is not None:
+            return md.spec.model.version
+        assert md.spec.model.alias is not None
+        # A registry error propagates before any write: what serves keeps serving.
+        return self.registry_for(md).resolve_alias(md.spec.model.name, md.spec.model.alias)
+
+    def registry_for(self, md: api.ModelDeployment) -> Registry:
+        uri = md.spec.model.registry.tracking_uri or self.settings.default_tracking_uri
+        if not uri:
+            raise RegistryError(
+                "RegistryUnavailable",
+                "spec.model.registry.trackingUri: not set, and the operator has no default",
+            )
+        credentials = None
+        secret_name = md.spec.model.registry.credentials_secret
+        if secret_name:
+            credentials = self._credentials(md.metadata.namespace, secret_name)
+        return Registry(uri, credentials, timeout=self.settings.registry_timeout_seconds)
+
+    def _credentials(self, namespace: str, name: str) -> Credentials:
+        import base64
+
+        try:
+            secret = self.client.get(SECRET_KIND, namespace, name)
+        except ApiError as exc:
+            raise RegistryError("Unauthorized", f"cannot read Secret {name}: {exc.reason}") from exc
+        if secret is None:
+            raise RegistryError("Unauthorized", f"Secret {name} not found")
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return Credentials(
+            token=data.get("MLFLOW_TRACKING_TOKEN"),
+            username=data.get("MLFLOW_TRACKING_USERNAME"),
+            password=data.get("MLFLOW_TRACKING_PASSWORD"),
+        )
+
+    def _registry_problem(
+        self,
+        body: Mapping[str, Any],
+        patch: kopf.Patch,
+        current: Mapping[str, Any],
+        exc: RegistryError,
+        generation: int | None,
+        retry: int,
+    ) -> None:
+        conditions = [
+            status.condition(status.READY, False, exc.reason, exc.message, generation),
+            status.condition(status.RECONCILING, True, exc.reason, exc.message, generation),
+            status.condition(status.STALLED, False, exc.reason, "", generation),
+        ]
+        desired = {"conditions": status.merge_conditions(
+            current.get("conditions"), conditions, status.now_iso()
+        )}
+        changes = status.status_patch(current, desired)
+        for key, value in changes.items():
+            patch.status[key] = value
+        if changes:
+            kopf.warn(body, reason=exc.reason, message=exc.message)
+        delay = backoff(retry) if exc.transient else self.settings.stalled_retry_seconds
+        raise kopf.TemporaryError(exc.message, delay=delay)
+
+    def _stall(
+        self,
+        body: Mapping[str, Any],
+        patch: kopf.Patch,
+        current: Mapping[str, Any],
+        reason: str,
+        message: str,
+        generation: int | None,
+    ) -> None:
+        desired: dict[str, Any] = {
+            "observedGeneration": generation,
+            "phase": "Failed",
+            "conditions": status.merge_conditions(
+                current.get("conditions"),
+                status.stalled(message, reason, generation),
+                status.now_iso(),
+            ),
+        }
+        changes = status.status_patch(current, desired)
+        for key, value in changes.items():
+            patch.status[key] = value
+        if changes:
+            kopf.warn(body, reason=reason, message=message)
+
+    def _report(
+        self,
+        body: Mapping[str, Any],
+        patch: kopf.Patch,
+        current: Mapping[str, Any],
+        md: api.ModelDeployment,
+        version: str,
+        result: SyncResult,
+    ) -> None:
+        deployment = next(
+            (obj for (_, kind, _), obj in result.live.items() if kind == "Deployment"), {}
+        )
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        replicas = int((deployment.get("status") or {}).get("replicas") or 0)
+        desired = self._serving_status(md, current, version, replicas, ready)
+        changes = status.status_patch(current, desired)
+        for key, value in changes.items():
+            patch.status[key] = value
+        if "phase" in changes and desired["phase"] == "Ready":
+            kopf.info(body, reason="Ready", message=f"serving version {version}")
+
+    def _serving_status(
+        self,
+        md: api.ModelDeployment,
+        current: Mapping[str, Any],
+        version: str,
+        replicas: int,
+        ready: int,
+    ) -> dict[str, Any]:
+        generation = md.metadata.generation
+        phase, conditions = status.serving(desired_replicas(md), ready, version, generation)
+        desired: dict[str, Any] = {
+            "observedGeneration": generation,
+            "phase": phase,
+            "url": url_of(md),
+            "stable": {"version": version, "replicas": replicas, "readyReplicas": ready},
+            "conditions": status.merge_conditions(
+                current.get("conditions"), conditions, status.now_iso()
+            ),
+        }
+        if md.spec.model.alias is not None:
+            desired["model"] = {"resolvedVersion": version}
+        return desired
+
+    # -- Deployment watch ---------------------------------------------------------------
+
+    def deployment_changed(self, deployment: Mapping[str, Any], *, logger: Any) -> None:
+        """Refresh the owner's stable readiness from one of its Deployments."""
+        meta = deployment.get("metadata", {})
+        labels = meta.get("labels") or {}
+        owner = labels.get("modelship.io/deployment")
+        namespace = meta.get("namespace", "default")
+        if not owner:
+            return
+        with self._lock(namespace, owner):
+            try:
+                body = self.client.get(MD_KIND, namespace, owner)
+            except ApiError as exc:
+                logger.warning(f"cannot read ModelDeployment {namespace}/{owner}: {exc}")
+                return
+            if body is None:
+                return
+            current = dict(body.get("status") or {})
+            stable = current.get("stable") or {}
+            if labels.get("modelship.io/model-version") != stable.get("version"):
+                return
+            if (current.get("observedGeneration") or 0) != body["metadata"].get("generation"):
+                return  # a pass for the new spec is under way and will report
+            try:
+                md = api.ModelDeployment.from_body(body)
+            except ValidationError:
+                return
+            dep_status = deployment.get("status") or {}
+            desired = self._serving_status(
+                md,
+                current,
+                str(stable["version"]),
+                int(dep_status.get("replicas") or 0),
+                int(dep_status.get("readyReplicas") or 0),
+            )
+            changes = status.status_patch(current, desired)
+            if not changes:
+                return
+            try:
+                self.client.patch_status(MD_KIND, namespace, owner, changes)
+            except ApiError as exc:
+                logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
+                return
+            if changes.get("phase") == "Ready":
+                kopf.info(
+                    dict(body), reason="Ready", message=f"serving version {stable['version']}"
+                )
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep plain-dict copy of a kopf Body (its nested views are not dicts)."""
+    import json
+
+    return dict(json.loads(json.dumps(body, default=dict)))

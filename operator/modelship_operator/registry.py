@@ -1,0 +1,102 @@
+"""The MLflow model registry, over its REST API.
+
+The operator needs little from MLflow: does a version exist, which version does an
+alias point at. The REST API answers both without the mlflow package (which the
+operator image does not carry). Credentials are the ones MLflow's own client reads:
+a bearer token, or a user name and password for basic auth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+
+class RegistryError(Exception):
+    """The registry did not give an answer the operator can use.
+
+    `reason` is one of ModelVersionNotFound, Unauthorized, RegistryUnavailable.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.reason == "RegistryUnavailable"
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """MLflow credentials; repr hides them so they never reach a log line."""
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        return "Credentials(***)"
+
+    def apply(self, session: requests.Session) -> None:
+        if self.token:
+            session.headers["Authorization"] = f"Bearer {self.token}"
+        elif self.username is not None and self.password is not None:
+            session.auth = (self.username, self.password)
+
+
+class Registry:
+    """A client of one MLflow tracking server."""
+
+    def __init__(
+        self, tracking_uri: str, credentials: Credentials | None = None, timeout: float = 5.0
+    ) -> None:
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self._timeout = timeout
+        self._session = requests.Session()
+        (credentials or Credentials()).apply(self._session)
+
+    def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        url = f"{self.tracking_uri}/api/2.0/mlflow/{path}"
+        try:
+            response = self._session.get(url, params=params, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise RegistryError(
+                "RegistryUnavailable", f"MLflow at {self.tracking_uri} unreachable: {exc}"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise RegistryError(
+                "Unauthorized", f"MLflow at {self.tracking_uri} refused the credentials"
+            )
+        if response.status_code == 404 or (
+            response.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in response.text
+        ):
+            raise RegistryError("ModelVersionNotFound", _error_message(response))
+        if response.status_code >= 400:
+            raise RegistryError(
+                "RegistryUnavailable",
+                f"MLflow answered {response.status_code}: {_error_message(response)}",
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+    def resolve_alias(self, name: str, alias: str) -> str:
+        """The version the alias points at."""
+        data = self._get("registered-models/alias", {"name": name, "alias": alias})
+        return str(data["model_version"]["version"])
+
+    def get_version(self, name: str, version: str) -> dict[str, Any]:
+        """The model version's record; raises ModelVersionNotFound when absent."""
+        data = self._get("model-versions/get", {"name": name, "version": version})
+        record: dict[str, Any] = data["model_version"]
+        return record
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("message", response.text))[:300]
+    except ValueError:
+        return response.text[:300]

@@ -1,0 +1,99 @@
+"""Conditions and phase of a ModelDeployment (pure functions).
+
+The conditions follow kstatus (sigs.k8s.io/cli-utils/pkg/kstatus), which Flux and
+`kubectl wait` read: `Ready` is True only when the object serves as asked;
+`Reconciling` is True while the operator works towards that; `Stalled` is True when
+it cannot get there without a change to the spec (abnormal-true polarity for the last
+two). `observedGeneration` says which spec the conditions describe.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+
+def now_iso() -> str:
+    """UTC now in RFC 3339, as Kubernetes writes timestamps."""
+    return datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+def condition(
+    type_: str, status: bool | None, reason: str, message: str, generation: int | None
+) -> dict[str, Any]:
+    """One condition in wire form; `status` None means Unknown."""
+    text = "Unknown" if status is None else ("True" if status else "False")
+    cond: dict[str, Any] = {"type": type_, "status": text, "reason": reason, "message": message}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def merge_conditions(
+    old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]], at: str
+) -> list[dict[str, Any]]:
+    """New conditions with `lastTransitionTime` kept from `old` where the status did not move.
+
+    Conditions of other types in `old` (set by other parts of the operator) are kept.
+    """
+    previous = {str(c.get("type")): dict(c) for c in (old or [])}
+    result: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for cond in new:
+        before = previous.get(cond["type"])
+        stamped = dict(cond)
+        if before is not None and before.get("status") == cond["status"]:
+            stamped["lastTransitionTime"] = before.get("lastTransitionTime") or at
+        else:
+            stamped["lastTransitionTime"] = at
+        result.append(stamped)
+        seen.add(cond["type"])
+    for type_, cond in previous.items():
+        if type_ not in seen:
+            result.append(cond)
+    order = {READY: 0, RECONCILING: 1, STALLED: 2}
+    return sorted(result, key=lambda c: (order.get(c["type"], 9), c["type"]))
+
+
+def stalled(message: str, reason: str, generation: int | None) -> list[dict[str, Any]]:
+    """Conditions for a spec the operator cannot honour."""
+    return [
+        condition(READY, False, reason, message, generation),
+        condition(RECONCILING, False, reason, "waiting for a change to the spec", generation),
+        condition(STALLED, True, reason, message, generation),
+    ]
+
+
+def serving(
+    desired_replicas: int, ready_replicas: int, version: str, generation: int | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Phase and conditions from the stable Deployment's readiness.
+
+    With autoscaling, `desired_replicas` is the HPA's minimum; with 0 replicas asked
+    for, the deployment is Ready as soon as it exists (scaled to zero on purpose).
+    """
+    if ready_replicas >= desired_replicas:
+        message = f"version {version}: {ready_replicas}/{desired_replicas} replicas ready"
+        return "Ready", [
+            condition(READY, True, "Serving", message, generation),
+            condition(RECONCILING, False, "Serving", message, generation),
+            condition(STALLED, False, "Serving", "", generation),
+        ]
+    message = f"version {version}: {ready_replicas}/{desired_replicas} replicas ready"
+    return "Pending", [
+        condition(READY, False, "ReplicasNotReady", message, generation),
+        condition(RECONCILING, True, "ReplicasNotReady", message, generation),
+        condition(STALLED, False, "ReplicasNotReady", "", generation),
+    ]
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status keys whose value differs: an empty dict means write nothing."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}

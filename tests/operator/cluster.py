@@ -1,0 +1,306 @@
+"""A Kubernetes API for the operator's integration tests: KMock's KubernetesEmulator.
+
+The emulator runs on its own event loop in a thread and serves real HTTP on a loopback
+port; the operator talks to it through a kubeconfig, exactly as it talks to a cluster.
+Two additions make it closer to a real API server for what the operator relies on:
+
+- server-side apply (PATCH with application/apply-patch+yaml) creates a missing object,
+  and with a single field manager the applied object replaces the fields it set before
+  (so a field dropped from the applied object is removed, as SSA does);
+- metadata.uid, generation (bumped on a spec change), resourceVersion and
+  creationTimestamp are kept.
+
+It also tells which requests came from the operator (its User-Agent) so tests can count
+them, and can answer chosen requests with an error a given number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import kmock
+from kmock._internal import enums  # the action enum is the emulator's own vocabulary
+
+from modelship_operator.k8s import KINDS
+
+OPERATOR_AGENT = "modelship-operator"
+
+
+def _removals(old: Any, new: Any) -> Any:
+    """A merge patch turning `old` into `new`: keys absent from `new` become None."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        patch[key] = _removals(old.get(key), value) if key in old else value
+    return patch
+
+
+class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """KubernetesEmulator with server-side apply and object metadata bookkeeping."""
+
+    faults: list[tuple[Callable[[kmock.Request], bool], int, list[int]]]
+    _counter: int
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        object.__setattr__(self, "faults", [])
+        object.__setattr__(self, "_counter", 0)
+
+    def _next_rv(self) -> str:
+        object.__setattr__(self, "_counter", self._counter + 1)
+        return str(self._counter)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        for matcher, status, remaining in self.faults:
+            if remaining[0] > 0 and matcher(request):
+                remaining[0] -= 1
+                raise kmock.KubernetesError(status=status, reason="Injected", message="injected")
+        if request.resource is not None and isinstance(request.data, dict):
+            request = await self._bookkeep(request)
+        return await super()._handle(request)
+
+    async def _bookkeep(self, request: kmock.Request) -> kmock.Request:
+        content_type = request.headers.get("Content-Type", "")
+        key = (request.resource, request.namespace, request.name)
+        existing = self.objects[key] if request.name and key in self.objects else None
+        alive = existing is not None and not existing.deleted
+        now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = json.loads(json.dumps(request.data))
+        apply_create = (
+            request.action == enums.action.UPDATE and "apply-patch" in content_type and not alive
+        )
+        if request.action == enums.action.CREATE or apply_create:
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta["generation"] = 1
+            meta["resourceVersion"] = self._next_rv()
+            meta.setdefault("creationTimestamp", now)
+            if request.namespace and "namespace" not in meta:
+                meta["namespace"] = request.namespace
+            if apply_create:
+                # Server-side apply creates what is missing: store it, then let the
+                # emulator's own update path patch it (with the same data) and answer.
+                async with self._lock:
+                    if key in self.objects:
+                        self.objects[key].create(data)
+                    else:
+                        self.objects[key] = data
+                    await self._buses[request.resource].put(
+                        {"type": "ADDED", "object": self.objects[key].raw}
+                    )
+            return _replace_data(request, data)
+        if request.action == enums.action.UPDATE and alive:
+            assert existing is not None
+            old = existing.raw
+            old_meta = old.get("metadata", {})
+            meta = data.setdefault("metadata", {})
+            if "apply-patch" in content_type:
+                # One field manager: the applied object is the whole truth for its fields.
+                data = {k: _removals(old.get(k), v) for k, v in data.items()}
+                for k in old:
+                    if k not in data and k not in ("status", "metadata", "apiVersion", "kind"):
+                        data[k] = None
+                meta = data.setdefault("metadata", {})
+                for k in ("uid", "creationTimestamp", "generation", "resourceVersion"):
+                    meta.pop(k, None)
+                    if k in old_meta:
+                        meta[k] = old_meta[k]
+            if request.subresource is None and "spec" in data:
+                merged = json.loads(json.dumps(old.get("spec")))
+                if isinstance(merged, dict) and isinstance(data["spec"], dict):
+                    merged = _merge(merged, data["spec"])
+                else:
+                    merged = data["spec"]
+                if merged != old.get("spec"):
+                    meta["generation"] = int(old_meta.get("generation") or 1) + 1
+            meta["resourceVersion"] = self._next_rv()
+            return _replace_data(request, data)
+        return request
+
+
+def _replace_data(request: kmock.Request, data: dict[str, Any]) -> kmock.Request:
+    """Swap the parsed body in place (a rebuilt Request no longer matches kmock's reactions)."""
+    request.data.clear()
+    request.data.update(data)
+    return request
+
+
+def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+class Cluster:
+    """The emulator on a background loop, with thread-safe helpers for tests."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stack: Any = None
+        self.emulator: ApplyingEmulator | None = None
+        self.url = ""
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Cluster:
+        self._thread.start()
+        self._call(self._start())
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+                    "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                    "contexts": [
+                        {"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}
+                    ],
+                    "current-context": "emulator",
+                }
+            )
+        )
+        return self
+
+    async def _start(self) -> None:
+        from contextlib import AsyncExitStack
+
+        self._stack = AsyncExitStack()
+        emulator = ApplyingEmulator()
+        for kind in KINDS.values():
+            group = kind.group
+            key = f"{group}/{kind.version}/{kind.plural}" if group else f"v1/{kind.plural}"
+            emulator.resources[key] = kmock.ResourceInfo(
+                kind=kind.kind,
+                namespaced=kind.namespaced,
+                verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
+                subresources=["status"] if kind.kind == "ModelDeployment" else [],
+                shortnames=["md"] if kind.kind == "ModelDeployment" else [],
+            )
+        await self._stack.enter_async_context(emulator)
+        server = await self._stack.enter_async_context(kmock.Server(emulator))
+        self.emulator = emulator
+        self.url = str(server.url).rstrip("/")
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._call(self._stack.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def _call(self, coro: Any, timeout: float = 30) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=timeout)
+
+    def _sync(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return self._call(run())
+
+    # -- reading state --------------------------------------------------------------------
+
+    def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Live (not deleted) objects of a resource plural, e.g. 'deployments'."""
+
+        def pick() -> list[dict[str, Any]]:
+            assert self.emulator is not None
+            found = []
+            for (resource, ns, _name), obj in self.emulator.objects.items():
+                if resource.plural != plural or obj.deleted:
+                    continue
+                if namespace is not None and ns != namespace:
+                    continue
+                found.append(json.loads(json.dumps(obj.raw)))
+            return found
+
+        result: list[dict[str, Any]] = self._sync(pick)
+        return result
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        for obj in self.objects(plural, namespace):
+            if obj.get("metadata", {}).get("name") == name:
+                return obj
+        return None
+
+    def requests(self) -> list[tuple[str, str, dict[str, str], str]]:
+        """(method, path, query, user-agent) of every request served so far."""
+
+        def snapshot() -> list[tuple[str, str, dict[str, str], str]]:
+            assert self.emulator is not None
+            return [
+                (str(r.method.value), r.url.path, dict(r.params), r.headers.get("User-Agent", ""))
+                for r in list(self.emulator)
+            ]
+
+        result: list[tuple[str, str, dict[str, str], str]] = self._sync(snapshot)
+        return result
+
+    def inject(self, matcher: Callable[[kmock.Request], bool], status: int, times: int) -> None:
+        """Answer the next `times` requests matching `matcher` with HTTP `status`."""
+
+        def add() -> None:
+            assert self.emulator is not None
+            self.emulator.faults.append((matcher, status, [times]))
+
+        self._sync(add)
+
+    # -- acting as a user or a kubelet ----------------------------------------------------
+
+    def http(self, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", content_type or "application/json")
+        req.add_header("User-Agent", "test-user")
+        with urllib.request.urlopen(req, timeout=10) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def create_md(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        ns = manifest["metadata"].get("namespace", "default")
+        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": ns}}
+        result: dict[str, Any] = self.http(
+            "POST", f"/apis/modelship.io/v1alpha1/namespaces/{ns}/modeldeployments", body
+        )
+        return result
+
+    def patch_md(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.http(
+            "PATCH",
+            f"/apis/modelship.io/v1alpha1/namespaces/{namespace}/modeldeployments/{name}",
+            patch,
+            "application/merge-patch+json",
+        )
+
+    def mark_ready(self, namespace: str, name: str, replicas: int) -> None:
+        """Play the kubelet and the Deployment controller: report ready pods."""
+        self.http(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status",
+            {"status": {"replicas": replicas, "readyReplicas": replicas}},
+            "application/merge-patch+json",
+        )
+
+    def delete(self, path: str) -> None:
+        self.http("DELETE", path)
