@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, status
+from modelship_operator import api, events, status
 from modelship_operator.apply import SyncResult, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
@@ -133,7 +133,7 @@ class Reconciler:
 
         if result.changed:
             logger.info(f"children: {result.summary()}")
-            kopf.info(body, reason="Reconciled", message=result.summary())
+            events.post(self.client, body, "Reconciled", result.summary())
         self._report(body, patch, current, md, version, result)
 
     # -- pieces -----------------------------------------------------------------------
@@ -195,7 +195,7 @@ class Reconciler:
         for key, value in changes.items():
             patch.status[key] = value
         if changes:
-            kopf.warn(body, reason=exc.reason, message=exc.message)
+            events.post(self.client, body, exc.reason, exc.message, warning=True)
         delay = backoff(retry) if exc.transient else self.settings.stalled_retry_seconds
         raise kopf.TemporaryError(exc.message, delay=delay)
 
@@ -221,7 +221,7 @@ class Reconciler:
         for key, value in changes.items():
             patch.status[key] = value
         if changes:
-            kopf.warn(body, reason=reason, message=message)
+            events.post(self.client, body, reason, message, warning=True)
 
     def _report(
         self,
@@ -242,7 +242,7 @@ class Reconciler:
         for key, value in changes.items():
             patch.status[key] = value
         if "phase" in changes and desired["phase"] == "Ready":
-            kopf.info(body, reason="Ready", message=f"serving version {version}")
+            events.post(self.client, body, "Ready", f"serving version {version}")
 
     def _serving_status(
         self,
@@ -312,9 +312,7 @@ class Reconciler:
                 logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
                 return
             if changes.get("phase") == "Ready":
-                kopf.info(
-                    dict(body), reason="Ready", message=f"serving version {stable['version']}"
-                )
+                events.post(self.client, body, "Ready", f"serving version {stable['version']}")
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:

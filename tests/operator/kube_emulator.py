@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -196,6 +197,15 @@ class Cluster:
                 subresources=["status"] if kind.kind == "ModelDeployment" else [],
                 shortnames=["md"] if kind.kind == "ModelDeployment" else [],
             )
+        # What every real cluster serves and kopf waits for in discovery.
+        emulator.resources["v1/namespaces"] = kmock.ResourceInfo(
+            kind="Namespace", namespaced=False, verbs=["get", "list", "watch"]
+        )
+        emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = (
+            kmock.ResourceInfo(
+                kind="CustomResourceDefinition", namespaced=False, verbs=["get", "list", "watch"]
+            )
+        )
         await self._stack.enter_async_context(emulator)
         server = await self._stack.enter_async_context(kmock.Server(emulator))
         self.emulator = emulator
@@ -304,3 +314,22 @@ class Cluster:
 
     def delete(self, path: str) -> None:
         self.http("DELETE", path)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll until `predicate` returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def operator_requests(cluster: Cluster) -> list[tuple[str, str, dict[str, str], str]]:
+    """Every request not sent by the test itself (our client and kopf's)."""
+    return [r for r in cluster.requests() if r[3] != "test-user"]

@@ -1,0 +1,94 @@
+"""Fixtures of the operator's integration tests: an emulated API and a real `kopf run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from kube_emulator import OPERATOR_AGENT, Cluster  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    emulated = Cluster(tmp_path).start()
+    try:
+        yield emulated
+    finally:
+        emulated.stop()
+
+
+class Operator:
+    """`kopf run -m modelship_operator.handlers` as a child process."""
+
+    def __init__(self, cluster: Cluster, log: Path, env: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        kopf = Path(sys.executable).parent / "kopf"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(kopf), "run", "--standalone", "--all-namespaces", "--verbose",
+                 "-m", "modelship_operator.handlers"],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture()
+def operator_env(cluster: Cluster) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
+    env.update(
+        KUBECONFIG=str(cluster.kubeconfig),
+        MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS="1",
+        MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI="http://mlflow.mlflow:5000",
+        MODELSHIP_OPERATOR_STALLED_RETRY_SECONDS="600",
+        MODELSHIP_OPERATOR_WATCH_TIMEOUT_SECONDS="30",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture()
+def operator(
+    cluster: Cluster, operator_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def start(**extra_env: str) -> Operator:
+        op = Operator(cluster, tmp_path / f"operator-{len(started)}.log",
+                      {**operator_env, **extra_env}).start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+__all__ = ["OPERATOR_AGENT", "Operator"]

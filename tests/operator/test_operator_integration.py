@@ -1,0 +1,268 @@
+"""The operator under `kopf run`, against KMock's KubernetesEmulator over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kube_emulator import Cluster, operator_requests, wait_for
+
+from modelship_operator import rbac
+
+NS = "ml"
+UID_FIELD = "uid"
+
+CHILD_PLURALS = (
+    "deployments",
+    "services",
+    "serviceaccounts",
+    "horizontalpodautoscalers",
+    "ingresses",
+    "networkpolicies",
+    "poddisruptionbudgets",
+    "httproutes",
+)
+
+
+def manifest(name: str = "iris", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"name": "Iris Classifier", "version": "3"},
+        "replicas": 2,
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": base,
+    }
+
+
+def children(cluster: Cluster, name: str = "iris") -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for plural in CHILD_PLURALS:
+        objs = [
+            o
+            for o in cluster.objects(plural, NS)
+            if o["metadata"].get("labels", {}).get("modelship.io/deployment") == name
+        ]
+        if objs:
+            found[plural] = objs
+    return found
+
+
+def md_status(cluster: Cluster, name: str = "iris") -> dict[str, Any]:
+    obj = cluster.get("modeldeployments", NS, name) or {}
+    return dict(obj.get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def writes(requests: list[tuple[str, str, dict[str, str], str]]) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _, _ in requests if m in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+def test_create_makes_every_child_owned_and_labelled(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    op = operator()
+    md = cluster.create_md(
+        manifest(ingress={"host": "iris.example.com", "tlsSecret": "iris-tls"},
+                 autoscaling={"minReplicas": 2, "maxReplicas": 5})
+    )
+    uid = md["metadata"][UID_FIELD]
+    kids = wait_for(
+        lambda: (c := children(cluster)) and len(c) >= 7 and c,
+        what="children to be created",
+    )
+    assert set(kids) == {
+        "deployments", "services", "serviceaccounts", "horizontalpodautoscalers",
+        "ingresses", "networkpolicies", "poddisruptionbudgets",
+    }
+    assert [d["metadata"]["name"] for d in kids["deployments"]] == ["iris-v3"]
+    for objs in kids.values():
+        for obj in objs:
+            refs = obj["metadata"]["ownerReferences"]
+            assert refs == [
+                {
+                    "apiVersion": "modelship.io/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "name": "iris",
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ], obj["metadata"]["name"]
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/managed-by"] == "modelship"
+            assert labels["app.kubernetes.io/instance"] == "iris"
+            assert labels["modelship.io/deployment"] == "iris"
+            assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)
+    assert kids["deployments"][0]["metadata"]["labels"]["modelship.io/model-version"] == "3"
+
+    status = wait_for(lambda: (s := md_status(cluster)).get("phase") and s, what="status")
+    assert status["phase"] == "Pending"
+    assert status["observedGeneration"] == 1
+    assert status["url"] == "https://iris.example.com/"
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Reconciling")["status"] == "True"
+    assert condition(status, "Stalled")["status"] == "False"
+
+    # The kubelet reports ready pods: the Deployment watch brings status to Ready.
+    cluster.mark_ready(NS, "iris-v3", 2)
+    status = wait_for(
+        lambda: (s := md_status(cluster)).get("phase") == "Ready" and s, what="Ready"
+    )
+    assert status["stable"] == {"version": "3", "replicas": 2, "readyReplicas": 2}
+    assert condition(status, "Ready")["reason"] == "Serving"
+    assert condition(status, "Reconciling")["status"] == "False"
+    events = cluster.objects("events", NS)
+    reasons = {e.get("reason") for e in events}
+    assert {"Reconciled", "Ready"} <= reasons, reasons
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+def test_spec_changes_change_the_right_children(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    operator()
+    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
+    wait_for(lambda: "ingresses" in children(cluster), what="ingress")
+    dep = children(cluster)["deployments"][0]
+    assert dep["spec"]["replicas"] == 2
+
+    cluster.patch_md(NS, "iris", {"spec": {"replicas": 4}})
+    wait_for(
+        lambda: children(cluster)["deployments"][0]["spec"].get("replicas") == 4,
+        what="replicas 4",
+    )
+
+    # Autoscaling on: an HPA appears and the Deployment leaves replicas to it.
+    cluster.patch_md(NS, "iris", {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}})
+    kids = wait_for(
+        lambda: "horizontalpodautoscalers" in (c := children(cluster)) and c, what="HPA"
+    )
+    hpa = kids["horizontalpodautoscalers"][0]
+    assert hpa["spec"]["maxReplicas"] == 6
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "iris-v3"
+    wait_for(
+        lambda: "replicas" not in children(cluster)["deployments"][0]["spec"],
+        what="replicas to be left to the HPA",
+    )
+
+    # Ingress and autoscaling removed: both children are deleted, the rest stays.
+    cluster.patch_md(NS, "iris", {"spec": {"ingress": None, "autoscaling": None}})
+    kids = wait_for(
+        lambda: "ingresses" not in (c := children(cluster))
+        and "horizontalpodautoscalers" not in c
+        and c,
+        what="ingress and HPA deletion",
+    )
+    assert {"deployments", "services", "serviceaccounts"} <= set(kids)
+
+    # A new model version: the Deployment follows, and the Service selects its pods.
+    cluster.patch_md(NS, "iris", {"spec": {"model": {"version": "4"}}})
+    kids = wait_for(
+        lambda: [d["metadata"]["name"] for d in children(cluster)["deployments"]] == ["iris-v4"]
+        and children(cluster),
+        what="iris-v4",
+    )
+    service = next(s for s in kids["services"] if s["metadata"]["name"] == "iris")
+    assert service["spec"]["selector"]["modelship.io/model-version"] == "4"
+    status = wait_for(
+        lambda: (s := md_status(cluster)).get("observedGeneration") == 5 and s,
+        what="observedGeneration 5",
+    )
+    assert status["stable"]["version"] == "4"
+
+
+def test_resync_with_nothing_changed_writes_nothing(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    op = operator()
+    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
+    wait_for(lambda: "ingresses" in children(cluster), what="children")
+    cluster.mark_ready(NS, "iris-v3", 2)
+    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    time.sleep(2.5)  # let the first pass and its status writes settle
+    before = len(cluster.requests())
+    time.sleep(4.5)  # several resync periods of 1 s
+    window = operator_requests(cluster)[before:]
+    resyncs = [r for r in window if r[0] == "GET" and r[1].endswith("/deployments")]
+    assert len(resyncs) >= 2, "the resync timer did not run"
+    assert writes(window) == []
+    op.stop()
+
+
+def test_invalid_spec_stalls_and_creates_nothing(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    # No tracking URI in the spec and none configured: the schema allows it, the
+    # operator cannot run a model without a registry.
+    operator(MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI="")
+    cluster.create_md(manifest())
+    # A spec that breaks a CEL rule, created here because the emulator has no CEL.
+    cluster.create_md(
+        manifest("bad", autoscaling={"minReplicas": 5, "maxReplicas": 2},
+                 model={"name": "m", "version": "1",
+                        "registry": {"trackingUri": "http://mlflow:5000"}})
+    )
+    for name, field in (("iris", "spec.model.registry.trackingUri"),
+                        ("bad", "spec.autoscaling.minReplicas")):
+        status = wait_for(
+            lambda n=name: (s := md_status(cluster, n)).get("phase") == "Failed" and s,
+            what=f"{name} to stall",
+        )
+        stalled = condition(status, "Stalled")
+        assert stalled["status"] == "True"
+        assert stalled["reason"] == "InvalidSpec"
+        assert field in stalled["message"]
+        assert condition(status, "Ready")["status"] == "False"
+        assert children(cluster, name) == {}
+    # Not retried in a hot loop: the stalled objects cause no more writes.
+    before = len(cluster.requests())
+    time.sleep(3)
+    window = [r for r in operator_requests(cluster)[before:]]
+    assert writes(window) == []
+    warnings = [e for e in cluster.objects("events", NS) if e.get("type") == "Warning"]
+    assert len(warnings) == 2
+
+
+def test_transient_api_errors_are_retried_until_converged(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    cluster.inject(lambda r: r.method.value == "PATCH" and "/services/" in r.url.path, 500, 2)
+    cluster.inject(lambda r: r.method.value == "PATCH" and "/deployments/" in r.url.path, 409, 1)
+    op = operator()
+    cluster.create_md(manifest())
+    kids = wait_for(
+        lambda: len(c := children(cluster)) >= 5 and c, timeout=40, what="convergence"
+    )
+    assert {"deployments", "services", "serviceaccounts"} <= set(kids)
+    failed = [r for r in operator_requests(cluster) if r[0] == "PATCH" and "/services/" in r[1]]
+    assert len(failed) >= 3  # two injected failures, then success
+    assert "transient API error" in op.output()
+
+
+def test_every_request_is_allowed_by_the_rbac_rules(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    operator()
+    cluster.create_md(manifest(gateway={"parentRefs": [{"name": "public"}],
+                                        "hostnames": ["iris.example.com"]}))
+    wait_for(lambda: "httproutes" in children(cluster), what="HTTPRoute")
+    cluster.mark_ready(NS, "iris-v3", 2)
+    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    cluster.patch_md(NS, "iris", {"spec": {"gateway": None}})
+    wait_for(lambda: "httproutes" not in children(cluster), what="HTTPRoute deletion")
+    seen = operator_requests(cluster)
+    assert len(seen) > 10
+    denied = [(m, p) for m, p, q, _ in seen if not rbac.allows(m, p, q)]
+    assert denied == []
+    verbs = {rbac.request_attributes(m, p, q) for m, p, q, _ in seen} - {None}
+    assert ("apps", "deployments", "patch") in verbs
+    assert ("gateway.networking.k8s.io", "httproutes", "delete") in verbs
