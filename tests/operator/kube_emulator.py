@@ -72,6 +72,22 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             request = await self._bookkeep(request)
         return await super()._handle(request)
 
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        """Lists honour equality-based label selectors, as the API server does."""
+        result = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector and isinstance(result, dict):
+            wanted = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+            result["items"] = [
+                item
+                for item in result["items"]
+                if all(
+                    (item.get("metadata", {}).get("labels") or {}).get(k) == v
+                    for k, v in wanted.items()
+                )
+            ]
+        return result
+
     async def _bookkeep(self, request: kmock.Request) -> kmock.Request:
         content_type = request.headers.get("Content-Type", "")
         key = (request.resource, request.namespace, request.name)
