@@ -1,0 +1,277 @@
+"""The app factory: one FastAPI app serving one model, wrapped in one lean ASGI layer.
+
+``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
+loads the model (in a thread) before the server accepts traffic and drains background
+work at shutdown. Cross-cutting work (request ids, the model-version header, body-size and
+content-type limits, API keys, request metrics) lives in :class:`ServingMiddleware`, a
+plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
+request and the hot path is what this runtime is for.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .cache import Cache, RedisCache
+from .dataplane import DataPlane
+from .endpoints import build_router
+from .errors import ModelshipError, PayloadTooLarge
+from .logging import model_version_var, request_id_var
+from .metrics import Metrics
+from .model import Model
+from .pull import read_metadata
+from .settings import RuntimeSettings
+from .sklearn import SKLearnModel
+
+logger = logging.getLogger("modelship_runtime")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
+                        "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+def load_api_keys(path: Path) -> list[bytes]:
+    """API keys from a file (one per line) or a directory of such files (a Secret)."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
+        if path.is_dir() else [path]
+    keys: list[bytes] = []
+    for f in files:
+        keys.extend(line.strip().encode() for line in f.read_text().splitlines() if line.strip())
+    return keys
+
+
+def error_body(message: str) -> bytes:
+    """The error body of every route: ``{"error": "..."}``."""
+    return orjson.dumps({"error": message})
+
+
+class ServingMiddleware:
+    """Request id, version header, limits, auth and request metrics, in one ASGI layer."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
+                 api_keys: list[bytes] | None, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.version_header = (b"x-model-version", version.encode())
+        self.version = version
+        self.max_body = max_body_bytes
+        self.api_keys = api_keys
+        self.access_log = access_log
+        self._children: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._counter = 0
+        self._prefix = os.urandom(4).hex()
+
+    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        for k, v in headers:
+            if k == b"x-request-id" and 0 < len(v) <= 128 and v.isascii() \
+                    and v.decode().isprintable():
+                return v
+        self._counter += 1
+        return f"{self._prefix}-{self._counter:x}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        rid = self._request_id(headers)
+        request_id_var.set(rid.decode())
+        model_version_var.set(self.version)
+        extra = [self.version_header, (b"x-request-id", rid)]
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        try:
+            rejection = self._reject(scope, headers)
+            if rejection is not None:
+                code, text, more = rejection
+                await self._send_error(send_wrapper, code, text, more)
+            else:
+                await self.app(scope, self._limited(receive), send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self._observe(scope["method"], template, status, time.perf_counter() - start)
+            if self.access_log:
+                logger.info("request", extra={"method": scope["method"], "path": scope["path"],
+                                              "route": template, "status": status,
+                                              "duration_ms": round(
+                                                  (time.perf_counter() - start) * 1000, 3)})
+
+    def _reject(self, scope: Scope, headers: list[tuple[bytes, bytes]]
+                ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        path: str = scope["path"]
+        if self.api_keys is not None and path not in OPEN_PATHS and not self._authorized(headers):
+            return 401, "missing or invalid API key: send Authorization: Bearer KEY or " \
+                "X-API-Key: KEY", [(b"www-authenticate", b'Bearer realm="modelship"')]
+        if scope["method"] == "POST":
+            for k, v in headers:
+                if k == b"content-length":
+                    try:
+                        length = int(v)
+                    except ValueError:
+                        return 400, "invalid Content-Length", []
+                    if length > self.max_body:
+                        return 413, f"body of {length} bytes is over the {self.max_body} " \
+                            "byte limit", []
+                elif k == b"content-type":
+                    ctype = v.split(b";", 1)[0].strip().lower()
+                    if ctype != b"application/json" and not ctype.endswith(b"+json"):
+                        return 415, f"Content-Type {v.decode('latin-1')!r} is not supported; " \
+                            "send application/json", []
+        return None
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        given = b""
+        for k, v in headers:
+            if k == b"authorization" and v[:7].lower() == b"bearer ":
+                given = v[7:].strip()
+            elif k == b"x-api-key":
+                given = v.strip()
+        ok = False
+        for key in self.api_keys or ():  # compare against every key: no early exit
+            ok |= hmac.compare_digest(given, key)
+        return ok and bool(given)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"body is over the {limit} byte limit")
+            return message
+
+        return wrapped
+
+    async def _send_error(self, send: Send, code: int, text: str,
+                          more: list[tuple[bytes, bytes]]) -> None:
+        body = error_body(text)
+        await send({"type": "http.response.start", "status": code, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *more]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.http_requests.labels(method, route,
+                                                                          str(status))
+        child.inc()
+        dkey = (method, route)
+        hist = self._durations.get(dkey)
+        if hist is None:
+            hist = self._durations[dkey] = self.metrics.http_duration.labels(method, route)
+        hist.observe(seconds)
+
+
+def _make_model(settings: RuntimeSettings) -> Model:
+    if settings.model_dir is None:
+        raise ValueError("settings.model_dir is not set (pull first, or pass a model)")
+    model_dir = settings.model_dir
+    meta = read_metadata(model_dir) if model_dir.is_dir() else None
+    name = settings.model_name or (meta.name if meta else None) or model_dir.stem or "model"
+    version = settings.model_version or (meta.version if meta else None) or "0"
+    return SKLearnModel(name, version, model_dir, allow_pickle=settings.allow_pickle)
+
+
+def create_app(settings: RuntimeSettings | None = None, *, model: Model | None = None,
+               cache: Cache | None = None) -> FastAPI:
+    """Build the app for one model (from ``settings.model_dir`` unless ``model`` is given)."""
+    settings = settings or RuntimeSettings()
+    model = model or _make_model(settings)
+    metrics = Metrics(model.name, model.version)
+    if cache is None and settings.redis_url:
+        cache = RedisCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds,
+                           timeout_seconds=settings.cache_timeout_ms / 1000.0,
+                           retry_seconds=settings.cache_retry_seconds)
+    plane = DataPlane(model, metrics, cache=cache, microbatch=settings.microbatch,
+                      microbatch_max_size=settings.microbatch_max_size,
+                      microbatch_max_wait_ms=settings.microbatch_max_wait_ms,
+                      max_batch_size=settings.max_batch_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not model.ready:
+            t0 = time.perf_counter()
+            await model.load()
+            logger.info("model loaded", extra={
+                "model": model.name, "version": model.version,
+                "estimator": model.info.estimator, "n_features": model.info.n_features,
+                "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+        plane.model_loaded()
+        metrics.model_info.labels(model.name, model.version, model.info.flavor,
+                                  model.info.estimator).set(1)
+        metrics.model_ready.set(1)
+        try:
+            yield
+        finally:
+            metrics.model_ready.set(0)
+            await plane.close()
+
+    app = FastAPI(title="modelship runtime", version=__version__, lifespan=lifespan,
+                  description=f"Serves model {model.name!r} version {model.version}.")
+    app.state.plane = plane
+    app.state.settings = settings
+    app.include_router(build_router(plane))
+
+    @app.exception_handler(ModelshipError)
+    async def modelship_error(request: Request, exc: ModelshipError) -> Response:
+        return Response(error_body(exc.message), status_code=exc.status_code,
+                        media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return Response(error_body(str(exc.detail)), status_code=exc.status_code,
+                        media_type="application/json", headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return Response(error_body(f"{where}: {first.get('msg', 'invalid request')}"),
+                        status_code=400, media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error")
+        return Response(error_body("internal error"), status_code=500,
+                        media_type="application/json")
+
+    keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
+    app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
+                       max_body_bytes=settings.max_body_bytes, api_keys=keys,
+                       access_log=settings.access_log)
+    return app

@@ -1,0 +1,108 @@
+"""Every Prometheus metric of the runtime, declared in one place.
+
+The rollout's analysis scrapes these from canary and stable pods, so the names are part
+of the contract with the operator: request counts and latency by route template (never a
+raw path, so a client cannot blow up the series count), prediction latency and counts,
+predicted-class counts (the model-aware gate compares their distribution), a
+model-version info gauge and the cache's hits, misses and errors. Each app gets its own
+registry so tests and several apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PREDICT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The runtime's collectors on a private registry."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests_total",
+            "HTTP requests answered, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to response end, by method and route template.",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.prediction_duration = Histogram(
+            "model_prediction_duration_seconds",
+            "Time of one estimator call (a micro-batch may serve several requests).",
+            ["model", "version"],
+            buckets=PREDICT_BUCKETS,
+            registry=r,
+        ).labels(model, version)
+        self.predictions = Counter(
+            "model_predictions_total",
+            "Rows predicted (cache hits included).",
+            ["model", "version"],
+            registry=r,
+        ).labels(model, version)
+        self.predicted_class = Counter(
+            "model_predicted_class_total",
+            "Predicted rows by class label, for comparing canary and stable distributions.",
+            ["model", "version", "class"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "model_batch_rows",
+            "Rows per estimator call (shows how much micro-batching shares).",
+            ["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        ).labels(model, version)
+        self.model_info = Gauge(
+            "model_version_info",
+            "Always 1; labels name the model and version this pod serves.",
+            ["model", "version", "flavor", "estimator"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "modelship_model_ready", "1 once the model is loaded.", ["model", "version"],
+            registry=r,
+        ).labels(model, version)
+        cache_labels = ["model", "version"]
+        self.cache_hits = Counter(
+            "modelship_cache_hits_total", "Prediction cache hits.", cache_labels, registry=r
+        ).labels(model, version)
+        self.cache_misses = Counter(
+            "modelship_cache_misses_total", "Prediction cache misses.", cache_labels, registry=r
+        ).labels(model, version)
+        self.cache_errors = Counter(
+            "modelship_cache_errors_total",
+            "Cache calls that failed or timed out (the request was served without cache).",
+            cache_labels,
+            registry=r,
+        ).labels(model, version)
+        self._class_children: dict[object, Counter] = {}
+
+    def count_classes(self, labels: list[object]) -> None:
+        """Count predicted class labels (one increment per distinct label)."""
+        counts: dict[object, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():
+            child = self._class_children.get(label)
+            if child is None:
+                child = self.predicted_class.labels(self.model, self.version, str(label))
+                self._class_children[label] = child
+            child.inc(n)
+
+    def render(self) -> bytes:
+        """The exposition text of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,77 @@
+"""The model contract every served model implements, and the metadata it reports.
+
+One model per process. Loading is async (the heavy part runs in a thread) so the app can
+await it in its lifespan; predicting is a plain synchronous call on a float64 matrix,
+because the data plane runs it on its own worker thread, one (micro-)batch at a time.
+Everything a request needs to be validated against (feature count, whether NaN is
+accepted, class labels) is read once at load and kept here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predictions for the rows of one call: labels (or values) and class probabilities."""
+
+    labels: list[Any]
+    probabilities: list[list[float]] | None
+
+    def slice(self, start: int, stop: int) -> Prediction:
+        """The predictions of rows ``start:stop``."""
+        probs = None if self.probabilities is None else self.probabilities[start:stop]
+        return Prediction(self.labels[start:stop], probs)
+
+
+@dataclass
+class ModelInfo:
+    """What a model says about itself once loaded."""
+
+    name: str
+    version: str
+    flavor: str = "sklearn"
+    estimator: str = ""
+    n_features: int | None = None
+    feature_names: list[str] | None = None
+    classes: list[Any] | None = None
+    has_proba: bool = False
+    allow_nan: bool = False
+    label_datatype: str = "FP64"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Model:
+    """Base of served models: ``load`` once, then ``predict`` many times."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.info = ModelInfo(name=name, version=version)
+        self.ready = False
+
+    @property
+    def name(self) -> str:
+        """Registered model name."""
+        return self.info.name
+
+    @property
+    def version(self) -> str:
+        """Registered model version."""
+        return self.info.version
+
+    async def load(self) -> None:
+        """Load the model (in a thread) and mark it ready."""
+        await asyncio.to_thread(self.load_sync)
+        self.ready = True
+
+    def load_sync(self) -> None:
+        """Load the model; fill ``self.info``. Subclasses implement this."""
+        raise NotImplementedError
+
+    def predict(self, rows: np.ndarray) -> Prediction:
+        """Predict a 2-D float64 matrix of already validated rows."""
+        raise NotImplementedError

@@ -1,0 +1,257 @@
+"""Request and response shapes of the three protocols, as plain functions on JSON values.
+
+The seed ``/predict`` format, KServe V1 and the Open Inference Protocol V2 differ only in
+where the rows are and how the answer is laid out, so each has a parse function (JSON ->
+validated float64 matrix, or BadRequest) and a render function (Prediction -> JSON
+bytes). No pydantic on this path: a request is parsed once by orjson and checked by hand,
+which is several times cheaper than building models per request. The JSON schemas at the
+bottom only document the routes in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .dataplane import Validator, _type_name
+from .errors import BadRequest
+from .model import ModelInfo, Prediction
+
+V2_SUPPORTED = {"FP32": "f", "FP64": "f", "INT32": "i", "INT64": "i"}
+V2_KNOWN = {
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+}
+V2_OUTPUTS = ("predict", "predict_proba")
+_INT_BOUNDS = {"INT32": 2**31, "INT64": 2**63}
+
+
+def _object(body: object, example: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object like {example}, got {_type_name(body)}")
+    return body
+
+
+def seed_rows(body: object, v: Validator) -> tuple[np.ndarray, bool]:
+    """Rows of ``{"features": [...]}`` or ``{"instances": [[...]]}``; True when single."""
+    obj = _object(body, '{"features": [...]}')
+    features = obj.get("features")
+    instances = obj.get("instances")
+    if features is not None and instances is not None:
+        raise BadRequest('send either "features" (one row) or "instances" (rows), not both')
+    if features is not None:
+        return v.row(features, "features"), True
+    if instances is not None:
+        return v.rows(instances, "instances"), False
+    raise BadRequest('missing field: send {"features": [...]} or {"instances": [[...], ...]}')
+
+
+def seed_response(pred: Prediction, single: bool, cache_hit: bool, latency_ms: float) -> bytes:
+    """The seed format's answer for one row or a batch."""
+    if single:
+        probs = pred.probabilities
+        return orjson.dumps({
+            "prediction": pred.labels[0],
+            "probability": None if probs is None else probs[0],
+            "latency_ms": round(latency_ms, 3),
+            "cache_hit": cache_hit,
+        })
+    return orjson.dumps({
+        "predictions": pred.labels,
+        "probabilities": pred.probabilities,
+        "latency_ms": round(latency_ms, 3),
+        "cache_hit": cache_hit,
+    })
+
+
+def v1_rows(body: object, v: Validator) -> np.ndarray:
+    """Rows of a KServe V1 request: ``{"instances": [[...], ...]}`` (or ``"inputs"``)."""
+    obj = _object(body, '{"instances": [[...]]}')
+    if "instances" in obj:
+        return v.rows(obj["instances"], "instances")
+    if "inputs" in obj:
+        return v.rows(obj["inputs"], "inputs")
+    raise BadRequest('missing field: a V1 request is {"instances": [[...], ...]}')
+
+
+def v1_response(pred: Prediction) -> bytes:
+    """KServe V1 answer: ``{"predictions": [...]}``."""
+    return orjson.dumps({"predictions": pred.labels})
+
+
+def _flatten(data: list[Any], depth: int = 0) -> list[Any]:
+    if depth > 8:
+        raise BadRequest("inputs[0].data is nested too deeply")
+    if data and isinstance(data[0], list):
+        out: list[Any] = []
+        for item in data:
+            if not isinstance(item, list):
+                raise BadRequest("inputs[0].data mixes arrays and scalars")
+            out.extend(_flatten(item, depth + 1))
+        return out
+    return data
+
+
+def v2_rows(body: object, v: Validator) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rows of an Open Inference V2 request, and the request object."""
+    obj = _object(body, '{"inputs": [{"name", "shape", "datatype", "data"}]}')
+    inputs = obj.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest('missing field: "inputs" must be a non-empty array of tensors')
+    if len(inputs) != 1:
+        raise BadRequest(f"expected one input tensor of shape [rows, features], got {len(inputs)}")
+    t = inputs[0]
+    if not isinstance(t, dict):
+        raise BadRequest(f"inputs[0] must be an object, got {_type_name(t)}")
+    for key in ("name", "shape", "datatype", "data"):
+        if key not in t:
+            raise BadRequest(f"missing field: inputs[0].{key}")
+    name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+    if not isinstance(name, str):
+        raise BadRequest("inputs[0].name must be a string")
+    if not isinstance(datatype, str) or datatype not in V2_KNOWN:
+        raise BadRequest(f"inputs[0].datatype {datatype!r} is not a V2 datatype")
+    if datatype not in V2_SUPPORTED:
+        raise BadRequest(f"inputs[0].datatype {datatype} is not supported; use FP32, FP64, "
+                         "INT32 or INT64")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+            or any(type(d) is not int or d < 0 for d in shape)):
+        raise BadRequest("inputs[0].shape must be [features] or [rows, features] "
+                         "with non-negative integers")
+    if not isinstance(data, list):
+        raise BadRequest(f"inputs[0].data must be an array, got {_type_name(data)}")
+    flat = _flatten(data)
+    need = math.prod(shape)
+    if len(flat) != need:
+        raise BadRequest(f"inputs[0].shape {shape} needs {need} elements; data has {len(flat)}")
+    kind = V2_SUPPORTED[datatype]
+    for i, x in enumerate(flat):
+        tx = type(x)
+        if kind == "i":
+            if tx is not int:
+                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
+                                 f"{datatype} needs integers")
+            bound = _INT_BOUNDS[datatype]
+            if not -bound <= x < bound:
+                raise BadRequest(f"inputs[0].data[{i}] does not fit in {datatype}")
+        elif tx is not float and tx is not int:
+            raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; {datatype} needs numbers")
+    width = shape[-1]
+    n_rows = 1 if len(shape) == 1 else shape[0]
+    if v.n_features is not None and width != v.n_features:
+        raise BadRequest(f"inputs[0].shape {shape} has {width} features; the model takes "
+                         f"{v.n_features}")
+    if n_rows == 0 or width == 0:
+        raise BadRequest(f"inputs[0].shape {shape} is empty: send at least one row")
+    if n_rows > v.max_rows:
+        raise BadRequest(f"inputs[0] has {n_rows} rows; the maximum is {v.max_rows}")
+    try:
+        rows = np.array(flat, dtype=np.float64).reshape(n_rows, width)
+    except (OverflowError, ValueError) as exc:
+        raise BadRequest(f"inputs[0].data: a value is out of the float64 range ({exc})") from None
+    if datatype == "FP32":
+        rows = rows.astype(np.float32).astype(np.float64)
+    v.check_finite(rows, "inputs[0].data")
+    wanted = obj.get("outputs")
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+        ):
+            raise BadRequest('"outputs" must be an array of {"name": ...} objects')
+        for o in wanted:
+            if o["name"] not in V2_OUTPUTS:
+                raise BadRequest(f"unknown output {o['name']!r}; outputs are predict, "
+                                 "predict_proba")
+    return rows, obj
+
+
+def v2_response(pred: Prediction, info: ModelInfo, request: dict[str, Any]) -> bytes:
+    """The Open Inference V2 answer with ``predict`` and (classifiers) ``predict_proba``."""
+    n = len(pred.labels)
+    wanted = request.get("outputs")
+    names = [o["name"] for o in wanted] if wanted else list(V2_OUTPUTS)
+    outputs: list[dict[str, Any]] = []
+    for name in names:
+        if name == "predict":
+            labels = pred.labels
+            if info.label_datatype == "BYTES":
+                labels = [str(x) for x in labels]
+            outputs.append({"name": "predict", "shape": [n], "datatype": info.label_datatype,
+                            "data": labels})
+        elif pred.probabilities is not None:
+            k = len(pred.probabilities[0]) if n else 0
+            outputs.append({"name": "predict_proba", "shape": [n, k], "datatype": "FP64",
+                            "data": [p for row in pred.probabilities for p in row]})
+        elif wanted:
+            raise BadRequest("output predict_proba: this model has no probabilities")
+    out: dict[str, Any] = {"model_name": info.name, "model_version": info.version,
+                           "outputs": outputs}
+    if isinstance(request.get("id"), str):
+        out["id"] = request["id"]
+    return orjson.dumps(out)
+
+
+def v2_model_metadata(info: ModelInfo) -> dict[str, Any]:
+    """V2 model metadata: name, versions, platform, input and output tensors."""
+    width = info.n_features if info.n_features is not None else -1
+    outputs: list[dict[str, Any]] = [
+        {"name": "predict", "datatype": info.label_datatype, "shape": [-1]}
+    ]
+    if info.has_proba and info.classes is not None:
+        outputs.append({"name": "predict_proba", "datatype": "FP64",
+                        "shape": [-1, len(info.classes)]})
+    meta: dict[str, Any] = {
+        "name": info.name,
+        "versions": [info.version],
+        "platform": f"{info.flavor}",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, width]}],
+        "outputs": outputs,
+    }
+    params: dict[str, Any] = {"estimator": info.estimator}
+    if info.classes is not None:
+        params["classes"] = info.classes
+    if info.feature_names is not None:
+        params["feature_names"] = info.feature_names
+    meta["parameters"] = params
+    return meta
+
+
+# --- OpenAPI documentation of the hand-parsed bodies -------------------------------
+
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}},
+                "required": ["error"]}
+PREDICT_BODY = {
+    "oneOf": [
+        {"type": "object", "title": "Single", "required": ["features"],
+         "properties": {"features": _NUMBERS}},
+        {"type": "object", "title": "Batch", "required": ["instances"],
+         "properties": {"instances": {"type": "array", "items": _NUMBERS}}},
+    ]
+}
+V1_BODY = {"type": "object", "required": ["instances"],
+           "properties": {"instances": {"type": "array", "items": _NUMBERS}}}
+V2_BODY = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "datatype": {"type": "string", "enum": sorted(V2_SUPPORTED)},
+                "data": {"type": "array", "items": {"type": "number"}},
+            },
+        }},
+        "outputs": {"type": "array", "items": {
+            "type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string", "enum": list(V2_OUTPUTS)}},
+        }},
+    },
+}

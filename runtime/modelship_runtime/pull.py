@@ -1,0 +1,177 @@
+"""Pull one model version from an MLflow registry into a local directory.
+
+This is the init container's job (``modelship-runtime pull``) and what ``serve
+--model-uri`` does first. It uses mlflow-skinny's client, so registry credentials come
+from the variables MLflow reads (``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``,
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) and artifacts come through the tracking
+server's proxy or straight from the artifact store, as the registry is set up. An alias
+is resolved to a version first, and the directory keeps MLflow's layout plus
+``modelship.json`` (name, version, alias, source) so ``serve --model-dir`` can report the
+version without asking the registry. ``modelship.json`` is written last: its presence
+means the pull completed.
+
+Transient failures (registry unreachable, 5xx) are retried with exponential backoff;
+a missing model or refused credentials fail at once, with a message saying which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PullError
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "modelship.json"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``models:/`` URI: a name and exactly one of version or alias."""
+
+    name: str
+    version: str | None = None
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ``modelship.json`` records about a pulled model."""
+
+    name: str
+    version: str
+    alias: str | None = None
+    uri: str | None = None
+    source: str | None = None
+    run_id: str | None = None
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    """Parse ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    m = _URI.match(uri.strip())
+    if m is None:
+        raise PullError(f"model URI {uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
+    return ModelRef(m["name"], m["version"], m["alias"])
+
+
+def read_metadata(model_dir: Path) -> ModelMetadata | None:
+    """The metadata a pull left in ``model_dir``, or None when there is none."""
+    path = model_dir / METADATA_FILE
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    if "name" not in data or "version" not in data:
+        return None
+
+    def opt(key: str) -> str | None:
+        value = data.get(key)
+        return None if value is None else str(value)
+
+    return ModelMetadata(name=str(data["name"]), version=str(data["version"]),
+                         alias=opt("alias"), uri=opt("uri"), source=opt("source"),
+                         run_id=opt("run_id"))
+
+
+def _classify(exc: Exception, what: str) -> PullError:
+    code = str(getattr(exc, "error_code", "") or "")
+    text = str(exc)
+    where = os.environ.get("MLFLOW_TRACKING_URI", "<MLFLOW_TRACKING_URI unset>")
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "404" in text.split("!=")[0]:
+        return PullError(f"not found: {what} does not exist in the registry at {where}")
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b40[13]\b", text):
+        return PullError(
+            f"auth: the registry at {where} refused the credentials for {what} "
+            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return PullError(
+        f"unreachable: could not fetch {what} from {where}: {first_line[:300]}", transient=True
+    )
+
+
+def _pull_once(ref: ModelRef, uri: str, dest: Path) -> ModelMetadata:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    what = f"model {ref.name!r} " + (
+        f"version {ref.version}" if ref.version else f"alias @{ref.alias}"
+    )
+    try:
+        if ref.alias is not None:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+    except Exception as exc:
+        raise _classify(exc, what) from exc
+    version = str(mv.version)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest))
+    try:
+        try:
+            local = Path(
+                download_artifacts(artifact_uri=f"models:/{ref.name}/{version}", dst_path=str(tmp))
+            )
+        except Exception as exc:
+            raise _classify(exc, f"artifacts of model {ref.name!r} version {version}") from exc
+        (dest / METADATA_FILE).unlink(missing_ok=True)
+        for entry in local.iterdir():
+            target = dest / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(entry), str(target))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta = ModelMetadata(
+        name=ref.name,
+        version=version,
+        alias=ref.alias,
+        uri=uri,
+        source=str(getattr(mv, "source", "") or "") or None,
+        run_id=str(getattr(mv, "run_id", "") or "") or None,
+    )
+    (dest / METADATA_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return meta
+
+
+def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.0) -> ModelMetadata:
+    """Pull ``uri`` into ``dest``, retrying transient failures; raises PullError."""
+    ref = parse_model_uri(uri)
+    # Our loop does the retrying, with a clear message per attempt; MLflow's own retries
+    # (7 by default, with long backoff) would hide an unreachable registry for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    delay = backoff_seconds
+    for attempt in range(1, attempts + 1):
+        try:
+            meta = _pull_once(ref, uri, dest)
+        except PullError as exc:
+            if not exc.transient or attempt == attempts:
+                raise
+            logger.warning(
+                "pull failed; retrying",
+                extra={"attempt": attempt, "of": attempts, "retry_in_s": delay,
+                       "error": exc.message},
+            )
+            time.sleep(delay)
+            delay *= 2
+            continue
+        logger.info(
+            "model pulled",
+            extra={"model": meta.name, "version": meta.version, "alias": meta.alias,
+                   "dest": str(dest)},
+        )
+        return meta
+    raise PullError(f"pull of {uri} failed")  # unreachable: the loop returns or raises

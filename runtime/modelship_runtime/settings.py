@@ -1,0 +1,97 @@
+"""Runtime settings, read once from the environment.
+
+Everything a pod can be told comes through environment variables with the prefix
+``MODELSHIP_`` (pydantic-settings), so the operator configures a pod with plain ``env``
+entries and Secrets. Registry credentials are *not* here: the MLflow client reads
+``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` and
+``MLFLOW_TRACKING_PASSWORD`` itself, exactly as it does everywhere else. The Redis URL is
+read from ``MODELSHIP_REDIS_URL`` or, as a Secret usually names it, plain ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    """Settings of one runtime process (one model, one pod)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore")
+
+    model_uri: str | None = None
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS`; pulled at start when no model_dir."""
+
+    model_dir: Path | None = None
+    """A directory written by `modelship-runtime pull` (or any MLflow sklearn model
+    directory, or a directory holding one joblib file)."""
+
+    model_name: str | None = None
+    """Name to serve under when the model directory carries no metadata (default: the
+    directory name)."""
+
+    model_version: str | None = None
+    """Version to report when the model directory carries no metadata (default: "0")."""
+
+    host: str = "0.0.0.0"
+    """Interface to listen on."""
+
+    port: int = Field(default=8080, ge=1, le=65535)
+    """TCP port to listen on."""
+
+    allow_pickle: bool = True
+    """Load models serialized with pickle or cloudpickle (unpickling runs code from the
+    artifact). Set false to accept only skops models (and refuse joblib/pickle files)."""
+
+    max_batch_size: int = Field(default=1000, ge=1)
+    """Largest number of rows one request may carry; more is a 400."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body in bytes; more is a 413."""
+
+    microbatch: bool = True
+    """Predict concurrent requests together in one estimator call. While one predict call
+    runs, arriving requests queue and go together into the next; a lone request is
+    predicted at once."""
+
+    microbatch_max_size: int = Field(default=64, ge=1)
+    """Most rows one shared predict call takes."""
+
+    microbatch_max_wait_ms: float = Field(default=0.0, ge=0.0, le=100.0)
+    """When more requests are being read than are queued, wait at most this long for them
+    to join before predicting. 0 never waits (batches form while a predict call runs)."""
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MODELSHIP_REDIS_URL", "REDIS_URL")
+    )
+    """Redis URL of the prediction cache (e.g. redis://host:6379/0); unset: no cache."""
+
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    """Lifetime of a cached prediction."""
+
+    cache_timeout_ms: float = Field(default=50.0, gt=0.0)
+    """Longest wait for Redis per call; slower means serving without the cache."""
+
+    cache_retry_seconds: float = Field(default=5.0, ge=0.0)
+    """After a Redis error, serve without the cache for this long before trying again."""
+
+    api_keys_file: Path | None = None
+    """File (one key per line) or directory of files (a mounted Secret) holding API keys.
+    Set: every model endpoint needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+
+    pull_attempts: int = Field(default=5, ge=1)
+    """Attempts to pull a model before giving up (transient failures only)."""
+
+    pull_backoff_seconds: float = Field(default=1.0, ge=0.0)
+    """First wait between pull attempts; doubles each time."""
+
+    log_level: str = "INFO"
+    """Log level of the runtime's loggers."""
+
+    log_json: bool = True
+    """One JSON object per log line (false: plain text for humans)."""
+
+    access_log: bool = False
+    """Log every request (costs throughput; metrics already count requests)."""

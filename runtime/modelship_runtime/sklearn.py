@@ -1,0 +1,183 @@
+"""scikit-learn models as MLflow writes them, or as plain joblib files, without MLflow.
+
+The runtime image carries mlflow-skinny for pulling, but loading must not need MLflow at
+all (it is slow to import and the sklearn flavour lives in full MLflow), so this module
+reads the ``MLmodel`` file itself: the sklearn flavour names the serialized file
+(``pickled_model``) and its ``serialization_format``. skops files are loaded with exactly
+the trusted types the MLmodel records (``skops_trusted_types``) on top of skops' own safe
+defaults; pickle and cloudpickle files (and joblib files, which are pickles) run code
+when loaded, so ``allow_pickle=False`` refuses them.
+
+Prediction takes the estimator's probabilities once and derives labels from them where
+that is exactly what ``predict`` does (forests, trees, logistic regression), which halves
+the cost of a random forest.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import ModelLoadError
+from .model import Model, Prediction
+
+MLMODEL = "MLmodel"
+PICKLE_FORMATS = ("pickle", "cloudpickle")
+PLAIN_SUFFIXES = (".joblib", ".skops", ".pkl", ".pickle")
+
+# Estimators whose predict() is classes_[argmax(predict_proba())] by construction.
+_PROBA_DECIDES = (
+    "RandomForestClassifier",
+    "ExtraTreesClassifier",
+    "DecisionTreeClassifier",
+    "ExtraTreeClassifier",
+    "LogisticRegression",
+    "LogisticRegressionCV",
+)
+
+
+def read_flavor(model_dir: Path) -> dict[str, Any]:
+    """The sklearn flavour of an MLmodel file (raises ModelLoadError when absent)."""
+    try:
+        spec = yaml.safe_load((model_dir / MLMODEL).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {model_dir / MLMODEL}: {exc}") from exc
+    flavors = (spec or {}).get("flavors") or {}
+    flavor = flavors.get("sklearn")
+    if not isinstance(flavor, dict) or "pickled_model" not in flavor:
+        raise ModelLoadError(
+            f"{model_dir / MLMODEL} has no sklearn flavour (flavours: {sorted(flavors)})"
+        )
+    return flavor
+
+
+def find_model_file(model_dir: Path) -> tuple[Path, str, list[str] | None]:
+    """Locate the serialized estimator: (path, serialization format, skops trusted types)."""
+    if model_dir.is_file():
+        return model_dir, _format_of(model_dir), None
+    if (model_dir / MLMODEL).exists():
+        flavor = read_flavor(model_dir)
+        path = model_dir / str(flavor["pickled_model"])
+        fmt = str(flavor.get("serialization_format") or "pickle")
+        trusted = flavor.get("skops_trusted_types")
+        if trusted is not None and not (
+            isinstance(trusted, list) and all(isinstance(t, str) for t in trusted)
+        ):
+            raise ModelLoadError("skops_trusted_types in MLmodel is not a list of type names")
+        return path, fmt, trusted
+    candidates = sorted(p for p in model_dir.iterdir() if p.suffix in PLAIN_SUFFIXES)
+    if len(candidates) != 1:
+        raise ModelLoadError(
+            f"{model_dir} has no MLmodel file and {len(candidates)} model files "
+            f"({', '.join(PLAIN_SUFFIXES)}); expected exactly one"
+        )
+    return candidates[0], _format_of(candidates[0]), None
+
+
+def _format_of(path: Path) -> str:
+    return {".skops": "skops", ".joblib": "joblib"}.get(path.suffix, "pickle")
+
+
+def load_estimator(model_dir: Path, *, allow_pickle: bool) -> tuple[Any, str]:
+    """Deserialize the estimator of a model directory; returns (estimator, format)."""
+    path, fmt, trusted = find_model_file(model_dir)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if fmt in (*PICKLE_FORMATS, "joblib") and not allow_pickle:
+        raise ModelLoadError(
+            f"{path.name} is serialized with {fmt}, which runs code when loaded; "
+            "refused because MODELSHIP_ALLOW_PICKLE is false (use skops)"
+        )
+    try:
+        if fmt == "skops":
+            import skops.io
+
+            return skops.io.load(path, trusted=trusted), fmt
+        if fmt == "joblib":
+            import joblib
+
+            return joblib.load(path), fmt
+        if fmt == "cloudpickle":
+            import cloudpickle
+
+            with path.open("rb") as f:
+                return cloudpickle.load(f), fmt
+        if fmt == "pickle":
+            with path.open("rb") as f:
+                return pickle.load(f), fmt
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {path.name} ({fmt}): {exc}") from exc
+    raise ModelLoadError(f"unknown serialization_format {fmt!r} in {model_dir / MLMODEL}")
+
+
+def _allow_nan(estimator: Any) -> bool:
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except Exception:  # old or third-party estimators without tags: be strict
+        return False
+
+
+def _label_datatype(classes: np.ndarray | None) -> str:
+    if classes is None:
+        return "FP64"
+    kind = classes.dtype.kind
+    return {"b": "BOOL", "i": "INT64", "u": "INT64", "f": "FP64"}.get(kind, "BYTES")
+
+
+class SKLearnModel(Model):
+    """A fitted scikit-learn estimator (or pipeline) served from a model directory."""
+
+    def __init__(self, name: str, version: str, model_dir: Path, *, allow_pickle: bool) -> None:
+        super().__init__(name, version)
+        self.model_dir = model_dir
+        self.allow_pickle = allow_pickle
+        self.estimator: Any = None
+        self._proba_decides = False
+        self._classes: np.ndarray | None = None
+
+    def load_sync(self) -> None:
+        """Deserialize the estimator and read what validation and metadata need."""
+        estimator, fmt = load_estimator(self.model_dir, allow_pickle=self.allow_pickle)
+        self.use(estimator, fmt)
+
+    def use(self, estimator: Any, fmt: str = "memory") -> None:
+        """Serve an estimator object (used by ``load_sync``; handy in tests)."""
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"{type(estimator).__name__} has no predict method")
+        self.estimator = estimator
+        info = self.info
+        info.estimator = type(estimator).__name__
+        info.extra["serialization_format"] = fmt
+        n = getattr(estimator, "n_features_in_", None)
+        info.n_features = int(n) if n is not None else None
+        names = getattr(estimator, "feature_names_in_", None)
+        info.feature_names = [str(x) for x in names] if names is not None else None
+        classes = getattr(estimator, "classes_", None)
+        self._classes = np.asarray(classes) if classes is not None else None
+        info.classes = self._classes.tolist() if self._classes is not None else None
+        info.has_proba = hasattr(estimator, "predict_proba") and self._classes is not None
+        info.allow_nan = _allow_nan(estimator)
+        info.label_datatype = _label_datatype(self._classes)
+        final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+        self._proba_decides = info.has_proba and type(final).__name__ in _PROBA_DECIDES
+        self.ready = True
+
+    def predict(self, rows: np.ndarray) -> Prediction:
+        """Labels and (for classifiers) probabilities of validated float64 rows."""
+        est = self.estimator
+        if self.info.has_proba:
+            proba = est.predict_proba(rows)
+            if self._proba_decides and self._classes is not None:
+                labels = self._classes.take(proba.argmax(axis=1)).tolist()
+            else:
+                labels = est.predict(rows).tolist()
+            return Prediction(labels, proba.tolist())
+        return Prediction(np.asarray(est.predict(rows)).tolist(), None)
