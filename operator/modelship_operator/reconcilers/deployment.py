@@ -1,0 +1,252 @@
+"""The Deployment that serves one model version: ``NAME-vVERSION``.
+
+One Deployment per live version, never per track: its pods carry the version label
+and nothing that says "stable" or "canary", so promoting a canary only retargets the
+Service and restarts no pod. The selector (ModelDeployment + version) is fixed for the
+Deployment's life, as Kubernetes requires.
+
+Pod layout: an init container pulls ``models:/NAME/VERSION`` into an emptyDir at
+/models (``modelship-runtime pull``); the runtime container serves it
+(``modelship-runtime serve``). Only the init container gets the registry URI and
+credentials: the serving container never talks to the registry. The root filesystem is
+read-only; /models and /tmp are emptyDirs and HOME points at /tmp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelship_operator import labels, naming
+from modelship_operator.api import ModelDeployment
+from modelship_operator.reconcilers import RenderError, require_subdomain
+from modelship_operator.settings import OperatorSettings
+
+# --- the runtime's interface: every env name and path the pods depend on ----------------
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_REGISTRY_CREDENTIALS = (  # keys of spec.model.registry.credentialsSecret, as MLflow reads them
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
+ENV_MODEL_NAME = "MODELSHIP_MODEL_NAME"
+ENV_MODEL_VERSION = "MODELSHIP_MODEL_VERSION"
+ENV_REDIS_URL = "REDIS_URL"  # also the key read from spec.cache.redisSecret
+ENV_CACHE_TTL = "MODELSHIP_CACHE_TTL_SECONDS"
+ENV_API_KEYS_FILE = "MODELSHIP_API_KEYS_FILE"
+ENV_HOME = "HOME"
+REDIS_SECRET_KEY = "REDIS_URL"
+AUTH_MOUNT = "/etc/modelship/auth"
+API_KEYS_FILE = f"{AUTH_MOUNT}/api-keys"  # the Secret's key `api-keys`
+MODEL_DIR = "/models"
+TMP_DIR = "/tmp"
+RUNTIME_COMMAND = "modelship-runtime"
+PORT_NAME = "http"
+READINESS_PATH = "/readyz"
+LIVENESS_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+# ---------------------------------------------------------------------------------------
+
+INIT_CONTAINER = "pull-model"
+CONTAINER = "runtime"
+GRACE_SECONDS = 40  # the runtime drains in-flight requests for up to 30 s
+
+
+def model_uri(model_name: str, version: str) -> str:
+    return f"models:/{model_name}/{version}"
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours, then the user's; a user entry with one of our names replaces ours in place.
+
+    Server-side apply treats ``env`` as a map keyed by name, so a name may occur once.
+    """
+    merged: dict[str, dict[str, Any]] = {e["name"]: e for e in ours}
+    for entry in users:
+        merged[entry["name"]] = entry
+    return list(merged.values())
+
+
+def _tracking_uri(md: ModelDeployment, settings: OperatorSettings) -> str:
+    uri = md.spec.model.registry.tracking_uri or settings.default_tracking_uri
+    if not uri:
+        raise RenderError(
+            "spec.model.registry.trackingUri",
+            "no MLflow tracking URI: set spec.model.registry.trackingUri "
+            "(the operator has no default)",
+        )
+    return uri
+
+
+def _security_context(uid: int) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def render(
+    md: ModelDeployment, version: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The Deployment of `version`; replicas omitted when an HPA owns them."""
+    spec = md.spec
+    name = md.metadata.name
+    model = spec.model
+    registry_env: list[dict[str, Any]] = [
+        {"name": ENV_TRACKING_URI, "value": _tracking_uri(md, settings)}
+    ]
+    if model.registry.credentials_secret:
+        secret = require_subdomain(
+            model.registry.credentials_secret,
+            "spec.model.registry.credentialsSecret",
+            "Secret name",
+        )
+        registry_env += [
+            _secret_env(key, secret, key, optional=True) for key in ENV_REGISTRY_CREDENTIALS
+        ]
+    common_env = [{"name": ENV_HOME, "value": TMP_DIR}]
+    serve_env: list[dict[str, Any]] = [
+        {"name": ENV_MODEL_NAME, "value": model.name},
+        {"name": ENV_MODEL_VERSION, "value": version},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": MODEL_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    if spec.cache is not None:
+        secret = require_subdomain(spec.cache.redis_secret, "spec.cache.redisSecret", "Secret name")
+        serve_env += [
+            _secret_env(ENV_REDIS_URL, secret, REDIS_SECRET_KEY, optional=False),
+            {"name": ENV_CACHE_TTL, "value": str(spec.cache.ttl_seconds)},
+        ]
+    if spec.auth is not None:
+        secret = require_subdomain(
+            spec.auth.api_key_secret, "spec.auth.apiKeySecret", "Secret name"
+        )
+        serve_env.append({"name": ENV_API_KEYS_FILE, "value": API_KEYS_FILE})
+        volumes.append({"name": "api-keys", "secret": {"secretName": secret}})
+        mounts.append({"name": "api-keys", "mountPath": AUTH_MOUNT, "readOnly": True})
+    user_env = [e.dump() for e in spec.runtime.env]
+
+    image = spec.runtime.image or settings.runtime_image
+    resources = (
+        spec.runtime.resources.dump()
+        if spec.runtime.resources is not None
+        else settings.default_resources
+    )
+    pull_policy = (
+        {"imagePullPolicy": spec.runtime.image_pull_policy}
+        if spec.runtime.image_pull_policy
+        else {}
+    )
+    port = settings.runtime_port
+    init = {
+        "name": INIT_CONTAINER,
+        "image": image,
+        **pull_policy,
+        "command": [
+            RUNTIME_COMMAND, "pull", "--model-uri", model_uri(model.name, version),
+            "--dest", MODEL_DIR,
+        ],
+        "env": _merge_env(common_env + registry_env, user_env),
+        "resources": resources,
+        "securityContext": _security_context(settings.runtime_user_id),
+        "volumeMounts": mounts[:2],
+    }
+    runtime = {
+        "name": CONTAINER,
+        "image": image,
+        **pull_policy,
+        "command": [
+            RUNTIME_COMMAND, "serve", "--model-dir", MODEL_DIR, "--port", str(port),
+        ],
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "env": _merge_env(common_env + serve_env, user_env),
+        "resources": resources,
+        "securityContext": _security_context(settings.runtime_user_id),
+        "volumeMounts": mounts,
+        "startupProbe": _probe(LIVENESS_PATH, 2, 60),
+        "readinessProbe": _probe(READINESS_PATH, 5, 3),
+        "livenessProbe": _probe(LIVENESS_PATH, 10, 3),
+    }
+    uid = settings.runtime_user_id
+    pod_labels = {
+        **labels.standard(name, model.name, labels.PREDICTOR),
+        labels.MODEL_VERSION: naming.label_value(version),
+    }
+    deployment_spec: dict[str, Any] = {}
+    if spec.autoscaling is None:
+        deployment_spec["replicas"] = spec.replicas
+    deployment_spec.update(
+        {
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": labels.version_selector(name, version)},
+            # Never below the serving capacity while pods are replaced.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": METRICS_PATH,
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": naming.service_name(name),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "initContainers": [init],
+                    "containers": [runtime],
+                    "volumes": volumes,
+                },
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": naming.deployment_name(name, version),
+            "labels": {
+                labels.COMPONENT: labels.PREDICTOR,
+                labels.MODEL_VERSION: naming.label_value(version),
+            },
+        },
+        "spec": deployment_spec,
+    }

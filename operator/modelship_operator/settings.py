@@ -1,0 +1,67 @@
+"""Operator settings, read once from the environment (prefix ``MODELSHIP_OPERATOR_``).
+
+The Helm chart and kustomize base set these as plain env entries on the operator pod.
+Everything a ModelDeployment may leave out (runtime image, tracking server, resources)
+has its default here, so a cluster's platform engineer sets it once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_resources() -> dict[str, Any]:
+    return {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+
+
+class OperatorSettings(BaseSettings):
+    """Settings of the operator process."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELSHIP_OPERATOR_", extra="ignore")
+
+    runtime_image: str = "modelship-runtime:0.1.0"
+    """Runtime image for ModelDeployments that set no spec.runtime.image."""
+
+    default_tracking_uri: str | None = None
+    """MLflow tracking URI used when spec.model.registry.trackingUri is unset. Unset (or
+    empty) here too: such a ModelDeployment is Stalled with a message naming the field."""
+
+    field_manager: str = "modelship-operator"
+    """Server-side apply field manager of every write the operator makes."""
+
+    runtime_port: int = Field(default=8080, ge=1, le=65535)
+    """Port the runtime container listens on (named ``http``)."""
+
+    default_resources: dict[str, Any] = Field(default_factory=_default_resources)
+    """Container resources for ModelDeployments that set no spec.runtime.resources
+    (JSON in the environment, e.g. '{"requests": {"cpu": "250m"}}')."""
+
+    runtime_user_id: int = Field(default=10001, ge=1)
+    """Non-root UID (and GID, fsGroup) the runtime pods run as."""
+
+    resync_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often every ModelDeployment is re-checked for drift (reads only when none)."""
+
+    stalled_retry_seconds: float = Field(default=300.0, gt=0)
+    """Delay before a pass that failed for a reason a retry is unlikely to fix is retried."""
+
+    watch_timeout_seconds: int = Field(default=300, ge=1)
+    """Server-side timeout of kopf's watch requests (the client waits 30 s longer)."""
+
+    api_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Timeout of one Kubernetes API request."""
+
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Timeout of one MLflow REST request (alias resolution, version checks)."""
+
+    standalone: bool = True
+    """Run without kopf peering (one operator replica). False: peer through KopfPeering."""
+
+    peering_name: str = "modelship"
+    """kopf peering object name, when not standalone."""
+
+    clusterwide_peering: bool = True
+    """Use ClusterKopfPeering (True) or a namespaced KopfPeering (False)."""
