@@ -66,3 +66,23 @@ def require_annotation_keys(annotations: dict[str, str], field: str) -> dict[str
                 "ending with a letter or digit, and prefix a DNS subdomain",
             )
     return annotations
+
+
+# What the API server refuses in an Ingress Prefix path, and the Gateway API's CRD in an
+# HTTPRoute PathPrefix value.
+_BAD_PATH_PARTS = ("//", "/./", "/../", "%2f", "%2F", "#")
+_BAD_PATH_ENDS = ("/..", "/.")
+
+
+def require_path(path: str, field: str) -> str:
+    """`path` unchanged when it is a clean absolute URL path prefix, else RenderError."""
+    bad = next((p for p in _BAD_PATH_PARTS if p in path), None)
+    bad = bad or next((e for e in _BAD_PATH_ENDS if path.endswith(e)), None)
+    if not path.startswith("/") or len(path) > 1024 or bad:
+        raise RenderError(
+            field,
+            f"{path!r} is not a valid path prefix: it must start with '/', be at most 1024 "
+            "characters, and contain no '//', '/./', '/../', '%2f' or '#', nor end in "
+            "'/.' or '/..'",
+        )
+    return path

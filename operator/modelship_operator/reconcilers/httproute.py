@@ -13,7 +13,12 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import GatewaySpec, ModelDeployment
-from modelship_operator.reconcilers import RenderError, require_label, require_subdomain
+from modelship_operator.reconcilers import (
+    RenderError,
+    require_label,
+    require_path,
+    require_subdomain,
+)
 from modelship_operator.reconcilers.service import SERVICE_PORT
 
 # The Gateway API's Hostname: a DNS name, optionally with a leading wildcard label.
@@ -72,9 +77,10 @@ def render(
     hostnames = _hostnames(gateway)
     if hostnames:
         spec["hostnames"] = hostnames
+    path = require_path(gateway.path, "spec.gateway.path")
     spec["rules"] = [
         {
-            "matches": [{"path": {"type": "PathPrefix", "value": gateway.path}}],
+            "matches": [{"path": {"type": "PathPrefix", "value": path}}],
             "backendRefs": backend_refs,
         }
     ]

@@ -9,7 +9,11 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import IngressSpec, ModelDeployment
-from modelship_operator.reconcilers import RenderError, require_annotation_keys, require_subdomain
+from modelship_operator.reconcilers import (
+    require_annotation_keys,
+    require_path,
+    require_subdomain,
+)
 from modelship_operator.reconcilers.service import SERVICE_PORT
 
 
@@ -23,10 +27,6 @@ def render(
 ) -> dict[str, Any]:
     """The Ingress routing ``host`` + ``path`` (Prefix) to `service` (default ``NAME``)."""
     backend = service or naming.service_name(md.metadata.name)
-    if any(part in (".", "..") for part in ingress.path.split("/")) or "//" in ingress.path:
-        raise RenderError(
-            "spec.ingress.path", f"{ingress.path!r}: no '//', '.' or '..' segments in a path"
-        )
     spec: dict[str, Any] = {}
     if ingress.class_name:
         spec["ingressClassName"] = require_subdomain(
@@ -41,7 +41,7 @@ def render(
             "http": {
                 "paths": [
                     {
-                        "path": ingress.path,
+                        "path": require_path(ingress.path, "spec.ingress.path"),
                         "pathType": "Prefix",
                         "backend": {
                             "service": {"name": backend, "port": {"number": SERVICE_PORT}}

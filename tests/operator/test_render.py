@@ -1,0 +1,563 @@
+"""Unit tests of render: parametrised tables per child kind, as KServe's reconciler tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from modelship_operator import naming, render
+from modelship_operator.api import ModelDeployment
+from modelship_operator.reconcilers import deployment as dep
+from modelship_operator.render import RenderError, RolloutState, desired_kinds
+from modelship_operator.settings import OperatorSettings
+from pydantic import ValidationError
+
+SETTINGS = OperatorSettings(default_tracking_uri="http://mlflow.mlflow:5000")
+UID = "6f1c3a2e-0000-4000-8000-000000000001"
+
+
+def make(name: str = "iris", namespace: str = "ml", **spec: Any) -> ModelDeployment:
+    body: dict[str, Any] = {"model": {"name": "iris-classifier", "version": "3"}}
+    body.update(spec)
+    return ModelDeployment.model_validate(
+        {
+            "apiVersion": "modelship.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace, "uid": UID},
+            "spec": body,
+        }
+    )
+
+
+def objects(md: ModelDeployment, version: str = "3", **kw: Any) -> dict[str, dict[str, Any]]:
+    settings = kw.pop("settings", SETTINGS)
+    return {o["kind"]: o for o in render.render(md, RolloutState(version), settings)}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def pod(md: ModelDeployment, **kw: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = objects(md, **kw)["Deployment"]["spec"]["template"]["spec"]
+    return spec
+
+
+# --- which children ----------------------------------------------------------------------
+
+BASE = ["ServiceAccount", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        ({}, BASE),
+        ({"autoscaling": {"maxReplicas": 3}}, [*BASE[:3], "HorizontalPodAutoscaler", *BASE[3:]]),
+        ({"ingress": {"host": "iris.example.com"}}, [*BASE, "Ingress"]),
+        ({"gateway": {"parentRefs": [{"name": "public"}]}}, [*BASE, "HTTPRoute"]),
+    ],
+)
+def test_children_for_spec(spec: dict[str, Any], kinds: list[str]) -> None:
+    out = render.render(make(**spec), RolloutState("3"), SETTINGS)
+    assert [o["kind"] for o in out] == kinds
+
+
+def test_desired_kinds_cover_everything_render_makes() -> None:
+    md = make(autoscaling={"maxReplicas": 3}, ingress={"host": "a.example.com"})
+    gw = make(gateway={"parentRefs": [{"name": "gw"}]})
+    made = {
+        (o["apiVersion"], o["kind"])
+        for m in (md, gw)
+        for o in render.render(m, RolloutState("3"), SETTINGS)
+    }
+    assert made == set(desired_kinds())
+    assert len(desired_kinds()) == len(set(desired_kinds()))
+
+
+def test_every_child_has_namespace_labels_and_owner() -> None:
+    md = make(autoscaling={"maxReplicas": 3}, ingress={"host": "a.example.com"})
+    for obj in render.render(md, RolloutState("3"), SETTINGS):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "modelship.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "iris",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert {
+            "app.kubernetes.io/name": "modelship-runtime",
+            "app.kubernetes.io/instance": "iris",
+            "app.kubernetes.io/managed-by": "modelship",
+            "modelship.io/deployment": "iris",
+            "modelship.io/model": "iris-classifier",
+        }.items() <= meta["labels"].items()
+        assert meta["labels"]["app.kubernetes.io/component"] in {"predictor", "endpoint"}
+
+
+def test_render_is_deterministic_and_pure() -> None:
+    md = make(cache={"redisSecret": "r"}, auth={"apiKeySecret": "k"})
+    before = md.model_dump()
+    settings = OperatorSettings(default_tracking_uri="http://x")
+    resources_before = copy.deepcopy(settings.default_resources)
+    a = render.render(md, RolloutState("3"), settings)
+    a[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "1Gi"
+    b = render.render(md, RolloutState("3"), settings)
+    assert b == render.render(md, RolloutState("3"), settings)
+    assert md.model_dump() == before
+    assert settings.default_resources == resources_before
+    assert b[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "memory": "512Mi"
+    }
+
+
+# --- Deployment ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "replicas"),
+    [
+        ({}, 1),
+        ({"replicas": 0}, 0),
+        ({"replicas": 5}, 5),
+        ({"replicas": 5, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}, None),
+    ],
+)
+def test_deployment_replicas(spec: dict[str, Any], replicas: int | None) -> None:
+    d = objects(make(**spec))["Deployment"]
+    assert d["spec"].get("replicas") == replicas
+    assert ("replicas" in d["spec"]) == (replicas is not None)
+
+
+def test_deployment_names_labels_and_selector() -> None:
+    d = objects(make(), version="7")["Deployment"]
+    assert d["metadata"]["name"] == "iris-v7"
+    assert d["metadata"]["labels"]["modelship.io/model-version"] == "7"
+    selector = {"modelship.io/deployment": "iris", "modelship.io/model-version": "7"}
+    assert d["spec"]["selector"] == {"matchLabels": selector}
+    pod_labels = d["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert not any("track" in k or v in {"stable", "canary"} for k, v in pod_labels.items())
+    assert d["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_pod_containers_commands_and_probes() -> None:
+    p = pod(make(model={"name": "Iris Classifier", "version": "3"}))
+    (init,) = p["initContainers"]
+    (main,) = p["containers"]
+    assert init["command"] == [
+        "modelship-runtime", "pull", "--model-uri", "models:/Iris Classifier/3", "--dest", "/models"
+    ]
+    assert main["command"] == [
+        "modelship-runtime", "serve", "--model-dir", "/models", "--port", "8080"
+    ]
+    assert main["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+    assert p["serviceAccountName"] == "iris"
+    assert p["automountServiceAccountToken"] is False
+
+
+def test_restricted_security_context_everywhere() -> None:
+    p = pod(make(auth={"apiKeySecret": "k"}))
+    assert p["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for c in p["initContainers"] + p["containers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] == 10001
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "settings", "image", "resources"),
+    [
+        ({}, SETTINGS, "modelship-runtime:0.1.0", SETTINGS.default_resources),
+        (
+            {"runtime": {"image": "reg.example.com/rt:2", "resources": {"limits": {"cpu": 2}}}},
+            SETTINGS,
+            "reg.example.com/rt:2",
+            {"limits": {"cpu": 2}},
+        ),
+        (
+            {},
+            OperatorSettings(default_tracking_uri="http://x", runtime_image="rt:9"),
+            "rt:9",
+            {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        ),
+    ],
+)
+def test_image_and_resources(
+    spec: dict[str, Any], settings: OperatorSettings, image: str, resources: dict[str, Any]
+) -> None:
+    p = pod(make(**spec), settings=settings)
+    for c in p["initContainers"] + p["containers"]:
+        assert c["image"] == image
+        assert c["resources"] == resources
+
+
+@pytest.mark.parametrize(
+    ("spec", "settings", "init_env", "main_env"),
+    [
+        (
+            {},
+            SETTINGS,
+            {"MLFLOW_TRACKING_URI": "http://mlflow.mlflow:5000", "HOME": "/tmp"},
+            {"MODELSHIP_MODEL_NAME": "iris-classifier", "MODELSHIP_MODEL_VERSION": "3"},
+        ),
+        (
+            {"model": {"name": "m", "version": "3", "registry": {"trackingUri": "https://ml"}}},
+            SETTINGS,
+            {"MLFLOW_TRACKING_URI": "https://ml"},
+            {"MODELSHIP_MODEL_NAME": "m"},
+        ),
+        (
+            {"model": {"name": "m", "version": "3", "registry": {"credentialsSecret": "creds"}}},
+            SETTINGS,
+            {
+                key: {"secretKeyRef": {"name": "creds", "key": key, "optional": True}}
+                for key in dep.ENV_REGISTRY_CREDENTIALS
+            },
+            {},
+        ),
+        (
+            {"cache": {"redisSecret": "redis", "ttlSeconds": 42}},
+            SETTINGS,
+            {},
+            {
+                "REDIS_URL": {"secretKeyRef": {"name": "redis", "key": "REDIS_URL"}},
+                "MODELSHIP_CACHE_TTL_SECONDS": "42",
+            },
+        ),
+        (
+            {"auth": {"apiKeySecret": "keys"}},
+            SETTINGS,
+            {},
+            {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth/api-keys"},
+        ),
+        (
+            {"runtime": {"env": [{"name": "A", "value": "1"}, {"name": "MODELSHIP_LOG_LEVEL",
+                                                             "value": "DEBUG"}]}},
+            SETTINGS,
+            {"A": "1"},
+            {"A": "1", "MODELSHIP_LOG_LEVEL": "DEBUG"},
+        ),
+    ],
+)
+def test_runtime_env(
+    spec: dict[str, Any],
+    settings: OperatorSettings,
+    init_env: dict[str, Any],
+    main_env: dict[str, Any],
+) -> None:
+    p = pod(make(**spec), settings=settings)
+    assert init_env.items() <= env_of(p["initContainers"][0]).items()
+    assert main_env.items() <= env_of(p["containers"][0]).items()
+
+
+def test_registry_settings_stay_out_of_the_serving_container() -> None:
+    md = make(model={"name": "m", "version": "3", "registry": {"credentialsSecret": "c"}})
+    main = env_of(pod(md)["containers"][0])
+    assert not any(k.startswith("MLFLOW_") for k in main)
+
+
+def test_user_env_comes_last_and_overrides_in_place() -> None:
+    user = [{"name": "MODELSHIP_MODEL_VERSION", "value": "x"}, {"name": "Z", "value": "z"}]
+    main = pod(make(runtime={"env": user}))["containers"][0]
+    names = [e["name"] for e in main["env"]]
+    assert len(names) == len(set(names))
+    assert names[-1] == "Z"
+    assert env_of(main)["MODELSHIP_MODEL_VERSION"] == "x"
+
+
+def test_auth_mounts_the_secret_read_only() -> None:
+    p = pod(make(auth={"apiKeySecret": "iris-keys"}))
+    assert {"name": "api-keys", "secret": {"secretName": "iris-keys"}} in p["volumes"]
+    assert {"name": "api-keys", "mountPath": "/etc/modelship/auth", "readOnly": True} in p[
+        "containers"
+    ][0]["volumeMounts"]
+    assert all(m["name"] != "api-keys" for m in p["initContainers"][0]["volumeMounts"])
+
+
+# --- Service, HPA, PDB, NetworkPolicy, ServiceAccount -----------------------------------------
+
+
+def test_service_selects_the_stable_version() -> None:
+    svc = objects(make(), version="4")["Service"]
+    assert svc["metadata"]["name"] == "iris"
+    assert svc["spec"]["selector"] == {
+        "modelship.io/deployment": "iris",
+        "modelship.io/model-version": "4",
+    }
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "expected_metrics"),
+    [
+        ({"maxReplicas": 4}, [("cpu", 80)]),
+        ({"maxReplicas": 4, "targetCPUUtilization": 60}, [("cpu", 60)]),
+        (
+            {"maxReplicas": 4, "targetCPUUtilization": 70, "targetMemoryUtilization": 80},
+            [("cpu", 70), ("memory", 80)],
+        ),
+        # null is pruned as the API server does: the default applies.
+        ({"maxReplicas": 4, "targetCPUUtilization": None}, [("cpu", 80)]),
+    ],
+)
+def test_hpa(autoscaling: dict[str, Any], expected_metrics: list[tuple[str, int]] | None) -> None:
+    h = objects(make(autoscaling={"minReplicas": 2, **autoscaling}))["HorizontalPodAutoscaler"]
+    assert h["metadata"]["name"] == "iris-v3"
+    assert h["metadata"]["labels"]["modelship.io/model-version"] == "3"
+    assert h["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "iris-v3"
+    }
+    assert (h["spec"]["minReplicas"], h["spec"]["maxReplicas"]) == (2, 4)
+    metrics = [
+        (m["resource"]["name"], m["resource"]["target"]["averageUtilization"])
+        for m in h["spec"].get("metrics", [])
+    ]
+    assert metrics == (expected_metrics or [])
+    assert ("metrics" in h["spec"]) == (expected_metrics is not None)
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        (None, {"maxUnavailable": 1}),
+        ({}, {"maxUnavailable": 1}),
+        ({"minAvailable": 1}, {"minAvailable": 1}),
+        ({"minAvailable": "50%"}, {"minAvailable": "50%"}),
+        ({"maxUnavailable": 2}, {"maxUnavailable": 2}),
+        ({"maxUnavailable": "25%"}, {"maxUnavailable": "25%"}),
+    ],
+)
+def test_pdb(budget: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    spec = {} if budget is None else {"disruptionBudget": budget}
+    p = objects(make(**spec))["PodDisruptionBudget"]
+    selector = {"matchLabels": {"modelship.io/deployment": "iris"}}
+    assert p["spec"] == {**expected, "selector": selector}
+
+
+def test_networkpolicy_opens_runtime_port_dns_and_tcp_egress() -> None:
+    np = objects(make(), settings=OperatorSettings(default_tracking_uri="x", runtime_port=9000))[
+        "NetworkPolicy"
+    ]
+    assert np["spec"]["podSelector"] == {"matchLabels": {"modelship.io/deployment": "iris"}}
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert np["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9000}]}]
+    egress = [p for rule in np["spec"]["egress"] for p in rule["ports"]]
+    assert {"protocol": "UDP", "port": 53} in egress
+    assert {"protocol": "TCP"} in egress
+
+
+def test_serviceaccount() -> None:
+    sa = objects(make())["ServiceAccount"]
+    assert sa["metadata"]["name"] == "iris"
+    assert sa["automountServiceAccountToken"] is False
+
+
+# --- Ingress and HTTPRoute ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ingress", "class_name", "tls", "annotations"),
+    [
+        ({"host": "iris.example.com"}, None, None, None),
+        (
+            {"host": "iris.example.com", "className": "nginx", "tlsSecret": "iris-tls",
+             "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "8m"}},
+            "nginx",
+            [{"hosts": ["iris.example.com"], "secretName": "iris-tls"}],
+            {"nginx.ingress.kubernetes.io/proxy-body-size": "8m"},
+        ),
+    ],
+)
+def test_ingress(
+    ingress: dict[str, Any],
+    class_name: str | None,
+    tls: list[dict[str, Any]] | None,
+    annotations: dict[str, str] | None,
+) -> None:
+    ing = objects(make(ingress={**ingress, "path": "/iris"}))["Ingress"]
+    assert ing["metadata"]["name"] == "iris"
+    assert ing["metadata"].get("annotations") == annotations
+    assert ing["spec"].get("ingressClassName") == class_name
+    assert ing["spec"].get("tls") == tls
+    assert ing["spec"]["rules"] == [
+        {
+            "host": "iris.example.com",
+            "http": {
+                "paths": [
+                    {
+                        "path": "/iris",
+                        "pathType": "Prefix",
+                        "backend": {"service": {"name": "iris", "port": {"number": 80}}},
+                    }
+                ]
+            },
+        }
+    ]
+
+
+def test_httproute() -> None:
+    gateway = {
+        "parentRefs": [{"name": "public", "namespace": "gateway", "sectionName": "https"}],
+        "hostnames": ["iris.example.com"],
+        "path": "/v1",
+    }
+    route = objects(make(gateway=gateway))["HTTPRoute"]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"]["name"] == "iris"
+    assert route["spec"] == {
+        "parentRefs": [
+            {
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": "public",
+                "namespace": "gateway",
+                "sectionName": "https",
+            }
+        ],
+        "hostnames": ["iris.example.com"],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                "backendRefs": [{"name": "iris", "port": 80}],
+            }
+        ],
+    }
+
+
+# --- names of long and odd inputs -----------------------------------------------------------
+
+
+def test_long_name_and_odd_model_name_give_valid_names_and_labels() -> None:
+    name = "a" * 120 + ".b" * 60
+    md = make(name=name, model={"name": "Team / Iris Classifier ✓", "version": "12"},
+              autoscaling={"maxReplicas": 2}, ingress={"host": "x.example.com"})
+    out = render.render(md, RolloutState("12"), SETTINGS)
+    for obj in out:
+        assert naming.is_dns_label(obj["metadata"]["name"])
+        assert obj["metadata"]["ownerReferences"][0]["name"] == name
+        for value in obj["metadata"]["labels"].values():
+            assert naming.is_label_value(value)
+    by_kind = {o["kind"]: o for o in out}
+    assert by_kind["Deployment"]["metadata"]["name"].endswith("-v12")
+    assert by_kind["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == by_kind[
+        "Deployment"
+    ]["metadata"]["name"]
+    assert by_kind["Service"]["spec"]["selector"].items() <= by_kind["Deployment"]["spec"][
+        "template"
+    ]["metadata"]["labels"].items()
+    assert by_kind["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"][
+        "name"
+    ] == by_kind["Service"]["metadata"]["name"]
+
+
+# --- specs the schema lets through but the operator cannot honour --------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "settings", "field"),
+    [
+        ({}, OperatorSettings(), "spec.model.registry.trackingUri"),
+        ({}, OperatorSettings(default_tracking_uri=""), "spec.model.registry.trackingUri"),
+        (
+            {"model": {"name": "m", "version": "1", "registry": {"credentialsSecret": "Bad_Name"}}},
+            SETTINGS,
+            "spec.model.registry.credentialsSecret",
+        ),
+        ({"cache": {"redisSecret": "no spaces"}}, SETTINGS, "spec.cache.redisSecret"),
+        ({"auth": {"apiKeySecret": "UPPER"}}, SETTINGS, "spec.auth.apiKeySecret"),
+        ({"ingress": {"host": "a.b", "tlsSecret": "x_y"}}, SETTINGS, "spec.ingress.tlsSecret"),
+        ({"ingress": {"host": "a.b", "className": "A"}}, SETTINGS, "spec.ingress.className"),
+        ({"ingress": {"host": "a.b", "path": "/a//b"}}, SETTINGS, "spec.ingress.path"),
+        (
+            {"ingress": {"host": "a.b", "annotations": {"bad key": "v"}}},
+            SETTINGS,
+            "spec.ingress.annotations['bad key']",
+        ),
+        (
+            {"gateway": {"parentRefs": [{"name": "gw"}], "hostnames": ["ok.example", "Bad:80"]}},
+            SETTINGS,
+            "spec.gateway.hostnames[1]",
+        ),
+        (
+            {"gateway": {"parentRefs": [{"name": "gw", "namespace": "Not.Valid"}]}},
+            SETTINGS,
+            "spec.gateway.parentRefs[0].namespace",
+        ),
+        (
+            {"gateway": {"parentRefs": [{"name": "gw", "sectionName": "HTTPS"}]}},
+            SETTINGS,
+            "spec.gateway.parentRefs[0].sectionName",
+        ),
+    ],
+)
+def test_render_error_names_the_field(
+    spec: dict[str, Any], settings: OperatorSettings, field: str
+) -> None:
+    """Refused before anything is applied, with the field's path: by the API models when
+    they check it, otherwise by render."""
+    try:
+        md = make(**spec)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        assert wire_path(loc) == field
+        return
+    with pytest.raises(RenderError) as info:
+        render.render(md, RolloutState("3"), settings)
+    assert info.value.field == field
+    assert str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def wire_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith("function-"):
+            path += f".{part}" if path else part
+    return path
+
+
+def test_render_error_without_a_version() -> None:
+    with pytest.raises(RenderError) as info:
+        render.render(make(), RolloutState(""), SETTINGS)
+    assert info.value.field == "spec.model.version"
+
+
+def test_rollout_state_defaults_to_no_canary() -> None:
+    state = RolloutState("3")
+    assert (state.canary_version, state.canary_weight) == (None, 0)
+    with pytest.raises(AttributeError):
+        state.stable_version = "4"  # type: ignore[misc]
+
+
+def test_public_surface() -> None:
+    assert set(render.__all__) == {
+        "RenderError", "RolloutState", "desired_kinds", "owner_reference", "render"
+    }
