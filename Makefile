@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint demo e2e bench clean
+.PHONY: setup system-deps test lint demo e2e bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,5 +49,14 @@ demo:
 e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e tests/e2e
 
+## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
+bench-operator: $(STAMP)
+	$(BIN)/python benchmarks/operator/run.py --count 200
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
+
+## bench-runtime: modelship-runtime vs MLServer and KServe (issue 6; ~15 min, needs wrk)
+.PHONY: bench-runtime
+bench-runtime: $(STAMP)
+	$(BIN)/python benchmarks/runtime/run.py $(BENCH_ARGS)
