@@ -1,0 +1,190 @@
+"""The servers under test: how each starts, where it predicts, what body it takes.
+
+Each server speaks its own default protocol, the one its users would send:
+modelship-runtime its `/predict` (seed format, which also returns probabilities),
+MLServer the Open Inference Protocol V2 (`/v2/models/{name}/infer`, FP64 tensor),
+KServe its V1 `/v1/models/{name}:predict`, and the bare FastAPI baseline a plain
+`{"instances": ...}` POST. Bodies carry the same rows, serialised by `json.dumps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from procs import free_port
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+VENVS = HERE / ".venvs"
+PEERS = HERE / "peers"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """One trained model in every form a server loads."""
+
+    name: str
+    joblib_path: Path
+    mlflow_dir: Path | None
+    n_features: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What `procs.Server` needs, plus where to send predictions."""
+
+    argv: list[str]
+    env: dict[str, str]
+    predict_url: str
+
+
+def base_env() -> dict[str, str]:
+    """The caller's environment without anything that would leak a venv into a server."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Target:
+    """A server under test. Subclasses set the name, venv and protocol."""
+
+    name = ""
+    role = "peer"  # runtime | peer | baseline
+    venv = ""
+    #: scenarios this target runs (None: all)
+    scenarios: tuple[str, ...] | None = None
+
+    def python(self) -> Path:
+        return VENVS / self.venv / "bin" / "python"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        raise NotImplementedError
+
+    def body(self, rows: list[list[float]], single: bool) -> str:
+        return json.dumps({"instances": rows})
+
+
+class Modelship(Target):
+    name = "modelship"
+    role = "runtime"
+
+    def python(self) -> Path:
+        return REPO / ".venv" / "bin" / "python"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        if model.mlflow_dir is None:
+            raise RuntimeError("modelship needs the MLflow model directory (mlflow missing?)")
+        port = free_port()
+        argv = [
+            str(REPO / ".venv" / "bin" / "modelship-runtime"),
+            "serve",
+            "--model-dir",
+            str(model.mlflow_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        env = base_env()
+        env["MODELSHIP_MODEL_NAME"] = model.name
+        return Launch(argv, env, f"http://127.0.0.1:{port}/predict")
+
+    def body(self, rows: list[list[float]], single: bool) -> str:
+        if single:
+            return json.dumps({"features": rows[0]})
+        return json.dumps({"instances": rows})
+
+
+class MLServer(Target):
+    name = "mlserver"
+    venv = "mlserver"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        repo = workdir / "mlserver-repo" / model.name
+        repo.mkdir(parents=True, exist_ok=True)
+        (repo / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": model.name,
+                    "implementation": "mlserver_sklearn.SKLearnModel",
+                    "parameters": {"uri": str(model.joblib_path)},
+                }
+            )
+        )
+        port = free_port()
+        env = base_env()
+        env.update(
+            MLSERVER_HOST="127.0.0.1",
+            MLSERVER_HTTP_PORT=str(port),
+            MLSERVER_GRPC_PORT=str(free_port()),
+            MLSERVER_METRICS_PORT=str(free_port()),
+        )
+        argv = [str(VENVS / self.venv / "bin" / "mlserver"), "start", str(repo)]
+        return Launch(argv, env, f"http://127.0.0.1:{port}/v2/models/{model.name}/infer")
+
+    def body(self, rows: list[list[float]], single: bool) -> str:
+        flat = [x for row in rows for x in row]
+        tensor = {
+            "name": "input-0",
+            "shape": [len(rows), len(rows[0])],
+            "datatype": "FP64",
+            "data": flat,
+        }
+        return json.dumps({"inputs": [tensor]})
+
+
+class KServe(Target):
+    name = "kserve"
+    venv = "kserve"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        port = free_port()
+        argv = [
+            str(self.python()),
+            str(PEERS / "kserve_server.py"),
+            "--model_name",
+            model.name,
+            "--model_file",
+            str(model.joblib_path),
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(free_port()),
+        ]
+        return Launch(argv, base_env(), f"http://127.0.0.1:{port}/v1/models/{model.name}:predict")
+
+
+class BareFastAPI(Target):
+    name = "fastapi-bare"
+    role = "baseline"
+    venv = "bare"
+    path = "/predict"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        port = free_port()
+        argv = [
+            str(self.python()),
+            str(PEERS / "bare_server.py"),
+            "--model-file",
+            str(model.joblib_path),
+            "--port",
+            str(port),
+        ]
+        return Launch(argv, base_env(), f"http://127.0.0.1:{port}{self.path}")
+
+
+class ConstantFastAPI(BareFastAPI):
+    """The bare stack answering a constant: the HTTP cost alone, light model runs only."""
+
+    name = "fastapi-constant"
+    path = "/constant"
+    scenarios = ("single-c8",)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (Modelship(), MLServer(), KServe(), BareFastAPI(), ConstantFastAPI())
+}
+PEER_NAMES = ("mlserver", "kserve")
