@@ -9,20 +9,34 @@ rule. Python attributes are snake_case; the wire names are the camelCase aliases
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from itertools import pairwise
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "modelship.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
+GROUP: Final = "modelship.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = "modelship.io/v1alpha1"
+KIND: Final = "ModelDeployment"
+PLURAL: Final = "modeldeployments"
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# resource.Quantity as the API server parses it (the pattern kubebuilder puts in CRDs).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+# A Secret's name in the ModelDeployment's namespace.
+SecretName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]
+Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 
 
 def parse_duration(text: str) -> float:
@@ -33,14 +47,28 @@ def parse_duration(text: str) -> float:
 
 
 class _Model(BaseModel):
-    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+    """Base of every API model: camelCase on the wire, unknown fields rejected.
+
+    Types are strict, as the API server's are: ``replicas: "3"`` or ``paused: "true"``
+    is an error, not a coercion. A field given as null counts as absent (its default
+    applies), because the API server prunes nulls of non-nullable fields before
+    defaulting and validating.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        strict=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prune_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
     def dump(self) -> dict[str, Any]:
         """The wire form: camelCase keys, unset optional fields left out."""
@@ -53,9 +81,8 @@ class RegistrySpec(_Model):
         min_length=1,
         description="MLflow tracking server URI; defaults to the operator's setting.",
     )
-    credentials_secret: str | None = Field(
+    credentials_secret: SecretName | None = Field(
         default=None,
-        min_length=1,
         description="Secret with MLFLOW_TRACKING_TOKEN or "
         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD keys.",
     )
@@ -90,24 +117,29 @@ class ModelSpec(_Model):
 
 
 class EnvVar(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
-    )
+    """A core/v1 EnvVar; ``valueFrom`` is passed through to the container unchecked."""
+
     name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str | None = None
     value_from: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _value_or_value_from(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("spec.runtime.env: set at most one of value and valueFrom")
+        return self
+
 
 class ResourceRequirements(_Model):
-    requests: dict[str, int | str] | None = None
-    limits: dict[str, int | str] | None = None
+    requests: dict[str, Quantity] | None = None
+    limits: dict[str, Quantity] | None = None
 
 
 class RuntimeSpec(_Model):
     image: str | None = Field(default=None, min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: ResourceRequirements | None = None
-    env: list[EnvVar] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
 
 
 class AutoscalingSpec(_Model):
@@ -135,7 +167,7 @@ class IngressSpec(_Model):
     )
     path: str = Field(default="/", pattern=r"^/")
     class_name: str | None = Field(default=None, min_length=1)
-    tls_secret: str | None = Field(default=None, min_length=1)
+    tls_secret: SecretName | None = None
     annotations: dict[str, str] | None = None
 
 
@@ -147,7 +179,7 @@ class ParentRef(_Model):
 
 class GatewaySpec(_Model):
     parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     path: str = Field(default="/", pattern=r"^/")
 
 
@@ -159,7 +191,7 @@ class AnalysisQueries(_Model):
 
 class AnalysisSpec(_Model):
     provider: Literal["pods", "prometheus"] = "pods"
-    prometheus_url: str = Field(default="", alias="prometheusUrl")
+    prometheus_url: str = Field(default="", max_length=2048, alias="prometheusUrl")
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     max_latency_p95_ms: Annotated[float, Field(gt=0)] = Field(
         default=500, alias="maxLatencyP95Ms"
@@ -186,13 +218,14 @@ class RolloutSpec(_Model):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     paused: bool = False
 
-    @model_validator(mode="after")
-    def _steps(self) -> RolloutSpec:
-        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in pairwise(steps)):
             raise ValueError("spec.rollout.steps must be strictly ascending")
-        if self.steps[-1] != 100:
+        if steps[-1] != 100:
             raise ValueError("spec.rollout.steps must end at 100")
-        return self
+        return steps
 
     @property
     def interval_seconds(self) -> float:
@@ -200,17 +233,21 @@ class RolloutSpec(_Model):
 
 
 class CacheSpec(_Model):
-    redis_secret: str = Field(min_length=1)
+    redis_secret: SecretName
     ttl_seconds: Annotated[int, Field(ge=1)] = 300
 
 
 class AuthSpec(_Model):
-    api_key_secret: str = Field(min_length=1)
+    api_key_secret: SecretName
+
+
+# A pod count or a percent of pods, as a PodDisruptionBudget takes it.
+PodCount = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[0-9]+%$")]
 
 
 class DisruptionBudgetSpec(_Model):
-    min_available: int | str | None = None
-    max_unavailable: int | str | None = None
+    min_available: PodCount | None = None
+    max_unavailable: PodCount | None = None
 
     @model_validator(mode="after")
     def _one(self) -> DisruptionBudgetSpec:
@@ -218,14 +255,6 @@ class DisruptionBudgetSpec(_Model):
             raise ValueError(
                 "spec.disruptionBudget: set at most one of minAvailable and maxUnavailable"
             )
-        for field, value in (
-            ("minAvailable", self.min_available),
-            ("maxUnavailable", self.max_unavailable),
-        ):
-            if isinstance(value, str) and not re.fullmatch(r"[0-9]+%", value):
-                raise ValueError(f"spec.disruptionBudget.{field} must be an integer or a percent")
-            if isinstance(value, int) and value < 0:
-                raise ValueError(f"spec.disruptionBudget.{field} must not be negative")
         return self
 
 
@@ -320,6 +349,14 @@ class ModelDeploymentStatus(_Model):
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
+
+    @field_validator("conditions")
+    @classmethod
+    def _one_condition_per_type(cls, conditions: list[Condition]) -> list[Condition]:
+        types = [c.type for c in conditions]
+        if len(types) != len(set(types)):
+            raise ValueError("status.conditions: one condition per type")
+        return conditions
 
 
 class ObjectMeta(BaseModel):
