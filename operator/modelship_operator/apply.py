@@ -165,8 +165,7 @@ def sync_children(
             continue
         result.live[key] = client.apply(with_hash(obj), field_manager)
         (result.created if action is Action.CREATE else result.updated).append(label)
-    for key, obj in live.items():
-        if key not in wanted:
-            if client.delete(kind_of(key[0], key[1]), namespace, key[2]):
-                result.deleted.append(f"{key[1]}/{key[2]}")
+    for key in live:
+        if key not in wanted and client.delete(kind_of(key[0], key[1]), namespace, key[2]):
+            result.deleted.append(f"{key[1]}/{key[2]}")
     return result

@@ -109,10 +109,12 @@ class KubeClient:
         """In-cluster credentials when in a pod, else the current kubeconfig context."""
         configuration = k8s_client.Configuration()
         try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         except k8s_config.ConfigException:
             # KUBECONFIG is read now, not when the kubernetes package was imported.
-            k8s_config.load_kube_config(
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=os.environ.get("KUBECONFIG") or None,
                 client_configuration=configuration,
             )
@@ -144,7 +146,7 @@ class KubeClient:
         with self._lock:
             self.requests_sent += 1
         try:
-            response = self._api.rest_client.request(
+            response = self._api.rest_client.request(  # type: ignore[no-untyped-call]
                 method,
                 url,
                 headers=headers,

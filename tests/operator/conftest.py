@@ -8,13 +8,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kube_emulator import OPERATOR_AGENT, Cluster  # noqa: E402
+from kube_emulator import OPERATOR_AGENT, Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 

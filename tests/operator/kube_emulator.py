@@ -30,7 +30,6 @@ from typing import Any
 
 import kmock
 from kmock._internal import enums  # the action enum is the emulator's own vocabulary
-
 from modelship_operator.k8s import KINDS
 
 OPERATOR_AGENT = "modelship-operator"

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from kube_emulator import Cluster, operator_requests, wait_for
-
 from modelship_operator import rbac
 
 NS = "ml"
