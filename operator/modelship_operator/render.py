@@ -13,7 +13,7 @@ ignored here.
 
 from __future__ import annotations
 
-import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,5 +119,8 @@ def render(
         children.append(ingress.render(md, spec.ingress))
     if spec.gateway is not None:
         children.append(httproute.render(md, spec.gateway))
-    # Deep-copied: no two children (nor the settings) share a mutable part.
-    return copy.deepcopy([_finish(md, child) for child in children])
+    # A JSON round trip, not deepcopy (which keeps shared parts shared): no two places in
+    # the result, nor the settings, share a mutable part.
+    finished = [_finish(md, child) for child in children]
+    result: list[dict[str, Any]] = json.loads(json.dumps(finished))
+    return result

@@ -561,3 +561,18 @@ def test_public_surface() -> None:
     assert set(render.__all__) == {
         "RenderError", "RolloutState", "desired_kinds", "owner_reference", "render"
     }
+
+
+def test_no_two_places_share_a_mutable_part() -> None:
+    """Shared dicts would leak edits between containers and turn into YAML anchors."""
+    md = make(cache={"redisSecret": "r"}, runtime={"env": [{"name": "A", "value": "1"}]})
+    seen: dict[int, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict | list):
+            assert id(node) not in seen, node
+            seen[id(node)] = node
+            for child in node.values() if isinstance(node, dict) else node:
+                walk(child)
+
+    walk(render.render(md, RolloutState("3"), SETTINGS))

@@ -1,0 +1,200 @@
+"""`modelship render`, run as the real console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+MODELSHIP = shutil.which("modelship", path=str(Path(sys.executable).parent))
+
+pytestmark = pytest.mark.skipif(MODELSHIP is None, reason="console script not installed")
+
+MINIMAL = """\
+apiVersion: modelship.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: iris, namespace: ml}
+spec:
+  model:
+    name: iris-classifier
+    version: "3"
+    registry: {trackingUri: "http://mlflow.mlflow:5000"}
+"""
+SECOND = MINIMAL.replace("name: iris,", "name: wine,").replace('version: "3"', 'version: "8"')
+NO_URI = """\
+apiVersion: modelship.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: plain}
+spec: {model: {name: m, version: "1"}}
+"""
+INVALID = """\
+apiVersion: modelship.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: broken}
+spec:
+  model: {name: m, version: "1", registry: {trackingUri: "http://x"}}
+  autoscaling: {minReplicas: 0, maxReplicas: 2}
+"""
+ALIAS = """\
+apiVersion: modelship.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: champ}
+spec: {model: {name: m, alias: champion, registry: {trackingUri: "http://x"}}}
+"""
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
+    assert MODELSHIP is not None
+    return subprocess.run(
+        [MODELSHIP, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_render_a_file(tmp_path: Path) -> None:
+    result = run("render", "-f", write(tmp_path, "iris.yaml", MINIMAL))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("---\n")
+    assert "&id" not in result.stdout and "*id" not in result.stdout
+    objects = docs(result.stdout)
+    assert [o["kind"] for o in objects] == [
+        "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"
+    ]
+    for obj in objects:
+        ref = obj["metadata"]["ownerReferences"][0]
+        assert ref["uid"] == "00000000-0000-0000-0000-000000000000"
+        assert ref["name"] == "iris"
+        kubernetes_validate.validate(obj, "1.37", strict=True)
+
+
+def test_stdin_with_several_documents_and_several_files(tmp_path: Path) -> None:
+    stream = MINIMAL + "---\n" + SECOND
+    extra = write(tmp_path, "extra.yaml", MINIMAL.replace("name: iris,", "name: three,"))
+    result = run("render", "-f", "-", "-f", extra, stdin=stream)
+    assert result.returncode == 0, result.stderr
+    deployments = [o["metadata"]["name"] for o in docs(result.stdout) if o["kind"] == "Deployment"]
+    assert deployments == ["iris-v3", "wine-v8", "three-v3"]
+
+
+def test_invalid_manifest_names_the_field_and_prints_nothing_for_it(tmp_path: Path) -> None:
+    result = run("render", "-f", write(tmp_path, "bad.yaml", INVALID))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "spec.autoscaling.minReplicas" in result.stderr
+    assert "broken" in result.stderr
+
+
+def test_invalid_manifest_among_valid_ones(tmp_path: Path) -> None:
+    result = run("render", "-f", "-", stdin=MINIMAL + "---\n" + INVALID + "---\n" + SECOND)
+    assert result.returncode == 1
+    owners = {o["metadata"]["ownerReferences"][0]["name"] for o in docs(result.stdout)}
+    assert owners == {"iris", "wine"}
+    assert "<stdin>#2: ModelDeployment/broken: spec.autoscaling.minReplicas" in result.stderr
+
+
+ERROR_CASES = [
+    (MINIMAL.replace('version: "3"', 'version: "3"\n    alias: champion'), "spec.model"),
+    (MINIMAL + "  replicas: many\n", "spec.replicas"),
+    (MINIMAL + "  runtime: {env: [{name: A}, {name: '1x'}]}\n", "spec.runtime.env[1].name"),
+    (MINIMAL + "  ingress: {host: a.example.com, path: '/a//b'}\n", "spec.ingress.path"),
+    (MINIMAL.replace("metadata: {name: iris, namespace: ml}", "metadata: {}"), "metadata.name"),
+    (MINIMAL + "  unknownField: 1\n", "spec.unknownField"),
+]
+
+
+def test_error_paths() -> None:
+    """One stream of broken manifests (one process): each error names its field."""
+    result = run("render", "-f", "-", stdin="---\n".join(m for m, _ in ERROR_CASES))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(ERROR_CASES), result.stderr
+    for i, (line, (_, path)) in enumerate(zip(lines, ERROR_CASES, strict=True), start=1):
+        assert line.startswith(f"<stdin>#{i}: ModelDeployment/"), line
+        assert f": {path}: " in line, line
+
+
+def test_tracking_uri_and_image_options() -> None:
+    result = run("render", "-f", "-", stdin=NO_URI)
+    assert result.returncode == 1
+    assert "spec.model.registry.trackingUri" in result.stderr
+    assert "--tracking-uri" in result.stderr
+    result = run(
+        "render", "-f", "-", "--tracking-uri", "http://mlflow:5000", "--image", "rt:9",
+        stdin=NO_URI,
+    )
+    assert result.returncode == 0, result.stderr
+    (dep,) = [o for o in docs(result.stdout) if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "rt:9"
+    init_env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
+    assert init_env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_alias_needs_a_version_to_preview() -> None:
+    result = run("render", "-f", "-", stdin=ALIAS)
+    assert result.returncode == 1
+    assert "spec.model.alias" in result.stderr and "--alias-version" in result.stderr
+    result = run("render", "-f", "-", "--alias-version", "5", stdin=ALIAS)
+    assert result.returncode == 0, result.stderr
+    assert "champ-v5" in [o["metadata"]["name"] for o in docs(result.stdout)]
+
+
+def test_canary_options_are_refused_for_now() -> None:
+    result = run("render", "-f", "-", "--canary-version", "4", "--weight", "10", stdin=MINIMAL)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "not yet" in result.stderr
+
+
+def test_other_kinds_are_skipped() -> None:
+    result = run("render", "-f", "-", stdin="apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert "skipped Secret/s" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["render", "-f", "/nonexistent/md.yaml"], None, "cannot read /nonexistent/md.yaml"),
+        (["render", "-f", "-"], "a: [unclosed\n", "not valid YAML"),
+        (["render"], None, "-f"),
+        ([], None, "render"),
+    ],
+)
+def test_usage_errors(args: list[str], stdin: str | None, message: str) -> None:
+    result = run(*args, stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert message in result.stderr
+
+
+def _examples() -> list[str]:
+    return [str(p) for p in sorted(EXAMPLES.glob("**/*.y*ml"))]
+
+
+@pytest.mark.skipif(not _examples(), reason="examples/ holds no manifests yet")
+def test_every_example_renders() -> None:
+    files = [arg for path in _examples() for arg in ("-f", path)]
+    result = run("render", *files, "--alias-version", "1")
+    assert result.returncode == 0, result.stderr
+    assert any(o["kind"] == "Deployment" for o in docs(result.stdout))
