@@ -90,8 +90,7 @@ class CRDChecker:
 
     def defaulted(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A copy of `obj` with nulls pruned and defaults applied, as it would be stored."""
-        result = copy.deepcopy(obj)
-        _prune_and_default(self.schema, result)
+        result: dict[str, Any] = defaulted(self.schema, obj)
         return result
 
     def check(self, obj: dict[str, Any]) -> list[Problem]:
@@ -124,6 +123,13 @@ class CRDChecker:
             del key
             problems += self._cel_problems(sub, child, sub_spath, sub_vpath, broken)
         return problems
+
+
+def defaulted(schema: dict[str, Any], value: Any) -> Any:
+    """A copy of `value` with nulls pruned and the defaults of `schema` applied."""
+    result = copy.deepcopy(value)
+    _prune_and_default(schema, result)
+    return result
 
 
 def _children(

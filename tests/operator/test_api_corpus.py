@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pydantic
 import pytest
 import yaml
@@ -149,67 +148,6 @@ def test_checker_reports_cel_failures_with_the_rule(checker: CRDChecker) -> None
         "exactly one of spec.model.version and spec.model.alias must be set",
         next(r for r in checker.rules if r.path == "spec.model"),
     )
-
-
-@pytest.mark.parametrize("version", ["1.29", "1.37"])
-def test_crd_passes_kubernetes_validate_strict(crd: dict[str, Any], version: str) -> None:
-    used = kubernetes_validate.validate(crd, version, strict=True)
-    assert used == version, f"validated against {used}, not {version}"
-
-
-def _properties(
-    node: dict[str, Any], path: str
-) -> list[tuple[str, dict[str, Any]]]:
-    found: list[tuple[str, dict[str, Any]]] = []
-    for key, sub in node.get("properties", {}).items():
-        found.append((f"{path}.{key}", sub))
-        found += _properties(sub, f"{path}.{key}")
-    if isinstance(node.get("items"), dict):
-        found += _properties(node["items"], path + "[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        found += _properties(node["additionalProperties"], path + ".*")
-    return found
-
-
-def test_every_field_has_a_description(crd: dict[str, Any]) -> None:
-    (version,) = crd["spec"]["versions"]
-    fields = _properties(version["schema"]["openAPIV3Schema"], "")
-    assert len(fields) > 90
-    missing = [path for path, node in fields if not node.get("description", "").strip()]
-    assert missing == []
-
-
-def test_names_and_version(crd: dict[str, Any]) -> None:
-    spec = crd["spec"]
-    assert crd["metadata"]["name"] == "modeldeployments.modelship.io"
-    assert (spec["group"], spec["scope"]) == ("modelship.io", "Namespaced")
-    assert spec["names"] == {
-        "kind": "ModelDeployment",
-        "listKind": "ModelDeploymentList",
-        "plural": "modeldeployments",
-        "singular": "modeldeployment",
-        "shortNames": ["md"],
-        "categories": ["modelship"],
-    }
-    (version,) = spec["versions"]
-    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
-    assert version["subresources"] == {"status": {}}
-
-
-def test_printer_columns(crd: dict[str, Any]) -> None:
-    (version,) = crd["spec"]["versions"]
-    columns = {c["name"].upper(): (c["type"], c["jsonPath"]) for c in version[
-        "additionalPrinterColumns"]}
-    assert columns == {
-        "MODEL": ("string", ".spec.model.name"),
-        "STABLE": ("string", ".status.stable.version"),
-        "CANARY": ("string", ".status.canary.version"),
-        "WEIGHT": ("integer", ".status.canary.weight"),
-        "READY": ("string", '.status.conditions[?(@.type=="Ready")].status'),
-        "URL": ("string", ".status.url"),
-        "AGE": ("date", ".metadata.creationTimestamp"),
-    }
-    assert [c["name"].upper() for c in version["additionalPrinterColumns"]] == list(columns)
 
 
 def test_examples_exist() -> None:
