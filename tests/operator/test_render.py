@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from modelship_operator import naming, render
 from modelship_operator.api import ModelDeployment
+from modelship_operator.reconcilers import canonical_quantity
 from modelship_operator.reconcilers import deployment as dep
 from modelship_operator.render import RenderError, RolloutState, desired_kinds
 from modelship_operator.settings import OperatorSettings
@@ -196,7 +197,7 @@ def test_restricted_security_context_everywhere() -> None:
             {"runtime": {"image": "reg.example.com/rt:2", "resources": {"limits": {"cpu": 2}}}},
             SETTINGS,
             "reg.example.com/rt:2",
-            {"limits": {"cpu": 2}},
+            {"limits": {"cpu": "2"}},
         ),
         (
             {},
@@ -576,3 +577,28 @@ def test_no_two_places_share_a_mutable_part() -> None:
                 walk(child)
 
     walk(render.render(md, RolloutState("3"), SETTINGS))
+
+
+# --- quantities as the API server echoes them (so a resync compares equal) -------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("250m", "250m"), ("1000m", "1"), (1, "1"), ("0.5", "500m"), ("1.5", "1500m"),
+        (".5", "500m"), ("0.1m", "100u"), ("1.0000000001", "1000000001n"), ("2000", "2k"),
+        ("1000k", "1M"), ("0", "0"), ("0Mi", "0"), ("256Mi", "256Mi"), ("1024Mi", "1Gi"),
+        ("1.5Gi", "1536Mi"), ("0.5Ki", "512"), ("1023Ki", "1023Ki"), ("1e3", "1e3"),
+        ("1E3", "1e3"), ("12e6", "12e6"), ("1.5e3", "1500"), ("+1", "1"), ("-1", "-1"),
+    ],
+)
+def test_canonical_quantity(given: int | str, canonical: str) -> None:
+    assert canonical_quantity(given) == canonical
+
+
+def test_resources_are_rendered_canonical() -> None:
+    md = make(runtime={"resources": {"requests": {"cpu": "0.25", "memory": "1024Mi"},
+                                     "limits": {"cpu": 1}}})
+    (main,) = pod(md)["containers"]
+    assert main["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"},
+                                 "limits": {"cpu": "1"}}

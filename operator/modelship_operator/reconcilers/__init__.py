@@ -12,6 +12,11 @@ reconciler can raise it without importing the assembler.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal, localcontext
+from typing import Any
+
 from modelship_operator import naming
 
 
@@ -86,3 +91,67 @@ def require_path(path: str, field: str) -> str:
             "'/.' or '/..'",
         )
     return path
+
+
+# --- resource quantities in the API server's canonical form ------------------------------
+
+_QUANTITY = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<bin>[KMGTPE]i)|(?P<dec>[numkMGTPE])|[eE](?P<exp>[+-]?[0-9]+))?$"
+)
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_DECIMAL_SUFFIX = {e: s for s, e in _DECIMAL.items()}
+_BINARY_SUFFIX = {k: s for s, k in _BINARY.items()}
+
+
+def canonical_quantity(quantity: int | str) -> str:
+    """`quantity` as the API server writes it back (``1000m`` -> ``1``, ``1024Mi`` ->
+    ``1Gi``, ``0.5`` -> ``500m``, ``2`` -> ``"2"``), so that a live object compares equal
+    to what was applied. Text that is not a quantity is returned unchanged (the API
+    models reject it before this point).
+
+    Kubernetes' rules (resource.Quantity.CanonicalizeBytes): precision beyond 10^-9 is
+    rounded up; a binary (``Ki``...) amount below 1024 or not whole is shown decimal;
+    decimal amounts take the largest SI suffix (a power of 1000) that keeps the number
+    whole; exponent notation stays exponent notation.
+    """
+    text = str(quantity)
+    match = _QUANTITY.match(text)
+    if match is None:
+        return text
+    with localcontext() as ctx:
+        ctx.prec = 100
+        value = Decimal(match["num"])
+        if match["bin"]:
+            value *= Decimal(1024) ** _BINARY[match["bin"]]
+        elif match["exp"] is not None:
+            value = value.scaleb(int(match["exp"]))
+        else:
+            value = value.scaleb(_DECIMAL[match["dec"] or ""])
+        value = (value.scaleb(9).to_integral_value(rounding=ROUND_CEILING)).scaleb(-9)
+        if value == 0:
+            return "0"
+        if match["bin"] and abs(value) >= 1024 and value == value.to_integral_value():
+            number, power = int(value), 0
+            while power < 6 and number % 1024 == 0:
+                number, power = number // 1024, power + 1
+            return f"{number}{_BINARY_SUFFIX.get(power, '')}"
+        nanos = int(value.scaleb(9))
+        exponent = -9
+        while nanos % 1000 == 0 and exponent < 18:
+            nanos, exponent = nanos // 1000, exponent + 3
+        if match["exp"] is not None:
+            return f"{nanos}e{exponent}" if exponent else str(nanos)
+        return f"{nanos}{_DECIMAL_SUFFIX[exponent]}"
+
+
+def canonical_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """A container's ``resources`` with every quantity in canonical form."""
+    out: dict[str, Any] = {}
+    for section, amounts in resources.items():
+        if isinstance(amounts, Mapping):
+            out[section] = {name: canonical_quantity(q) for name, q in amounts.items()}
+        else:
+            out[section] = amounts
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import ModelDeployment
-from modelship_operator.reconcilers import RenderError, require_subdomain
+from modelship_operator.reconcilers import RenderError, canonical_resources, require_subdomain
 from modelship_operator.settings import OperatorSettings
 
 # --- the runtime's interface: every env name and path the pods depend on ----------------
@@ -153,7 +153,7 @@ def render(
     user_env = [e.dump() for e in spec.runtime.env]
 
     image = spec.runtime.image or settings.runtime_image
-    resources = (
+    resources = canonical_resources(
         spec.runtime.resources.dump()
         if spec.runtime.resources is not None
         else settings.default_resources
