@@ -26,6 +26,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # resource.Quantity as the API server parses it (the pattern kubebuilder puts in CRDs).
 QUANTITY_PATTERN = (
@@ -33,8 +34,9 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
-# A Secret's name in the ModelDeployment's namespace.
-SecretName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+# The name of a Kubernetes object (a Secret, an IngressClass, a Gateway).
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+SecretName = ObjectName
 Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]
 Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 
@@ -166,15 +168,17 @@ class IngressSpec(_Model):
         pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
     )
     path: str = Field(default="/", pattern=r"^/")
-    class_name: str | None = Field(default=None, min_length=1)
+    class_name: ObjectName | None = None
     tls_secret: SecretName | None = None
     annotations: dict[str, str] | None = None
 
 
 class ParentRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
-    namespace: str | None = Field(default=None, min_length=1, max_length=63)
-    section_name: str | None = Field(default=None, min_length=1, max_length=253)
+    name: ObjectName
+    namespace: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN
+    )
+    section_name: ObjectName | None = None
 
 
 class GatewaySpec(_Model):
