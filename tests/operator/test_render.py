@@ -290,6 +290,11 @@ def test_user_env_comes_last_and_overrides_in_place() -> None:
     assert env_of(main)["MODELSHIP_MODEL_VERSION"] == "x"
 
 
+def test_empty_env_value_is_left_out_as_the_api_server_does() -> None:
+    main = pod(make(runtime={"env": [{"name": "EMPTY", "value": ""}]}))["containers"][0]
+    assert main["env"][-1] == {"name": "EMPTY"}
+
+
 def test_auth_mounts_the_secret_read_only() -> None:
     p = pod(make(auth={"apiKeySecret": "iris-keys"}))
     assert {"name": "api-keys", "secret": {"secretName": "iris-keys"}} in p["volumes"]
@@ -355,7 +360,7 @@ def test_hpa(autoscaling: dict[str, Any], expected_metrics: list[tuple[str, int]
     ],
 )
 def test_pdb(budget: dict[str, Any] | None, expected: dict[str, Any]) -> None:
-    spec = {} if budget is None else {"disruptionBudget": budget}
+    spec: dict[str, Any] = {} if budget is None else {"disruptionBudget": budget}
     p = objects(make(**spec))["PodDisruptionBudget"]
     selector = {"matchLabels": {"modelship.io/deployment": "iris"}}
     assert p["spec"] == {**expected, "selector": selector}

@@ -356,7 +356,7 @@ gateway = st.fixed_dictionaries(
     )},
     optional={"hostnames": st.lists(hosts, max_size=3), "path": paths},
 )
-budget = st.one_of(
+budget: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.just({}),
     st.fixed_dictionaries({"minAvailable": st.one_of(st.integers(0, 5), st.just("50%"))}),
     st.fixed_dictionaries({"maxUnavailable": st.one_of(st.integers(0, 5), st.just("25%"))}),
@@ -382,7 +382,7 @@ specs = st.fixed_dictionaries(
         "disruptionBudget": budget,
     },
 )
-routing = st.one_of(
+routing: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.just({}),
     ingress.map(lambda i: {"ingress": i}),
     gateway.map(lambda g: {"gateway": g}),

@@ -150,7 +150,11 @@ def render(
         serve_env.append({"name": ENV_API_KEYS_FILE, "value": API_KEYS_FILE})
         volumes.append({"name": "api-keys", "secret": {"secretName": secret}})
         mounts.append({"name": "api-keys", "mountPath": AUTH_MOUNT, "readOnly": True})
-    user_env = [e.dump() for e in spec.runtime.env]
+    # The API server drops an empty value (omitempty); leave it out so live == desired.
+    user_env = [
+        {k: v for k, v in e.dump().items() if not (k == "value" and v == "")}
+        for e in spec.runtime.env
+    ]
 
     image = spec.runtime.image or settings.runtime_image
     resources = canonical_resources(
