@@ -100,7 +100,10 @@ def main() -> int:
         before = len(cluster.requests())
         time.sleep(args.resync * 3)
         window = operator_requests(cluster)[before:]
-        periods = 3
+        # One resync pass of one ModelDeployment lists its Deployments exactly once.
+        passes = sum(
+            1 for r in window if r[0] == "GET" and r[1].endswith("/deployments") and r[2]
+        )
         writes = [r for r in window if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
         result = {
             "modeldeployments": args.count,
@@ -110,7 +113,8 @@ def main() -> int:
             "create_writes_per_md": round(
                 sum(1 for r in create_requests if r[0] != "GET") / args.count, 2
             ),
-            "resync_requests_per_md": round(len(window) / periods / args.count, 2),
+            "resync_passes": passes,
+            "resync_requests_per_pass": round(len(window) / max(passes, 1), 2),
             "resync_writes_total": len(writes),
             "operator_peak_rss_mib": round(peak_rss_kib(proc.pid) / 1024, 1),
         }

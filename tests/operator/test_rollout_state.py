@@ -1,0 +1,180 @@
+"""The canary state machine: paths by example, and its safety rules by hypothesis."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from modelship_operator.api import AnalysisSpec, RolloutSpec
+from modelship_operator.rollout.state import (
+    Canary,
+    LastRollout,
+    Observed,
+    Outcome,
+    RolloutState,
+    Verdict,
+    advance,
+    analysis_due,
+)
+
+SPEC = RolloutSpec(steps=[10, 50, 100], interval="60s", analysis=AnalysisSpec(failure_limit=2))
+PASS = Verdict(Outcome.PASS, "ok")
+FAIL = Verdict(Outcome.FAIL, "error rate 0.2 > 0.01")
+WAIT = Verdict(Outcome.WAIT, "3 requests, fewer than 20")
+
+
+def run(state: RolloutState, target: str, now: float, **obs: bool) -> RolloutState:
+    return advance(SPEC, target, state, Observed(now=now, **obs)).state
+
+
+def test_first_version_serves_directly() -> None:
+    step = advance(SPEC, "3", RolloutState(stable=None), Observed(now=0))
+    assert step.state == RolloutState(stable="3")
+    assert step.phase == "Ready"
+
+
+def test_happy_path_steps_then_promotes() -> None:
+    state = RolloutState(stable="3")
+    state = run(state, "4", 0)
+    assert state.canary == Canary(version="4")  # created, no traffic yet
+    state = run(state, "4", 1)  # canary pods not ready: still no traffic
+    assert state.canary is not None and state.canary.weight == 0
+    state = run(state, "4", 2, canary_ready=True)
+    assert state.canary is not None and state.canary.weight == 10
+    weights = [10]
+    now = 2.0
+    while state.canary is not None:
+        now += 61
+        assert analysis_due(state, SPEC, now)
+        step = advance(SPEC, "4", state, Observed(now=now, canary_ready=True), PASS)
+        state = step.state
+        if state.canary is not None:
+            weights.append(state.canary.weight)
+    assert weights == [10, 50, 100]
+    assert state == RolloutState(stable="4", canary=None, last=LastRollout("4", "Promoted",
+                                 "every step passed; last: ok"))
+
+
+def test_analysis_not_due_before_interval_holds_weight() -> None:
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=100.0))
+    step = advance(SPEC, "4", state, Observed(now=130.0, canary_ready=True), FAIL)
+    assert step.state == state  # a verdict before the interval ends is ignored
+
+
+def test_too_few_requests_waits() -> None:
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0))
+    step = advance(SPEC, "4", state, Observed(now=100.0, canary_ready=True), WAIT)
+    assert step.state == state
+
+
+def test_failures_up_to_the_limit_roll_back() -> None:
+    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0))
+    step = advance(SPEC, "4", state, Observed(now=61, canary_ready=True), FAIL)
+    assert step.state.canary is not None
+    assert step.state.canary.failed_analyses == 1
+    assert step.state.canary.weight == 50
+    assert step.state.canary.step_started_at == 61
+    step = advance(SPEC, "4", step.state, Observed(now=122, canary_ready=True), FAIL)
+    assert step.state.stable == "3" and step.state.canary is None
+    assert step.state.last is not None and step.state.last.outcome == "RolledBack"
+    assert "error rate 0.2" in step.state.last.reason
+    assert step.phase == "RolledBack"
+    assert step.events[0][0] == "RolledBack" and step.events[0][2] is True
+    # The rolled-back version is not retried until the spec changes.
+    assert advance(SPEC, "4", step.state, Observed(now=200, canary_ready=True)).state == step.state
+    restarted = advance(SPEC, "5", step.state, Observed(now=200)).state
+    assert restarted.canary == Canary(version="5")
+
+
+def test_revert_aborts_and_annotations_act() -> None:
+    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0))
+    reverted = advance(SPEC, "3", state, Observed(now=1, canary_ready=True))
+    assert reverted.state.stable == "3" and reverted.state.canary is None
+    assert reverted.state.last == LastRollout("4", "Aborted", "spec reverted to the stable version")
+    aborted = advance(SPEC, "4", state, Observed(now=1, canary_ready=True, abort=True))
+    assert aborted.state.stable == "3" and aborted.state.canary is None
+    promoted = advance(SPEC, "4", state, Observed(now=1, canary_ready=True, promote_now=True))
+    assert promoted.state.stable == "4" and promoted.state.canary is None
+
+
+def test_paused_holds_the_weight() -> None:
+    paused = SPEC.model_copy(update={"paused": True})
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0))
+    step = advance(paused, "4", state, Observed(now=1000, canary_ready=True), PASS)
+    assert step.state == state
+
+
+def test_canary_losing_its_pods_gets_no_traffic() -> None:
+    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0))
+    step = advance(SPEC, "4", state, Observed(now=10, canary_ready=False))
+    assert step.state.canary is not None
+    assert step.state.canary.weight == 0 and step.state.canary.failed_analyses == 1
+    # Ready again: the same step resumes from its weight.
+    again = advance(SPEC, "4", step.state, Observed(now=20, canary_ready=True))
+    assert again.state.canary is not None and again.state.canary.weight == 50
+
+
+# -- properties ---------------------------------------------------------------------------
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["4", "4", "4", "4", "5", "3"]),  # target version, mostly the canary
+        st.booleans(),  # canary ready
+        st.sampled_from([None, PASS, PASS, FAIL, WAIT]),
+        st.integers(min_value=0, max_value=120),  # seconds since the previous tick
+        st.sampled_from(["", "", "", "", "", "promote", "abort"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+steps_strategy = st.lists(st.integers(1, 99), min_size=0, max_size=5).map(
+    lambda xs: [*sorted(set(xs)), 100]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=events, steps=steps_strategy, limit=st.integers(1, 3))
+def test_safety_properties(
+    events: list[tuple[str, bool, Verdict | None, int, str]], steps: list[int], limit: int
+) -> None:
+    spec = RolloutSpec(steps=steps, interval="30s", analysis=AnalysisSpec(failure_limit=limit))
+    state = RolloutState(stable="3")
+    now = 0.0
+    for target, ready, verdict, dt, note in events:
+        now += dt
+        before = state
+        step = advance(
+            spec, target, state,
+            Observed(now=now, canary_ready=ready, promote_now=note == "promote",
+                     abort=note == "abort"),
+            verdict,
+        )
+        state = step.state
+        # Exactly one stable version always serves.
+        assert state.stable is not None
+        canary = state.canary
+        if canary is not None:
+            assert 0 <= canary.weight <= 100
+            # Never any weight to a canary that is not ready.
+            if not ready:
+                assert canary.weight == 0
+            assert canary.version != state.stable
+            prev = before.canary
+            if prev is not None and prev.version == canary.version and canary.weight != prev.weight:
+                # Weights rise one step at a time, or drop to 0.
+                if canary.weight > prev.weight:
+                    assert canary.weight == spec.steps[canary.step]
+                    assert prev.weight == 0 or canary.step == prev.step + 1
+                else:
+                    assert canary.weight == 0
+        # Promotion only after the last step passed, or on the annotation.
+        if before.canary is not None and state.stable == before.canary.version:
+            assert note == "promote" or (
+                before.canary.weight == 100 and verdict is not None
+                and verdict.outcome is Outcome.PASS
+            )
+    # Finishing: with a ready canary and passing analyses, every path ends on one version.
+    for _ in range(len(steps) + 3):
+        now += 31
+        state = advance(spec, "4", state, Observed(now=now, canary_ready=True), PASS).state
+    assert state.canary is None
+    assert state.stable in ("3", "4")
