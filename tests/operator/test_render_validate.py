@@ -446,3 +446,33 @@ def test_unclean_paths_are_a_render_error(path: str, where: str) -> None:
     with pytest.raises(RenderError) as info:
         render(make({"model": MODEL, **route}), RolloutState("3"), SETTINGS)
     assert info.value.field == f"spec.{where}.path"
+
+
+def test_canary_building_blocks_are_valid() -> None:
+    """The hooks the canary issue will use render valid objects already: a second
+    versioned Deployment and HPA with scaled bounds, a Service ``NAME-canary``, a canary
+    Ingress with extra annotations, an HTTPRoute with two weighted backends."""
+    from modelship_operator.reconcilers import deployment, hpa, httproute, ingress, service
+    from modelship_operator.render import _finish
+
+    md = make(FULL)
+    assert md.spec.autoscaling is not None and md.spec.ingress is not None
+    canary = naming.canary_service_name("iris")
+    gw = make({"model": MODEL, "gateway": {"parentRefs": [{"name": "g"}]}})
+    assert gw.spec.gateway is not None
+    parts = [
+        _finish(md, deployment.render(md, "4", SETTINGS)),
+        _finish(md, hpa.render(md, "4", md.spec.autoscaling, min_replicas=1, max_replicas=2)),
+        _finish(md, service.render(md, "4", name=canary)),
+        _finish(md, ingress.render(
+            md, md.spec.ingress, name=canary, service=canary,
+            extra_annotations={"nginx.ingress.kubernetes.io/canary": "true",
+                               "nginx.ingress.kubernetes.io/canary-weight": "10"},
+        )),
+        _finish(gw, httproute.render(gw, gw.spec.gateway, backends=[("iris", 90), (canary, 10)])),
+    ]
+    for obj in parts:
+        check_object(obj)
+    assert parts[0]["metadata"]["name"] == "iris-v4"
+    assert parts[2]["spec"]["selector"]["modelship.io/model-version"] == "4"
+    assert [b["weight"] for b in parts[4]["spec"]["rules"][0]["backendRefs"]] == [90, 10]
