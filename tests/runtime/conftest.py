@@ -286,3 +286,47 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         stop(proc)
+
+
+@dataclass
+class LocalModels:
+    """Models trained here and saved as MLflow model directories, no registry needed."""
+
+    X: np.ndarray
+    y: np.ndarray
+    lr: Any
+    rf: Any
+    lr_dir: Path
+    rf_dir: Path
+
+
+@pytest.fixture(scope="session")
+def local_models(tmp_path_factory: pytest.TempPathFactory) -> LocalModels:
+    """LogisticRegression and RandomForest saved with mlflow.sklearn.save_model (skops)."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_classification(n_samples=300, n_features=N_FEATURES, n_informative=5,
+                               random_state=1)
+    lr = LogisticRegression(max_iter=1000).fit(X, y)
+    rf = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(X, y)
+    root = tmp_path_factory.mktemp("local")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's import-time deprecation noise
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(lr, root / "lr", pip_requirements=[])
+        mlflow.sklearn.save_model(rf, root / "rf", pip_requirements=[],
+                                  skops_trusted_types=["sklearn.tree._tree.Tree"])
+    return LocalModels(X, y, lr, rf, root / "lr", root / "rf")
+
+
+@pytest.fixture(scope="session")
+def strict_url(local_models: LocalModels, serve: Callable[..., str]) -> str:
+    """The local LogisticRegression with small limits: 10 rows, 4 KiB bodies."""
+    from modelship_runtime import RuntimeSettings, create_app
+
+    settings = RuntimeSettings(model_dir=local_models.lr_dir, model_name="strict",
+                               model_version="7", max_batch_size=10, max_body_bytes=4096)
+    return serve(create_app(settings))

@@ -1,0 +1,153 @@
+"""Bad input gets a 4xx whose message names the problem, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+GOOD = [0.5] * 8
+V2 = "/v2/models/strict/infer"
+
+
+def v2(shape: Any, datatype: str, data: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
+
+
+CASES: list[tuple[str, str, Any, int, str]] = [
+    # (id, path, body: bytes (raw) or a JSON value, status, message fragment)
+    ("malformed-json", "/predict", b'{"features": [1, 2', 400, "malformed JSON"),
+    ("empty-body", "/predict", b"", 400, "empty body"),
+    ("top-level-array", "/predict", [1, 2, 3], 400, "must be a JSON object"),
+    ("top-level-string", "/predict", "hello", 400, "must be a JSON object"),
+    ("missing-field", "/predict", {"rows": [GOOD]}, 400, "missing field"),
+    ("both-fields", "/predict", {"features": GOOD, "instances": [GOOD]}, 400, "not both"),
+    ("features-not-array", "/predict", {"features": 5}, 400, "features must be an array"),
+    ("too-few-features", "/predict", {"features": [1, 2, 3]}, 400,
+     "features has 3 values; the model takes 8 features"),
+    ("too-many-features", "/predict", {"features": [1] * 9}, 400, "takes 8 features"),
+    ("string-value", "/predict", {"features": [*GOOD[:7], "abc"]}, 400,
+     "features[7] must be a number, got string"),
+    ("numeric-string", "/predict", {"features": ["1.5", *GOOD[1:]]}, 400,
+     "features[0] must be a number, got string"),
+    ("null-value", "/predict", {"features": [None, *GOOD[1:]]}, 400, "got null"),
+    ("bool-value", "/predict", {"features": [True, *GOOD[1:]]}, 400, "got boolean"),
+    ("object-value", "/predict", {"features": [{}, *GOOD[1:]]}, 400, "got object"),
+    ("nan", "/predict", b'{"features": [0.5, NaN, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}', 400,
+     "features[1] is NaN; this model takes finite numbers only"),
+    ("infinity", "/predict", b'{"features": [0.5, 0.5, Infinity, 0.5, 0.5, 0.5, 0.5, 0.5]}',
+     400, "features[2] is Infinity"),
+    ("overflow", "/predict", b'{"features": [1e999, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}',
+     400, "features[0] is Infinity"),
+    ("nan-in-batch", "/predict", b'{"instances": [[1,1,1,1,1,1,1,1],[1,1,1,-Infinity,1,1,1,1]]}',
+     400, "instances[1][3] is -Infinity"),
+    ("empty-batch", "/predict", {"instances": []}, 400, "instances is empty"),
+    ("batch-over-max", "/predict", {"instances": [GOOD] * 11}, 400,
+     "instances has 11 rows; the maximum is 10"),
+    ("ragged-batch", "/predict", {"instances": [GOOD, GOOD[:5]]}, 400,
+     "instances[1] has 5 values"),
+    ("row-not-array", "/predict", {"instances": [GOOD, 3]}, 400,
+     "instances[1] must be an array"),
+    ("v1-missing-instances", "/v1/models/strict:predict", {"features": GOOD}, 400,
+     "missing field"),
+    ("v1-unknown-model", "/v1/models/nope:predict", {"instances": [GOOD]}, 404,
+     "model 'nope' is not served here"),
+    ("v2-unknown-model", "/v2/models/nope/infer", v2([1, 8], "FP64", GOOD), 404,
+     "not served here"),
+    ("v2-unknown-version", "/v2/models/strict/versions/3/infer", v2([1, 8], "FP64", GOOD), 404,
+     "version '3' is not served here"),
+    ("v2-missing-inputs", V2, {"id": "x"}, 400, '"inputs" must be a non-empty array'),
+    ("v2-missing-datatype", V2, {"inputs": [{"name": "x", "shape": [1, 8], "data": GOOD}]}, 400,
+     "missing field: inputs[0].datatype"),
+    ("v2-shape-mismatch", V2, v2([2, 8], "FP64", GOOD), 400,
+     "shape [2, 8] needs 16 elements; data has 8"),
+    ("v2-wrong-width", V2, v2([2, 4], "FP64", GOOD), 400, "has 4 features; the model takes 8"),
+    ("v2-int-with-floats", V2, v2([1, 8], "INT64", GOOD), 400, "INT64 needs integers"),
+    ("v2-int32-overflow", V2, v2([1, 8], "INT32", [2**40] + [1] * 7), 400,
+     "does not fit in INT32"),
+    ("v2-unsupported-datatype", V2, v2([1, 8], "BYTES", ["a"] * 8), 400,
+     "BYTES is not supported"),
+    ("v2-unknown-datatype", V2, v2([1, 8], "FLOAT", GOOD), 400, "is not a V2 datatype"),
+    ("v2-string-in-fp", V2, v2([1, 8], "FP64", ["x", *GOOD[1:]]), 400, "FP64 needs numbers"),
+    ("v2-nan", V2, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP64",'
+     b'"data":[NaN,1,1,1,1,1,1,1]}]}', 400, "is NaN"),
+    ("v2-empty", V2, v2([0, 8], "FP64", []), 400, "is empty"),
+    ("v2-unknown-output", V2, {**v2([1, 8], "FP64", GOOD), "outputs": [{"name": "logits"}]},
+     400, "unknown output 'logits'"),
+    ("v2-too-many-rows", V2, v2([11, 8], "FP64", GOOD * 11), 400, "the maximum is 10"),
+]
+
+
+@pytest.fixture(scope="module")
+def client(strict_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=strict_url) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("path", "body", "status", "fragment"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_a_4xx_naming_the_problem(client: httpx.Client, path: str, body: Any,
+                                                status: int, fragment: str) -> None:
+    if isinstance(body, bytes):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+    assert r.headers["x-model-version"] == "7"
+
+
+def test_body_over_the_limit_is_413(client: httpx.Client) -> None:
+    big = {"instances": [[0.123456789] * 8] * 60}
+    r = client.post("/predict", json=big)
+    assert r.status_code == 413
+    assert "over the 4096 byte limit" in r.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_413(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"instances": ['
+        for _ in range(100):
+            yield b"[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],"
+        yield b"[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]}"
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x"])
+def test_wrong_content_type_is_415(client: httpx.Client, ctype: str) -> None:
+    r = client.post("/predict", content=b'{"features": [1,1,1,1,1,1,1,1]}',
+                    headers={"content-type": ctype})
+    assert r.status_code == 415
+    assert "send application/json" in r.json()["error"]
+
+
+def test_json_with_charset_is_accepted(client: httpx.Client) -> None:
+    r = client.post("/predict", content=b'{"features": [1,1,1,1,1,1,1,1]}',
+                    headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_unknown_route_and_method_are_json_errors(client: httpx.Client) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = client.get("/predict")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_nan_is_accepted_by_a_model_that_takes_missing_values(
+        local_models: Any, serve: Any) -> None:
+    from modelship_runtime import RuntimeSettings, create_app
+
+    url = serve(create_app(RuntimeSettings(model_dir=local_models.rf_dir)))
+    row = b'{"features": [NaN, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}'
+    r = httpx.post(f"{url}/predict", content=row, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["prediction"] in (0, 1)
+    inf = row.replace(b"NaN", b"Infinity")
+    r = httpx.post(f"{url}/predict", content=inf, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "features[0] is Infinity" in r.json()["error"]
