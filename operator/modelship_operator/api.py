@@ -12,7 +12,14 @@ import re
 from itertools import pairwise
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP: Final = "modelship.io"
@@ -33,6 +40,14 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+
+
+def _without_nulls(value: Any) -> Any:
+    """A mapping minus its null values, as the API server prunes them before validating."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    return value
+
 
 # The name of a Kubernetes object (a Secret, an IngressClass, a Gateway).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
@@ -68,9 +83,7 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _prune_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+        return _without_nulls(data)
 
     def dump(self) -> dict[str, Any]:
         """The wire form: camelCase keys, unset optional fields left out."""
@@ -133,8 +146,8 @@ class EnvVar(_Model):
 
 
 class ResourceRequirements(_Model):
-    requests: dict[str, Quantity] | None = None
-    limits: dict[str, Quantity] | None = None
+    requests: Annotated[dict[str, Quantity], BeforeValidator(_without_nulls)] | None = None
+    limits: Annotated[dict[str, Quantity], BeforeValidator(_without_nulls)] | None = None
 
 
 class RuntimeSpec(_Model):
@@ -170,7 +183,7 @@ class IngressSpec(_Model):
     path: str = Field(default="/", pattern=r"^/")
     class_name: ObjectName | None = None
     tls_secret: SecretName | None = None
-    annotations: dict[str, str] | None = None
+    annotations: Annotated[dict[str, str], BeforeValidator(_without_nulls)] | None = None
 
 
 class ParentRef(_Model):
@@ -386,6 +399,11 @@ class ModelDeployment(BaseModel):
     metadata: ObjectMeta
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prune_nulls(cls, data: Any) -> Any:
+        return _without_nulls(data)
 
     @classmethod
     def from_body(cls, body: Any) -> ModelDeployment:

@@ -22,6 +22,7 @@ What it does not do: CEL cost estimation, ``oldSelf`` transition rules, formats,
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from typing import Any
 
 import celpy
 import jsonschema
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 from jsonschema import Draft4Validator, validators
 from jsonschema.exceptions import ValidationError
 
@@ -69,6 +72,9 @@ class CRDChecker:
     schema: dict[str, Any]
     rules: list[Rule] = field(default_factory=list)
     _programs: dict[tuple[str, str], _Compiled] = field(default_factory=dict)
+    # cel-python interprets a parse tree and is slow (milliseconds a rule); rules are
+    # pure, so a verdict is remembered per rule and value.
+    _verdicts: dict[tuple[str, str, str], Problem | None] = field(default_factory=dict)
     _validator: Any = None
 
     @classmethod
@@ -110,17 +116,13 @@ class CRDChecker:
             return []
         problems: list[Problem] = []
         for entry in schema.get("x-kubernetes-validations", []):
-            compiled = self._programs[(spath, entry["rule"])]
-            try:
-                outcome = compiled.program.evaluate({"self": celpy.json_to_cel(value)})
-            except celpy.CELEvalError as error:
-                outcome = error
-            if isinstance(outcome, celpy.CELEvalError):
-                problems.append(Problem(vpath, f"rule {entry['rule']!r}: {outcome}", compiled.rule))
-            elif not bool(outcome):
-                problems.append(Problem(vpath, compiled.rule.message, compiled.rule))
-        for key, sub, child, sub_spath, sub_vpath in _children(schema, value, spath, vpath):
-            del key
+            key = (spath, entry["rule"], json.dumps(value, sort_keys=True))
+            if key not in self._verdicts:
+                self._verdicts[key] = _evaluate(self._programs[key[:2]], value)
+            problem = self._verdicts[key]
+            if problem is not None:
+                problems.append(Problem(vpath, problem.message, problem.rule))
+        for _, sub, child, sub_spath, sub_vpath in _children(schema, value, spath, vpath):
             problems += self._cel_problems(sub, child, sub_spath, sub_vpath, broken)
         return problems
 
@@ -130,6 +132,19 @@ def defaulted(schema: dict[str, Any], value: Any) -> Any:
     result = copy.deepcopy(value)
     _prune_and_default(schema, result)
     return result
+
+
+def _evaluate(compiled: _Compiled, value: Any) -> Problem | None:
+    """The problem `compiled`'s rule finds in `value` (a path is filled in by the caller)."""
+    try:
+        outcome = compiled.program.evaluate({"self": json_to_cel(value)})
+    except CELEvalError as error:
+        return Problem("", f"rule {compiled.rule.rule!r}: {error}", compiled.rule)
+    if isinstance(outcome, CELEvalError):
+        return Problem("", f"rule {compiled.rule.rule!r}: {outcome}", compiled.rule)
+    if not bool(outcome):
+        return Problem("", compiled.rule.message, compiled.rule)
+    return None
 
 
 def _children(
