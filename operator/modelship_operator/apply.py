@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelship_operator.k8s import ApiError, Kind, KubeClient, kind_of
+from modelship_operator.naming import label_value
 
 HASH_ANNOTATION = "modelship.io/applied-hash"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
@@ -125,16 +126,17 @@ def list_children(
     A kind whose API is not served (Gateway API not installed) has no children.
     """
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    value = label_value(owner_name)  # long or odd names are shortened with a hash
     for kind in kinds:
         try:
-            items = client.list(kind, namespace, f"{DEPLOYMENT_LABEL}={owner_name}")
+            items = client.list(kind, namespace, f"{DEPLOYMENT_LABEL}={value}")
         except ApiError as exc:
             if exc.not_found:
                 continue
             raise
         for item in items:
             labels = item.get("metadata", {}).get("labels") or {}
-            if labels.get(DEPLOYMENT_LABEL) != owner_name or not _owned_by(item, owner_uid):
+            if labels.get(DEPLOYMENT_LABEL) != value or not _owned_by(item, owner_uid):
                 continue
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)
@@ -150,10 +152,17 @@ def sync_children(
     owner_name: str,
     owner_uid: str,
     field_manager: str,
+    live: dict[tuple[str, str, str], dict[str, Any]] | None = None,
 ) -> SyncResult:
-    """Apply what differs, delete what is no longer desired; reads first, writes only on change."""
-    kinds = [kind_of(api_version, kind) for api_version, kind in child_kinds]
-    live = list_children(client, kinds, namespace, owner_name, owner_uid)
+    """Apply what differs, delete what is no longer desired; reads first, writes only on change.
+
+    `live` is the result of :func:`list_children` when the caller listed already.
+    Deletions come after every apply, so a Service retargeted to new pods is applied
+    before the Deployment it used to select is deleted.
+    """
+    if live is None:
+        kinds = [kind_of(api_version, kind) for api_version, kind in child_kinds]
+        live = list_children(client, kinds, namespace, owner_name, owner_uid)
     result = SyncResult()
     wanted = {_key(obj) for obj in desired}
     for obj in desired:

@@ -81,6 +81,20 @@ def resync_md(
     memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
 
 
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    interval=_SETTINGS.rollout_tick_seconds,
+    when=lambda status, **_: bool(status.get("canary")),
+)
+def rollout_tick(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Drive a running canary: readiness, weights, analysis, promotion or rollback."""
+    memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=_MANAGED)
 def deployment_event(
     body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any

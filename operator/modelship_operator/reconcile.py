@@ -10,17 +10,27 @@ a growing delay (`kopf.TemporaryError`).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, status
-from modelship_operator.apply import SyncResult, sync_children
+from modelship_operator import api, events, naming, status
+from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import RenderError, RolloutState, desired_kinds, render
+from modelship_operator.rollout import driver
+from modelship_operator.rollout.state import (
+    ABORT_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    Observed,
+    Step,
+    advance,
+    analysis_due,
+)
 from modelship_operator.settings import OperatorSettings
 
 MD_KIND = kind_of(api.API_VERSION, api.KIND)
@@ -54,7 +64,8 @@ def url_of(md: api.ModelDeployment) -> str:
         return f"{scheme}://{spec.ingress.host}{spec.ingress.path}"
     if spec.gateway is not None and spec.gateway.hostnames:
         return f"http://{spec.gateway.hostnames[0]}{spec.gateway.path}"
-    return f"http://{md.metadata.name}.{md.metadata.namespace}.svc.cluster.local/"
+    service = naming.service_name(md.metadata.name)
+    return f"http://{service}.{md.metadata.namespace}.svc.cluster.local/"
 
 
 def desired_replicas(md: api.ModelDeployment) -> int:
@@ -69,6 +80,7 @@ class Reconciler:
     def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
         self.client = client
         self.settings = settings
+        self.analyst = driver.Analyst(client)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -107,23 +119,8 @@ class Reconciler:
             self._registry_problem(body, patch, current, exc, generation, retry)
             return
 
-        state = RolloutState(stable_version=version)
         try:
-            desired = render(md, state, self.settings)
-        except RenderError as exc:
-            self._stall(body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", generation)
-            return
-
-        try:
-            result = sync_children(
-                self.client,
-                desired,
-                desired_kinds(),
-                md.metadata.namespace,
-                md.metadata.name,
-                md.metadata.uid,
-                self.settings.field_manager,
-            )
+            self._converge(body, patch, current, md, version, logger)
         except ApiError as exc:
             if exc.transient:
                 logger.warning(f"transient API error, retrying: {exc}")
@@ -131,10 +128,75 @@ class Reconciler:
             self._stall(body, patch, current, "ApiError", str(exc), generation)
             raise kopf.TemporaryError(str(exc), delay=self.settings.stalled_retry_seconds) from exc
 
+    def _converge(
+        self,
+        body: Mapping[str, Any],
+        patch: kopf.Patch,
+        current: Mapping[str, Any],
+        md: api.ModelDeployment,
+        target: str,
+        logger: Any,
+    ) -> None:
+        """Advance the rollout one step, render, apply, report."""
+        namespace, name = md.metadata.namespace, md.metadata.name
+        kinds = [kind_of(av, k) for av, k in desired_kinds()]
+        live = list_children(self.client, kinds, namespace, name, md.metadata.uid)
+
+        before = driver.read_state(current)
+        now = time.time()
+        canary_version = before.canary.version if before.canary else None
+        canary_dep = _deployment(live, name, canary_version) if canary_version else None
+        annotations = md.metadata.annotations
+        observed = Observed(
+            now=now,
+            canary_ready=_ready(canary_dep),
+            promote_now=annotations.get(PROMOTE_ANNOTATION, "").lower() == "now",
+            abort=ABORT_ANNOTATION in annotations
+            and annotations[ABORT_ANNOTATION].lower() not in ("", "false"),
+        )
+        verdict, analysis = None, None
+        if before.canary is not None and analysis_due(before, md.spec.rollout, now):
+            verdict, analysis = self.analyst.verdict(md, before, now)
+        step = advance(md.spec.rollout, target, before, observed, verdict)
+        after = step.state
+        assert after.stable is not None
+
+        state = RolloutState(
+            stable_version=after.stable,
+            canary_version=after.canary.version if after.canary else None,
+            canary_weight=after.canary.weight if after.canary else 0,
+        )
+        try:
+            desired = render(md, state, self.settings)
+        except RenderError as exc:
+            self._stall(
+                body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", md.metadata.generation
+            )
+            return
+        result = sync_children(
+            self.client,
+            desired,
+            desired_kinds(),
+            namespace,
+            name,
+            md.metadata.uid,
+            self.settings.field_manager,
+            live=live,
+        )
+        if after.canary is not None and (
+            before.canary is None or after.canary.step_started_at != before.canary.step_started_at
+        ):
+            self.analyst.begin(md, after)
+        if after.canary is None and before.canary is not None:
+            self.analyst.pods.forget(namespace, naming.deployment_name(name, before.canary.version))
+
+        for reason, message, warning in step.events:
+            logger.info(f"rollout: {reason}: {message}")
+            events.post(self.client, body, reason, message, warning=warning)
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
-        self._report(body, patch, current, md, version, result)
+        self._report(body, patch, current, md, step, result, analysis)
 
     # -- pieces -----------------------------------------------------------------------
 
@@ -229,31 +291,73 @@ class Reconciler:
         patch: kopf.Patch,
         current: Mapping[str, Any],
         md: api.ModelDeployment,
-        version: str,
+        step: Step,
         result: SyncResult,
+        analysis: Mapping[str, Any] | None,
     ) -> None:
-        deployment = next(
-            (obj for (_, kind, _), obj in result.live.items() if kind == "Deployment"), {}
+        state = step.state
+        assert state.stable is not None
+        name = md.metadata.name
+        stable_dep = _deployment(result.live, name, state.stable) or {}
+        ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
+        replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
+        desired = self._serving_status(md, current, step, replicas, ready)
+        canary_dep = (
+            _deployment(result.live, name, state.canary.version) if state.canary else None
+        ) or {}
+        desired["canary"] = driver.canary_status(
+            state,
+            current.get("canary"),
+            int((canary_dep.get("status") or {}).get("replicas") or 0),
+            int((canary_dep.get("status") or {}).get("readyReplicas") or 0),
+            analysis or None,
         )
-        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-        replicas = int((deployment.get("status") or {}).get("replicas") or 0)
-        desired = self._serving_status(md, current, version, replicas, ready)
+        desired["lastRollout"] = driver.last_rollout_status(state)
         changes = status.status_patch(current, desired)
         for key, value in changes.items():
             patch.status[key] = value
         if "phase" in changes and desired["phase"] == "Ready":
-            events.post(self.client, body, "Ready", f"serving version {version}")
+            events.post(self.client, body, "Ready", f"serving version {state.stable}")
 
     def _serving_status(
         self,
         md: api.ModelDeployment,
         current: Mapping[str, Any],
-        version: str,
+        step: Step,
         replicas: int,
         ready: int,
     ) -> dict[str, Any]:
         generation = md.metadata.generation
+        version = step.state.stable
+        assert version is not None
         phase, conditions = status.serving(desired_replicas(md), ready, version, generation)
+        if step.phase == "Progressing" and step.state.canary is not None:
+            canary = step.state.canary
+            message = (
+                f"canary of version {canary.version} at {canary.weight}% "
+                f"(step {canary.step + 1}/{len(md.spec.rollout.steps)}); "
+                f"version {version} serves the rest"
+            )
+            phase = "Progressing"
+            conditions = [
+                status.condition(status.READY, False, "RolloutInProgress", message, generation),
+                status.condition(
+                    status.RECONCILING, True, "RolloutInProgress", message, generation
+                ),
+                status.condition(status.STALLED, False, "RolloutInProgress", "", generation),
+            ]
+        elif step.phase == "RolledBack" and step.state.last is not None:
+            last = step.state.last
+            message = (
+                f"version {last.version} was rolled back ({last.reason}); version {version} "
+                "serves all traffic; change spec.model to try again"
+            )
+            phase = "RolledBack"
+            conditions = [
+                status.condition(status.READY, False, "RolledBack", message, generation),
+                status.condition(status.RECONCILING, False, "RolledBack", message, generation),
+                status.condition(status.STALLED, True, "RolledBack", message, generation),
+            ]
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": phase,
@@ -264,8 +368,15 @@ class Reconciler:
             ),
         }
         if md.spec.model.alias is not None:
-            desired["model"] = {"resolvedVersion": version}
+            desired["model"] = {"resolvedVersion": self._resolved(md, step)}
         return desired
+
+    @staticmethod
+    def _resolved(md: api.ModelDeployment, step: Step) -> str | None:
+        state = step.state
+        if state.canary is not None:
+            return state.canary.version
+        return state.stable
 
     # -- Deployment watch ---------------------------------------------------------------
 
@@ -273,7 +384,12 @@ class Reconciler:
         """Refresh the owner's stable readiness from one of its Deployments."""
         meta = deployment.get("metadata", {})
         labels = meta.get("labels") or {}
-        owner = labels.get("modelship.io/deployment")
+        owners = [
+            ref.get("name")
+            for ref in meta.get("ownerReferences") or []
+            if ref.get("kind") == api.KIND and ref.get("controller")
+        ]
+        owner = owners[0] if owners else None
         namespace = meta.get("namespace", "default")
         if not owner:
             return
@@ -287,7 +403,9 @@ class Reconciler:
                 return
             current = dict(body.get("status") or {})
             stable = current.get("stable") or {}
-            if labels.get("modelship.io/model-version") != stable.get("version"):
+            if labels.get("modelship.io/model-version") != naming.label_value(
+                str(stable.get("version"))
+            ):
                 return
             if (current.get("observedGeneration") or 0) != body["metadata"].get("generation"):
                 return  # a pass for the new spec is under way and will report
@@ -296,13 +414,14 @@ class Reconciler:
             except ValidationError:
                 return
             dep_status = deployment.get("status") or {}
-            desired = self._serving_status(
+            serving = self._serving_status(
                 md,
                 current,
-                str(stable["version"]),
+                Step(driver.read_state(current)),
                 int(dep_status.get("replicas") or 0),
                 int(dep_status.get("readyReplicas") or 0),
             )
+            desired = {k: serving[k] for k in ("stable", "phase", "conditions")}
             changes = status.status_patch(current, desired)
             if not changes:
                 return
@@ -320,3 +439,20 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     import json
 
     return dict(json.loads(json.dumps(body, default=dict)))
+
+
+def _deployment(
+    live: Mapping[tuple[str, str, str], dict[str, Any]], name: str, version: str | None
+) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    return live.get(("apps/v1", "Deployment", naming.deployment_name(name, version)))
+
+
+def _ready(deployment: Mapping[str, Any] | None) -> bool:
+    """All the pods a Deployment asks for are ready (and at least one)."""
+    if not deployment:
+        return False
+    wanted = (deployment.get("spec") or {}).get("replicas")
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    return ready >= max(1, int(wanted if wanted is not None else 1))

@@ -6,18 +6,18 @@ one place, what every child shares: the namespace, the standard labels
 (:mod:`modelship_operator.labels`) and the controller ownerReference to the
 ModelDeployment (so deleting it garbage-collects them).
 
-The rollout state says which model version serves. This issue renders the stable side
-only; the canary fields of :class:`RolloutState` are for the canary issue and are
-ignored here.
+The rollout state says which model version serves and, mid-rollout, which version is
+the canary and what share of traffic it gets (see :func:`_with_canary`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from modelship_operator import api, labels
+from modelship_operator import api, labels, naming
 from modelship_operator.api import ModelDeployment
 from modelship_operator.reconcilers import (
     RenderError,
@@ -93,6 +93,81 @@ def _finish(md: ModelDeployment, obj: dict[str, Any]) -> dict[str, Any]:
             **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}}
 
 
+CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
+CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
+
+
+def _share(total: int, weight: int) -> int:
+    """Replicas for `weight` percent of `total`, at least one (a canary is never empty)."""
+    return max(1, math.ceil(total * weight / 100))
+
+
+def _with_canary(
+    md: ModelDeployment,
+    state: RolloutState,
+    settings: OperatorSettings,
+    children: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Add the canary side and split traffic by `state.canary_weight`.
+
+    - ingress: a second Ingress ``NAME-canary`` with ingress-nginx's canary annotations;
+    - gateway: the one HTTPRoute gets two weighted backendRefs;
+    - neither: Service ``NAME`` selects both versions and the replica counts carry the
+      split (coarse: a 10% step on 2 replicas is 1 of 3 pods). The stable side keeps
+      all its replicas until the canary has weight, i.e. until its pods are ready.
+    The canary's size (replicas or HPA bounds) follows its weight, at least one pod.
+    """
+    assert state.canary_version is not None
+    spec = md.spec
+    name = md.metadata.name
+    canary, weight = state.canary_version, max(0, min(100, state.canary_weight))
+    canary_service = naming.canary_service_name(name)
+    split_by_replicas = spec.ingress is None and spec.gateway is None
+    canary_deployment = deployment.render(md, canary, settings)
+    result: list[dict[str, Any]] = []
+    for child in children:
+        kind = child["kind"]
+        if kind == "Deployment" and spec.autoscaling is None:
+            total = spec.replicas
+            if split_by_replicas:
+                canary_deployment["spec"]["replicas"] = _share(total, weight)
+                if weight > 0:
+                    child["spec"]["replicas"] = max(1, total - _share(total, weight))
+            else:
+                canary_deployment["spec"]["replicas"] = _share(total, weight)
+        if kind == "Service" and split_by_replicas:
+            child["spec"]["selector"] = labels.deployment_selector(name)
+        if kind == "HTTPRoute" and spec.gateway is not None:
+            child = httproute.render(
+                md, spec.gateway,
+                backends=[(naming.service_name(name), 100 - weight), (canary_service, weight)],
+            )
+        result.append(child)
+        if kind == "Deployment":
+            result.append(canary_deployment)
+        if kind == "Service":
+            result.append(service.render(md, canary, name=canary_service))
+        if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None:
+            auto = spec.autoscaling
+            result.append(
+                hpa.render(
+                    md, canary, auto,
+                    min_replicas=_share(auto.min_replicas, weight),
+                    max_replicas=max(_share(auto.max_replicas, weight),
+                                     _share(auto.min_replicas, weight)),
+                )
+            )
+        if kind == "Ingress" and spec.ingress is not None:
+            result.append(
+                ingress.render(
+                    md, spec.ingress, name=canary_service, service=canary_service,
+                    extra_annotations={CANARY_ANNOTATION: "true",
+                                       CANARY_WEIGHT_ANNOTATION: str(weight)},
+                )
+            )
+    return result
+
+
 def render(
     md: ModelDeployment, state: RolloutState, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
@@ -119,6 +194,8 @@ def render(
         children.append(ingress.render(md, spec.ingress))
     if spec.gateway is not None:
         children.append(httproute.render(md, spec.gateway))
+    if state.canary_version is not None and state.canary_version != version:
+        children = _with_canary(md, state, settings, children)
     # A JSON round trip, not deepcopy (which keeps shared parts shared): no two places in
     # the result, nor the settings, share a mutable part.
     finished = [_finish(md, child) for child in children]

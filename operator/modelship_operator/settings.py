@@ -45,6 +45,9 @@ class OperatorSettings(BaseSettings):
     resync_interval_seconds: float = Field(default=60.0, gt=0)
     """How often every ModelDeployment is re-checked for drift (reads only when none)."""
 
+    rollout_tick_seconds: float = Field(default=5.0, gt=0)
+    """How often a running canary is re-examined (readiness, step interval, analysis)."""
+
     stalled_retry_seconds: float = Field(default=300.0, gt=0)
     """Delay before a pass that failed for a reason a retry is unlikely to fix is retried."""
 

@@ -163,20 +163,46 @@ def test_spec_changes_change_the_right_children(
     )
     assert {"deployments", "services", "serviceaccounts"} <= set(kids)
 
-    # A new model version: the Deployment follows, and the Service selects its pods.
+    # A new model version starts a canary: the stable side is untouched, the canary
+    # gets no traffic until its pods are ready, then the first step's weight.
+    cluster.mark_ready(NS, "iris-v3", 4)
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": "4"}}})
     kids = wait_for(
-        lambda: [d["metadata"]["name"] for d in children(cluster)["deployments"]] == ["iris-v4"]
-        and children(cluster),
-        what="iris-v4",
+        lambda: len((c := children(cluster))["deployments"]) == 2 and c, what="canary"
     )
+    assert sorted(d["metadata"]["name"] for d in kids["deployments"]) == ["iris-v3", "iris-v4"]
+    services = {s["metadata"]["name"]: s for s in kids["services"]}
+    assert set(services) == {"iris", "iris-canary"}
+    assert services["iris-canary"]["spec"]["selector"]["modelship.io/model-version"] == "4"
+    status = wait_for(
+        lambda: (s := md_status(cluster)).get("phase") == "Progressing" and s, what="Progressing"
+    )
+    assert status["canary"]["version"] == "4" and status["canary"]["weight"] == 0
+    assert status["stable"]["version"] == "3"
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Reconciling")["reason"] == "RolloutInProgress"
+    cluster.mark_ready(NS, "iris-v4", 1)
+    status = wait_for(
+        lambda: (s := md_status(cluster)).get("canary", {}).get("weight") == 10 and s,
+        what="weight 10",
+    )
+    # A person promotes now: Service iris retargets to version 4, then v3 goes away.
+    cluster.patch_md(NS, "iris", {"metadata": {"annotations": {"modelship.io/promote": "now"}}})
+    def promoted() -> dict[str, list[dict[str, Any]]] | None:
+        c = children(cluster)
+        names = [d["metadata"]["name"] for d in c["deployments"]]
+        return c if names == ["iris-v4"] and len(c["services"]) == 1 else None
+
+    kids = wait_for(promoted, what="promotion to iris-v4")
     service = next(s for s in kids["services"] if s["metadata"]["name"] == "iris")
     assert service["spec"]["selector"]["modelship.io/model-version"] == "4"
+    assert [s["metadata"]["name"] for s in kids["services"]] == ["iris"]
     status = wait_for(
-        lambda: (s := md_status(cluster)).get("observedGeneration") == 5 and s,
-        what="observedGeneration 5",
+        lambda: (s := md_status(cluster)).get("stable", {}).get("version") == "4" and s,
+        what="stable 4",
     )
-    assert status["stable"]["version"] == "4"
+    assert status.get("canary") is None
+    assert status["lastRollout"]["outcome"] == "Promoted"
 
 
 def test_resync_with_nothing_changed_writes_nothing(
