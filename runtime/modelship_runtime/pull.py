@@ -86,7 +86,8 @@ def _classify(exc: Exception, what: str) -> PullError:
     code = str(getattr(exc, "error_code", "") or "")
     text = str(exc)
     where = os.environ.get("MLFLOW_TRACKING_URI", "<MLFLOW_TRACKING_URI unset>")
-    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "404" in text.split("!=")[0]:
+    missing_alias = code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
         return PullError(f"not found: {what} does not exist in the registry at {where}")
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b40[13]\b", text):
         return PullError(
