@@ -1,9 +1,15 @@
 """Pydantic models of the ModelDeployment API (modelship.io/v1alpha1).
 
 The CRD in crds/ is what the API server enforces; these models are what the operator
-trusts. Both must accept and reject the same manifests (tests/operator/test_api_corpus.py
-holds them to that), so every rule here has a twin in the CRD: a schema keyword or a CEL
-rule. Python attributes are snake_case; the wire names are the camelCase aliases.
+trusts. Both must accept and reject the same manifests, so every rule here has a twin in
+the CRD: a schema keyword or a CEL rule. tests/operator holds them to that three ways:
+test_crd_schema.py compares the two schemas field by field, test_api_corpus.py runs a
+corpus of valid and invalid manifests through both, and test_api_differential.py runs
+one-field mutations of rich manifests through both. Python attributes are snake_case;
+the wire names are the camelCase aliases.
+
+Status models ignore fields they do not know, where spec models reject them: a status
+may have been written by a newer operator during an upgrade, and must still be read.
 """
 
 from __future__ import annotations
@@ -352,15 +358,6 @@ class ModelStatus(_Model):
     resolved_version: str | None = None
 
 
-class LastRolloutStatus(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
-    )
-    version: str
-    outcome: str
-    reason: str = ""
-
-
 Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]
 
 
@@ -374,7 +371,6 @@ class ModelDeploymentStatus(_Model):
     model: ModelStatus | None = None
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
-    last_rollout: LastRolloutStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
     @field_validator("conditions")
