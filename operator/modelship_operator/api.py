@@ -358,6 +358,15 @@ class ModelStatus(_Model):
     resolved_version: str | None = None
 
 
+class LastRolloutStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    version: str
+    outcome: str
+    reason: str = ""
+
+
 Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]
 
 
@@ -371,6 +380,7 @@ class ModelDeploymentStatus(_Model):
     model: ModelStatus | None = None
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
+    last_rollout: LastRolloutStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
     @field_validator("conditions")
