@@ -53,6 +53,12 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
@@ -78,6 +84,7 @@ def main() -> int:
     try:
         time.sleep(2.0)  # startup and discovery are not part of the reconcile figure
         baseline = len(cluster.requests())
+        cpu_start = cpu_seconds(proc.pid)
         started = time.monotonic()
         for i in range(args.count):
             cluster.create_md(manifest(i))
@@ -94,11 +101,14 @@ def main() -> int:
         if done != args.count:
             print(f"only {done}/{args.count} reconciled within {args.timeout}s", file=sys.stderr)
             return 1
+        cpu_create = cpu_seconds(proc.pid) - cpu_start
         create_requests = operator_requests(cluster)[baseline:]
         # Let every MD's first resync pass happen, then count one full resync period.
         time.sleep(args.resync * 2)
         before = len(cluster.requests())
+        cpu_before = cpu_seconds(proc.pid)
         time.sleep(args.resync * 3)
+        cpu_resync = cpu_seconds(proc.pid) - cpu_before
         window = operator_requests(cluster)[before:]
         # One resync pass of one ModelDeployment lists its Deployments exactly once.
         passes = sum(
@@ -116,6 +126,8 @@ def main() -> int:
             "resync_passes": passes,
             "resync_requests_per_pass": round(len(window) / max(passes, 1), 2),
             "resync_writes_total": len(writes),
+            "operator_cpu_ms_per_md_create": round(1000 * cpu_create / args.count, 1),
+            "operator_cpu_ms_per_resync_pass": round(1000 * cpu_resync / max(passes, 1), 1),
             "operator_peak_rss_mib": round(peak_rss_kib(proc.pid) / 1024, 1),
         }
         print(json.dumps(result, indent=2))
