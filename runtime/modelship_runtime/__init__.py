@@ -7,6 +7,16 @@ error base and ``pull``. Everything else is an implementation detail.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time they load lazily
+    from .app import create_app
+    from .errors import ModelshipError
+    from .model import Model, ModelInfo, Prediction
+    from .pull import pull
+    from .settings import RuntimeSettings
+    from .sklearn import SKLearnModel
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +48,10 @@ def _uvicorn_options() -> tuple[str, str]:
     return http, loop
 
 
+def _drained(signum: int, frame: object) -> None:
+    logger.info("shut down after draining in-flight requests", extra={"signal": signum})
+
+
 def serve(settings: RuntimeSettings) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first."""
     import uvicorn
@@ -59,6 +64,10 @@ def serve(settings: RuntimeSettings) -> int:
                             access_log=False, server_header=False, date_header=False,
                             timeout_graceful_shutdown=30, http=http, loop=loop)
     server = uvicorn.Server(config)
+    # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to
+    # the handler that was installed before it; a no-op handler makes that a clean exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _drained)
     server.run()
     return 3 if not server.started else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def auth_url(local_models: Any, serve: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+def auth_url(local_models: Any, serve: Callable[..., str],
+             tmp_path_factory: pytest.TempPathFactory) -> str:
     from modelship_runtime import RuntimeSettings, create_app
 
     secret = tmp_path_factory.mktemp("secret")  # a Secret volume: one file per key

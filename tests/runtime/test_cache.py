@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
 from modelship_runtime.cache import InMemoryCache, RedisCache, cache_key
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from modelship_runtime.errors import PullError
 from modelship_runtime.pull import parse_model_uri, pull, read_metadata
 
@@ -77,7 +76,7 @@ def test_cli_pull_then_exit_zero(registry: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("uri", ["models:/no-such-model/1", "models:/ms-lr/99",
                                  "models:/ms-lr@no-such-alias"])
 def test_pull_of_a_missing_model_fails_fast(registry: Any, tmp_path: Path, uri: str) -> None:
-    with pytest.raises(PullError, match="not found: .* does not exist in the registry") as exc:
+    with pytest.raises(PullError, match=r"not found: .* does not exist in the registry") as exc:
         pull(uri, tmp_path / "x", attempts=5, backoff_seconds=30)
     assert exc.value.transient is False
     assert not (tmp_path / "x" / "modelship.json").exists()
