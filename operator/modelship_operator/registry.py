@@ -60,9 +60,24 @@ class Registry:
         (credentials or Credentials()).apply(self._session)
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        url = f"{self.tracking_uri}/api/2.0/mlflow/{path}"
+        return self._call("GET", f"mlflow/{path}", params=params)
+
+    def _post(self, path: str, body: dict[str, str]) -> dict[str, Any]:
+        return self._call("POST", f"mlflow/{path}", body=body)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One REST call; `path` is relative to /api/2.0/."""
+        url = f"{self.tracking_uri}/api/2.0/{path}"
         try:
-            response = self._session.get(url, params=params, timeout=self._timeout)
+            response = self._session.request(
+                method, url, params=params, json=body, timeout=self._timeout
+            )
         except requests.RequestException as exc:
             raise RegistryError(
                 "RegistryUnavailable", f"MLflow at {self.tracking_uri} unreachable: {exc}"
@@ -93,6 +108,48 @@ class Registry:
         data = self._get("model-versions/get", {"name": name, "version": version})
         record: dict[str, Any] = data["model_version"]
         return record
+
+    def check_version(self, name: str, version: str) -> str:
+        """Check that a version exists, is READY, and that its artifacts can be listed.
+
+        Artifacts behind the tracking server's proxy (``mlflow-artifacts:``) are listed
+        through it and must hold an MLmodel file; other stores (s3:, gs:, ...) are read
+        by the runtime with its own credentials, so only their URI is checked here.
+        Returns the artifact URI.
+        """
+        record = self.get_version(name, version)
+        state = record.get("status", "READY")
+        if state != "READY":
+            raise RegistryError(
+                "ModelVersionNotReady", f"model {name!r} version {version} is {state}"
+            )
+        uri = str(
+            self._get("model-versions/get-download-uri", {"name": name, "version": version})
+            .get("artifact_uri", "")
+        )
+        if uri.startswith("mlflow-artifacts:"):
+            path = uri.split(":", 1)[1].lstrip("/")
+            listing = self._call("GET", "mlflow-artifacts/artifacts", params={"path": path})
+            files = {str(f.get("path", "")).rsplit("/", 1)[-1] for f in listing.get("files", [])}
+            if "MLmodel" not in files:
+                raise RegistryError(
+                    "ArtifactsUnavailable",
+                    f"model {name!r} version {version}: no MLmodel file under {uri}",
+                )
+        elif not uri:
+            raise RegistryError(
+                "ArtifactsUnavailable", f"model {name!r} version {version} has no artifact URI"
+            )
+        return uri
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._post("registered-models/alias", {"name": name, "alias": alias, "version": version})
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._post(
+            "model-versions/set-tag",
+            {"name": name, "version": version, "key": key, "value": value[:5000]},
+        )
 
 
 def _error_message(response: requests.Response) -> str:
