@@ -365,6 +365,7 @@ class LastRolloutStatus(_Model):
     version: str
     outcome: str
     reason: str = ""
+    write_back: str | None = None
 
 
 Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]

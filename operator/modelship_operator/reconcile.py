@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -22,6 +22,7 @@ from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import RenderError, RolloutState, desired_kinds, render
+from modelship_operator.resolve import Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.state import (
     ABORT_ANNOTATION,
@@ -81,6 +82,7 @@ class Reconciler:
         self.client = client
         self.settings = settings
         self.analyst = driver.Analyst(client)
+        self.resolver = Resolver(settings.alias_poll_seconds, settings.verify_model_versions)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -113,14 +115,23 @@ class Reconciler:
             self._stall(body, patch, current, "InvalidSpec", validation_message(exc), generation)
             return
 
-        try:
-            version = self._stable_version(md, current)
-        except RegistryError as exc:
-            self._registry_problem(body, patch, current, exc, generation, retry)
+        registry = self._registry_factory(md)
+        resolution = self.resolver.resolve(
+            md,
+            current,
+            registry,
+            time.time(),
+            force=generation != current.get("observedGeneration"),
+        )
+        if resolution.target is None:
+            self._registry_problem(body, patch, current, resolution, generation, retry)
             return
 
         try:
-            self._converge(body, patch, current, md, version, logger)
+            self._converge(
+                body, patch, current, md, resolution.target, logger,
+                extra_conditions=resolution.conditions, registry=registry,
+            )
         except ApiError as exc:
             if exc.transient:
                 logger.warning(f"transient API error, retrying: {exc}")
@@ -136,6 +147,9 @@ class Reconciler:
         md: api.ModelDeployment,
         target: str,
         logger: Any,
+        *,
+        extra_conditions: list[dict[str, Any]] | None = None,
+        registry: Callable[[], Registry] | None = None,
     ) -> None:
         """Advance the rollout one step, render, apply, report."""
         namespace, name = md.metadata.namespace, md.metadata.name
@@ -196,16 +210,70 @@ class Reconciler:
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
-        self._report(body, patch, current, md, step, result, analysis)
+        write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
+        self._report(
+            body, patch, current, md, step, result, analysis,
+            extra_conditions or [], write_back,
+        )
 
     # -- pieces -----------------------------------------------------------------------
 
-    def _stable_version(self, md: api.ModelDeployment, current: Mapping[str, Any]) -> str:
-        if md.spec.model.version is not None:
-            return md.spec.model.version
-        assert md.spec.model.alias is not None
-        # A registry error propagates before any write: what serves keeps serving.
-        return self.registry_for(md).resolve_alias(md.spec.model.name, md.spec.model.alias)
+    def _registry_factory(self, md: api.ModelDeployment) -> Callable[[], Registry] | None:
+        """A memoised registry client for one pass; None when no tracking URI is known."""
+        if not (md.spec.model.registry.tracking_uri or self.settings.default_tracking_uri):
+            return None
+        made: list[Registry] = []
+
+        def get() -> Registry:
+            if not made:
+                made.append(self.registry_for(md))
+            return made[0]
+
+        return get
+
+    def _write_back(
+        self,
+        md: api.ModelDeployment,
+        state: Any,
+        previous: Mapping[str, Any] | None,
+        registry: Callable[[], Registry] | None,
+        logger: Any,
+    ) -> str | None:
+        """Tell MLflow how the last rollout ended: Done, Failed: why (retried), or None.
+
+        Promoted: spec.model.promoteAlias (when set) moves to the version, which gets the
+        tag modelship.io/deployed=NAMESPACE/NAME. RolledBack: the version gets the tag
+        modelship.io/rolled-back with the reason. A failure never undoes the promotion;
+        it is reported in status.lastRollout.writeBack and tried again on the next pass.
+        """
+        last = state.last
+        if last is None or last.outcome not in ("Promoted", "RolledBack"):
+            return None
+        previous = previous or {}
+        if (
+            previous.get("version") == last.version
+            and previous.get("outcome") == last.outcome
+            and previous.get("writeBack") == "Done"
+        ):
+            return "Done"
+        if registry is None:
+            return "Failed: no tracking URI"
+        model = md.spec.model
+        where = f"{md.metadata.namespace}/{md.metadata.name}"
+        try:
+            client = registry()
+            if last.outcome == "Promoted":
+                if model.promote_alias:
+                    client.set_alias(model.name, model.promote_alias, last.version)
+                client.set_version_tag(model.name, last.version, "modelship.io/deployed", where)
+            else:
+                client.set_version_tag(
+                    model.name, last.version, "modelship.io/rolled-back", f"{where}: {last.reason}"
+                )
+        except RegistryError as exc:
+            logger.warning(f"write-back to MLflow failed, will retry: {exc.message}")
+            return f"Failed: {exc.message}"[:500]
+        return "Done"
 
     def registry_for(self, md: api.ModelDeployment) -> Registry:
         uri = md.spec.model.registry.tracking_uri or self.settings.default_tracking_uri
@@ -241,25 +309,34 @@ class Reconciler:
         body: Mapping[str, Any],
         patch: kopf.Patch,
         current: Mapping[str, Any],
-        exc: RegistryError,
+        resolution: Resolution,
         generation: int | None,
         retry: int,
     ) -> None:
+        """Nothing serves and the registry cannot say what should: create nothing, retry."""
+        problem = resolution.problem
+        reason = problem.reason if problem else "ModelNotResolved"
+        message = problem.message if problem else "no model version to serve"
         conditions = [
-            status.condition(status.READY, False, exc.reason, exc.message, generation),
-            status.condition(status.RECONCILING, True, exc.reason, exc.message, generation),
-            status.condition(status.STALLED, False, exc.reason, "", generation),
+            status.condition(status.READY, False, reason, message, generation),
+            status.condition(status.RECONCILING, True, reason, message, generation),
+            status.condition(status.STALLED, False, reason, "", generation),
+            *resolution.conditions,
         ]
-        desired = {"conditions": status.merge_conditions(
-            current.get("conditions"), conditions, status.now_iso()
-        )}
+        desired = {
+            "phase": "Pending",
+            "conditions": status.merge_conditions(
+                current.get("conditions"), conditions, status.now_iso()
+            ),
+        }
         changes = status.status_patch(current, desired)
         for key, value in changes.items():
             patch.status[key] = value
         if changes:
-            events.post(self.client, body, exc.reason, exc.message, warning=True)
-        delay = backoff(retry) if exc.transient else self.settings.stalled_retry_seconds
-        raise kopf.TemporaryError(exc.message, delay=delay)
+            events.post(self.client, body, reason, message, warning=True)
+        transient = problem is None or problem.transient
+        delay = backoff(retry) if transient else self.settings.stalled_retry_seconds
+        raise kopf.TemporaryError(message, delay=min(delay, self.settings.alias_poll_seconds))
 
     def _stall(
         self,
@@ -294,6 +371,8 @@ class Reconciler:
         step: Step,
         result: SyncResult,
         analysis: Mapping[str, Any] | None,
+        extra_conditions: list[dict[str, Any]],
+        write_back: str | None,
     ) -> None:
         state = step.state
         assert state.stable is not None
@@ -301,7 +380,7 @@ class Reconciler:
         stable_dep = _deployment(result.live, name, state.stable) or {}
         ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
         replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
-        desired = self._serving_status(md, current, step, replicas, ready)
+        desired = self._serving_status(md, current, step, replicas, ready, extra_conditions)
         canary_dep = (
             _deployment(result.live, name, state.canary.version) if state.canary else None
         ) or {}
@@ -312,7 +391,16 @@ class Reconciler:
             int((canary_dep.get("status") or {}).get("readyReplicas") or 0),
             analysis or None,
         )
-        desired["lastRollout"] = driver.last_rollout_status(state)
+        last = driver.last_rollout_status(state)
+        if last is not None and write_back is not None:
+            last["writeBack"] = write_back
+        desired["lastRollout"] = last
+        for cond in extra_conditions:
+            before: Mapping[str, Any] = next(
+                (c for c in current.get("conditions") or [] if c.get("type") == cond["type"]), {}
+            )
+            if before.get("status") != cond["status"] and cond["status"] == "False":
+                events.post(self.client, body, cond["reason"], cond["message"], warning=True)
         changes = status.status_patch(current, desired)
         for key, value in changes.items():
             patch.status[key] = value
@@ -326,6 +414,7 @@ class Reconciler:
         step: Step,
         replicas: int,
         ready: int,
+        extra_conditions: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         generation = md.metadata.generation
         version = step.state.stable
@@ -364,7 +453,8 @@ class Reconciler:
             "url": url_of(md),
             "stable": {"version": version, "replicas": replicas, "readyReplicas": ready},
             "conditions": status.merge_conditions(
-                current.get("conditions"), conditions, status.now_iso()
+                current.get("conditions"), [*conditions, *(extra_conditions or [])],
+                status.now_iso(),
             ),
         }
         if md.spec.model.alias is not None:

@@ -45,6 +45,14 @@ class OperatorSettings(BaseSettings):
     resync_interval_seconds: float = Field(default=60.0, gt=0)
     """How often every ModelDeployment is re-checked for drift (reads only when none)."""
 
+    alias_poll_seconds: float = Field(default=30.0, gt=0)
+    """How often a followed MLflow alias is resolved again (±10% jitter; a failed try is
+    retried after 1, 2, 4, ... seconds, at most this long)."""
+
+    verify_model_versions: bool = True
+    """Check in the registry that a version exists, is READY and has its artifacts before
+    any rollout to it. Off only where the operator cannot reach the registry."""
+
     rollout_tick_seconds: float = Field(default=5.0, gt=0)
     """How often a running canary is re-examined (readiness, step interval, analysis)."""
 
