@@ -13,7 +13,6 @@ if TYPE_CHECKING:  # the real names for type checkers; at run time they load laz
     from .app import create_app
     from .errors import ModelshipError
     from .model import Model, ModelInfo, Prediction
-    from .pull import pull
     from .settings import RuntimeSettings
     from .sklearn import SKLearnModel
 
@@ -28,7 +27,6 @@ __all__ = [
     "SKLearnModel",
     "__version__",
     "create_app",
-    "pull",
 ]
 
 
@@ -55,8 +53,4 @@ def __getattr__(name: str) -> object:
         from .errors import ModelshipError
 
         return ModelshipError
-    if name == "pull":
-        from .pull import pull
-
-        return pull
     raise AttributeError(f"module 'modelship_runtime' has no attribute {name!r}")

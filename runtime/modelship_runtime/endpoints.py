@@ -40,6 +40,7 @@ def build_router(plane: DataPlane) -> APIRouter:
     router = APIRouter()
     model = plane.model
     info = model.info
+    batcher = plane.batcher
 
     def check_name(name: str, version: str | None = None) -> None:
         if name != info.name:
@@ -53,9 +54,13 @@ def build_router(plane: DataPlane) -> APIRouter:
                  responses=_ERRORS, summary="Predict one row or a batch (seed format)")
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
-        body = loads(await request.body())
-        plane.check_ready()
-        rows, single = protocols.seed_rows(body, plane.validator)
+        batcher.arriving += 1  # lets a micro-batch wait for requests still being read
+        try:
+            body = loads(await request.body())
+            plane.check_ready()
+            rows, single = protocols.seed_rows(body, plane.validator)
+        finally:
+            batcher.arriving -= 1
         result = await plane.infer(rows)
         ms = (time.perf_counter() - t0) * 1000.0
         return Response(protocols.seed_response(result.prediction, single, result.cache_hit, ms),
@@ -65,9 +70,14 @@ def build_router(plane: DataPlane) -> APIRouter:
                  openapi_extra=_json_body(protocols.V1_BODY), summary="KServe V1 predict")
     async def v1_predict(name: str, request: Request) -> Response:
         check_name(name)
-        body = loads(await request.body())
-        plane.check_ready()
-        result = await plane.infer(protocols.v1_rows(body, plane.validator))
+        batcher.arriving += 1
+        try:
+            body = loads(await request.body())
+            plane.check_ready()
+            rows = protocols.v1_rows(body, plane.validator)
+        finally:
+            batcher.arriving -= 1
+        result = await plane.infer(rows)
         return Response(protocols.v1_response(result.prediction), media_type=JSON)
 
     @router.get("/v1/models/{name}", tags=["kserve-v1"], responses=_ERRORS,
@@ -117,9 +127,13 @@ def build_router(plane: DataPlane) -> APIRouter:
         return {"name": info.name, "ready": True}
 
     async def infer(request: Request) -> Response:
-        body = loads(await request.body())
-        plane.check_ready()
-        rows, req = protocols.v2_rows(body, plane.validator)
+        batcher.arriving += 1
+        try:
+            body = loads(await request.body())
+            plane.check_ready()
+            rows, req = protocols.v2_rows(body, plane.validator)
+        finally:
+            batcher.arriving -= 1
         result = await plane.infer(rows)
         return Response(protocols.v2_response(result.prediction, info, req), media_type=JSON)
 

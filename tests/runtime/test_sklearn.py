@@ -1,0 +1,130 @@
+"""Loading every serialization format MLflow writes, and plain joblib files."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import yaml
+from modelship_runtime.errors import ModelLoadError
+from modelship_runtime.sklearn import SKLearnModel, find_model_file, load_estimator
+
+
+def load(path: Path, *, allow_pickle: bool = True) -> SKLearnModel:
+    model = SKLearnModel("m", "1", path, allow_pickle=allow_pickle)
+    model.load_sync()
+    return model
+
+
+def same_predictions(model: SKLearnModel, estimator: Any, X: np.ndarray) -> None:
+    pred = model.predict(X)
+    assert pred.labels == estimator.predict(X).tolist()
+    np.testing.assert_allclose(np.array(pred.probabilities), estimator.predict_proba(X))
+
+
+def test_skops_from_the_registry_with_recorded_trusted_types(
+        registry: Any, rf_dir: Path, lr_dir: Path) -> None:
+    flavor = yaml.safe_load((rf_dir / "MLmodel").read_text())["flavors"]["sklearn"]
+    assert flavor["serialization_format"] == "skops"
+    assert flavor["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]
+    rf = load(rf_dir)
+    assert rf.info.extra["serialization_format"] == "skops"
+    assert (rf.info.n_features, rf.info.classes, rf.info.has_proba) == (8, [0, 1], True)
+    assert rf.info.allow_nan is True
+    same_predictions(rf, registry.rf_v1, registry.X[:50])
+    lr = load(lr_dir)
+    assert lr.info.allow_nan is False and lr.info.estimator == "LogisticRegression"
+    same_predictions(lr, registry.lr_v1, registry.X[:50])
+
+
+def test_skops_without_the_trusted_types_is_refused(rf_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "rf"
+    shutil.copytree(rf_dir, copy)
+    spec = yaml.safe_load((copy / "MLmodel").read_text())
+    spec["flavors"]["sklearn"]["skops_trusted_types"] = None
+    (copy / "MLmodel").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ModelLoadError, match=r"sklearn\.tree\._tree\.Tree"):
+        load(copy)
+
+
+def test_cloudpickle_from_the_registry(registry: Any, pulled: Callable[[str], Path]) -> None:
+    model_dir = pulled("models:/ms-lr/2")
+    assert find_model_file(model_dir)[1] == "cloudpickle"
+    same_predictions(load(model_dir), registry.lr_v2, registry.X[:20])
+    with pytest.raises(ModelLoadError, match="serialized with cloudpickle"):
+        load(model_dir, allow_pickle=False)
+
+
+def test_pickle_format(local_models: Any, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(local_models.lr, tmp_path / "p", serialization_format="pickle",
+                                  pip_requirements=[])
+    assert find_model_file(tmp_path / "p")[1] == "pickle"
+    same_predictions(load(tmp_path / "p"), local_models.lr, local_models.X[:20])
+    with pytest.raises(ModelLoadError, match="serialized with pickle"):
+        load(tmp_path / "p", allow_pickle=False)
+
+
+def test_plain_joblib_file_and_directory(local_models: Any, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    joblib.dump(local_models.rf, tmp_path / "d" / "model.joblib")
+    same_predictions(load(tmp_path / "d"), local_models.rf, local_models.X[:20])
+    same_predictions(load(tmp_path / "d" / "model.joblib"), local_models.rf, local_models.X[:20])
+    with pytest.raises(ModelLoadError, match="serialized with joblib"):
+        load(tmp_path / "d", allow_pickle=False)
+
+
+def test_regressor_has_values_and_no_probabilities(tmp_path: Path) -> None:
+    from sklearn.linear_model import Ridge
+
+    X = np.arange(30, dtype=float).reshape(10, 3)
+    est = Ridge().fit(X, X.sum(axis=1))
+    with (tmp_path / "model.pkl").open("wb") as f:
+        pickle.dump(est, f)
+    model = load(tmp_path)
+    assert model.info.classes is None and model.info.has_proba is False
+    assert model.info.label_datatype == "FP64"
+    pred = model.predict(X[:2])
+    assert pred.probabilities is None
+    np.testing.assert_allclose(pred.labels, est.predict(X[:2]))
+
+
+def test_string_labels(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    est = LogisticRegression().fit(X, ["cat", "cat", "dog", "dog"])
+    joblib.dump(est, tmp_path / "m.joblib")
+    model = load(tmp_path)
+    assert model.info.label_datatype == "BYTES" and model.info.classes == ["cat", "dog"]
+    assert model.predict(np.array([[0.0], [3.0]])).labels == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda d: None, "no MLmodel file and 0 model files"),
+    (lambda d: (d / "a.joblib").write_bytes(b"x") and (d / "b.pkl").write_bytes(b"x"),
+     "2 model files"),
+    (lambda d: (d / "MLmodel").write_text("flavors:\n  python_function: {}\n"),
+     "has no sklearn flavour"),
+    (lambda d: (d / "MLmodel").write_text("flavors:\n  sklearn: {pickled_model: m.skops, "
+                                          "serialization_format: skops}\n"), "does not exist"),
+    (lambda d: (d / "MLmodel").write_text("flavors:\n  sklearn: {pickled_model: m.bin, "
+                                          "serialization_format: onnx}\n") and
+     (d / "m.bin").write_bytes(b"x"), "unknown serialization_format 'onnx'"),
+    (lambda d: (d / "m.joblib").write_bytes(b"not a pickle"), "cannot load m.joblib"),
+])
+def test_unloadable_directories_say_why(tmp_path: Path, setup: Callable[[Path], object],
+                                        message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(ModelLoadError, match=message):
+        load_estimator(tmp_path, allow_pickle=True)
