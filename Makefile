@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint demo e2e bench-operator clean
+.PHONY: setup system-deps test lint demo e2e bench-operator clean locks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ e2e: $(STAMP)
 ## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
+
+## locks: regenerate the images' hash-locked dependencies from pyproject.toml (needs PyPI)
+locks: $(STAMP)
+	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --extra runtime -o requirements/runtime.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --extra operator -o requirements/operator.lock pyproject.toml
+	cd requirements && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links -o build.lock build.in
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
