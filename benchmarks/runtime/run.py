@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/runtime/run.py            # or: make bench-runtime
 
-Creates the peers' venvs under benchmarks/runtime/.venvs/ (once), trains the two
-models, then for each of 3 rounds, each model and each server (order rotated every
-round so no server always runs first): start the server pinned to core 0, time its
-cold start to the first 200 prediction, then for each scenario a wrk warm-up and a
-measured wrk run pinned to core 1, read its peak RSS, stop it by pid. Afterwards the
-installed size of the runtime's dependencies against a bare FastAPI + scikit-learn
-install. Results: benchmarks/runtime/results/latest.{json,md} (and a timestamped copy).
-See README.md for what each figure means.
+Creates the peers' venvs under benchmarks/runtime/.venvs/ (once) and trains the two
+models. Then, for each of 3 rounds and each model: start every server pinned to core 0,
+one after another, timing each cold start to its first 200 prediction; then for each
+scenario run every server in turn (order rotated per round and scenario), each a wrk
+warm-up and a measured wrk run pinned to core 1; read peak RSS; stop all by pid.
+Afterwards the installed size of the runtime's dependencies against a bare FastAPI +
+scikit-learn install. Results: benchmarks/runtime/results/latest.{json,md} (and a
+timestamped copy). See README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ SCENARIOS: dict[str, tuple[int, int]] = {
 
 #: venv name -> packages, as a user would install each server
 VENV_PACKAGES: dict[str, list[str]] = {
+    # editable, so the benchmark always serves the runtime as it is in the work tree
+    "modelship": ["-e", f"{REPO}[runtime]"],
     "mlserver": ["mlserver==1.7.*", "mlserver-sklearn==1.7.*", "uvloop<0.22"],
     "kserve": ["kserve", "scikit-learn", "joblib"],
     "bare": ["fastapi", "uvicorn[standard]", "scikit-learn", "joblib"],
@@ -61,6 +64,8 @@ SIZE_LABELS = {
     "mlserver": "mlserver+mlserver-sklearn",
     "kserve": "kserve+scikit-learn",
 }
+VERSIONED = ["modelship", "mlserver", "mlserver-sklearn", "kserve", "fastapi", "uvicorn"]
+VERSIONED += ["scikit-learn", "numpy", "skops", "pandas"]
 _NOT_SHIPPED = ("pip", "setuptools", "_distutils_hack", "wheel", "pkg_resources", "distutils-")
 
 
@@ -120,10 +125,13 @@ def versions(venv: Path, dists: list[str]) -> dict[str, str]:
 
 
 def runtime_usable() -> bool:
-    """True once `modelship-runtime serve --help` works in the project venv."""
-    exe = REPO / ".venv" / "bin" / "modelship-runtime"
-    if not exe.exists():
+    """True once `modelship-runtime serve --help` works in its benchmark venv."""
+    try:
+        venv = ensure_venv("modelship")
+    except subprocess.SubprocessError as e:
+        log(f"cannot install the runtime: {e}")
         return False
+    exe = venv / "bin" / "modelship-runtime"
     proc = subprocess.run([str(exe), "serve", "--help"], capture_output=True, timeout=60)
     return proc.returncode == 0
 
@@ -140,69 +148,123 @@ def check_answer(url: str, body: str) -> str:
         return f"{e.code} {e.read(300)!r}"
 
 
-def session(
-    target: Target,
+@dataclass
+class Live:
+    """A started server and what to send it."""
+
+    target: Target
+    server: Server
+    url: str
+    cold_start_s: float
+
+
+def start_all(
+    order: list[Target],
     model: ModelFiles,
     rows: list[list[float]],
     rnd: int,
     args: argparse.Namespace,
     workdir: Path,
-) -> tuple[Record, list[Record]]:
-    """One server process: cold start, every scenario, peak RSS, stop."""
-    launch = target.launch(model, workdir)
-    srv = Server(
-        target.name,
-        launch.argv,
-        launch.env,
-        workdir / "logs" / f"r{rnd}-{model.name}-{target.name}.log",
-    )
-    runs: list[Record] = []
-    single = target.body(rows[:1], single=True)
-    try:
-        srv.start()
-        cold = srv.wait_ready(launch.predict_url, single.encode(), timeout_s=args.ready_timeout)
+    live: list[Live],
+) -> None:
+    """Start the servers one after another (cold starts never overlap) into `live`."""
+    for target in order:
+        launch = target.launch(model, workdir)
+        log_path = workdir / "logs" / f"r{rnd}-{model.name}-{target.name}.log"
+        srv = Server(target.name, launch.argv, launch.env, log_path)
+        single = target.body(rows[:1], single=True)
+        try:
+            srv.start()
+            cold = srv.wait_ready(launch.predict_url, single.encode(), args.ready_timeout)
+        except (RuntimeError, OSError) as e:
+            log(f"  {target.name}/{model.name}: FAILED to start: {e}")
+            srv.stop()
+            continue
+        live.append(Live(target, srv, launch.predict_url, cold))
         log(f"  {target.name}/{model.name}: ready in {cold:.2f}s (pid {srv.pid})")
         if rnd == 1:
             for label, body in (("single", single), ("batch", target.body(rows, single=False))):
                 log(f"    {label} answer: {check_answer(launch.predict_url, body)}")
-        for scenario, (n_rows, conns) in SCENARIOS.items():
-            if target.scenarios is not None and scenario not in target.scenarios:
-                continue
-            body = single if n_rows == 1 else target.body(rows[:n_rows], single=False)
-            lua = workdir / f"{target.name}-{n_rows}.lua"
-            write_lua(lua, body)
-            if args.warmup > 0:
-                run_wrk(launch.predict_url, lua, conns, args.warmup)
-            load_before = os.getloadavg()[0]
-            res, raw = run_wrk(launch.predict_url, lua, conns, args.duration)
-            rec = {
+
+
+def measure(
+    lv: Live,
+    scenario: str,
+    model: ModelFiles,
+    rows: list[list[float]],
+    rnd: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> Record:
+    """A warm-up, then one measured wrk run of `scenario` against one live server."""
+    n_rows, conns = SCENARIOS[scenario]
+    body = lv.target.body(rows[:n_rows], single=n_rows == 1)
+    lua = workdir / f"{lv.target.name}-{n_rows}.lua"
+    write_lua(lua, body)
+    if args.warmup > 0:
+        run_wrk(lv.url, lua, conns, args.warmup)
+    load_before = os.getloadavg()[0]
+    res, raw = run_wrk(lv.url, lua, conns, args.duration)
+    rec: Record = {
+        "round": rnd,
+        "model": model.name,
+        "server": lv.target.name,
+        "scenario": scenario,
+        "loadavg_1m": load_before,
+        **res.to_dict(),
+    }
+    if res.requests == 0:  # nothing answered in time: no latency to report
+        rec["p50_ms"] = rec["p99_ms"] = None
+    (workdir / "wrk").mkdir(exist_ok=True)
+    name = f"r{rnd}-{model.name}-{lv.target.name}-{scenario}.txt"
+    (workdir / "wrk" / name).write_text(raw)
+    log(
+        f"    {scenario:12s} {lv.target.name:17s} {res.rps:9.1f} req/s  p50 {res.p50_ms:8.2f} ms"
+        f"  p99 {res.p99_ms:8.2f} ms  non-2xx {res.non_2xx}  sock-err {res.socket_errors}"
+    )
+    return rec
+
+
+def model_round(
+    order: list[Target],
+    model: ModelFiles,
+    rows: list[list[float]],
+    rnd: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> tuple[list[Record], list[Record]]:
+    """Every server of one model: start each, then per scenario run each in turn, stop all.
+
+    Servers wait idle on core 0 while another is measured, so the runs a ratio compares
+    are seconds apart rather than minutes; the server order rotates with each scenario.
+    """
+    live: list[Live] = []
+    runs: list[Record] = []
+    try:
+        start_all(order, model, rows, rnd, args, workdir, live)
+        for i, scenario in enumerate(SCENARIOS):
+            turn = live[i % len(live) :] + live[: i % len(live)] if live else []
+            for lv in turn:
+                if lv.target.scenarios is not None and scenario not in lv.target.scenarios:
+                    continue
+                try:
+                    runs.append(measure(lv, scenario, model, rows, rnd, args, workdir))
+                except (subprocess.SubprocessError, ValueError) as e:
+                    log(f"    {scenario} {lv.target.name}: FAILED: {e}")
+        starts = [
+            {
                 "round": rnd,
                 "model": model.name,
-                "server": target.name,
-                "scenario": scenario,
-                "loadavg_1m": load_before,
-                **res.to_dict(),
+                "server": lv.target.name,
+                "cold_start_s": lv.cold_start_s,
+                "peak_rss_mib": lv.server.peak_rss_mib(),
             }
-            if res.requests == 0:  # nothing answered in time: no latency to report
-                rec["p50_ms"] = rec["p99_ms"] = None
-            runs.append(rec)
-            (workdir / "wrk").mkdir(exist_ok=True)
-            (workdir / "wrk" / f"r{rnd}-{model.name}-{target.name}-{scenario}.txt").write_text(raw)
-            log(
-                f"    {scenario:12s} {res.rps:9.1f} req/s  p50 {res.p50_ms:8.2f} ms  "
-                f"p99 {res.p99_ms:8.2f} ms  non-2xx {res.non_2xx}  sock-err {res.socket_errors}"
-            )
-        rss = srv.peak_rss_mib()
-        start = {
-            "round": rnd,
-            "model": model.name,
-            "server": target.name,
-            "cold_start_s": cold,
-            "peak_rss_mib": rss,
-        }
-        return start, runs
+            for lv in live
+        ]
+        return starts, runs
     finally:
-        srv.stop()
+        for lv in live:
+            lv.server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,26 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "workdir": str(workdir),
         "versions": {
-            v: versions(
-                VENVS / v,
-                [
-                    "mlserver",
-                    "mlserver-sklearn",
-                    "kserve",
-                    "fastapi",
-                    "uvicorn",
-                    "scikit-learn",
-                    "numpy",
-                ],
-            )
-            for v in sorted({t.venv for t in targets if t.venv})
+            v: versions(VENVS / v, VERSIONED) for v in sorted({t.venv for t in targets if t.venv})
         },
     }
-    if "modelship" in names:
-        meta["versions"]["modelship"] = versions(
-            REPO / ".venv", ["modelship", "fastapi", "uvicorn", "scikit-learn", "numpy", "mlflow"]
-        )
-
     log("training models")
     files, rows = models.train(workdir / "models")
     runs: list[Record] = []
@@ -277,19 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         order = targets[rnd - 1 :] + targets[: rnd - 1]
         log(f"round {rnd}/{args.rounds}: {', '.join(t.name for t in order)}")
         for model_name in model_names:
-            for target in order:
-                if target.name == "fastapi-constant" and model_name != model_names[0]:
-                    continue
-                if time.monotonic() - t0 > args.max_minutes * 60:
-                    stopped_early = True
-                    break
-                try:
-                    start, rs = session(target, files[model_name], rows, rnd, args, workdir)
-                except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
-                    log(f"  {target.name}/{model_name}: FAILED: {e}")
-                    continue
-                starts.append(start)
-                runs.extend(rs)
+            if time.monotonic() - t0 > args.max_minutes * 60:
+                stopped_early = True
+                break
+            todo = [t for t in order if t.name != "fastapi-constant" or model_name == "light"]
+            st, rs = model_round(todo, files[model_name], rows, rnd, args, workdir)
+            starts.extend(st)
+            runs.extend(rs)
         meta["rounds_done"] = rnd
         _write(stamp, meta, runs, starts, {})
         if stopped_early:

@@ -68,18 +68,20 @@ class Target:
 
 
 class Modelship(Target):
+    """modelship-runtime from a venv holding only what its `runtime` extra installs
+    (the project's dev venv also has pandas and full MLflow, which scikit-learn and
+    the import system would pick up and the runtime image does not carry)."""
+
     name = "modelship"
     role = "runtime"
-
-    def python(self) -> Path:
-        return REPO / ".venv" / "bin" / "python"
+    venv = "modelship"
 
     def launch(self, model: ModelFiles, workdir: Path) -> Launch:
         if model.mlflow_dir is None:
             raise RuntimeError("modelship needs the MLflow model directory (mlflow missing?)")
         port = free_port()
         argv = [
-            str(REPO / ".venv" / "bin" / "modelship-runtime"),
+            str(VENVS / self.venv / "bin" / "modelship-runtime"),
             "serve",
             "--model-dir",
             str(model.mlflow_dir),
