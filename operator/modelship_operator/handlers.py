@@ -8,6 +8,7 @@ MLflow clients they use are blocking.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -93,6 +94,28 @@ def rollout_tick(
 ) -> None:
     """Drive a running canary: readiness, weights, analysis, promotion or rollback."""
     memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    # Ticks often; the resolver's own schedule (jitter, backoff) decides when to ask MLflow.
+    interval=min(_SETTINGS.alias_poll_seconds / 3, 5.0),
+    when=lambda spec, **_: bool((spec.get("model") or {}).get("alias")),
+)
+def alias_poll(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Follow an MLflow alias: a move starts a rollout; a registry outage changes nothing."""
+    reconciler = memo.reconciler
+    if reconciler.resolver.due(meta.get("namespace", "default"), meta["name"], time.time()):
+        reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_MANAGED)

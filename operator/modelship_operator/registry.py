@@ -87,9 +87,13 @@ class Registry:
                 "Unauthorized", f"MLflow at {self.tracking_uri} refused the credentials"
             )
         if response.status_code == 404 or (
-            response.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in response.text
+            response.status_code == 400
+            and ("RESOURCE_DOES_NOT_EXIST" in response.text or "not found" in response.text)
         ):
+            # A missing alias is a 400 "Registered model alias X not found." in MLflow.
             raise RegistryError("ModelVersionNotFound", _error_message(response))
+        if response.status_code == 400:
+            raise RegistryError("InvalidRequest", _error_message(response))
         if response.status_code >= 400:
             raise RegistryError(
                 "RegistryUnavailable",

@@ -68,6 +68,12 @@ class Resolver:
     def _jitter(self, seconds: float) -> float:
         return seconds * (0.9 + 0.2 * self._rng())
 
+    def due(self, namespace: str, name: str, now: float) -> bool:
+        """True when the alias of this ModelDeployment should be resolved again now."""
+        with self._guard:
+            poll = self._polls.get((namespace, name))
+        return poll is None or now >= poll.next_at
+
     def resolve(
         self,
         md: api.ModelDeployment,
