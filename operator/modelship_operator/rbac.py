@@ -1,9 +1,9 @@
 """The operator's least-privilege RBAC, kept in one place.
 
-The Helm chart and the kustomize base render their ClusterRole (or namespaced Roles)
-from `RULES` (`modelship rbac` prints them), and the integration tests check that every
-request the operator sent to the API is allowed by these rules (`allows()`), so a new
-API call without a rule fails a test rather than a production cluster.
+The Helm chart and the kustomize base carry these rules (a test holds them equal to
+`RULES`), and the integration tests check that every request the operator sent to the
+API is allowed by them (`allows()`), so a new API call without a rule fails a test
+rather than a production cluster.
 """
 
 from __future__ import annotations
