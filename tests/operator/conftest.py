@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from kube_emulator import OPERATOR_AGENT, Cluster
+from modelship_operator import rbac
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,6 +24,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     emulated = Cluster(tmp_path).start()
     try:
         yield emulated
+        # Whatever the test did, every request the operator sent must be one its RBAC
+        # rules allow (operator/modelship_operator/rbac.py).
+        denied = [
+            (method, path)
+            for method, path, query, agent in emulated.requests()
+            if agent != "test-user" and not rbac.allows(method, path, query)
+        ]
+        assert denied == [], f"requests outside the operator's RBAC rules: {denied}"
     finally:
         emulated.stop()
 
