@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint demo e2e bench-operator clean locks
+.PHONY: setup system-deps test lint demo e2e bench-operator clean locks sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ e2e: $(STAMP)
 ## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
+
+## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
+## and the README's ModelDeployment reference (a test fails when they are stale)
+sync: $(STAMP)
+	$(BIN)/python scripts/sync_generated.py
 
 ## locks: regenerate the images' hash-locked dependencies from pyproject.toml (needs PyPI)
 locks: $(STAMP)

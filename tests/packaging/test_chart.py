@@ -1,0 +1,235 @@
+"""The Helm chart, rendered by the real Helm engine (helm-python-sdk bundles Helm's Go
+SDK): lint, values schema, strict validity of every object, the two watch modes, kopf
+peering, RBAC equal to the operator's RULES, operator settings the operator knows, and
+the PrometheusRule checked and unit-tested by promtool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from conftest import CHART, NAMESPACE, VALUE_SETS, render_chart
+from k8scheck import validate
+from modelship_operator.rbac import RULES
+from modelship_operator.settings import OperatorSettings
+
+HERE = Path(__file__).parent
+
+
+def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}"
+    return found[0]
+
+
+def _kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def _env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container(objects)["env"]}
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_helm_lint_strict(value_set: str) -> None:
+    report = helm.lint(str(CHART), VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+    assert report["total_charts_linted"] == 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicas": 0},
+        {"logLevel": "verbose"},
+        {"watchNamespaces": ["Not_A_Namespace"]},
+        {"image": {"repository": "x", "digest": "latest"}},
+        {"monitoring": {"prometheusRule": {"errorRateThreshold": 2}}},
+        {"settings": {"Runtime-Image": "x"}},
+        {"unknownKey": True},
+    ],
+)
+def test_values_schema_rejects(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render_chart(values)
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_every_object_is_strictly_valid(
+    rendered: dict[str, list[dict[str, Any]]], value_set: str
+) -> None:
+    how = {f"{o['kind']}/{o['metadata']['name']}": validate(o) for o in rendered[value_set]}
+    assert "schema" in how.values()
+
+
+def test_chart_crds_are_valid_and_serve_modeldeployments() -> None:
+    crds = [doc for path in sorted((CHART / "crds").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for crd in crds:
+        validate(crd)
+    names = {crd["metadata"]["name"] for crd in crds}
+    assert names == {"modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev",
+                     "kopfpeerings.kopf.dev"}
+
+
+def test_default_install(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["default"]
+    assert _kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment",
+                               "NetworkPolicy", "ServiceAccount"]
+    container = _container(objects)
+    assert container["image"] == "modelship-operator:0.1.0"
+    assert container["args"] == ["--all-namespaces", "--log-format=json"]
+    env = _env(objects)
+    assert env["MODELSHIP_OPERATOR_RUNTIME_IMAGE"] == "modelship-runtime:0.1.0"
+    assert env["MODELSHIP_OPERATOR_STANDALONE"] == "true"
+    deployment = _one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    binding = _one(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "modelship", "namespace": NAMESPACE}
+    ]
+
+
+def test_listed_namespaces_mode(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["namespaced"]
+    assert "ClusterRoleBinding" not in _kinds(objects)
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                      "kind": "ClusterRole", "name": "modelship"}
+    assert _container(objects)["args"][:2] == ["--namespace=ml", "--namespace=team-b"]
+
+
+def test_rbac_rules_are_the_operators(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for objects in rendered.values():
+        role = _one(objects, "ClusterRole")
+        assert role["rules"] == [rule.as_dict() for rule in RULES]
+
+
+@pytest.mark.parametrize(
+    ("value_set", "peering_kind", "namespaces"),
+    [("ha", "ClusterKopfPeering", [None]), ("ha-namespaced", "KopfPeering", ["ml"])],
+)
+def test_several_replicas_peer(
+    rendered: dict[str, list[dict[str, Any]]], value_set: str, peering_kind: str,
+    namespaces: list[str | None],
+) -> None:
+    objects = rendered[value_set]
+    env = _env(objects)
+    assert env["MODELSHIP_OPERATOR_STANDALONE"] == "false"
+    peerings = [o for o in objects if o["kind"] == peering_kind]
+    assert [p["metadata"].get("namespace") for p in peerings] == namespaces
+    assert {p["metadata"]["name"] for p in peerings} == {env["MODELSHIP_OPERATOR_PEERING_NAME"]}
+    assert env["MODELSHIP_OPERATOR_CLUSTERWIDE_PEERING"] == str(namespaces == [None]).lower()
+    assert "strategy" not in _one(objects, "Deployment")["spec"]
+    assert _one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    # The operator's settings read these the way the chart means them.
+    settings = OperatorSettings.model_validate(
+        {k.removeprefix("MODELSHIP_OPERATOR_").lower(): v for k, v in env.items()})
+    assert settings.standalone is False
+    assert settings.clusterwide_peering is (namespaces == [None])
+
+
+def test_single_replica_has_no_peering(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = _kinds(rendered["default"]) + _kinds(rendered["namespaced"])
+    assert not {"ClusterKopfPeering", "KopfPeering", "PodDisruptionBudget"} & set(kinds)
+
+
+def test_log_level_and_format(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert _container(rendered["ha"])["args"] == ["--all-namespaces", "--log-format=plain",
+                                                  "--debug"]
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_env_is_settings_the_operator_knows(
+    rendered: dict[str, list[dict[str, Any]]], value_set: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _env(rendered[value_set])
+    for name, value in env.items():
+        assert name.startswith("MODELSHIP_OPERATOR_"), name
+        field = name.removeprefix("MODELSHIP_OPERATOR_").lower()
+        assert field in OperatorSettings.model_fields, f"{name}: no such operator setting"
+        monkeypatch.setenv(name, value)
+    OperatorSettings()  # every value parses
+
+
+def test_custom_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["custom"]
+    assert _container(objects)["image"] == "ghcr.io/acme/modelship-operator:0.1.0-rc1"
+    env = _env(objects)
+    runtime_image = "ghcr.io/acme/modelship-runtime@sha256:" + "a" * 64
+    assert env["MODELSHIP_OPERATOR_RUNTIME_IMAGE"] == runtime_image
+    assert env["MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI"] == "http://mlflow.mlflow:5000"
+    assert json.loads(env["MODELSHIP_OPERATOR_DEFAULT_RESOURCES"]) == {
+        "requests": {"cpu": "250m", "memory": "256Mi"}}
+    assert env["MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS"] == "false"
+    assert _one(objects, "ServiceAccount")["metadata"]["name"] == "ms-operator"
+    assert "NetworkPolicy" not in _kinds(objects)
+    pod = _one(objects, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml-platform"
+    assert pod["spec"]["serviceAccountName"] == "ms-operator"
+
+
+def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["monitoring"]
+    for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"):
+        _one(objects, kind)
+    pod_monitor = _one(objects, "PodMonitor")
+    assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert pod_monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == (
+        "modelship-runtime")
+    dashboard = _one(objects, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["modelship.json"]) == json.loads(
+        (CHART / "files" / "dashboard.json").read_text())
+    rules = _one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == [
+        "ModelshipHighErrorRate", "ModelshipHighLatencyP95", "ModelshipReplicasBelowMinimum"]
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool not installed (Debian package prometheus; make setup installs it)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def rules_file(rendered: dict[str, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+               ) -> Path:
+    rule = _one(rendered["monitoring"], "PrometheusRule")
+    path = tmp_path_factory.mktemp("rules") / "modelship-rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+    return path
+
+
+def test_promtool_check_rules(rules_file: Path) -> None:
+    result = subprocess.run([_promtool(), "check", "rules", str(rules_file)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 rules found" in result.stdout
+
+
+def test_promtool_test_rules(rules_file: Path) -> None:
+    tests = (HERE / "alerts_test.yaml").read_text().replace("RULES_FILE", str(rules_file))
+    test_file = rules_file.parent / "alerts_test.yaml"
+    test_file.write_text(tests)
+    result = subprocess.run([_promtool(), "test", "rules", str(test_file)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout

@@ -1,0 +1,148 @@
+"""Every metric the chart's alerts and Grafana dashboard query is one the runtime really
+exposes, with the labels they use.
+
+The runtime's collectors are built from runtime/modelship_runtime/metrics.py (the module
+that declares all of them, on the registry the app serves at /metrics), exercised once so
+that labelled families have samples, and read back through the exposition format. The
+queries are taken apart with a small PromQL tokenizer: the names outside label matchers,
+grouping clauses and function calls are metric names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from conftest import CHART
+from modelship_runtime.metrics import Metrics
+from prometheus_client.parser import text_string_to_metric_families
+
+# Labels Prometheus adds to every runtime series: from the chart's PodMonitor/
+# ServiceMonitor relabelings, and the ones every scrape gets.
+TARGET_LABELS = {"namespace", "pod", "modelship_deployment", "modelship_model_version",
+                 "job", "instance", "container", "endpoint", "service"}
+SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+    "bool", "offset", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk",
+    "bottomk", "quantile", "count_values", "group", "inf", "nan",
+}
+
+
+def _exposed() -> dict[str, set[str]]:
+    """Sample name -> label names, as the runtime's /metrics shows them."""
+    metrics = Metrics("iris-classifier", "3")
+    metrics.http_requests.labels("POST", "/predict", "200").inc()
+    metrics.http_duration.labels("POST", "/predict").observe(0.01)
+    metrics.prediction_duration.observe(0.001)
+    metrics.predictions.inc()
+    metrics.count_classes(["setosa", "virginica"])
+    metrics.batch_size.observe(2)
+    metrics.model_info.labels("iris-classifier", "3", "sklearn", "LogisticRegression").set(1)
+    metrics.model_ready.set(1)
+    metrics.cache_hits.inc()
+    metrics.cache_misses.inc()
+    metrics.cache_errors.inc()
+    exposed: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, set()).update(sample.labels)
+    return exposed
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, label names matched) of every vector selector in a PromQL expression."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # string literals
+    expr = re.sub(r"\[[^\]]*\]", "", expr)                     # ranges, subqueries
+    found: list[tuple[str, set[str]]] = []
+    pattern = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?\s*(\()?")
+    position = 0
+    while (m := pattern.search(expr, position)) is not None:
+        position = m.end()
+        name, matchers, call = m.group(1), m.group(2), m.group(3)
+        before = expr[: m.start()].rstrip()
+        if name in _KEYWORDS or (call and not matchers) or re.match(r"[0-9.]", name):
+            if name in ("by", "without", "on", "ignoring", "group_left", "group_right"):
+                # skip the label list of a grouping clause
+                close = expr.find(")", position) if call else position
+                position = close + 1 if call else position
+            continue
+        if before.endswith(("$", "{")):
+            continue
+        labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers or ""))
+        found.append((name, labels))
+    return found
+
+
+def _grouping_labels(expr: str) -> set[str]:
+    labels: set[str] = set()
+    for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+        labels.update(x.strip() for x in group.split(",") if x.strip())
+    return labels - {"le"}
+
+
+def _queries() -> dict[str, str]:
+    import yaml
+
+    queries: dict[str, str] = {}
+    rule_template = (CHART / "templates" / "prometheusrule.yaml").read_text()
+    for alert, expr in re.findall(r"- alert: (\w+)\n\s+expr: \|\n((?:\s{12}.*\n)+)",
+                                  rule_template):
+        queries[f"alert {alert}"] = re.sub(r"\{\{[^}]*\}\}", "1", expr)
+    dashboard: dict[str, Any] = json.loads((CHART / "files" / "dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queries[f"panel {panel['title']} {target['refId']}"] = target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["definition"])
+            assert inner, variable["definition"]
+            queries[f"variable {variable['name']}"] = f"{inner.group(1)} by ({inner.group(2)})"
+    assert yaml  # the alerts are read from the template, with thresholds filled in
+    return queries
+
+
+QUERIES = _queries()
+EXPOSED = _exposed()
+
+
+def test_the_tokenizer_finds_selectors() -> None:
+    assert selectors(
+        'sum by (a, b) (rate(x_total{m="POST", s=~"5.."}[5m])) / ignoring(c) '
+        'group_left sum(y) > 0.5 and histogram_quantile(0.9, z_bucket)'
+    ) == [("x_total", {"m", "s"}), ("y", set()), ("z_bucket", set())]
+
+
+def test_queries_were_found() -> None:
+    assert sum(k.startswith("alert ") for k in QUERIES) == 3
+    assert sum(k.startswith("panel ") for k in QUERIES) >= 10
+
+
+@pytest.mark.parametrize("where", sorted(QUERIES))
+def test_query_uses_only_exposed_metrics_and_labels(where: str) -> None:
+    expr = QUERIES[where]
+    used = selectors(expr)
+    assert used, f"{where}: no metric found in {expr!r}"
+    known_labels = set(TARGET_LABELS)
+    for name, labels in used:
+        assert name in EXPOSED or name in SYNTHETIC, (
+            f"{where}: {name} is not a metric the runtime exposes "
+            f"(it has: {', '.join(sorted(EXPOSED))})")
+        available = EXPOSED.get(name, set()) | TARGET_LABELS
+        assert labels <= available, f"{where}: {name} has no label {labels - available}"
+        known_labels |= EXPOSED.get(name, set())
+    missing = _grouping_labels(expr) - known_labels
+    assert not missing, f"{where}: groups by labels no queried metric has: {missing}"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ['rate(http_request_total[5m])', 'sum by (model) (modelship_predictions_total)',
+     'model_version_info{track="canary"}'],
+)
+def test_a_wrong_metric_or_label_is_caught(expr: str) -> None:
+    (name, labels), = selectors(expr)
+    assert name not in EXPOSED or not labels <= EXPOSED[name] | TARGET_LABELS
