@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .cache import Cache, RedisCache
 from .dataplane import DataPlane
-from .endpoints import build_router
+from .endpoints import build_router, seed_predict
 from .errors import ModelshipError, PayloadTooLarge
 from .logging import model_version_var, request_id_var
 from .metrics import Metrics
@@ -44,6 +44,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Route:
+    path = "/predict"
+
+
+_PREDICT_ROUTE = _Route()
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
                         "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
@@ -68,8 +77,10 @@ class ServingMiddleware:
     """Request id, version header, limits, auth and request metrics, in one ASGI layer."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
-                 api_keys: list[bytes] | None, access_log: bool) -> None:
+                 api_keys: list[bytes] | None, access_log: bool,
+                 plane: DataPlane | None = None) -> None:
         self.app = app
+        self.plane = plane
         self.metrics = metrics
         self.version_header = (b"x-model-version", version.encode())
         self.version = version
@@ -113,6 +124,10 @@ class ServingMiddleware:
             if rejection is not None:
                 code, text, more = rejection
                 await self._send_error(send_wrapper, code, text, more)
+            elif self.plane is not None and scope["path"] == "/predict" \
+                    and scope["method"] == "POST":
+                await self._fast_predict(self.plane, start, receive, send_wrapper)
+                scope["route"] = _PREDICT_ROUTE
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         finally:
@@ -124,6 +139,39 @@ class ServingMiddleware:
                                               "route": template, "status": status,
                                               "duration_ms": round(
                                                   (time.perf_counter() - start) * 1000, 3)})
+
+    async def _fast_predict(self, plane: DataPlane, start: float, receive: Receive,
+                            send: Send) -> None:
+        """``POST /predict`` without routing or per-request Request objects: the hot path."""
+        status, headers = 200, _JSON_HEADERS
+        try:
+            chunks: list[bytes] = []
+            seen = 0
+            plane.batcher.arriving += 1
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    if seen > self.max_body:
+                        raise PayloadTooLarge(f"body is over the {self.max_body} byte limit")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+            finally:
+                plane.batcher.arriving -= 1
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = await seed_predict(plane, raw, start)
+        except ModelshipError as exc:
+            status, body = exc.status_code, error_body(exc.message)
+        except Exception:
+            logger.exception("unexpected error")
+            status, body = 500, error_body("internal error")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _reject(self, scope: Scope, headers: list[tuple[bytes, bytes]]
                 ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
@@ -273,5 +321,5 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
-                       access_log=settings.access_log)
+                       access_log=settings.access_log, plane=plane)
     return app

@@ -35,6 +35,21 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _ERRORS = _responses(400, 401, 404, 413, 415, 503)
 
 
+async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
+    """The whole of ``POST /predict`` after the body is read: parse, validate, infer."""
+    batcher = plane.batcher
+    batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
+    try:
+        body = loads(raw)
+        plane.check_ready()
+        rows, single = protocols.seed_rows(body, plane.validator)
+    finally:
+        batcher.arriving -= 1
+    result = await plane.infer(rows)
+    ms = (time.perf_counter() - t0) * 1000.0
+    return protocols.seed_response(result.prediction, single, result.cache_hit, ms)
+
+
 def build_router(plane: DataPlane) -> APIRouter:
     """All routes of the runtime, bound to one data plane."""
     router = APIRouter()
@@ -53,18 +68,14 @@ def build_router(plane: DataPlane) -> APIRouter:
     @router.post("/predict", tags=["predict"], openapi_extra=_json_body(protocols.PREDICT_BODY),
                  responses=_ERRORS, summary="Predict one row or a batch (seed format)")
     async def predict(request: Request) -> Response:
+        # Normally answered by ServingMiddleware's fast path (same function, no routing).
         t0 = time.perf_counter()
-        batcher.arriving += 1  # lets a micro-batch wait for requests still being read
+        batcher.arriving += 1
         try:
-            body = loads(await request.body())
-            plane.check_ready()
-            rows, single = protocols.seed_rows(body, plane.validator)
+            raw = await request.body()
         finally:
             batcher.arriving -= 1
-        result = await plane.infer(rows)
-        ms = (time.perf_counter() - t0) * 1000.0
-        return Response(protocols.seed_response(result.prediction, single, result.cache_hit, ms),
-                        media_type=JSON)
+        return Response(await seed_predict(plane, raw, t0), media_type=JSON)
 
     @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V1_BODY), summary="KServe V1 predict")
