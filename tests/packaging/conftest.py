@@ -3,6 +3,8 @@ value set), and kubernetes-validate's schema files parsed once."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +69,29 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     """The chart rendered with each of VALUE_SETS."""
     pytest.importorskip("helm_python", reason="helm-python-sdk not installed (make setup)")
     return {name: render_chart(values) for name, values in VALUE_SETS.items()}
+
+
+OVERLAYS = ("dev", "staging", "prod")
+
+
+def kustomize_build(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize PATH`, parsed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found: the kustomize tests need `kubectl kustomize` "
+                    "(install kubectl from your distribution; make setup does not download it)")
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def built() -> dict[str, list[dict[str, Any]]]:
+    """kustomize/base and each overlay, built by `kubectl kustomize`."""
+    paths = {"base": REPO / "kustomize" / "base"}
+    paths.update({o: REPO / "kustomize" / "overlays" / o for o in OVERLAYS})
+    return {name: kustomize_build(path) for name, path in paths.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
