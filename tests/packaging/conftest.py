@@ -94,6 +94,21 @@ def built() -> dict[str, list[dict[str, Any]]]:
     return {name: kustomize_build(path) for name, path in paths.items()}
 
 
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def examples_rendered() -> list[dict[str, Any]]:
+    """`modelship render` of every example (an alias resolves to version 7), parsed."""
+    cli = Path(sys.executable).parent / "modelship"
+    args = [str(cli), "render", "--alias-version", "7"]
+    for example in EXAMPLES:
+        args += ["-f", str(example)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _cached_schemas() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:

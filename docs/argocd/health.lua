@@ -1,0 +1,72 @@
+-- Argo CD health check for modelship.io/ModelDeployment.
+-- Install: argocd-cm key resource.customizations.health.modelship.io_ModelDeployment
+-- (see docs/gitops.md). It reads the status the operator writes, with kstatus's
+-- conventions (observedGeneration; Ready, Reconciling, Stalled) and the phase.
+local hs = {}
+
+local function condition(kind)
+  if obj.status == nil or obj.status.conditions == nil then
+    return nil
+  end
+  for _, c in ipairs(obj.status.conditions) do
+    if c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+
+local function text(c, fallback)
+  if c ~= nil and c.message ~= nil and c.message ~= "" then
+    return c.message
+  end
+  return fallback
+end
+
+if obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "Being deleted"
+  return hs
+end
+
+if obj.status == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the modelship operator to report status"
+  return hs
+end
+
+local generation = obj.metadata.generation
+local observed = obj.status.observedGeneration
+if generation ~= nil and observed ~= nil and observed ~= generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to act on generation " .. generation ..
+    " (status describes generation " .. observed .. ")"
+  return hs
+end
+
+local phase = obj.status.phase
+local stalled = condition("Stalled")
+local reconciling = condition("Reconciling")
+local ready = condition("Ready")
+
+if (stalled ~= nil and stalled.status == "True") or phase == "RolledBack" or phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = text(stalled, text(ready, "Phase " .. tostring(phase)))
+  return hs
+end
+
+if (reconciling ~= nil and reconciling.status == "True") or phase == "Progressing" or phase == "Pending" then
+  hs.status = "Progressing"
+  hs.message = text(reconciling, text(ready, "Phase " .. tostring(phase)))
+  return hs
+end
+
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = text(ready, "Ready")
+  return hs
+end
+
+hs.status = "Progressing"
+hs.message = text(ready, "Waiting for the Ready condition")
+return hs
