@@ -131,6 +131,7 @@ class Reconciler:
             self._converge(
                 body, patch, current, md, resolution.target, logger,
                 extra_conditions=resolution.conditions, registry=registry,
+                resolved=resolution.wanted,
             )
         except ApiError as exc:
             if exc.transient:
@@ -150,6 +151,7 @@ class Reconciler:
         *,
         extra_conditions: list[dict[str, Any]] | None = None,
         registry: Callable[[], Registry] | None = None,
+        resolved: str | None = None,
     ) -> None:
         """Advance the rollout one step, render, apply, report."""
         namespace, name = md.metadata.namespace, md.metadata.name
@@ -213,7 +215,7 @@ class Reconciler:
         write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
         self._report(
             body, patch, current, md, step, result, analysis,
-            extra_conditions or [], write_back,
+            extra_conditions or [], write_back, resolved,
         )
 
     # -- pieces -----------------------------------------------------------------------
@@ -373,6 +375,7 @@ class Reconciler:
         analysis: Mapping[str, Any] | None,
         extra_conditions: list[dict[str, Any]],
         write_back: str | None,
+        resolved: str | None = None,
     ) -> None:
         state = step.state
         assert state.stable is not None
@@ -381,6 +384,10 @@ class Reconciler:
         ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
         replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
         desired = self._serving_status(md, current, step, replicas, ready, extra_conditions)
+        if md.spec.model.alias is not None:
+            # What the alias points at, as last seen; kept through a registry outage.
+            known = resolved or (current.get("model") or {}).get("resolvedVersion")
+            desired["model"] = {"resolvedVersion": known or self._resolved(md, step)}
         canary_dep = (
             _deployment(result.live, name, state.canary.version) if state.canary else None
         ) or {}

@@ -98,6 +98,7 @@ def test_alias_move_rolls_out_and_writes_back(
         what="canary of version 2",
     )
     assert status["stable"]["version"] == "1"
+    assert status["model"] == {"resolvedVersion": "2"}
     assert deployments(cluster, "fraud") == ["fraud-v1", "fraud-v2"]
     cluster.mark_ready(NS, "fraud-v2", 1)
     status = wait_for(
@@ -220,6 +221,7 @@ def test_registry_outage_changes_nothing_and_recovers(
     )
     assert cond(status, "RegistryAvailable")["reason"] == "RegistryUnavailable"
     assert status["phase"] == "Ready"  # serving is not the registry's business
+    assert status["model"] == {"resolvedVersion": "1"}  # the last answer is kept
     assert deployments(cluster, "out") == ["out-v1"]
     child_writes = [
         (m, p) for m, p, _, _ in operator_requests(cluster)[before:]
