@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins old versions of common packages: it gets a virtualenv of its own.
+CHECKOV := $(VENV)/checkov/bin/checkov
 
 .PHONY: setup system-deps test lint demo e2e bench-operator clean locks sync
 
@@ -13,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
+
 ## setup: create .venv with every Python package the tests need, plus system packages
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(CHECKOV)
 
 ## system-deps: redis-server and prometheus from Debian when missing (root only)
 system-deps:

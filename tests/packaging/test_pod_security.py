@@ -52,6 +52,7 @@ def test_runtime_pods_are_restricted(examples_rendered: list[dict[str, Any]]) ->
         for container in spec["containers"] + spec.get("initContainers", []):
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             assert container["securityContext"]["runAsUser"] == 10001
+        assert spec["automountServiceAccountToken"] is False, where
         volumes = {v["name"]: (set(v) - {"name"}).pop() for v in spec["volumes"]}
         assert volumes["models"] == volumes["tmp"] == "emptyDir", where
         others = {kind for name, kind in volumes.items() if name not in ("models", "tmp")}
