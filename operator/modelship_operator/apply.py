@@ -37,7 +37,10 @@ class Action(enum.Enum):
 def object_hash(obj: Mapping[str, Any]) -> str:
     """A stable digest of a desired object (without the hash annotation itself)."""
     clean = json.loads(json.dumps(obj))
-    clean.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
+    meta = clean.get("metadata", {})
+    meta.get("annotations", {}).pop(HASH_ANNOTATION, None)
+    if "annotations" in meta and not meta["annotations"]:
+        del meta["annotations"]
     text = json.dumps(clean, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

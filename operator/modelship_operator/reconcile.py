@@ -320,9 +320,7 @@ class Reconciler:
         reason = problem.reason if problem else "ModelNotResolved"
         message = problem.message if problem else "no model version to serve"
         conditions = [
-            status.condition(status.READY, False, reason, message, generation),
-            status.condition(status.RECONCILING, True, reason, message, generation),
-            status.condition(status.STALLED, False, reason, "", generation),
+            *status.kstatus(False, True, False, reason, message, generation),
             *resolution.conditions,
         ]
         desired = {
@@ -435,13 +433,9 @@ class Reconciler:
                 f"version {version} serves the rest"
             )
             phase = "Progressing"
-            conditions = [
-                status.condition(status.READY, False, "RolloutInProgress", message, generation),
-                status.condition(
-                    status.RECONCILING, True, "RolloutInProgress", message, generation
-                ),
-                status.condition(status.STALLED, False, "RolloutInProgress", "", generation),
-            ]
+            conditions = status.kstatus(
+                False, True, False, "RolloutInProgress", message, generation
+            )
         elif step.phase == "RolledBack" and step.state.last is not None:
             last = step.state.last
             message = (
@@ -449,11 +443,7 @@ class Reconciler:
                 "serves all traffic; change spec.model to try again"
             )
             phase = "RolledBack"
-            conditions = [
-                status.condition(status.READY, False, "RolledBack", message, generation),
-                status.condition(status.RECONCILING, False, "RolledBack", message, generation),
-                status.condition(status.STALLED, True, "RolledBack", message, generation),
-            ]
+            conditions = status.kstatus(False, False, True, "RolledBack", message, generation)
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": phase,

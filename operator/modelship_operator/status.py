@@ -62,13 +62,34 @@ def merge_conditions(
     return sorted(result, key=lambda c: (order.get(c["type"], 9), c["type"]))
 
 
+def kstatus(
+    ready: bool,
+    reconciling: bool,
+    is_stalled: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    reconciling_message: str | None = None,
+) -> list[dict[str, Any]]:
+    """The three kstatus conditions, sharing one reason and message."""
+    return [
+        condition(READY, ready, reason, message, generation),
+        condition(
+            RECONCILING,
+            reconciling,
+            reason,
+            message if reconciling_message is None else reconciling_message,
+            generation,
+        ),
+        condition(STALLED, is_stalled, reason, message if is_stalled else "", generation),
+    ]
+
+
 def stalled(message: str, reason: str, generation: int | None) -> list[dict[str, Any]]:
     """Conditions for a spec the operator cannot honour."""
-    return [
-        condition(READY, False, reason, message, generation),
-        condition(RECONCILING, False, reason, "waiting for a change to the spec", generation),
-        condition(STALLED, True, reason, message, generation),
-    ]
+    return kstatus(
+        False, False, True, reason, message, generation, "waiting for a change to the spec"
+    )
 
 
 def serving(
@@ -79,19 +100,10 @@ def serving(
     With autoscaling, `desired_replicas` is the HPA's minimum; with 0 replicas asked
     for, the deployment is Ready as soon as it exists (scaled to zero on purpose).
     """
-    if ready_replicas >= desired_replicas:
-        message = f"version {version}: {ready_replicas}/{desired_replicas} replicas ready"
-        return "Ready", [
-            condition(READY, True, "Serving", message, generation),
-            condition(RECONCILING, False, "Serving", message, generation),
-            condition(STALLED, False, "Serving", "", generation),
-        ]
     message = f"version {version}: {ready_replicas}/{desired_replicas} replicas ready"
-    return "Pending", [
-        condition(READY, False, "ReplicasNotReady", message, generation),
-        condition(RECONCILING, True, "ReplicasNotReady", message, generation),
-        condition(STALLED, False, "ReplicasNotReady", "", generation),
-    ]
+    if ready_replicas >= desired_replicas:
+        return "Ready", kstatus(True, False, False, "Serving", message, generation)
+    return "Pending", kstatus(False, True, False, "ReplicasNotReady", message, generation)
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
