@@ -4,6 +4,9 @@ A GitOps user runs it before committing a ModelDeployment::
 
     modelship render -f examples/minimal.yaml | kubectl diff -f -
 
+and previews a rollout mid-way with ``--canary-version V --weight W`` (the objects the
+operator applies while version V gets W% of the traffic).
+
 It renders offline with the operator's own code (no cluster, no registry), so what it
 prints is what the operator applies, except the ownerReference uid (a placeholder when
 the manifest has none) and the hash annotation the operator adds for its change check.
@@ -16,6 +19,7 @@ names the field, and nothing is printed for that manifest; the others still are)
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,8 +72,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the version spec.model.alias resolves to (rendering does not ask the registry); "
         "default: status.model.resolvedVersion of the manifest",
     )
-    r.add_argument("--canary-version", metavar="V", help="not yet: comes with canary rollouts")
-    r.add_argument("--weight", type=int, metavar="W", help="not yet: comes with canary rollouts")
+    r.add_argument(
+        "--canary-version", metavar="V",
+        help="preview mid-rollout: version V is the canary next to the stable version "
+        "(canary Deployment NAME-vV, Service NAME-canary, canary Ingress or HTTPRoute weights)",
+    )
+    r.add_argument(
+        "--weight", type=int, metavar="W",
+        help="percent of traffic the canary gets, 0-100 (with --canary-version; default 0, "
+        "a canary whose pods are not ready yet)",
+    )
     return parser
 
 
@@ -155,7 +167,10 @@ def _name(body: Any) -> str:
 
 
 def _render_one(
-    doc: _Document, settings: OperatorSettings, alias_version: str | None
+    doc: _Document,
+    settings: OperatorSettings,
+    alias_version: str | None,
+    canary: tuple[str, int] | None = None,
 ) -> list[dict[str, Any]] | list[str]:
     """The objects of one manifest, or its error lines (strings)."""
     try:
@@ -171,21 +186,33 @@ def _render_one(
             f"spec.model.alias: {md.spec.model.alias!r} is resolved by the registry at "
             "apply time; pass --alias-version VERSION to preview it"
         ]
+    state = RolloutState(stable_version=version)
+    if canary is not None:
+        if canary[0] == version:
+            return [f"--canary-version {canary[0]}: that is the stable version; a canary "
+                    "is another version"]
+        state = RolloutState(version, canary_version=canary[0], canary_weight=canary[1])
     try:
-        return render(md, RolloutState(stable_version=version), settings)
+        return render(md, state, settings)
     except RenderError as exc:
         hint = " (or pass --tracking-uri)" if exc.field == "spec.model.registry.trackingUri" else ""
         return [f"{exc.field}: {exc}{hint}"]
 
 
 def render_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    if args.canary_version is not None or args.weight is not None:
-        print(
-            "error: --canary-version/--weight: not yet; canary rendering comes with canary "
-            "rollouts. This version renders the stable side only.",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    canary: tuple[str, int] | None = None
+    if args.weight is not None and args.canary_version is None:
+        return _fail("error: --weight needs --canary-version")
+    if args.canary_version is not None:
+        weight = 0 if args.weight is None else args.weight
+        if not 0 <= weight <= 100:
+            return _fail(f"error: --weight {weight}: must be 0-100")
+        if not re.fullmatch(r"[1-9][0-9]*", args.canary_version):
+            return _fail(
+                f"error: --canary-version {args.canary_version!r}: an MLflow model version "
+                "number (1, 2, ...)"
+            )
+        canary = (args.canary_version, weight)
     overrides: dict[str, Any] = {}
     if args.tracking_uri:
         overrides["default_tracking_uri"] = args.tracking_uri
@@ -201,7 +228,7 @@ def render_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> i
             kind = body.get("kind", "?") if isinstance(body, dict) else type(body).__name__
             print(f"{doc.source}: skipped {kind}/{_name(body)}: not a {api.KIND}", file=sys.stderr)
             continue
-        result = _render_one(doc, settings, args.alias_version)
+        result = _render_one(doc, settings, args.alias_version, canary)
         if result and isinstance(result[0], str):
             status = EXIT_INVALID
             for line in result:

@@ -158,11 +158,57 @@ def test_alias_needs_a_version_to_preview() -> None:
     assert "champ-v5" in [o["metadata"]["name"] for o in docs(result.stdout)]
 
 
-def test_canary_options_are_refused_for_now() -> None:
-    result = run("render", "-f", "-", "--canary-version", "4", "--weight", "10", stdin=MINIMAL)
-    assert result.returncode == 2
+INGRESS = MINIMAL + "  replicas: 4\n  ingress: {host: iris.example.com, className: nginx}\n"
+GATEWAY = MINIMAL.replace("name: iris,", "name: gw,") + (
+    "  replicas: 4\n  gateway: {parentRefs: [{name: public}], hostnames: [iris.example.com]}\n"
+)
+
+
+def test_canary_preview_renders_the_rollout_mid_way() -> None:
+    result = run("render", "-f", "-", "--canary-version", "4", "--weight", "25",
+                 stdin=INGRESS + "---\n" + GATEWAY)
+    assert result.returncode == 0, result.stderr
+    objects = docs(result.stdout)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    for obj in objects:
+        if obj["kind"] != "HTTPRoute":  # a CRD kind: kubernetes-validate has no schema
+            kubernetes_validate.validate(obj, "1.37", strict=True)
+    # Both versions run; the canary is sized for its weight, the stable side keeps all.
+    assert by_name[("Deployment", "iris-v3")]["spec"]["replicas"] == 4
+    assert by_name[("Deployment", "iris-v4")]["spec"]["replicas"] == 1
+    canary_svc = by_name[("Service", "iris-canary")]
+    assert canary_svc["spec"]["selector"]["modelship.io/model-version"] == "4"
+    ingress = by_name[("Ingress", "iris-canary")]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary"] == "true"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] == "25"
+    route = by_name[("HTTPRoute", "gw")]
+    weights = [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [("gw", 75), ("gw-canary", 25)]
+
+
+def test_canary_weight_defaults_to_zero() -> None:
+    result = run("render", "-f", "-", "--canary-version", "4", stdin=INGRESS)
+    assert result.returncode == 0, result.stderr
+    ingress = next(o for o in docs(result.stdout) if o["metadata"]["name"] == "iris-canary"
+                   and o["kind"] == "Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--weight", "10"], 2, "--weight needs --canary-version"),
+        (["--canary-version", "4", "--weight", "101"], 2, "must be 0-100"),
+        (["--canary-version", "4", "--weight", "-1"], 2, "must be 0-100"),
+        (["--canary-version", "v4"], 2, "an MLflow model version number"),
+        (["--canary-version", "3", "--weight", "50"], 1, "that is the stable version"),
+    ],
+)
+def test_canary_option_errors(args: list[str], status: int, message: str) -> None:
+    result = run("render", "-f", "-", *args, stdin=MINIMAL)
+    assert result.returncode == status
     assert result.stdout == ""
-    assert "not yet" in result.stderr
+    assert message in result.stderr
 
 
 def test_other_kinds_are_skipped() -> None:
