@@ -166,6 +166,7 @@ class Reconciler:
         observed = Observed(
             now=now,
             canary_ready=_ready(canary_dep),
+            canary_available=_available(canary_dep),
             promote_now=annotations.get(PROMOTE_ANNOTATION, "").lower() == "now",
             abort=ABORT_ANNOTATION in annotations
             and annotations[ABORT_ANNOTATION].lower() not in ("", "false"),
@@ -534,6 +535,13 @@ def _deployment(
     if version is None:
         return None
     return live.get(("apps/v1", "Deployment", naming.deployment_name(name, version)))
+
+
+def _available(deployment: Mapping[str, Any] | None) -> bool:
+    """At least one pod of a Deployment is ready."""
+    if not deployment:
+        return False
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0) > 0
 
 
 def _ready(deployment: Mapping[str, Any] | None) -> bool:

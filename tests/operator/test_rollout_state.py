@@ -113,12 +113,34 @@ def test_canary_losing_its_pods_gets_no_traffic() -> None:
     assert again.state.canary is not None and again.state.canary.weight == 50
 
 
+def test_canary_growing_with_its_weight_holds_rather_than_rolls_back() -> None:
+    """At a higher weight the canary asks for more pods; until they are ready it has some
+    ready pods but not all: the weight holds, nothing is judged, nothing is counted."""
+    limit1 = SPEC.model_copy(update={"analysis": AnalysisSpec(failure_limit=1)})
+    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0))
+    growing = Observed(now=100, canary_ready=False, canary_available=True)
+    for verdict in (None, PASS, FAIL, WAIT):
+        step = advance(limit1, "4", state, growing, verdict)
+        assert step.state == state and step.events == ()
+    # Every pod ready: the due analysis is judged as usual.
+    step = advance(limit1, "4", state, Observed(now=100, canary_ready=True), PASS)
+    assert step.state.canary is not None and step.state.canary.weight == 100
+    # No pod ready at all is lost readiness: weight 0 and a failure (here the last one).
+    lost = advance(limit1, "4", state, Observed(now=100, canary_available=False))
+    assert lost.state.canary is None and lost.phase == "RolledBack"
+    # The first weight waits for every pod the canary asks for.
+    fresh = RolloutState("3", Canary("4"))
+    assert advance(limit1, "4", fresh, growing).state == fresh
+    early = Observed(now=1, canary_available=True, promote_now=True)
+    assert advance(limit1, "4", fresh, early).state == fresh
+
+
 # -- properties ---------------------------------------------------------------------------
 
 events = st.lists(
     st.tuples(
         st.sampled_from(["4", "4", "4", "4", "5", "3"]),  # target version, mostly the canary
-        st.booleans(),  # canary ready
+        st.sampled_from(["ready", "ready", "growing", "none"]),  # canary pods
         st.sampled_from([None, PASS, PASS, FAIL, WAIT]),
         st.integers(min_value=0, max_value=120),  # seconds since the previous tick
         st.sampled_from(["", "", "", "", "", "promote", "abort"]),
@@ -134,18 +156,19 @@ steps_strategy = st.lists(st.integers(1, 99), min_size=0, max_size=5).map(
 @settings(max_examples=300, deadline=None)
 @given(events=events, steps=steps_strategy, limit=st.integers(1, 3))
 def test_safety_properties(
-    events: list[tuple[str, bool, Verdict | None, int, str]], steps: list[int], limit: int
+    events: list[tuple[str, str, Verdict | None, int, str]], steps: list[int], limit: int
 ) -> None:
     spec = RolloutSpec(steps=steps, interval="30s", analysis=AnalysisSpec(failure_limit=limit))
     state = RolloutState(stable="3")
     now = 0.0
-    for target, ready, verdict, dt, note in events:
+    for target, pods, verdict, dt, note in events:
         now += dt
         before = state
         step = advance(
             spec, target, state,
-            Observed(now=now, canary_ready=ready, promote_now=note == "promote",
-                     abort=note == "abort"),
+            Observed(now=now, canary_ready=pods == "ready",
+                     canary_available=pods in ("ready", "growing"),
+                     promote_now=note == "promote", abort=note == "abort"),
             verdict,
         )
         state = step.state
@@ -154,11 +177,17 @@ def test_safety_properties(
         canary = state.canary
         if canary is not None:
             assert 0 <= canary.weight <= 100
-            # Never any weight to a canary that is not ready.
-            if not ready:
-                assert canary.weight == 0
-            assert canary.version != state.stable
+            # Never any weight to a canary without ready pods; never more weight to one
+            # whose pods are not all ready.
             prev = before.canary
+            if pods == "none":
+                assert canary.weight == 0
+            if pods != "ready":
+                assert canary.weight == 0 or (
+                    prev is not None and prev.version == canary.version
+                    and canary.weight == prev.weight
+                )
+            assert canary.version != state.stable
             if prev is not None and prev.version == canary.version and canary.weight != prev.weight:
                 # Weights rise one step at a time, or drop to 0.
                 if canary.weight > prev.weight:
@@ -168,8 +197,10 @@ def test_safety_properties(
                     assert canary.weight == 0
         # Promotion only after the last step passed, or on the annotation.
         if before.canary is not None and state.stable == before.canary.version:
+            assert pods != "none"
             assert note == "promote" or (
-                before.canary.weight == 100 and verdict is not None
+                pods == "ready"
+                and before.canary.weight == 100 and verdict is not None
                 and verdict.outcome is Outcome.PASS
             )
     # Finishing: with a ready canary and passing analyses, every path ends on one version.

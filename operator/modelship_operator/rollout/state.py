@@ -10,6 +10,10 @@ operator restart resumes where it was.
 Safety rules it enforces:
 - no weight goes to a canary whose pods are not ready (weight 0 while unready, and a
   canary that loses its pods mid-rollout drops to 0 and counts a failed analysis);
+- a canary that has ready pods but not yet all it asks for (it grew with its weight, or
+  a pod restarts) holds its weight: no analysis is judged and no step taken until the
+  rest are ready (counting that as lost readiness would roll back every canary whose
+  size follows its weight, at the first step that adds a pod);
 - weights only rise step by step, or drop to 0 (rollback, lost readiness);
 - promotion only after the last step (weight 100) passed its analysis, or on the
   explicit `modelship.io/promote: now` annotation;
@@ -71,8 +75,17 @@ class Observed:
 
     now: float
     canary_ready: bool = False
+    """Every pod the canary's Deployment asks for is ready (and at least one)."""
+    canary_available: bool | None = None
+    """At least one canary pod is ready; None means the same as `canary_ready`."""
     promote_now: bool = False
     abort: bool = False
+
+    @property
+    def canary_serving(self) -> bool:
+        return self.canary_ready if self.canary_available is None else (
+            self.canary_available or self.canary_ready
+        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +176,7 @@ def advance(
         )
     if observed.abort:
         return _rollback(state, f"{ABORT_ANNOTATION} annotation")
-    if not observed.canary_ready:
+    if not observed.canary_serving:
         if canary.weight > 0:
             failed = canary.failed_analyses + 1
             lost = replace(canary, weight=0, failed_analyses=failed, step_started_at=None)
@@ -174,9 +187,15 @@ def advance(
                 (("CanaryNotReady", f"version {canary.version}: pods not ready, weight 0", True),),
             )
         return Step(state)  # wait for the canary's pods; no traffic until then
+    if canary.weight == 0 and not observed.canary_ready:
+        return Step(state)  # the first weight waits for every pod the canary asks for
     if observed.promote_now:
         return _promote(state, f"{PROMOTE_ANNOTATION} annotation")
     if spec.paused:
+        return Step(state)
+    if not observed.canary_ready:
+        # Some pods serve, the rest are starting (the canary grew with its weight): hold
+        # the weight and judge nothing until they are all ready.
         return Step(state)
     if canary.weight == 0:
         weight = spec.steps[canary.step]
