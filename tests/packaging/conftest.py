@@ -1,67 +1,19 @@
-"""Fixtures of the packaging tests: the chart rendered by the real Helm engine (once per
-value set), and kubernetes-validate's schema files parsed once."""
+"""Fixtures of the packaging tests: each artifact made once per session (see
+artifacts.py), and kubernetes-validate's schema files parsed once."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import k8scheck
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "modelship"
-RELEASE, NAMESPACE = "modelship", "modelship-system"
-
-# Value sets the tests render: the defaults, and the modes a platform engineer picks.
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "namespaced": {"watchNamespaces": ["ml", "team-b"]},
-    "ha": {"replicas": 2, "logLevel": "debug", "logFormat": "plain"},
-    "ha-namespaced": {"replicas": 3, "watchNamespaces": ["ml"], "peering": {"name": "ms"}},
-    "monitoring": {
-        "monitoring": {
-            "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-            "serviceMonitor": {"enabled": True},
-            "prometheusRule": {"enabled": True},
-            "grafanaDashboard": {"enabled": True},
-        },
-    },
-    "custom": {
-        "image": {"repository": "ghcr.io/acme/modelship-operator", "tag": "0.1.0-rc1"},
-        "runtime": {"image": {"repository": "ghcr.io/acme/modelship-runtime",
-                              "digest": "sha256:" + "a" * 64}},
-        "defaultTrackingUri": "http://mlflow.mlflow:5000",
-        "settings": {"resync_interval_seconds": 120, "verify_model_versions": False,
-                     "default_resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}},
-        "serviceAccount": {"name": "ms-operator", "annotations": {"a.example/b": "c"}},
-        "networkPolicy": {"enabled": False},
-        "podLabels": {"team": "ml-platform"},
-        "priorityClassName": "system-cluster-critical",
-        "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
-    },
-}
-
-
-def render_chart(values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object the chart's templates render (crds/ not included)."""
-    import helm_python as helm
-
-    with helm.Chart.load(str(CHART)) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    objects = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".yaml"):
-            objects += [doc for doc in yaml.safe_load_all(text) if doc]
-    return objects
+from artifacts import OVERLAYS, REPO, VALUE_SETS, kustomize_build, render_chart, render_examples
 
 
 @pytest.fixture(scope="session")
@@ -69,21 +21,6 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     """The chart rendered with each of VALUE_SETS."""
     pytest.importorskip("helm_python", reason="helm-python-sdk not installed (make setup)")
     return {name: render_chart(values) for name, values in VALUE_SETS.items()}
-
-
-OVERLAYS = ("dev", "staging", "prod")
-
-
-def kustomize_build(path: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize PATH`, parsed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not found: the kustomize tests need `kubectl kustomize` "
-                    "(install kubectl from your distribution; make setup does not download it)")
-    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="session")
@@ -94,19 +31,10 @@ def built() -> dict[str, list[dict[str, Any]]]:
     return {name: kustomize_build(path) for name, path in paths.items()}
 
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-
-
 @pytest.fixture(scope="session")
 def examples_rendered() -> list[dict[str, Any]]:
-    """`modelship render` of every example (an alias resolves to version 7), parsed."""
-    cli = Path(sys.executable).parent / "modelship"
-    args = [str(cli), "render", "--alias-version", "7"]
-    for example in EXAMPLES:
-        args += ["-f", str(example)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    """`modelship render` of every example, parsed."""
+    return render_examples()
 
 
 @pytest.fixture(scope="module", autouse=True)

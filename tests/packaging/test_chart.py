@@ -14,7 +14,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
-from conftest import CHART, NAMESPACE, VALUE_SETS, render_chart
+from artifacts import CHART, NAMESPACE, VALUE_SETS, render_chart
 from k8scheck import validate
 from modelship_operator.rbac import RULES
 from modelship_operator.settings import OperatorSettings

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, kustomize_build, render_chart
+from artifacts import REPO, kustomize_build, render_chart
 
 SKIPS_FILE = Path(__file__).parent / "checkov.yaml"
 

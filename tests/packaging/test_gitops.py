@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from artifacts import REPO
 from lupa import lua51
 from modelship_operator import status
 

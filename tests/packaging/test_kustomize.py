@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import OVERLAYS
+from artifacts import OVERLAYS
 from k8scheck import validate
 from modelship_operator.rbac import RULES
 from modelship_operator.settings import OperatorSettings

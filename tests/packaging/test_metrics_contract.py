@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import CHART
+from artifacts import CHART
 from modelship_runtime.metrics import Metrics
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import EXAMPLES
+from artifacts import EXAMPLES
 from k8scheck import pod_specs, restricted_violations
 
 
