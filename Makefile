@@ -44,7 +44,7 @@ test: setup
 
 ## lint: ruff and mypy
 lint: $(STAMP)
-	$(BIN)/ruff check operator runtime tests benchmarks
+	$(BIN)/ruff check operator runtime tests benchmarks scripts
 	$(BIN)/mypy
 
 ## demo: kind cluster with everything in it, then a canary (needs Docker; scripts/demo.sh)

@@ -51,10 +51,11 @@ def _rows(schema: dict[str, Any], path: str, required: bool) -> list[str]:
     if default is not None:
         dumped = yaml.safe_dump(default, default_flow_style=True).strip()
         shown = f"`{dumped.removesuffix('...').strip()}`"
-    description = _cell(schema.get("description", ""))
+    description = schema.get("description", "")
     bounds = _bounds(schema)
     if bounds:
         description = f"{description} ({bounds})" if description else bounds
+    description = _cell(description)
     needed = "yes" if required else ""
     rows = [f"| `{path}` | {_type(schema)} | {needed} | {shown} | {description} |"]
     for rule in schema.get("x-kubernetes-validations", []):
