@@ -65,6 +65,21 @@ def summarise(runs: list[Record], starts: list[Record]) -> dict[str, Any]:
                 "peak_rss_mib": _med([s["peak_rss_mib"] for s in ss if s.get("peak_rss_mib")]),
             }
         )
+    for row in start_rows:
+        if row["server"] != RUNTIME:
+            continue
+        for peer in PEERS:
+            mine = {
+                s["round"]: s["cold_start_s"]
+                for s in starts
+                if (s["model"], s["server"]) == (row["model"], RUNTIME)
+            }
+            theirs = {
+                s["round"]: s["cold_start_s"]
+                for s in starts
+                if (s["model"], s["server"]) == (row["model"], peer)
+            }
+            row[f"cold_x_{peer}"] = _med([mine[k] / theirs[k] for k in mine if theirs.get(k)])
     return {"rows": rows, "starts": start_rows}
 
 
@@ -141,11 +156,11 @@ def targets(summary: dict[str, Any], sizes: dict[str, float]) -> list[Record]:
             )
     starts = summary["starts"]
     for model in ("light", "heavy"):
-        me = _find(starts, model=model, server=RUNTIME)
         peers = [_find(starts, model=model, server=p) for p in PEERS]
         peers_ok = [p for p in peers if p and p["cold_start_s"] is not None]
         best = min(peers_ok, key=lambda p: p["cold_start_s"], default=None)
-        got = me["cold_start_s"] / best["cold_start_s"] if me and best else None
+        me = _find(starts, model=model, server=RUNTIME)
+        got = me.get(f"cold_x_{best['server']}") if me and best else None
         out.append(
             {
                 "target": f"{model}: cold start",
@@ -183,7 +198,7 @@ def markdown(
         "warm-up · servers on core 0, wrk on core 1 · medians of rounds",
         "",
         "| model | scenario | server | req/s | p50 ms | p99 ms | non-2xx | sock err "
-        "| req/s xMLServer | req/s xKServe | p99 xMLServer | p99 xKServe |",
+        "| req/s x MLServer | req/s x KServe | p99 x MLServer | p99 x KServe |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     order = {s: i for i, s in enumerate(SCENARIOS)}
@@ -213,15 +228,17 @@ def markdown(
         )
     lines += [
         "",
-        "| model | server | cold start to first 200 (s) | peak RSS (MiB) |",
-        "|---|---|--:|--:|",
+        "| model | server | cold start to first 200 (s) | peak RSS (MiB) "
+        "| cold start x MLServer | cold start x KServe |",
+        "|---|---|--:|--:|--:|--:|",
     ]
     for s in sorted(
         summary["starts"], key=lambda s: (s["model"] != "light", srv_order.get(s["server"], 9))
     ):
         lines.append(
             f"| {s['model']} | {s['server']} | {_f(s['cold_start_s'], '.2f')} "
-            f"| {_f(s['peak_rss_mib'], '.0f')} |"
+            f"| {_f(s['peak_rss_mib'], '.0f')} | {_f(s.get('cold_x_mlserver'), '.2f')} "
+            f"| {_f(s.get('cold_x_kserve'), '.2f')} |"
         )
     if sizes:
         lines += [
