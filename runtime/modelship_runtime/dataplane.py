@@ -159,13 +159,33 @@ class Batcher:
         self._pending: list[_Pending] = []
         self._running = False
         self._drainer: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+        self._want = 0  # queued requests the drain task is waiting for (0: not waiting)
         self.arriving = 0
         """Requests being read or validated; lets the batcher wait for them (max_wait)."""
+        self.call_cost = 0.0
+        """Moving average of one predict call's duration, in seconds."""
+        self._inflight = 0
+        self._peak = 0
+        self._last_peak = 0
+        self._window_end = 0.0
+
+    def expected(self) -> int:
+        """Requests expected per batch: the most in flight at once in the last 1-2 s."""
+        return max(self._peak, self._last_peak, len(self._pending) + self.arriving)
+
+    def _track(self, now: float) -> None:
+        if now > self._window_end:
+            self._last_peak, self._peak = self._peak, 0
+            self._window_end = now + 1.0
+        if self._inflight > self._peak:
+            self._peak = self._inflight
 
     def _timed(self, rows: np.ndarray) -> tuple[Prediction, float]:
         t0 = time.perf_counter()
         pred = self._predict(rows)
         elapsed = time.perf_counter() - t0
+        self.call_cost = 0.8 * self.call_cost + 0.2 * elapsed if self.call_cost else elapsed
         self._on_call(rows.shape[0], elapsed)
         return pred, elapsed
 
@@ -176,20 +196,41 @@ class Batcher:
             return await loop.run_in_executor(self._executor, self._timed, rows)
         fut: asyncio.Future[tuple[Prediction, float]] = loop.create_future()
         self._pending.append(_Pending(rows, fut))
+        self._inflight += 1
+        self._track(loop.time())
+        if self._want and (len(self._pending) >= self._want or
+                           sum(p.rows.shape[0] for p in self._pending) >= self.max_rows):
+            self._want = 0
+            self._arrived.set()
         if not self._running:
             self._running = True
             self._drainer = loop.create_task(self._drain())
-        return await fut
+        try:
+            return await fut
+        finally:
+            self._inflight -= 1
+
+    async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (at most max_wait) while fewer requests are queued than recently were in
+        flight at once; a lone client (one in flight) never waits."""
+        self._arrived.clear()
+        self._want = self.expected()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), self.max_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._want = 0
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                if self.max_wait_s > 0 and self.arriving > 0:
-                    deadline = loop.time() + self.max_wait_s
-                    while (self.arriving > 0 and loop.time() < deadline
-                           and sum(p.rows.shape[0] for p in self._pending) < self.max_rows):
-                        await asyncio.sleep(0)
+                # Waiting pays only when a call costs more than the wait (heavy models);
+                # for a light model the next call comes round sooner than the wait would.
+                if 0 < self.max_wait_s < self.call_cost \
+                        and len(self._pending) < self.expected():
+                    await self._wait_for_more(loop)
                 batch: list[_Pending] = []
                 total = 0
                 while self._pending and (

@@ -59,9 +59,11 @@ class RuntimeSettings(BaseSettings):
     microbatch_max_size: int = Field(default=64, ge=1)
     """Most rows one shared predict call takes."""
 
-    microbatch_max_wait_ms: float = Field(default=0.0, ge=0.0, le=100.0)
-    """When more requests are being read than are queued, wait at most this long for them
-    to join before predicting. 0 never waits (batches form while a predict call runs)."""
+    microbatch_max_wait_ms: float = Field(default=2.0, ge=0.0, le=100.0)
+    """Before a shared predict call, wait at most this long for the requests recently in
+    flight together to queue up. Only when a predict call costs more than this wait and
+    more than one request was recently in flight (a lone client never waits). 0: never
+    wait; batches then form only while a predict call runs."""
 
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("MODELSHIP_REDIS_URL", "REDIS_URL")

@@ -96,18 +96,30 @@ async def test_disabled_means_one_call_per_request() -> None:
 
 
 async def test_max_wait_lets_requests_still_being_read_join() -> None:
-    rec = Recorder(delay=0.0)
-    b = make(rec, max_wait_s=0.2)
+    rec = Recorder(delay=0.05)  # a heavy model: a call costs more than the wait
+    b = make(rec, max_wait_s=0.03)
+    await b.predict(np.array([[0.0]]))
     b.arriving = 1  # a request is being read while the first is submitted
 
     async def late() -> Prediction:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
         b.arriving = 0
         return (await b.predict(np.array([[2.0]])))[0]
 
     first, second = await asyncio.gather(b.predict(np.array([[1.0]])), late())
     assert first[0].labels == [1.0] and second.labels == [2.0]
-    assert rec.calls == [2]  # waited for the second, well under the 0.2 s bound
+    assert rec.calls == [1, 2]  # waited for the second instead of predicting alone
+    b.close()
+
+
+async def test_a_light_model_never_waits() -> None:
+    rec = Recorder(delay=0.0)
+    b = make(rec, max_wait_s=0.5)
+    await b.predict(np.array([[0.0]]))
+    b.arriving = 3  # would be waited for, were predict calls expensive
+    t0 = time.perf_counter()
+    await b.predict(np.array([[1.0]]))
+    assert time.perf_counter() - t0 < 0.25
     b.close()
 
 
