@@ -193,7 +193,8 @@ def markdown(
 ) -> str:
     """The results as markdown tables."""
     lines = [
-        f"Run {meta.get('started', '?')} · {meta.get('rounds_done', '?')} rounds · "
+        f"Run {meta.get('started', '?')} (runtime at {meta.get('git', '?')}) · "
+        f"{meta.get('rounds_done', '?')} rounds · "
         f"{meta.get('duration_s', '?')} s per wrk run after a {meta.get('warmup_s', '?')} s "
         "warm-up · servers on core 0, wrk on core 1 · medians of rounds",
         "",

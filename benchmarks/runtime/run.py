@@ -124,6 +124,28 @@ def versions(venv: Path, dists: list[str]) -> dict[str, str]:
     return result
 
 
+def git_state() -> str:
+    """HEAD of the work tree, and whether runtime/ differs from it (the runtime served)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runtime"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + uncommitted runtime/ changes' if dirty else ''}"
+
+
 def runtime_usable() -> bool:
     """True once `modelship-runtime serve --help` works in its benchmark venv."""
     try:
@@ -312,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             v: versions(VENVS / v, VERSIONED) for v in sorted({t.venv for t in targets if t.venv})
         },
     }
+    meta["git"] = git_state()
     log("training models")
     files, rows = models.train(workdir / "models")
     runs: list[Record] = []
