@@ -36,7 +36,9 @@ system-deps:
 	  else \
 	    echo "missing:$$missing (not root: tests that need them will skip)"; \
 	  fi; \
-	fi
+	fi; \
+	command -v kubectl >/dev/null || \
+	  echo "kubectl missing: the kustomize tests will skip (install it from your distribution)"
 
 ## test: run the whole test suite
 test: setup
