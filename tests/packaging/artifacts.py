@@ -75,11 +75,16 @@ def kustomize_build(path: Path) -> list[dict[str, Any]]:
 
 
 def render_examples() -> list[dict[str, Any]]:
-    """`modelship render` of every example (an alias resolves to version 7), parsed."""
+    """`modelship render` of every example (an alias resolves to version 7), and of the
+    minimal one mid-canary (version 4 at 10%, so the canary's objects are there too)."""
     cli = Path(sys.executable).parent / "modelship"
-    args = [str(cli), "render", "--alias-version", "7"]
-    for example in EXAMPLES:
-        args += ["-f", str(example)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    runs = [["--alias-version", "7", *[a for e in EXAMPLES for a in ("-f", str(e))]],
+            ["--canary-version", "4", "--weight", "10", "-f",
+             str(REPO / "examples" / "minimal.yaml")]]
+    objects: list[dict[str, Any]] = []
+    for args in runs:
+        result = subprocess.run([str(cli), "render", *args], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        objects += [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return objects
