@@ -111,3 +111,34 @@ def test_two_versions_never_share_an_answer(
     time.sleep(0.2)
     assert httpx.post(f"{urls[0]}/predict", json=row).json()["cache_hit"] is True
     assert httpx.post(f"{urls[1]}/predict", json=row).json()["cache_hit"] is False
+
+
+def test_a_frozen_redis_costs_at_most_the_timeout(
+        local_models: Any, serve: Any, redis_server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    import signal
+    import time
+
+    from modelship_runtime import RuntimeSettings, create_app
+
+    redis_url, redis_proc = redis_server
+    settings = RuntimeSettings(model_dir=local_models.lr_dir, model_name="slow-cache",
+                               redis_url=redis_url, cache_timeout_ms=100,
+                               cache_retry_seconds=0.5)
+    url = serve(create_app(settings))
+    row = {"features": local_models.X[11].tolist()}
+    assert httpx.post(f"{url}/predict", json=row).status_code == 200  # connection is open
+    redis_proc.send_signal(signal.SIGSTOP)  # alive but answering nothing: slow Redis
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(f"{url}/predict", json=row, timeout=10)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and r.json()["cache_hit"] is False
+        assert took < 2.0  # bounded by the 100 ms cache timeout, not by Redis
+        assert metric(url, "modelship_cache_errors_total") >= 1
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+    time.sleep(0.6)  # the back-off window passes; the cache is used again
+    deadline = time.monotonic() + 5
+    while httpx.post(f"{url}/predict", json=row).json()["cache_hit"] is False:
+        assert time.monotonic() < deadline, "the cache never came back after Redis did"
+        time.sleep(0.1)
