@@ -178,6 +178,8 @@ class Live:
     server: Server
     url: str
     cold_start_s: float
+    #: the work tree the server started from (the runtime is installed editable)
+    git: str = ""
 
 
 def start_all(
@@ -202,7 +204,7 @@ def start_all(
             log(f"  {target.name}/{model.name}: FAILED to start: {e}")
             srv.stop()
             continue
-        live.append(Live(target, srv, launch.predict_url, cold))
+        live.append(Live(target, srv, launch.predict_url, cold, git_state()))
         log(f"  {target.name}/{model.name}: ready in {cold:.2f}s (pid {srv.pid})")
         if rnd == 1:
             for label, body in (("single", single), ("batch", target.body(rows, single=False))):
@@ -280,6 +282,7 @@ def model_round(
                 "server": lv.target.name,
                 "cold_start_s": lv.cold_start_s,
                 "peak_rss_mib": lv.server.peak_rss_mib(),
+                "git": lv.git,
             }
             for lv in live
         ]
