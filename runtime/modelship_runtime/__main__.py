@@ -10,6 +10,7 @@ error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -52,8 +53,18 @@ def _drained(signum: int, frame: object) -> None:
     logger.info("shut down after draining in-flight requests", extra={"signal": signum})
 
 
+def _preload() -> None:
+    # scikit-learn and skops take most of a cold start to import; start them on a thread
+    # so they load while uvicorn, FastAPI and pydantic do.
+    with contextlib.suppress(ImportError):  # skops-less installs serve joblib/pickle only
+        import skops.io  # noqa: F401
+
+
 def serve(settings: RuntimeSettings) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first."""
+    import threading
+
+    threading.Thread(target=_preload, name="modelship-preload", daemon=True).start()
     import uvicorn
 
     from .app import create_app

@@ -128,3 +128,32 @@ def test_unloadable_directories_say_why(tmp_path: Path, setup: Callable[[Path], 
     setup(tmp_path)
     with pytest.raises(ModelLoadError, match=message):
         load_estimator(tmp_path, allow_pickle=True)
+
+
+@pytest.mark.parametrize("kind", ["RandomForestClassifier", "ExtraTreesClassifier"])
+def test_forest_fast_path_is_bit_for_bit_predict_proba(tmp_path: Path, kind: str) -> None:
+    from sklearn import ensemble
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=300, n_features=6, n_informative=4, n_classes=3,
+                               random_state=2)
+    est = getattr(ensemble, kind)(n_estimators=15, max_depth=6, random_state=0).fit(X, y)
+    joblib.dump(est, tmp_path / "f.joblib")
+    model = load(tmp_path)
+    assert model.info.extra["forest_fast_path"] is True
+    rows = np.random.default_rng(5).normal(size=(70, 6)) * 2
+    for n in (1, 7, 70):
+        pred = model.predict(rows[:n])
+        assert np.array_equal(np.array(pred.probabilities), est.predict_proba(rows[:n]))
+        assert pred.labels == est.predict(rows[:n]).tolist()
+
+
+def test_forest_inside_a_pipeline_uses_scikit_learn(tmp_path: Path, local_models: Any) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), local_models.rf).fit(local_models.X, local_models.y)
+    joblib.dump(pipe, tmp_path / "p.joblib")
+    model = load(tmp_path)
+    assert model.info.extra["forest_fast_path"] is False
+    same_predictions(model, pipe, local_models.X[:30])
