@@ -120,9 +120,10 @@ def alias_poll(
 
 @kopf.on.event("apps", "v1", "deployments", labels=_MANAGED)
 def deployment_event(
-    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Keep the owner's status current as its Deployments' pods become ready or go away."""
     reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
-        reconciler.deployment_changed(body, logger=logger)
+        deleted = event.get("type") == "DELETED"
+        reconciler.deployment_changed(body, logger=logger, deleted=deleted)

@@ -216,13 +216,26 @@ class KubeClient:
         return True
 
     def patch_status(
-        self, kind: Kind, namespace: str | None, name: str, status: dict[str, Any]
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """JSON merge patch of the status subresource."""
+        """JSON merge patch of the status subresource.
+
+        With `resource_version`, the API server refuses the patch (409 Conflict) when the
+        object changed since that version: a status computed from what was read then is
+        not written over a newer one.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         result: dict[str, Any] = self.request(
             "PATCH",
             kind.object_path(namespace, name) + "/status",
-            {"status": status},
+            body,
             content_type="application/merge-patch+json",
         )
         return result

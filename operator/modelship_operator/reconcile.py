@@ -84,6 +84,9 @@ class Reconciler:
         self.analyst = driver.Analyst(client)
         self.resolver = Resolver(settings.alias_poll_seconds, settings.verify_model_versions)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # resourceVersion each ModelDeployment's last pass started from, when that pass
+        # left a status patch for kopf to write (see run()).
+        self._decided: dict[tuple[str, str], str] = {}
         self._guard = threading.Lock()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
@@ -102,8 +105,24 @@ class Reconciler:
         sweep: bool = True,
     ) -> None:
         meta = body.get("metadata", {})
-        with self._lock(meta.get("namespace", "default"), meta["name"]):
-            self._run(body, patch, retry=retry, logger=logger)
+        key = (meta.get("namespace", "default"), meta["name"])
+        version = meta.get("resourceVersion")
+        with self._lock(*key):
+            if version is not None and self._decided.get(key) == version:
+                # The previous pass started from this same body and decided a status
+                # that kopf writes only after that pass returned; deciding again from
+                # the stale body would repeat its Events, or contradict it (analyse a
+                # step it already left, undo a promotion). The write brings a new body.
+                del self._decided[key]
+                logger.debug("skipped: the previous pass's status is still being written")
+                return
+            try:
+                self._run(body, patch, retry=retry, logger=logger)
+            finally:
+                if patch and version is not None:
+                    self._decided[key] = version
+                else:
+                    self._decided.pop(key, None)
 
     def _run(self, body: Mapping[str, Any], patch: kopf.Patch, *, retry: int, logger: Any) -> None:
         meta = body.get("metadata", {})
@@ -468,8 +487,19 @@ class Reconciler:
 
     # -- Deployment watch ---------------------------------------------------------------
 
-    def deployment_changed(self, deployment: Mapping[str, Any], *, logger: Any) -> None:
-        """Refresh the owner's stable readiness from one of its Deployments."""
+    def deployment_changed(
+        self, deployment: Mapping[str, Any], *, logger: Any, deleted: bool = False
+    ) -> None:
+        """Refresh the owner's stable readiness from one of its Deployments.
+
+        Runs beside the passes, whose status kopf writes after the pass returns: so the
+        owner read here may be older than the status a pass just decided (at promotion,
+        the old Deployment's deletion arrives while status still names it stable). The
+        patch is therefore conditional on the resourceVersion read, and a Deployment that
+        is being deleted is ignored (it says nothing about what serves).
+        """
+        if deleted or deployment.get("metadata", {}).get("deletionTimestamp"):
+            return
         meta = deployment.get("metadata", {})
         labels = meta.get("labels") or {}
         owners = [
@@ -514,9 +544,15 @@ class Reconciler:
             if not changes:
                 return
             try:
-                self.client.patch_status(MD_KIND, namespace, owner, changes)
+                self.client.patch_status(
+                    MD_KIND, namespace, owner, changes,
+                    resource_version=body["metadata"].get("resourceVersion"),
+                )
             except ApiError as exc:
-                logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
+                if exc.status == 409:  # a pass wrote status meanwhile: it reported already
+                    logger.debug(f"status of {namespace}/{owner} changed meanwhile: {exc}")
+                else:
+                    logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
                 return
             if changes.get("phase") == "Ready":
                 events.post(self.client, body, "Ready", f"serving version {stable['version']}")

@@ -8,7 +8,8 @@ Two additions make it closer to a real API server for what the operator relies o
   and with a single field manager the applied object replaces the fields it set before
   (so a field dropped from the applied object is removed, as SSA does);
 - metadata.uid, generation (bumped on a spec change), resourceVersion and
-  creationTimestamp are kept.
+  creationTimestamp are kept, and a patch or update that names a resourceVersion other
+  than the stored one is refused with 409 Conflict.
 
 It also tells which requests came from the operator (its User-Agent) so tests can count
 them, and can answer chosen requests with an error a given number of times.
@@ -165,6 +166,17 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             old = existing.raw
             old_meta = old.get("metadata", {})
             meta = data.setdefault("metadata", {})
+            wanted_rv = meta.get("resourceVersion")
+            if "apply-patch" not in content_type and wanted_rv is not None and (
+                str(wanted_rv) != str(old_meta.get("resourceVersion"))
+            ):
+                # A write conditional on the version it was computed from, as the API
+                # server does it: refused when the object changed since.
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict",
+                    message="the object has been modified; please apply your changes to "
+                    "the latest version and try again",
+                )
             if "apply-patch" in content_type:
                 # One field manager: the applied object is the whole truth for its fields.
                 data = {k: _removals(old.get(k), v) for k, v in data.items()}
