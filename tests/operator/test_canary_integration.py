@@ -1,0 +1,426 @@
+"""Canary rollouts end to end: the operator under `kopf run` against the emulated API,
+a real MLflow server holding the model versions, and real runtime processes standing in
+for the pods.
+
+Each version registered in MLflow is served by its own `modelship-runtime serve` process
+(pulling it from the registry); the test plays the parts of the kubelet (mark_ready) and
+of the EndpointSlice controller (slices of Services `iris` and `iris-canary` pointing at
+those processes, with pod names prefixed by their Deployment's name), and sends real
+prediction traffic to both sides. The operator scrapes the processes' /metrics (provider
+`pods`), judges each step and promotes or rolls back by itself.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kube_emulator import Cluster, wait_for
+from mlflow_proc import BIN, MlflowServer
+from runtime_proc import (
+    RUNTIME,
+    Runtime,
+    Traffic,
+    flaky_model,
+    good_model,
+    iris_rows,
+    shifted_model,
+    start_all,
+)
+
+NS = "ml"
+MODEL = "iris"
+GOOD, GOOD_TOO, FLAKY, SHIFTED = "1", "2", "3", "4"
+
+pytestmark = pytest.mark.skipif(
+    not (BIN / "mlflow").exists() or not RUNTIME.exists(),
+    reason="the mlflow and modelship-runtime commands are missing (make setup installs them)",
+)
+
+
+# --- real parts shared by the module ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def register(server: MlflowServer, estimators: list[Any]) -> None:
+    """Versions 1, 2, ... of MODEL, in order (cloudpickle keeps the flaky step by value)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's own deprecation and pickle warnings
+        import mlflow
+        import mlflow.sklearn
+
+        mlflow.set_tracking_uri(server.uri)
+        with mlflow.start_run():
+            for i, estimator in enumerate(estimators, start=1):
+                mlflow.sklearn.log_model(
+                    estimator, name=f"v{i}", registered_model_name=MODEL,
+                    serialization_format="cloudpickle", pip_requirements=[],
+                    await_registration_for=0,
+                )
+
+
+@pytest.fixture(scope="module")
+def pods(
+    mlflow: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Runtime]]:
+    """One runtime process per registered version, each pulling it from MLflow:
+    1 and 2 good, 3 fails a fifth of requests, 4 never predicts one of the classes."""
+    register(mlflow, [good_model(1.0), good_model(0.3), flaky_model(), shifted_model()])
+    logs = tmp_path_factory.mktemp("pods")
+    runtimes = {
+        v: Runtime(["--model-uri", f"models:/{MODEL}/{v}"], logs / f"v{v}.log",
+                   env={"MLFLOW_TRACKING_URI": mlflow.uri})
+        for v in (GOOD, GOOD_TOO, FLAKY, SHIFTED)
+    }
+    try:
+        start_all(list(runtimes.values()))
+        yield runtimes
+    finally:
+        for runtime in runtimes.values():
+            runtime.stop()
+
+
+# --- the test's side of the cluster -------------------------------------------------------------
+
+
+def manifest(version: str, **analysis: Any) -> dict[str, Any]:
+    rollout: dict[str, Any] = {
+        "steps": [50, 100],
+        "interval": analysis.pop("interval", "2s"),
+        "analysis": {"provider": "pods", "minRequests": 10, "failureLimit": 1,
+                     "maxLatencyP95Ms": 2000, **analysis},
+    }
+    return {
+        "apiVersion": "modelship.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": NS},
+        "spec": {
+            "model": {"name": MODEL, "version": version},
+            "replicas": 2,
+            "ingress": {"host": "iris.example.com", "className": "nginx"},
+            "rollout": rollout,
+        },
+    }
+
+
+def endpoint_slice(cluster: Cluster, service: str, deployment: str, pod: Runtime) -> None:
+    """What the EndpointSlice controller would publish for one ready pod of `deployment`."""
+    cluster.http("POST", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{service}-x7k2p", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["127.0.0.1"],
+            "conditions": {"ready": True},
+            "targetRef": {"kind": "Pod", "namespace": NS, "name": f"{deployment}-abc12"},
+        }],
+        "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
+    })
+
+
+def status(cluster: Cluster) -> dict[str, Any]:
+    return dict((cluster.get("modeldeployments", NS, "iris") or {}).get("status") or {})
+
+
+def canary(cluster: Cluster) -> dict[str, Any]:
+    return dict(status(cluster).get("canary") or {})
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+
+
+def names(cluster: Cluster, plural: str) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in cluster.objects(plural, NS))
+
+
+def events(cluster: Cluster, reason: str | None = None) -> list[dict[str, Any]]:
+    found = [e for e in cluster.objects("events", NS)
+             if e.get("source", {}).get("component") == "modelship-operator"]
+    return [e for e in found if reason is None or e["reason"] == reason]
+
+
+def operator_writes(cluster: Cluster, since: int) -> list[tuple[int, str, str]]:
+    return [
+        (i, method, path)
+        for i, (method, path, _, agent) in enumerate(cluster.requests())
+        if i >= since and method in ("POST", "PATCH", "PUT", "DELETE") and agent != "test-user"
+    ]
+
+
+def rollout_passes(cluster: Cluster, since: int) -> int:
+    """Reconcile passes the operator made since request `since` (one Deployment list each)."""
+    return sum(
+        1 for method, path, query, agent in cluster.requests()[since:]
+        if method == "GET" and path == f"/apis/apps/v1/namespaces/{NS}/deployments"
+        and "labelSelector" in query and agent != "test-user"
+    )
+
+
+def traffic(*sides: Runtime) -> Traffic:
+    """The same rows to every side in turn (so their class distributions are comparable),
+    in a shuffled order (iris is sorted by class: any window of requests gets a mix)."""
+    rows = iris_rows()
+    random.Random(7).shuffle(rows)
+    return Traffic(
+        [s.url for s in sides],
+        lambda i: {"features": rows[(i // len(sides)) % len(rows)]},
+        max_requests=20_000, max_seconds=60, pause=0.005,
+    ).start()
+
+
+def operator_env(mlflow: MlflowServer) -> dict[str, str]:
+    return {
+        "MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS": "0.5",
+        "MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI": mlflow.uri,
+        "MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS": "true",
+        "MODELSHIP_OPERATOR_REGISTRY_TIMEOUT_SECONDS": "5",
+    }
+
+
+def serve_stable(cluster: Cluster, pods: dict[str, Runtime], spec: dict[str, Any]) -> None:
+    """Version 1 serves, ready, with the EndpointSlice of Service `iris`."""
+    cluster.create_md(spec)
+    wait_for(lambda: "iris-v1" in names(cluster, "deployments"), what="iris-v1")
+    cluster.mark_ready(NS, "iris-v1", 2)
+    wait_for(lambda: status(cluster).get("phase") == "Ready", what="version 1 Ready")
+    endpoint_slice(cluster, "iris", "iris-v1", pods[GOOD])
+
+
+def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> int:
+    """Point spec at `version`; returns the request index the rollout starts at."""
+    endpoint_slice(cluster, "iris-canary", f"iris-v{version}", pods[version])
+    mark = len(cluster.requests())
+    cluster.patch_md(NS, "iris", {"spec": {"model": {"version": version}}})
+    wait_for(lambda: f"iris-v{version}" in names(cluster, "deployments"),
+             what=f"canary Deployment iris-v{version}")
+    return mark
+
+
+def canary_ingress_weight(cluster: Cluster) -> str | None:
+    ingress = cluster.get("ingresses", NS, "iris-canary") or {}
+    return (ingress.get("metadata", {}).get("annotations") or {}).get(
+        "nginx.ingress.kubernetes.io/canary-weight")
+
+
+# --- the scenarios -------------------------------------------------------------------------------
+
+
+def test_healthy_canary_walks_every_step_and_is_promoted(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    op = operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD))
+    mark = start_canary(cluster, pods, GOOD_TOO)
+    load = traffic(pods[GOOD], pods[GOOD_TOO])
+    try:
+        cluster.mark_ready(NS, "iris-v2", 1)
+        at50 = wait_for(lambda: (c := canary(cluster)).get("weight") == 50 and c,
+                        what="weight 50")
+        assert canary_ingress_weight(cluster) == "50"
+        at100 = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
+                         timeout=30, what="weight 100")
+        assert at100["step"] == 1 and at100["failedAnalyses"] == 0
+        passed = at100["lastAnalysis"]
+        assert passed["passed"] is True and passed["requests"] >= 10
+        assert passed["errorRate"] == 0.0 and passed["latencyP95Ms"] > 0
+        assert at50["version"] == "2"
+        # At 100% the canary asks for both replicas; it holds until they are ready
+        # (it is neither rolled back nor promoted on one pod).
+        wait_for(lambda: (cluster.get("deployments", NS, "iris-v2") or {})
+                 .get("spec", {}).get("replicas") == 2, what="canary scaled to 2")
+        since = len(cluster.requests())
+        wait_for(lambda: rollout_passes(cluster, since) >= 4, what="rollout passes")
+        held = status(cluster)
+        assert held["canary"]["weight"] == 100 and held["stable"]["version"] == "1"
+        assert canary_ingress_weight(cluster) == "100"
+        cluster.mark_ready(NS, "iris-v2", 2)
+        done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
+                        timeout=30, what="promotion")
+    finally:
+        load.stop()
+    assert done["lastRollout"]["outcome"] == "Promoted"
+    assert done["stable"]["version"] == "2" and "canary" not in done
+    final = wait_for(lambda: (s := status(cluster)).get("phase") == "Ready" and s,
+                     what="Ready on version 2")
+    assert condition(final, "Ready")["status"] == "True"
+    assert names(cluster, "deployments") == ["iris-v2"]
+    assert names(cluster, "services") == ["iris"]
+    assert names(cluster, "ingresses") == ["iris"]
+    service = cluster.get("services", NS, "iris") or {}
+    assert service["spec"]["selector"]["modelship.io/model-version"] == "2"
+
+    # Service iris was retargeted to version 2 before iris-v1 was deleted.
+    writes = operator_writes(cluster, mark)
+    retarget = [i for i, m, p in writes if m == "PATCH" and p.endswith("/services/iris")]
+    delete = [i for i, m, p in writes if m == "DELETE" and p.endswith("/deployments/iris-v1")]
+    assert len(retarget) == 1 and len(delete) == 1, writes
+    assert retarget[0] < delete[0]
+
+    # An Event for each step, with the figures that decided it.
+    started = events(cluster, "CanaryStarted")
+    weights = [e["message"] for e in events(cluster, "CanaryWeight")]
+    promoted = events(cluster, "Promoted")
+    assert len(started) == 1 and "canary of version 2 against 1" in started[0]["message"]
+    assert len(weights) == 2 and weights[0].endswith("weight 50%"), weights
+    assert "analysis passed (" in weights[1] and "requests, error rate 0.0000" in weights[1]
+    assert weights[1].endswith("weight 100%")
+    assert len(promoted) == 1 and "every step passed" in promoted[0]["message"]
+    assert "requests, error rate 0.0000, p95 " in promoted[0]["message"]
+    assert load.counts[pods[GOOD_TOO].url] == {200: load.total(pods[GOOD_TOO].url)}
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+@pytest.mark.parametrize(
+    ("bad", "analysis", "figure"),
+    [
+        pytest.param(FLAKY, {"failureLimit": 2}, "error rate 0.", id="failing-requests"),
+        pytest.param(SHIFTED, {"maxPredictionShift": 0.2}, "prediction shift (PSI)",
+                     id="prediction-shift"),
+    ],
+)
+def test_bad_canary_is_rolled_back_and_stable_never_touched(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime], bad: str, analysis: dict[str, Any], figure: str,
+) -> None:
+    op = operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD, **analysis))
+    before = {kind: cluster.get(kind, NS, name) for kind, name in
+              (("deployments", "iris-v1"), ("services", "iris"), ("ingresses", "iris"))}
+    mark = start_canary(cluster, pods, bad)
+    load = traffic(pods[GOOD], pods[bad])
+    try:
+        cluster.mark_ready(NS, f"iris-v{bad}", 1)
+        wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50")
+        done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                        timeout=40, what="rollback")
+    except AssertionError:
+        print("DEBUG", status(cluster), [(e["reason"], e["message"]) for e in events(cluster)])
+        print(op.output()[-6000:])
+        raise
+    finally:
+        load.stop()
+    last = done["lastRollout"]
+    assert last["outcome"] == "RolledBack" and last["version"] == bad
+    assert figure in last["reason"] and "requests" in last["reason"]
+    assert "canary" not in done and done["stable"]["version"] == "1"
+    stalled = condition(done, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "RolledBack"
+    assert figure in stalled["message"]
+    # The canary's objects are gone; 100% is back on version 1.
+    assert names(cluster, "deployments") == ["iris-v1"]
+    assert names(cluster, "services") == ["iris"]
+    assert names(cluster, "ingresses") == ["iris"]
+    (rolled_back,) = events(cluster, "RolledBack")
+    assert rolled_back["type"] == "Warning"
+    assert figure in rolled_back["message"] and "100% back to version 1" in rolled_back["message"]
+    failed = events(cluster, "AnalysisFailed")
+    assert len(failed) == analysis.get("failureLimit", 1) - 1
+    for event in failed:
+        assert figure in event["message"] and "at 50%" in event["message"]
+    # The stable side was never written to while the canary ran.
+    touched = [(m, p) for _, m, p in operator_writes(cluster, mark)
+               if p.endswith(("/deployments/iris-v1", "/services/iris", "/ingresses/iris"))]
+    assert touched == []
+    for (kind, name), obj in zip(
+        (("deployments", "iris-v1"), ("services", "iris"), ("ingresses", "iris")),
+        before.values(), strict=True,
+    ):
+        assert obj is not None and cluster.get(kind, NS, name) == obj
+    # MLflow hears about it: the version is tagged with the reason.
+    tags = mlflow.client().get_model_version(MODEL, bad).tags
+    assert figure in tags.get("modelship.io/rolled-back", "")
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+def test_no_weight_before_ready_and_no_verdict_without_traffic(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD))
+    start_canary(cluster, pods, GOOD_TOO)
+    # The canary's pods are not ready: several passes later it still has no traffic.
+    since = len(cluster.requests())
+    wait_for(lambda: rollout_passes(cluster, since) >= 5, what="rollout passes")
+    assert canary(cluster)["weight"] == 0
+    assert canary_ingress_weight(cluster) == "0"
+    assert events(cluster, "CanaryWeight") == []
+    cluster.mark_ready(NS, "iris-v2", 1)
+    wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50 once ready")
+    assert canary_ingress_weight(cluster) == "50"
+
+    # No traffic: the step's interval runs out and the analysis waits, it does not pass.
+    waiting = wait_for(
+        lambda: (a := canary(cluster).get("lastAnalysis")) and "passed" not in a and a,
+        timeout=20, what="an analysis that waits",
+    )
+    assert waiting["requests"] < 10
+    since = len(cluster.requests())
+    wait_for(lambda: rollout_passes(cluster, since) >= 6, what="more rollout passes")
+    held = status(cluster)
+    assert held["canary"]["weight"] == 50 and held["canary"]["failedAnalyses"] == 0
+    assert held["phase"] == "Progressing" and "lastRollout" not in held
+    assert events(cluster, "AnalysisFailed") == [] and events(cluster, "Promoted") == []
+
+    # Traffic arrives: the same step is judged and passes.
+    load = traffic(pods[GOOD], pods[GOOD_TOO])
+    try:
+        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=30, what="weight 100")
+    finally:
+        load.stop()
+
+
+def test_operator_restart_mid_rollout_resumes_from_status(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    first = operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD, interval="5s"))
+    start_canary(cluster, pods, GOOD_TOO)
+    load = traffic(pods[GOOD], pods[GOOD_TOO])
+    try:
+        cluster.mark_ready(NS, "iris-v2", 1)
+        at50 = wait_for(lambda: (c := canary(cluster)).get("weight") == 50 and c,
+                        what="weight 50")
+        first.stop()
+        assert first.proc is not None and first.proc.returncode is not None
+        stopped = canary(cluster)
+        assert stopped["weight"] == 50 and stopped["step"] == 0
+        assert stopped["stepStartedAt"] == at50["stepStartedAt"]
+
+        second = operator(**operator_env(mlflow))
+        at100 = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
+                         timeout=30, what="weight 100 under the new operator")
+        assert at100["startedAt"] == at50["startedAt"]
+        cluster.mark_ready(NS, "iris-v2", 2)
+        done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
+                        timeout=30, what="promotion")
+    finally:
+        load.stop()
+    assert done["lastRollout"]["outcome"] == "Promoted"
+    # The new operator continued the rollout: it did not start it again.
+    assert len(events(cluster, "CanaryStarted")) == 1
+    weights = [e["message"] for e in events(cluster, "CanaryWeight")]
+    assert len(weights) == 2, weights
+    assert weights[0].endswith("weight 50%") and weights[1].endswith("weight 100%")
+    assert "weight 50%" in first.output() and "weight 100%" not in first.output()
+    assert "CanaryStarted" not in second.output() and "weight 100%" in second.output()
+    second.stop()
+    assert "Traceback" not in first.output() + second.output()
