@@ -266,7 +266,8 @@ def model_round(
     runs: list[Record] = []
     try:
         start_all(order, model, rows, rnd, args, workdir, live)
-        for i, scenario in enumerate(SCENARIOS):
+        chosen = [sc for sc in SCENARIOS if sc in args.scenarios.split(",")]
+        for i, scenario in enumerate(chosen):
             turn = live[i % len(live) :] + live[: i % len(live)] if live else []
             for lv in turn:
                 if lv.target.scenarios is not None and scenario not in lv.target.scenarios:
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up before each run")
     p.add_argument("--servers", default="modelship,mlserver,kserve,fastapi-bare,fastapi-constant")
     p.add_argument("--models", default="light,heavy")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="subset, for a quick look")
     p.add_argument("--ready-timeout", type=float, default=90.0)
     p.add_argument("--max-minutes", type=float, default=30.0, help="stop starting new sessions")
     p.add_argument("--skip-size", action="store_true", help="skip the installed-size venvs")
