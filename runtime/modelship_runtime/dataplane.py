@@ -194,6 +194,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if not self.enabled or rows.shape[0] >= self.max_rows:
             return await loop.run_in_executor(self._executor, self._timed, rows)
+        if not self._running and not self._pending and not self._should_wait():
+            return await self._alone(loop, rows)
         fut: asyncio.Future[tuple[Prediction, float]] = loop.create_future()
         self._pending.append(_Pending(rows, fut))
         self._inflight += 1
@@ -209,6 +211,26 @@ class Batcher:
             return await fut
         finally:
             self._inflight -= 1
+
+    def _should_wait(self) -> bool:
+        # Waiting pays only when a call costs more than the wait (heavy models); for a
+        # light model the next call comes round sooner than the wait would.
+        return 0 < self.max_wait_s < self.call_cost and len(self._pending) < self.expected()
+
+    async def _alone(self, loop: asyncio.AbstractEventLoop, rows: np.ndarray
+                     ) -> tuple[Prediction, float]:
+        """The idle fast path: no queue, no task; later arrivals queue behind this call."""
+        self._running = True
+        self._inflight += 1
+        self._track(loop.time())
+        try:
+            return await loop.run_in_executor(self._executor, self._timed, rows)
+        finally:
+            self._inflight -= 1
+            if self._pending:
+                self._drainer = loop.create_task(self._drain())
+            else:
+                self._running = False
 
     async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait (at most max_wait) while fewer requests are queued than recently were in
@@ -226,10 +248,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                # Waiting pays only when a call costs more than the wait (heavy models);
-                # for a light model the next call comes round sooner than the wait would.
-                if 0 < self.max_wait_s < self.call_cost \
-                        and len(self._pending) < self.expected():
+                if self._should_wait():
                     await self._wait_for_more(loop)
                 batch: list[_Pending] = []
                 total = 0
