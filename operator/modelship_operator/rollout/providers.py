@@ -169,7 +169,9 @@ class PrometheusProvider:
     def figures(
         self, spec: AnalysisSpec, canary: Target, stable: Target, window_seconds: float
     ) -> Figures:
-        window = f"{max(int(window_seconds), 1)}s"
+        # Milliseconds: a window cut to whole seconds would leave out the step's first
+        # samples (and a longer one would take in the previous step's).
+        window = f"{max(round(window_seconds * 1000), 1000)}ms"
 
         def render(template: str, target: Target) -> str:
             return string.Template(template).safe_substitute(
