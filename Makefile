@@ -78,7 +78,7 @@ locks: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
 
-## bench-runtime: modelship-runtime vs MLServer and KServe (issue 6; ~15 min, needs wrk)
+## bench-runtime: modelship-runtime vs MLServer and KServe (issue 6; ~18 min, needs wrk)
 .PHONY: bench-runtime
 bench-runtime: $(STAMP)
 	$(BIN)/python benchmarks/runtime/run.py $(BENCH_ARGS)
