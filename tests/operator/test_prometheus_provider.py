@@ -162,10 +162,14 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
         total = parse_metrics(runtime.metrics()).requests
         wait_for(lambda p=pod, t=total: scraped_count(prometheus, p) == t,
                  what=f"Prometheus to scrape {pod}")
+    # The window opens a scrape of each pod before the traffic and closes a scrape after.
     start = time.time()
-    wait_for(lambda: min(last_scrape(prometheus, "iris-v1-abc12"),
-                         last_scrape(prometheus, "iris-v3-abc12")) > start,
-             what="a scrape after the window starts")
+
+    def both_scraped_after(moment: float) -> bool:
+        return min(last_scrape(prometheus, "iris-v1-abc12"),
+                   last_scrape(prometheus, "iris-v3-abc12")) > moment
+
+    wait_for(lambda: both_scraped_after(start), what="a scrape of each pod in the window")
     before = (parse_metrics(canary.metrics()), parse_metrics(stable.metrics()))
 
     codes = send(canary, rows[::2], 10)
@@ -174,17 +178,21 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
     for pod, snap in (("iris-v3-abc12", after[0]), ("iris-v1-abc12", after[1])):
         wait_for(lambda p=pod, t=snap.requests: scraped_count(prometheus, p) == t,
                  what=f"Prometheus to scrape {pod} after the traffic")
+    done = time.time()
+    wait_for(lambda: both_scraped_after(done), what="a scrape of each pod after the traffic")
+    window = time.time() - start
 
     spec = AnalysisSpec(provider="prometheus", prometheusUrl=prometheus.url, min_requests=10,
                         max_prediction_shift=0.2)
-    figures = PrometheusProvider(prometheus.url).figures(spec, CANARY, STABLE, time.time() - start)
+    figures = PrometheusProvider(prometheus.url).figures(spec, CANARY, STABLE, window)
     exact = figures_from(after[0] - before[0], after[1] - before[1])
 
     sent = sum(codes.values())
     assert sent == 85 and codes[400] == 10 and codes.get(500, 0) > 0
     assert exact.requests == sent
-    # increase() extrapolates to the window's edges: never fewer, a little more.
-    assert sent <= figures.requests <= math.ceil(sent * 1.4)
+    # increase() extrapolates from the first and last samples in the window to its edges,
+    # by at most 1.1 scrape intervals (1 s) at each: never fewer, at most that much more.
+    assert sent <= figures.requests <= math.ceil(sent * window / (window - 2.2)), window
     assert exact.error_rate == codes[500] / sent
     assert figures.error_rate == pytest.approx(exact.error_rate, rel=0.02)
     assert figures.latency_p95_ms == pytest.approx(exact.latency_p95_ms, rel=0.1)
@@ -201,8 +209,7 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
                          f' / sum(increase(http_requests_total{{{selector}}}[$window]))',
         },
     })
-    custom = PrometheusProvider(prometheus.url).figures(overridden, CANARY, STABLE,
-                                                        time.time() - start)
+    custom = PrometheusProvider(prometheus.url).figures(overridden, CANARY, STABLE, window)
     assert codes[200] <= custom.requests < figures.requests
     assert custom.error_rate == pytest.approx((codes[500] + codes[400]) / sent, rel=0.02)
     assert custom.latency_p95_ms == figures.latency_p95_ms or custom.latency_p95_ms == (
