@@ -424,3 +424,36 @@ def test_operator_restart_mid_rollout_resumes_from_status(
     assert "CanaryStarted" not in second.output() and "weight 100%" in second.output()
     second.stop()
     assert "Traceback" not in first.output() + second.output()
+
+
+def test_pause_holds_the_weight_and_abort_rolls_back(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    op = operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD))
+    start_canary(cluster, pods, GOOD_TOO)
+    load = traffic(pods[GOOD], pods[GOOD_TOO])
+    try:
+        cluster.mark_ready(NS, "iris-v2", 1)
+        wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50")
+        cluster.patch_md(NS, "iris", {"spec": {"rollout": {"paused": True}}})
+        # Healthy traffic and intervals pass; a paused rollout keeps its weight.
+        since = len(cluster.requests())
+        wait_for(lambda: rollout_passes(cluster, since) >= 10, timeout=30, what="passes")
+        assert canary(cluster)["weight"] == 50
+        assert [e["message"] for e in events(cluster, "CanaryWeight")] == [
+            "version 2: weight 50%"]
+        cluster.patch_md(NS, "iris", {"metadata": {"annotations": {
+            "modelship.io/abort": "true"}}})
+        done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                        what="abort")
+    finally:
+        load.stop()
+    assert done["lastRollout"]["version"] == "2"
+    assert "modelship.io/abort annotation" in done["lastRollout"]["reason"]
+    assert done["stable"]["version"] == "1" and "canary" not in done
+    assert names(cluster, "deployments") == ["iris-v1"]
+    assert names(cluster, "ingresses") == ["iris"]
+    op.stop()
+    assert "Traceback" not in op.output()
