@@ -309,10 +309,9 @@ def test_bad_canary_is_rolled_back_and_stable_never_touched(
         wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50")
         done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
                         timeout=40, what="rollback")
-    except AssertionError:
-        print("DEBUG", status(cluster), [(e["reason"], e["message"]) for e in events(cluster)])
-        print(op.output()[-6000:])
-        raise
+    except AssertionError as exc:
+        story = [(e["reason"], e["message"]) for e in events(cluster)]
+        raise AssertionError(f"{exc}\nstatus: {status(cluster)}\nevents: {story}") from None
     finally:
         load.stop()
     last = done["lastRollout"]
