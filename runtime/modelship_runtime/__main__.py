@@ -10,7 +10,6 @@ error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
@@ -53,18 +52,11 @@ def _drained(signum: int, frame: object) -> None:
     logger.info("shut down after draining in-flight requests", extra={"signal": signum})
 
 
-def _preload() -> None:
-    # scikit-learn and skops take most of a cold start to import; start them on a thread
-    # so they load while uvicorn, FastAPI and pydantic do.
-    with contextlib.suppress(ImportError):  # skops-less installs serve joblib/pickle only
-        import skops.io  # noqa: F401
-
-
 def serve(settings: RuntimeSettings) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first."""
-    import threading
-
-    threading.Thread(target=_preload, name="modelship-preload", daemon=True).start()
+    # No import of scikit-learn or skops on a side thread to save cold start: importing
+    # them there while the model loads (which imports them too) raced on scikit-learn's
+    # circular imports and failed some starts with "partially initialized module".
     import uvicorn
 
     from .app import create_app
