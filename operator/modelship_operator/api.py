@@ -222,6 +222,8 @@ class AnalysisSpec(_Model):
     min_requests: Annotated[int, Field(ge=0)] = 20
     failure_limit: Annotated[int, Field(ge=1)] = 2
     max_prediction_shift: Annotated[float | None, Field(gt=0)] = None
+    min_predictions: Annotated[int, Field(ge=1)] = 200
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
     queries: AnalysisQueries | None = None
 
     @model_validator(mode="after")
@@ -238,6 +240,8 @@ class RolloutSpec(_Model):
         default_factory=lambda: [10, 50, 100], min_length=1, max_length=20
     )
     interval: str = Field(default="60s", pattern=DURATION_PATTERN)
+    warmup: str = Field(default="0s", pattern=DURATION_PATTERN)
+    progress_deadline_seconds: Annotated[int, Field(ge=1)] = 600
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     paused: bool = False
 
@@ -253,6 +257,10 @@ class RolloutSpec(_Model):
     @property
     def interval_seconds(self) -> float:
         return parse_duration(self.interval)
+
+    @property
+    def warmup_seconds(self) -> float:
+        return parse_duration(self.warmup)
 
 
 class CacheSpec(_Model):
@@ -315,16 +323,58 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class AnalysisResult(_Model):
+class _StatusModel(_Model):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
     )
+
+
+class GateStatus(_StatusModel):
+    gate: str
+    verdict: str
+    figure: float | None = None
+    message: str | None = None
+
+
+class AnalysisResult(_StatusModel):
     error_rate: float | None = None
     latency_p95_ms: float | None = Field(default=None, alias="latencyP95Ms")
     requests: int | None = None
+    errors: int | None = None
+    predictions: int | None = None
     prediction_shift: float | None = None
+    verdict: str | None = None
+    gates: list[GateStatus] | None = Field(default=None, max_length=16)
     passed: bool | None = None
     at: str | None = None
+    window_seconds: float | None = None
+
+
+Counts = Annotated[dict[str, float], BeforeValidator(_without_nulls)]
+
+
+class PodCounters(_StatusModel):
+    requests: float | None = None
+    errors: float | None = None
+    buckets: Counts | None = None
+    classes: Counts | None = None
+
+
+PodsCounters = Annotated[dict[str, PodCounters], BeforeValidator(_without_nulls),
+                         Field(max_length=200)]
+
+
+class StepCounters(_StatusModel):
+    step: str | None = None
+    at: str | None = None
+    canary: PodsCounters | None = None
+    stable: PodsCounters | None = None
+
+
+class ClassBaseline(_StatusModel):
+    at: str | None = None
+    predictions: float | None = None
+    classes: Counts | None = None
 
 
 class StableStatus(_Model):
@@ -348,6 +398,11 @@ class CanaryStatus(_Model):
     ready_replicas: int = 0
     started_at: str | None = None
     step_started_at: str | None = None
+    progress_at: str | None = None
+    paused_at: str | None = None
+    held_since: str | None = None
+    step_counters: StepCounters | None = None
+    baseline: ClassBaseline | None = None
     last_analysis: AnalysisResult | None = None
 
 

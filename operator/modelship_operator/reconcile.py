@@ -26,12 +26,14 @@ from modelship_operator.resolve import Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.state import (
     ABORT_ANNOTATION,
+    DEADLINE_REASON,
     PROMOTE_ANNOTATION,
     Observed,
     Step,
     advance,
     analysis_due,
 )
+from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
 
 MD_KIND = kind_of(api.API_VERSION, api.KIND)
@@ -190,9 +192,10 @@ class Reconciler:
             abort=ABORT_ANNOTATION in annotations
             and annotations[ABORT_ANNOTATION].lower() not in ("", "false"),
         )
-        verdict, analysis = None, None
+        verdict, analysis, counters = None, None, None
+        current_canary = current.get("canary") or {}
         if before.canary is not None and analysis_due(before, md.spec.rollout, now):
-            verdict, analysis = self.analyst.verdict(md, before, now)
+            verdict, analysis, counters = self.analyst.verdict(md, before, current_canary, now)
         step = advance(md.spec.rollout, target, before, observed, verdict)
         after = step.state
         assert after.stable is not None
@@ -219,12 +222,7 @@ class Reconciler:
             self.settings.field_manager,
             live=live,
         )
-        if after.canary is not None and (
-            before.canary is None or after.canary.step_started_at != before.canary.step_started_at
-        ):
-            self.analyst.begin(md, after)
-        if after.canary is None and before.canary is not None:
-            self.analyst.pods.forget(namespace, naming.deployment_name(name, before.canary.version))
+        counters, baseline = self._window_records(md, after, current_canary, counters, now)
 
         for reason, message, warning in step.events:
             logger.info(f"rollout: {reason}: {message}")
@@ -236,7 +234,34 @@ class Reconciler:
         self._report(
             body, patch, current, md, step, result, analysis,
             extra_conditions or [], write_back, resolved,
+            counters=counters, baseline=baseline,
         )
+
+    def _window_records(
+        self,
+        md: api.ModelDeployment,
+        after: RolloutStateMachine,
+        current_canary: Mapping[str, Any],
+        counters: dict[str, Any] | None,
+        now: float,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The step's opening counters and the stable's class baseline, when due now.
+
+        Both are read after this pass applied the weight (the window opens when the
+        weight took effect, plus the warm-up), and kept in status for later passes.
+        """
+        canary = after.canary
+        if canary is None or canary.weight == 0 or canary.step_started_at is None:
+            return None, None
+        same = current_canary.get("version") == canary.version
+        step_iso = driver.iso(canary.step_started_at)
+        kept = (current_canary.get("stepCounters") or {}) if same else {}
+        if counters is None and kept.get("step") != step_iso:
+            counters = self.analyst.open_window(md, after, now)
+        baseline = None
+        if not (same and current_canary.get("baseline")):
+            baseline = self.analyst.baseline(md, after, now)
+        return counters, baseline
 
     # -- pieces -----------------------------------------------------------------------
 
@@ -394,6 +419,9 @@ class Reconciler:
         extra_conditions: list[dict[str, Any]],
         write_back: str | None,
         resolved: str | None = None,
+        *,
+        counters: Mapping[str, Any] | None = None,
+        baseline: Mapping[str, Any] | None = None,
     ) -> None:
         state = step.state
         assert state.stable is not None
@@ -401,7 +429,9 @@ class Reconciler:
         stable_dep = _deployment(result.live, name, state.stable) or {}
         ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
         replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
-        desired = self._serving_status(md, current, step, replicas, ready, extra_conditions)
+        desired = self._serving_status(
+            md, current, step, replicas, ready, extra_conditions, analysis=analysis
+        )
         if md.spec.model.alias is not None:
             # What the alias points at, as last seen; kept through a registry outage.
             known = resolved or (current.get("model") or {}).get("resolvedVersion")
@@ -415,6 +445,9 @@ class Reconciler:
             int((canary_dep.get("status") or {}).get("replicas") or 0),
             int((canary_dep.get("status") or {}).get("readyReplicas") or 0),
             analysis or None,
+            step_counters=counters,
+            baseline=baseline,
+            now=time.time(),
         )
         last = driver.last_rollout_status(state)
         if last is not None and write_back is not None:
@@ -440,6 +473,8 @@ class Reconciler:
         replicas: int,
         ready: int,
         extra_conditions: list[dict[str, Any]] | None = None,
+        *,
+        analysis: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         generation = md.metadata.generation
         version = step.state.stable
@@ -452,10 +487,19 @@ class Reconciler:
                 f"(step {canary.step + 1}/{len(md.spec.rollout.steps)}); "
                 f"version {version} serves the rest"
             )
+            reason = "RolloutInProgress"
+            if canary.paused_at is not None:
+                reason, message = "RolloutPaused", f"{message}; paused by spec.rollout.paused"
+            elif canary.held_since is not None:
+                last = analysis or (current.get("canary") or {}).get("lastAnalysis") or {}
+                why = "; ".join(
+                    str(g.get("message")) for g in last.get("gates") or []
+                    if g.get("verdict") == "Inconclusive"
+                ) or "analysis inconclusive"
+                reason = "AnalysisInconclusive"
+                message = f"{message}; the step holds: {why}"[:1000]
             phase = "Progressing"
-            conditions = status.kstatus(
-                False, True, False, "RolloutInProgress", message, generation
-            )
+            conditions = status.kstatus(False, True, False, reason, message, generation)
         elif step.phase == "RolledBack" and step.state.last is not None:
             last = step.state.last
             message = (
@@ -463,7 +507,8 @@ class Reconciler:
                 "serves all traffic; change spec.model to try again"
             )
             phase = "RolledBack"
-            conditions = status.kstatus(False, False, True, "RolledBack", message, generation)
+            reason = DEADLINE_REASON if last.reason.startswith(DEADLINE_REASON) else "RolledBack"
+            conditions = status.kstatus(False, False, True, reason, message, generation)
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": phase,

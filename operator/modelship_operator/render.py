@@ -112,7 +112,8 @@ def _with_canary(
 
     - ingress: a second Ingress ``NAME-canary`` with ingress-nginx's canary annotations;
     - gateway: the one HTTPRoute gets two weighted backendRefs;
-    - neither: Service ``NAME`` selects both versions and the replica counts carry the
+    - neither: Service ``NAME`` selects both versions once the canary has weight (at
+      weight 0 it selects the stable version only), and the replica counts carry the
       split (coarse: a 10% step on 2 replicas is 1 of 3 pods). The stable side keeps
       all its replicas until the canary has weight, i.e. until its pods are ready.
     The canary's size (replicas or HPA bounds) follows its weight, at least one pod.
@@ -135,7 +136,9 @@ def _with_canary(
                     child["spec"]["replicas"] = max(1, total - _share(total, weight))
             else:
                 canary_deployment["spec"]["replicas"] = _share(total, weight)
-        if kind == "Service" and split_by_replicas:
+        if kind == "Service" and split_by_replicas and weight > 0:
+            # Both versions behind Service NAME only once the canary has weight: before
+            # that the canary's ready pods must not receive a single request.
             child["spec"]["selector"] = labels.deployment_selector(name)
         if kind == "HTTPRoute" and spec.gateway is not None:
             child = httproute.render(

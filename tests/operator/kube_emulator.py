@@ -384,7 +384,7 @@ class Cluster:
 
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+    predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition"
 ) -> Any:
     """Poll until `predicate` returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """Analysis figures: parse_metrics on the /metrics text of real runtime processes after
-real requests, the histogram quantile against numpy, PSI's properties, and judge's table."""
+real requests, the histogram quantile against numpy, PSI's properties, and analyse()'s
+table of windows and verdicts."""
 
 from __future__ import annotations
 
@@ -12,17 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from modelship_operator.api import AnalysisSpec
-from modelship_operator.rollout.analysis import (
-    Figures,
-    Snapshot,
-    figures_from,
-    judge,
-    parse_metrics,
+from modelship_operator.rollout.analysis import Snapshot, Window, analyse, parse_metrics
+from modelship_operator.rollout.gates import (
+    Outcome,
     population_stability_index,
     quantile_from_buckets,
 )
-from modelship_operator.rollout.providers import scrape
-from modelship_operator.rollout.state import Outcome
+from modelship_operator.rollout.providers import increase, scrape
 from runtime_proc import (
     RUNTIME,
     Runtime,
@@ -86,8 +83,8 @@ def test_parse_metrics_counts_real_requests(runtimes: dict[str, Runtime]) -> Non
         for _ in range(5):  # not prediction routes: never counted
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 200
-    after = scrape([address(runtime)])  # the provider's own scrape, over HTTP
-    delta = after - before
+    after = scrape({"pod-a": address(runtime)})  # the provider's own scrape, over HTTP
+    delta = increase(after, {"pod-a": before})
 
     assert delta.requests == 30 + 5 + len(bad)
     assert delta.errors == 0  # 4xx are the client's mistakes, not the model's
@@ -97,9 +94,10 @@ def test_parse_metrics_counts_real_requests(runtimes: dict[str, Runtime]) -> Non
     counts = [delta.buckets[le] for le in sorted(delta.buckets)]
     assert counts == sorted(counts)
     assert delta.buckets[math.inf] == delta.requests
-    figures = figures_from(delta)
-    assert figures.requests == 39 and figures.error_rate == 0.0
-    assert figures.latency_p95_ms is not None and 0 < figures.latency_p95_ms < 5000
+    verdict, record = analyse(Window(canary=delta), AnalysisSpec(min_requests=20))
+    assert verdict.outcome is Outcome.PASS, verdict.message
+    assert record["requests"] == 39 and record["errorRate"] == 0.0
+    assert 0 < record["latencyP95Ms"] < 5000
 
 
 def test_parse_metrics_counts_5xx_as_errors(runtimes: dict[str, Runtime]) -> None:
@@ -120,11 +118,12 @@ def test_parse_metrics_counts_5xx_as_errors(runtimes: dict[str, Runtime]) -> Non
     assert delta.requests == len(rows) + 6
     assert delta.errors == expected_failures
     assert sum(delta.classes.values()) == len(rows) - expected_failures
-    figures = figures_from(delta)
-    assert figures.error_rate == pytest.approx(expected_failures / (len(rows) + 6))
-    verdict = judge(figures, AnalysisSpec(min_requests=10))
+    verdict, record = analyse(Window(canary=delta), AnalysisSpec(min_requests=10))
+    assert record["errorRate"] == pytest.approx(expected_failures / (len(rows) + 6), abs=1e-6)
     assert verdict.outcome is Outcome.FAIL
-    assert f"error rate {figures.error_rate:.4f} > 0.01" in verdict.message
+    assert f"error rate {record['errorRate']:.4f} ({expected_failures}/{len(rows) + 6}" in (
+        verdict.message
+    )
 
 
 def test_snapshot_delta_survives_a_pod_restart() -> None:
@@ -187,7 +186,8 @@ def test_psi_is_zero_for_equal_distributions() -> None:
     stable = {"0": 50.0, "1": 30.0, "2": 20.0}
     assert population_stability_index(stable, stable) == 0.0
     scaled = {k: 7 * v for k, v in stable.items()}  # same shares, other traffic
-    assert population_stability_index(stable, scaled) == pytest.approx(0.0, abs=1e-12)
+    # Only the half-count smoothing separates them.
+    assert population_stability_index(stable, scaled) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_psi_grows_with_the_shift() -> None:
@@ -229,37 +229,111 @@ def test_psi_is_non_negative_and_symmetric(
     assert population_stability_index(actual, expected) == pytest.approx(psi, abs=1e-9)
 
 
-# --- judge --------------------------------------------------------------------------------------
+# --- analyse: windows to verdicts ----------------------------------------------------------
 
 SPEC = AnalysisSpec(max_error_rate=0.01, max_latency_p95_ms=500, min_requests=20,
-                    max_prediction_shift=0.2)
+                    max_prediction_shift=0.2, min_predictions=50)
+
+
+def snap(requests: int, errors: int = 0, slow: int = 0, classes: dict[str, float] | None = None
+         ) -> Snapshot:
+    """`requests` of which `errors` failed and `slow` took over a second."""
+    return Snapshot(requests=requests, errors=errors,
+                    buckets={0.05: requests - slow, 0.5: requests - slow, 1.0: requests - slow,
+                             math.inf: requests},
+                    classes=dict(classes or {}))
+
+
+EVEN = {"0": 100.0, "1": 100.0, "2": 100.0}
 
 
 @pytest.mark.parametrize(
-    ("figures", "spec", "outcome", "quoted"),
+    ("window", "baseline", "outcome", "quoted"),
     [
-        (Figures(5, 0.0, 10.0), SPEC, Outcome.WAIT, ["5 requests, fewer than 20"]),
-        (Figures(19, 0.9, 900.0, 2.0), SPEC, Outcome.WAIT, ["19 requests, fewer than 20"]),
-        (Figures(20, 0.0, 10.0), SPEC, Outcome.PASS, ["20 requests", "p95 10.0 ms"]),
-        (Figures(100, 0.01, 500.0, 0.2), SPEC, Outcome.PASS, ["error rate 0.0100", "PSI 0.200"]),
-        (Figures(100, 0.0, None), SPEC, Outcome.PASS, ["100 requests"]),
-        (Figures(100, 0.0101, 10.0), SPEC, Outcome.FAIL, ["error rate 0.0101 > 0.01"]),
-        (Figures(100, 0.0, 500.5), SPEC, Outcome.FAIL, ["p95 500.5 ms > 500.0 ms"]),
-        (Figures(100, 0.0, 10.0, 0.21), SPEC, Outcome.FAIL, ["prediction shift (PSI) 0.210 > 0.2"]),
-        (Figures(100, 0.5, 900.0, 3.0), SPEC, Outcome.FAIL,
-         ["error rate 0.5000 > 0.01", "p95 900.0 ms > 500.0 ms", "(PSI) 3.000 > 0.2",
-          "[100 requests"]),
-        # No threshold set for the shift: any shift passes.
-        (Figures(100, 0.0, 10.0, 5.0), AnalysisSpec(min_requests=20), Outcome.PASS, ["PSI 5.000"]),
-        # minRequests 0: a step with no traffic passes.
-        (Figures(0, None, None), AnalysisSpec(min_requests=0), Outcome.PASS, ["0 requests"]),
+        # Too few requests: inconclusive, whatever the figures say.
+        (Window(snap(5, classes=EVEN)), EVEN, Outcome.INCONCLUSIVE,
+         ["5 canary requests, fewer than minRequests 20"]),
+        (Window(snap(19, errors=19, slow=19, classes=EVEN)), EVEN, Outcome.INCONCLUSIVE,
+         ["fewer than minRequests 20"]),
+        # No traffic at all is never a pass.
+        (Window(Snapshot()), EVEN, Outcome.INCONCLUSIVE, ["0 canary requests"]),
+        # Enough requests, clean, same classes: pass.
+        (Window(snap(300, classes=EVEN)), EVEN, Outcome.PASS, ["error rate 0.0000 (0/300)"]),
+        # One error in 20 is not evidence against a 1% budget; five in 20 are.
+        (Window(snap(20, errors=1, classes=EVEN)), EVEN, Outcome.PASS, ["(1/20)"]),
+        (Window(snap(20, errors=5, classes=EVEN)), EVEN, Outcome.FAIL,
+         ["error rate 0.2500 (5/20; at least", "> maxErrorRate 0.01"]),
+        # Latency: 30 of 300 over a second is p95 > 500 ms, significantly.
+        (Window(snap(300, slow=30, classes=EVEN)), EVEN, Outcome.FAIL,
+         ["maxLatencyP95Ms 500", "30/300 requests slower"]),
+        (Window(snap(300, slow=15, classes=EVEN)), EVEN, Outcome.PASS, ["(15/300 slower"]),
+        # The shift gate: judged against the baseline even when the stable got nothing.
+        (Window(snap(300, classes={"0": 300.0}), Snapshot()), EVEN, Outcome.FAIL,
+         ["prediction shift PSI", "> maxPredictionShift 0.2"]),
+        # ... and inconclusive without enough predictions on either side.
+        (Window(snap(300, classes={"0": 40.0})), EVEN, Outcome.INCONCLUSIVE,
+         ["40 canary predictions, fewer than minPredictions 50"]),
+        (Window(snap(300, classes=EVEN)), None, Outcome.INCONCLUSIVE,
+         ["0 predictions in the stable version's predictions"]),
+        # No baseline, but the stable's own predictions in the window are a reference.
+        (Window(snap(300, classes=EVEN), snap(300, classes=EVEN)), None, Outcome.PASS,
+         ["PSI 0.000"]),
+        # A failing gate decides over an inconclusive one.
+        (Window(snap(100, errors=50, classes={"0": 3.0})), EVEN, Outcome.FAIL,
+         ["error rate 0.5000"]),
     ],
 )
-def test_judge(figures: Figures, spec: AnalysisSpec, outcome: Outcome,
-               quoted: list[str]) -> None:
-    verdict = judge(figures, spec)
-    assert verdict.outcome is outcome
+def test_analyse(window: Window, baseline: dict[str, float] | None, outcome: Outcome,
+                 quoted: list[str]) -> None:
+    verdict, record = analyse(window, SPEC, baseline)
+    assert verdict.outcome is outcome, verdict.message
     for text in quoted:
         assert text in verdict.message
-    assert verdict.figures == figures.as_dict()
+    assert record["verdict"] == outcome.value
+    assert {g["gate"] for g in record["gates"]} == {"errorRate", "latencyP95", "predictionShift"}
 
+
+def test_analyse_against_the_stable_error_rate() -> None:
+    """3% of 100 is not significantly above a 1% budget on its own, but is significantly
+    above a stable that failed 0 of 2000 in the same window."""
+    spec = AnalysisSpec(max_error_rate=0.01, min_requests=20)
+    alone, _ = analyse(Window(snap(100, errors=3)), spec)
+    assert alone.outcome is Outcome.PASS, alone.message
+    against, _ = analyse(Window(snap(100, errors=3), snap(2000, errors=0)), spec)
+    assert against.outcome is Outcome.FAIL
+    assert "significantly above the stable version's 0.0000 (0/2000)" in against.message
+    # A stable as bad as the canary: not significantly worse.
+    same, _ = analyse(Window(snap(100, errors=3), snap(2000, errors=60)), spec)
+    assert same.outcome is Outcome.PASS
+    # A stricter confidence needs more evidence for the same counts.
+    strict, _ = analyse(Window(snap(20, errors=2)), spec.model_copy(update={"confidence": 0.999}))
+    assert strict.outcome is Outcome.PASS
+    loose, _ = analyse(Window(snap(20, errors=2)), spec)
+    assert loose.outcome is Outcome.FAIL and "at 95% confidence" in loose.message
+
+
+def test_overrides_without_data_are_inconclusive_never_pass() -> None:
+    """A PromQL override returning no data no longer disables its gate."""
+    base = snap(300)
+    for overridden, window in [
+        ("errorRate", Window(base, overridden=frozenset({"errorRate"}))),
+        ("latencyP95Ms", Window(base, overridden=frozenset({"latencyP95Ms"}))),
+        ("requests", Window(base, overridden=frozenset({"requests"}), requests_known=False)),
+    ]:
+        verdict, record = analyse(window, AnalysisSpec(min_requests=20))
+        assert verdict.outcome is Outcome.INCONCLUSIVE, overridden
+        assert "query returned no data" in verdict.message
+        assert "passed" not in record
+    ok, _ = analyse(Window(base, error_rate_override=0.0, p95_ms_override=12.0,
+                           overridden=frozenset({"errorRate", "latencyP95Ms"})),
+                    AnalysisSpec(min_requests=20))
+    assert ok.outcome is Outcome.PASS
+    slow, _ = analyse(Window(base, p95_ms_override=900.0,
+                             overridden=frozenset({"latencyP95Ms"})),
+                      AnalysisSpec(min_requests=20))
+    assert slow.outcome is Outcome.FAIL and "p95 900.0 ms > maxLatencyP95Ms" in slow.message
+
+
+def test_min_requests_zero_still_needs_a_request() -> None:
+    verdict, _ = analyse(Window(Snapshot()), AnalysisSpec(min_requests=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE

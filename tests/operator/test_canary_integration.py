@@ -233,7 +233,7 @@ def test_healthy_canary_walks_every_step_and_is_promoted(
                         what="weight 50")
         assert canary_ingress_weight(cluster) == "50"
         at100 = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
-                         timeout=30, what="weight 100")
+                         timeout=120, what="weight 100")
         assert at100["step"] == 1 and at100["failedAnalyses"] == 0
         passed = at100["lastAnalysis"]
         assert passed["passed"] is True and passed["requests"] >= 10
@@ -250,7 +250,7 @@ def test_healthy_canary_walks_every_step_and_is_promoted(
         assert canary_ingress_weight(cluster) == "100"
         cluster.mark_ready(NS, "iris-v2", 2)
         done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
-                        timeout=30, what="promotion")
+                        timeout=120, what="promotion")
     finally:
         load.stop()
     assert done["lastRollout"]["outcome"] == "Promoted"
@@ -277,10 +277,11 @@ def test_healthy_canary_walks_every_step_and_is_promoted(
     promoted = events(cluster, "Promoted")
     assert len(started) == 1 and "canary of version 2 against 1" in started[0]["message"]
     assert len(weights) == 2 and weights[0].endswith("weight 50%"), weights
-    assert "analysis passed (" in weights[1] and "requests, error rate 0.0000" in weights[1]
+    assert "analysis passed (" in weights[1] and "error rate 0.0000 (0/" in weights[1]
     assert weights[1].endswith("weight 100%")
     assert len(promoted) == 1 and "every step passed" in promoted[0]["message"]
-    assert "requests, error rate 0.0000, p95 " in promoted[0]["message"]
+    assert "error rate 0.0000 (0/" in promoted[0]["message"]
+    assert "p95 " in promoted[0]["message"]
     assert load.counts[pods[GOOD_TOO].url] == {200: load.total(pods[GOOD_TOO].url)}
     op.stop()
     assert "Traceback" not in op.output()
@@ -290,8 +291,8 @@ def test_healthy_canary_walks_every_step_and_is_promoted(
     ("bad", "analysis", "figure"),
     [
         pytest.param(FLAKY, {"failureLimit": 2}, "error rate 0.", id="failing-requests"),
-        pytest.param(SHIFTED, {"maxPredictionShift": 0.2}, "prediction shift (PSI)",
-                     id="prediction-shift"),
+        pytest.param(SHIFTED, {"maxPredictionShift": 0.2, "minPredictions": 60},
+                     "prediction shift PSI", id="prediction-shift"),
     ],
 )
 def test_bad_canary_is_rolled_back_and_stable_never_touched(
@@ -308,7 +309,7 @@ def test_bad_canary_is_rolled_back_and_stable_never_touched(
         cluster.mark_ready(NS, f"iris-v{bad}", 1)
         wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50")
         done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
-                        timeout=40, what="rollback")
+                        timeout=120, what="rollback")
     except AssertionError as exc:
         story = [(e["reason"], e["message"]) for e in events(cluster)]
         raise AssertionError(f"{exc}\nstatus: {status(cluster)}\nevents: {story}") from None
@@ -365,12 +366,17 @@ def test_no_weight_before_ready_and_no_verdict_without_traffic(
     wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50 once ready")
     assert canary_ingress_weight(cluster) == "50"
 
-    # No traffic: the step's interval runs out and the analysis waits, it does not pass.
+    # No traffic: the step's interval runs out and the analysis is inconclusive: it holds.
     waiting = wait_for(
         lambda: (a := canary(cluster).get("lastAnalysis")) and "passed" not in a and a,
-        timeout=20, what="an analysis that waits",
+        timeout=120, what="an analysis that waits",
     )
-    assert waiting["requests"] < 10
+    assert waiting["verdict"] == "Inconclusive" and waiting.get("requests", 0) < 10
+    held_at = wait_for(lambda: (s := status(cluster)) and condition(s, "Reconciling").get(
+        "reason") == "AnalysisInconclusive" and s, what="the hold in a condition")
+    assert "fewer than minRequests 10" in condition(held_at, "Reconciling")["message"]
+    (inconclusive,) = events(cluster, "AnalysisInconclusive")
+    assert inconclusive["type"] == "Warning" and "the step holds" in inconclusive["message"]
     since = len(cluster.requests())
     wait_for(lambda: rollout_passes(cluster, since) >= 6, what="more rollout passes")
     held = status(cluster)
@@ -381,7 +387,7 @@ def test_no_weight_before_ready_and_no_verdict_without_traffic(
     # Traffic arrives: the same step is judged and passes.
     load = traffic(pods[GOOD], pods[GOOD_TOO])
     try:
-        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=30, what="weight 100")
+        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=120, what="weight 100")
     finally:
         load.stop()
 
@@ -406,11 +412,11 @@ def test_operator_restart_mid_rollout_resumes_from_status(
 
         second = operator(**operator_env(mlflow))
         at100 = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
-                         timeout=30, what="weight 100 under the new operator")
+                         timeout=120, what="weight 100 under the new operator")
         assert at100["startedAt"] == at50["startedAt"]
         cluster.mark_ready(NS, "iris-v2", 2)
         done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
-                        timeout=30, what="promotion")
+                        timeout=120, what="promotion")
     finally:
         load.stop()
     assert done["lastRollout"]["outcome"] == "Promoted"
@@ -439,7 +445,7 @@ def test_pause_holds_the_weight_and_abort_rolls_back(
         cluster.patch_md(NS, "iris", {"spec": {"rollout": {"paused": True}}})
         # Healthy traffic and intervals pass; a paused rollout keeps its weight.
         since = len(cluster.requests())
-        wait_for(lambda: rollout_passes(cluster, since) >= 10, timeout=30, what="passes")
+        wait_for(lambda: rollout_passes(cluster, since) >= 10, timeout=120, what="passes")
         assert canary(cluster)["weight"] == 50
         assert [e["message"] for e in events(cluster, "CanaryWeight")] == [
             "version 2: weight 50%"]
@@ -454,5 +460,139 @@ def test_pause_holds_the_weight_and_abort_rolls_back(
     assert done["stable"]["version"] == "1" and "canary" not in done
     assert names(cluster, "deployments") == ["iris-v1"]
     assert names(cluster, "ingresses") == ["iris"]
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+# --- what the analysis counts, and what it never lets through ---------------------------------
+
+
+def sequential(url: str, count: int, rows: list[list[float]]) -> dict[int, int]:
+    """`count` requests to one runtime, one after the other; status codes counted."""
+    import httpx
+
+    codes: dict[int, int] = {}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(count):
+            code = client.post("/predict", json={"features": rows[i % len(rows)]}).status_code
+            codes[code] = codes.get(code, 0) + 1
+    return codes
+
+
+def test_each_analysis_counts_the_requests_of_its_own_step(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    """A known number of canary requests in each step, sent after the step's window
+    opened and (with a 20 s interval against well under a second of sending) before it
+    closes: each analysis counts all of them, and none of the other step's."""
+    op = operator(**operator_env(mlflow))
+    serve_stable(cluster, pods, manifest(GOOD, interval="20s"))
+    start_canary(cluster, pods, GOOD_TOO)
+    rows = iris_rows()
+    cluster.mark_ready(NS, "iris-v2", 1)
+    first = wait_for(lambda: (c := canary(cluster)).get("weight") == 50
+                     and (c.get("stepCounters") or {}).get("step") == c["stepStartedAt"] and c,
+                     what="weight 50 and its window open")
+    assert first["stepStartedAt"].endswith("Z") and "." in first["stepStartedAt"]  # µs
+    sent_first = sequential(pods[GOOD_TOO].url, 150, rows)
+    sequential(pods[GOOD].url, 40, rows)  # the stable's traffic is not the canary's
+    assert sent_first == {200: 150}
+    second = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
+                      timeout=120, what="weight 100")
+    judged = second["lastAnalysis"]
+    assert judged["verdict"] == "Pass"
+    assert 0.95 * 150 <= judged["requests"] <= 150, judged
+    wait_for(lambda: (c := canary(cluster)).get("stepCounters", {}).get("step")
+             == c.get("stepStartedAt"), what="the second window open")
+    cluster.mark_ready(NS, "iris-v2", 2)
+    assert sequential(pods[GOOD_TOO].url, 90, rows) == {200: 90}
+    done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
+                    timeout=120, what="promotion")
+    assert done["lastRollout"]["outcome"] == "Promoted"
+    (promoted,) = events(cluster, "Promoted")
+    counted = int(promoted["message"].split("error rate 0.0000 (0/")[1].split(")")[0])
+    assert 0.95 * 90 <= counted <= 90, promoted["message"]
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+def test_shifted_canary_in_a_single_full_step_is_rolled_back(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    """steps [100]: the stable gets no traffic during the step, so the canary is judged
+    against the stable's predictions recorded before traffic moved."""
+    op = operator(**operator_env(mlflow))
+    spec = manifest(GOOD, interval="3s", maxPredictionShift=0.2, minPredictions=100)
+    spec["spec"]["rollout"]["steps"] = [100]
+    serve_stable(cluster, pods, spec)
+    rows = iris_rows()
+    random.Random(3).shuffle(rows)
+    assert sequential(pods[GOOD].url, 300, rows) == {200: 300}  # the stable's history
+    start_canary(cluster, pods, SHIFTED)
+    cluster.mark_ready(NS, f"iris-v{SHIFTED}", 2)
+    at100 = wait_for(lambda: (c := canary(cluster)).get("weight") == 100 and c,
+                     what="weight 100")
+    baseline = wait_for(lambda: canary(cluster).get("baseline"), what="the stable's baseline")
+    assert baseline["predictions"] >= 300 and len(baseline["classes"]) == 3
+    assert at100["step"] == 0
+    load = traffic(pods[SHIFTED])  # every request to the canary
+    try:
+        done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                        timeout=120, what="rollback on the shift")
+    finally:
+        load.stop()
+    assert done["lastRollout"]["version"] == SHIFTED
+    assert "prediction shift PSI" in done["lastRollout"]["reason"]
+    assert done["stable"]["version"] == "1"
+    assert events(cluster, "Promoted") == []
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+def test_never_ready_canary_rolls_back_at_its_deadline(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    op = operator(**operator_env(mlflow))
+    spec = manifest(GOOD)
+    spec["spec"]["rollout"]["progressDeadlineSeconds"] = 4
+    serve_stable(cluster, pods, spec)
+    start_canary(cluster, pods, GOOD_TOO)  # its pods never become ready
+    done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                    timeout=120, what="rollback at the deadline")
+    assert done["lastRollout"]["reason"].startswith("ProgressDeadlineExceeded")
+    assert "canary pods not ready" in done["lastRollout"]["reason"]
+    assert condition(done, "Stalled")["reason"] == "ProgressDeadlineExceeded"
+    (event,) = events(cluster, "ProgressDeadlineExceeded")
+    assert event["type"] == "Warning"
+    assert events(cluster, "CanaryWeight") == []  # it never had a single request
+    assert names(cluster, "deployments") == ["iris-v1"]
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+def test_a_step_without_data_never_promotes_and_rolls_back_at_the_deadline(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    """Ready canary, weight set, no request ever reaches it: every gate is inconclusive,
+    the step holds, and at the deadline the rollout rolls back instead of promoting."""
+    op = operator(**operator_env(mlflow))
+    spec = manifest(GOOD)
+    spec["spec"]["rollout"]["steps"] = [100]
+    spec["spec"]["rollout"]["progressDeadlineSeconds"] = 4
+    serve_stable(cluster, pods, spec)
+    start_canary(cluster, pods, GOOD_TOO)
+    cluster.mark_ready(NS, "iris-v2", 2)
+    wait_for(lambda: canary(cluster).get("weight") == 100, what="weight 100")
+    done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                    timeout=120, what="rollback at the deadline")
+    assert done["lastRollout"]["reason"].startswith("ProgressDeadlineExceeded")
+    assert "inconclusive" in done["lastRollout"]["reason"]
+    assert events(cluster, "Promoted") == []
+    assert len(events(cluster, "AnalysisInconclusive")) == 1
+    assert done["stable"]["version"] == "1"
     op.stop()
     assert "Traceback" not in op.output()

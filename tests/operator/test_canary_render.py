@@ -190,7 +190,11 @@ def test_split_by_replicas_proportions(replicas: int, weight: int, stable: int,
     # The canary's share of pods is the weight, rounded up to whole pods.
     if 0 < weight < 100 and stable + canary == replicas:
         assert canary == math.ceil(replicas * weight / 100)
-    assert selector(objs[("Service", "iris")]) == {"modelship.io/deployment": "iris"}
+    if weight == 0:
+        # Not one request to the canary's pods before it has weight, ready or not.
+        assert selector(objs[("Service", "iris")])["modelship.io/model-version"] == "3"
+    else:
+        assert selector(objs[("Service", "iris")]) == {"modelship.io/deployment": "iris"}
     assert selector(objs[("Service", "iris-canary")])["modelship.io/model-version"] == "4"
 
 

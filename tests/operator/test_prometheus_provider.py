@@ -23,7 +23,7 @@ import httpx
 import pytest
 from kube_emulator import wait_for
 from modelship_operator.api import AnalysisSpec
-from modelship_operator.rollout.analysis import figures_from, parse_metrics
+from modelship_operator.rollout.analysis import Window, analyse, parse_metrics
 from modelship_operator.rollout.providers import AnalysisError, PrometheusProvider, Target
 from runtime_proc import (
     RUNTIME,
@@ -183,21 +183,25 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
     window = time.time() - start
 
     spec = AnalysisSpec(provider="prometheus", prometheusUrl=prometheus.url, min_requests=10,
-                        max_prediction_shift=0.2)
-    figures = PrometheusProvider(prometheus.url).figures(spec, CANARY, STABLE, window)
-    exact = figures_from(after[0] - before[0], after[1] - before[1])
+                        max_prediction_shift=0.2, min_predictions=10)
+    measured = PrometheusProvider(prometheus.url).window(spec, CANARY, STABLE, window)
+    _, figures = analyse(measured, spec)
+    _, exact = analyse(Window(after[0] - before[0], after[1] - before[1]), spec)
 
     sent = sum(codes.values())
     assert sent == 85 and codes[400] == 10 and codes.get(500, 0) > 0
-    assert exact.requests == sent
+    assert exact["requests"] == sent
     # increase() extrapolates from the first and last samples in the window to its edges,
     # by at most 1.1 scrape intervals (1 s) at each: never fewer, at most that much more.
-    assert sent <= figures.requests <= math.ceil(sent * window / (window - 2.2)), window
-    assert exact.error_rate == codes[500] / sent
-    assert figures.error_rate == pytest.approx(exact.error_rate, rel=0.02)
-    assert figures.latency_p95_ms == pytest.approx(exact.latency_p95_ms, rel=0.1)
-    assert figures.prediction_shift is not None and exact.prediction_shift is not None
-    assert figures.prediction_shift == pytest.approx(exact.prediction_shift, rel=0.1, abs=0.01)
+    assert sent <= figures["requests"] <= math.ceil(sent * window / (window - 2.2)), window
+    assert exact["errorRate"] == pytest.approx(codes[500] / sent, abs=1e-6)
+    assert figures["errorRate"] == pytest.approx(exact["errorRate"], rel=0.02)
+    assert figures["latencyP95Ms"] == pytest.approx(exact["latencyP95Ms"], rel=0.1)
+    # The histogram itself comes back, bucket by bucket, for the latency gate's counts.
+    assert measured.canary.buckets[math.inf] == pytest.approx(measured.canary.requests, rel=0.02)
+    assert "predictionShift" in figures and "predictionShift" in exact
+    assert figures["predictionShift"] == pytest.approx(exact["predictionShift"], rel=0.1,
+                                                       abs=0.01)
 
     # An override query is used as given: only successful requests count here, and the
     # error rate is the share of every non-2xx answer.
@@ -209,11 +213,20 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
                          f' / sum(increase(http_requests_total{{{selector}}}[$window]))',
         },
     })
-    custom = PrometheusProvider(prometheus.url).figures(overridden, CANARY, STABLE, window)
-    assert codes[200] <= custom.requests < figures.requests
-    assert custom.error_rate == pytest.approx((codes[500] + codes[400]) / sent, rel=0.02)
-    assert custom.latency_p95_ms == figures.latency_p95_ms or custom.latency_p95_ms == (
-        pytest.approx(exact.latency_p95_ms, rel=0.1))
+    custom = PrometheusProvider(prometheus.url).window(overridden, CANARY, STABLE, window)
+    assert codes[200] <= custom.canary.requests < measured.canary.requests
+    assert custom.error_rate_override == pytest.approx((codes[500] + codes[400]) / sent,
+                                                       rel=0.02)
+    # An override that matches nothing is no data: its gate is inconclusive, never a pass.
+    empty = AnalysisSpec.model_validate({
+        "provider": "prometheus", "prometheusUrl": prometheus.url, "minRequests": 10,
+        "queries": {"errorRate": 'sum(rate(http_requests_total{route="/nowhere"}[$window]))'},
+    })
+    nothing = PrometheusProvider(prometheus.url).window(empty, CANARY, STABLE, window)
+    verdict, _ = analyse(nothing, empty)
+    assert nothing.error_rate_override is None
+    assert verdict.outcome.value == "Inconclusive"
+    assert "the errorRate query returned no data" in verdict.message
 
 
 def test_a_query_prometheus_refuses_is_an_analysis_error(
@@ -225,8 +238,8 @@ def test_a_query_prometheus_refuses_is_an_analysis_error(
         "queries": {"requests": "sum(rate(http_requests_total[$window]"},
     })
     with pytest.raises(AnalysisError, match="Prometheus"):
-        PrometheusProvider(prometheus.url).figures(spec, CANARY, STABLE, 5.0)
+        PrometheusProvider(prometheus.url).window(spec, CANARY, STABLE, 5.0)
     unreachable = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(AnalysisError, match=unreachable):
-        PrometheusProvider(unreachable, timeout=1).figures(
+        PrometheusProvider(unreachable, timeout=1).window(
             AnalysisSpec(provider="prometheus", prometheusUrl=unreachable), CANARY, STABLE, 5.0)

@@ -19,7 +19,7 @@ from modelship_operator.rollout.state import (
 SPEC = RolloutSpec(steps=[10, 50, 100], interval="60s", analysis=AnalysisSpec(failure_limit=2))
 PASS = Verdict(Outcome.PASS, "ok")
 FAIL = Verdict(Outcome.FAIL, "error rate 0.2 > 0.01")
-WAIT = Verdict(Outcome.WAIT, "3 requests, fewer than 20")
+WAIT = Verdict(Outcome.INCONCLUSIVE, "3 canary requests, fewer than minRequests 20")
 
 
 def run(state: RolloutState, target: str, now: float, **obs: bool) -> RolloutState:
@@ -35,7 +35,7 @@ def test_first_version_serves_directly() -> None:
 def test_happy_path_steps_then_promotes() -> None:
     state = RolloutState(stable="3")
     state = run(state, "4", 0)
-    assert state.canary == Canary(version="4")  # created, no traffic yet
+    assert state.canary == Canary(version="4", progress_at=0)  # created, no traffic yet
     state = run(state, "4", 1)  # canary pods not ready: still no traffic
     assert state.canary is not None and state.canary.weight == 0
     state = run(state, "4", 2, canary_ready=True)
@@ -55,15 +55,26 @@ def test_happy_path_steps_then_promotes() -> None:
 
 
 def test_analysis_not_due_before_interval_holds_weight() -> None:
-    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=100.0))
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=100.0,
+                                     progress_at=100.0))
     step = advance(SPEC, "4", state, Observed(now=130.0, canary_ready=True), FAIL)
     assert step.state == state  # a verdict before the interval ends is ignored
 
 
-def test_too_few_requests_waits() -> None:
-    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0))
+def test_inconclusive_holds_says_so_once_and_counts_no_failure() -> None:
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0,
+                                     progress_at=0.0))
     step = advance(SPEC, "4", state, Observed(now=100.0, canary_ready=True), WAIT)
-    assert step.state == state
+    assert step.state.canary == Canary("4", weight=10, step=0, step_started_at=0.0,
+                                       progress_at=0.0, held_since=100.0)
+    assert [e[0] for e in step.events] == ["AnalysisInconclusive"]
+    assert "fewer than minRequests" in step.events[0][1] and step.events[0][2] is True
+    again = advance(SPEC, "4", step.state, Observed(now=105.0, canary_ready=True), WAIT)
+    assert again.state == step.state and again.events == ()  # one Event, not one a pass
+    passed = advance(SPEC, "4", again.state, Observed(now=110.0, canary_ready=True), PASS)
+    assert passed.state.canary is not None
+    assert passed.state.canary.weight == 50 and passed.state.canary.held_since is None
+    assert passed.state.canary.failed_analyses == 0
 
 
 def test_failures_up_to_the_limit_roll_back() -> None:
@@ -82,7 +93,7 @@ def test_failures_up_to_the_limit_roll_back() -> None:
     # The rolled-back version is not retried until the spec changes.
     assert advance(SPEC, "4", step.state, Observed(now=200, canary_ready=True)).state == step.state
     restarted = advance(SPEC, "5", step.state, Observed(now=200)).state
-    assert restarted.canary == Canary(version="5")
+    assert restarted.canary == Canary(version="5", progress_at=200)
 
 
 def test_revert_aborts_and_annotations_act() -> None:
@@ -96,11 +107,23 @@ def test_revert_aborts_and_annotations_act() -> None:
     assert promoted.state.stable == "4" and promoted.state.canary is None
 
 
-def test_paused_holds_the_weight() -> None:
+def test_paused_holds_the_weight_and_stops_the_clock() -> None:
     paused = SPEC.model_copy(update={"paused": True})
-    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0))
-    step = advance(paused, "4", state, Observed(now=1000, canary_ready=True), PASS)
-    assert step.state == state
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0,
+                                     progress_at=0.0))
+    step = advance(paused, "4", state, Observed(now=500, canary_ready=True), PASS)
+    assert step.state.canary == Canary("4", weight=10, step=0, step_started_at=0.0,
+                                       progress_at=0.0, paused_at=500)
+    assert [e[0] for e in step.events] == ["RolloutPaused"]
+    # Hours paused: no deadline runs, nothing moves.
+    later = advance(paused, "4", step.state, Observed(now=50_000, canary_ready=True), WAIT)
+    assert later.state == step.state
+    # Resumed: the pause is added to the clock, so the deadline does not fire at once.
+    resumed = advance(SPEC, "4", later.state, Observed(now=60_000, canary_ready=True), WAIT)
+    assert resumed.state.canary is not None
+    assert resumed.state.canary.paused_at is None
+    assert resumed.state.canary.progress_at == 59_500
+    assert "RolloutResumed" in [e[0] for e in resumed.events]
 
 
 def test_canary_losing_its_pods_gets_no_traffic() -> None:
@@ -117,7 +140,8 @@ def test_canary_growing_with_its_weight_holds_rather_than_rolls_back() -> None:
     """At a higher weight the canary asks for more pods; until they are ready it has some
     ready pods but not all: the weight holds, nothing is judged, nothing is counted."""
     limit1 = SPEC.model_copy(update={"analysis": AnalysisSpec(failure_limit=1)})
-    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0))
+    state = RolloutState("3", Canary("4", weight=50, step=1, step_started_at=0.0,
+                                     progress_at=0.0))
     growing = Observed(now=100, canary_ready=False, canary_available=True)
     for verdict in (None, PASS, FAIL, WAIT):
         step = advance(limit1, "4", state, growing, verdict)
@@ -129,10 +153,56 @@ def test_canary_growing_with_its_weight_holds_rather_than_rolls_back() -> None:
     lost = advance(limit1, "4", state, Observed(now=100, canary_available=False))
     assert lost.state.canary is None and lost.phase == "RolledBack"
     # The first weight waits for every pod the canary asks for.
-    fresh = RolloutState("3", Canary("4"))
+    fresh = RolloutState("3", Canary("4", progress_at=0.0))
     assert advance(limit1, "4", fresh, growing).state == fresh
     early = Observed(now=1, canary_available=True, promote_now=True)
     assert advance(limit1, "4", fresh, early).state == fresh
+
+
+def test_deadline_rolls_back_a_canary_that_never_becomes_ready() -> None:
+    spec = SPEC.model_copy(update={"progress_deadline_seconds": 300})
+    state = run(RolloutState(stable="3"), "4", 0)
+    for now in (60, 180, 299, 300):
+        state = advance(spec, "4", state, Observed(now=now)).state
+        assert state.canary is not None and state.canary.weight == 0
+    step = advance(spec, "4", state, Observed(now=301))
+    assert step.state.canary is None and step.state.stable == "3"
+    assert step.phase == "RolledBack"
+    assert step.state.last is not None
+    assert step.state.last.reason.startswith("ProgressDeadlineExceeded")
+    assert step.events[0][0] == "ProgressDeadlineExceeded" and step.events[0][2] is True
+
+
+def test_deadline_rolls_back_a_step_that_stays_inconclusive() -> None:
+    """The deadline counts beyond the schedule: warm-up plus interval, then the deadline."""
+    spec = SPEC.model_copy(update={"progress_deadline_seconds": 120, "warmup": "10s"})
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0,
+                                     progress_at=0.0))
+    assert not analysis_due(state, spec, 69.0) and analysis_due(state, spec, 70.0)
+    for now in (70.0, 120.0, 190.0):  # 10 s warm-up + 60 s interval + 120 s deadline
+        state = advance(spec, "4", state, Observed(now=now, canary_ready=True), WAIT).state
+        assert state.canary is not None and state.canary.weight == 10
+    step = advance(spec, "4", state, Observed(now=190.5, canary_ready=True), WAIT)
+    assert step.state.canary is None and step.state.last is not None
+    assert "ProgressDeadlineExceeded" in step.state.last.reason
+    assert "inconclusive" in step.state.last.reason
+    assert step.state.canary is None and step.state.stable == "3"
+
+
+def test_failure_limit_counts_failures_in_total_over_the_rollout() -> None:
+    """Documented: failureLimit counts every failed analysis of one rollout, not only
+    consecutive ones; a pass in between does not reset it; inconclusive never counts."""
+    state = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0,
+                                     progress_at=0.0))
+    state = advance(SPEC, "4", state, Observed(now=61, canary_ready=True), FAIL).state
+    assert state.canary is not None and state.canary.failed_analyses == 1
+    state = advance(SPEC, "4", state, Observed(now=122, canary_ready=True), WAIT).state
+    state = advance(SPEC, "4", state, Observed(now=123, canary_ready=True), PASS).state
+    assert state.canary is not None and state.canary.weight == 50
+    assert state.canary.failed_analyses == 1
+    step = advance(SPEC, "4", state, Observed(now=184, canary_ready=True), FAIL)
+    assert step.state.canary is None and step.phase == "RolledBack"
+    assert step.state.last is not None and "failed 2 times" in step.state.last.reason
 
 
 # -- properties ---------------------------------------------------------------------------
@@ -172,6 +242,12 @@ def test_safety_properties(
             verdict,
         )
         state = step.state
+        if (
+            verdict is not None and verdict.outcome is Outcome.INCONCLUSIVE
+            and before.canary is not None and state.canary is not None
+            and before.canary.version == state.canary.version and pods == "ready"
+        ):
+            assert state.canary.failed_analyses == before.canary.failed_analyses
         # Exactly one stable version always serves.
         assert state.stable is not None
         canary = state.canary

@@ -10,7 +10,8 @@ per-class prediction counts of both sides):
 - `prometheus`: PromQL over the same metrics (`increase()` over the step's interval),
   with per-metric overrides from spec.rollout.analysis.queries.
 
-`judge()` turns figures into a Verdict; it and `population_stability_index()` are pure.
+`analyse()` turns a step's window into a Verdict through the gates of
+:mod:`modelship_operator.rollout.gates`; it is pure.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelship_operator.api import AnalysisSpec
-from modelship_operator.rollout.state import Outcome, Verdict
+from modelship_operator.rollout.gates import (
+    GateResult,
+    Outcome,
+    Verdict,
+    combine,
+    error_rate_gate,
+    latency_gate,
+    prediction_shift_gate,
+    quantile_from_buckets,
+)
 
 REQUESTS = "http_requests_total"
 DURATION = "http_request_duration_seconds"
@@ -52,6 +63,35 @@ class Snapshot:
             buckets={le: delta(v, older.buckets.get(le, 0.0)) for le, v in self.buckets.items()},
             classes={c: delta(v, older.classes.get(c, 0.0)) for c, v in self.classes.items()},
         )
+
+    def to_status(self) -> dict[str, Any]:
+        """A JSON form for status (bucket bounds as strings, +Inf included)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "buckets": {repr(le) if math.isfinite(le) else "+Inf": v
+                        for le, v in sorted(self.buckets.items())},
+            "classes": dict(sorted(self.classes.items())),
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> Snapshot | None:
+        """The inverse of :meth:`to_status`; None for a missing or malformed record."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            return cls(
+                requests=float(raw.get("requests") or 0.0),
+                errors=float(raw.get("errors") or 0.0),
+                buckets={float(le): float(v) for le, v in (raw.get("buckets") or {}).items()},
+                classes={str(c): float(v) for c, v in (raw.get("classes") or {}).items()},
+            )
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def predictions(self) -> float:
+        return sum(self.classes.values())
 
     def add(self, other: Snapshot) -> None:
         self.requests += other.requests
@@ -87,112 +127,114 @@ def parse_metrics(text: str) -> Snapshot:
     return snap
 
 
-def quantile_from_buckets(buckets: Mapping[float, float], q: float) -> float | None:
-    """The q-quantile of a cumulative histogram, interpolated as PromQL's histogram_quantile."""
-    if not buckets:
-        return None
-    ordered = sorted(buckets.items())
-    total = ordered[-1][1]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in ordered:
-        if count >= rank:
-            if math.isinf(le):
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return prev_le
-
-
-def population_stability_index(
-    expected: Mapping[str, float], actual: Mapping[str, float], floor: float = 1e-4
-) -> float | None:
-    """PSI of `actual` (canary) against `expected` (stable) class shares; None without data.
-
-    Shares are floored so that a class seen on one side only gives a large, finite PSI.
-    Common reading: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 large.
-    """
-    classes = set(expected) | set(actual)
-    e_total = sum(expected.values())
-    a_total = sum(actual.values())
-    if not classes or e_total <= 0 or a_total <= 0:
-        return None
-    psi = 0.0
-    for cls in classes:
-        e = max(expected.get(cls, 0.0) / e_total, floor)
-        a = max(actual.get(cls, 0.0) / a_total, floor)
-        psi += (a - e) * math.log(a / e)
-    return psi
-
-
 @dataclass(frozen=True)
-class Figures:
-    requests: int
-    error_rate: float | None
-    latency_p95_ms: float | None
-    prediction_shift: float | None = None
+class Window:
+    """What one step's window holds: the increase of each side's counters over it.
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {
-            "requests": self.requests,
-            "errorRate": self.error_rate,
-            "latencyP95Ms": self.latency_p95_ms,
-            "predictionShift": self.prediction_shift,
-        }
+    `overridden` names the figures that came from the user's PromQL overrides
+    (``errorRate``, ``latencyP95Ms``, ``requests``); such a figure is a point value, and
+    None means its query returned no data. `requests_known` is False when the request
+    count itself could not be had.
+    """
+
+    canary: Snapshot
+    stable: Snapshot | None = None
+    error_rate_override: float | None = None
+    p95_ms_override: float | None = None
+    overridden: frozenset[str] = frozenset()
+    requests_known: bool = True
 
 
-def figures_from(canary: Snapshot, stable: Snapshot | None = None) -> Figures:
-    """Figures of one step from the canary's (and stable's) counter deltas."""
-    requests = round(canary.requests)
-    error_rate = canary.errors / canary.requests if canary.requests > 0 else None
-    p95 = quantile_from_buckets(canary.buckets, 0.95)
-    shift = population_stability_index(stable.classes, canary.classes) if stable else None
-    return Figures(
-        requests=requests,
-        error_rate=error_rate,
-        latency_p95_ms=None if p95 is None else p95 * 1000.0,
-        prediction_shift=shift,
+def analyse(
+    window: Window,
+    spec: AnalysisSpec,
+    baseline: Mapping[str, float] | None = None,
+) -> tuple[Verdict, dict[str, Any]]:
+    """The verdict on one step and the record for ``status.canary.lastAnalysis``.
+
+    `baseline` is the stable version's predicted-class counts recorded before traffic
+    moved; the shift gate compares the canary with it plus the stable's own predictions
+    in the same window, so a 100% step (no stable traffic) is judged too.
+    """
+    canary = window.canary
+    requests = canary.requests
+    gates: list[GateResult] = []
+    if not window.requests_known:
+        gates.append(GateResult("requests", Outcome.INCONCLUSIVE,
+                                "the requests query returned no data"))
+    # Error rate.
+    if "errorRate" in window.overridden:
+        if window.error_rate_override is None:
+            gates.append(GateResult("errorRate", Outcome.INCONCLUSIVE,
+                                    "the errorRate query returned no data"))
+        else:
+            rate = min(max(window.error_rate_override, 0.0), 1.0)
+            gates.append(error_rate_gate(
+                requests, rate * requests, max_error_rate=spec.max_error_rate,
+                min_requests=spec.min_requests, confidence=spec.confidence,
+            ))
+    else:
+        stable = window.stable
+        gates.append(error_rate_gate(
+            requests, canary.errors, max_error_rate=spec.max_error_rate,
+            min_requests=spec.min_requests, confidence=spec.confidence,
+            stable_requests=stable.requests if stable else None,
+            stable_errors=stable.errors if stable else None,
+        ))
+    # Latency.
+    gates.append(latency_gate(
+        canary.buckets, max_latency_p95_ms=spec.max_latency_p95_ms,
+        min_requests=spec.min_requests, confidence=spec.confidence,
+        p95_ms_override=window.p95_ms_override,
+        override_used="latencyP95Ms" in window.overridden,
+    ))
+    # Prediction shift.
+    reference: dict[str, float] | None = None
+    if spec.max_prediction_shift is not None:
+        reference = dict(baseline or {})
+        if window.stable is not None:
+            for cls, count in window.stable.classes.items():
+                reference[cls] = reference.get(cls, 0.0) + count
+        gates.append(prediction_shift_gate(
+            reference, canary.classes, max_psi=spec.max_prediction_shift,
+            min_predictions=spec.min_predictions,
+            reference_name="the stable version's predictions",
+        ))
+    verdict = combine(gates, _summary(window))
+    record: dict[str, Any] = {
+        "requests": round(requests),
+        "errors": round(canary.errors),
+        "verdict": verdict.outcome.value,
+        "gates": [g.as_dict() for g in gates],
+    }
+    if "errorRate" in window.overridden:
+        if window.error_rate_override is not None:
+            record["errorRate"] = round(window.error_rate_override, 6)
+    elif requests > 0:
+        record["errorRate"] = round(canary.errors / requests, 6)
+    p95 = window.p95_ms_override if "latencyP95Ms" in window.overridden else (
+        None if (q := quantile_from_buckets(canary.buckets, 0.95)) is None else q * 1000.0
     )
+    if p95 is not None and math.isfinite(p95):
+        record["latencyP95Ms"] = round(p95, 3)
+    if spec.max_prediction_shift is not None:
+        record["predictions"] = round(canary.predictions)
+        shift = next((g.figure for g in gates if g.gate == "predictionShift"), None)
+        if shift is not None:
+            record["predictionShift"] = round(shift, 6)
+    figures: dict[str, float | int | None] = {
+        k: v for k, v in record.items() if isinstance(v, int | float)
+    }
+    return Verdict(verdict.outcome, verdict.message, verdict.gates, figures), record
 
 
-def judge(figures: Figures, spec: AnalysisSpec) -> Verdict:
-    """Pass, Fail or Wait for one step, with a message quoting the deciding figures."""
-    data = figures.as_dict()
-    if figures.requests < spec.min_requests:
-        return Verdict(
-            Outcome.WAIT, f"{figures.requests} requests, fewer than {spec.min_requests}", data
-        )
-    problems: list[str] = []
-    if figures.error_rate is not None and figures.error_rate > spec.max_error_rate:
-        problems.append(f"error rate {figures.error_rate:.4f} > {spec.max_error_rate}")
-    if figures.latency_p95_ms is not None and figures.latency_p95_ms > spec.max_latency_p95_ms:
-        problems.append(f"p95 {figures.latency_p95_ms:.1f} ms > {spec.max_latency_p95_ms} ms")
-    if (
-        spec.max_prediction_shift is not None
-        and figures.prediction_shift is not None
-        and figures.prediction_shift > spec.max_prediction_shift
-    ):
-        problems.append(
-            f"prediction shift (PSI) {figures.prediction_shift:.3f} > {spec.max_prediction_shift}"
-        )
-    summary = _summary(figures)
-    if problems:
-        return Verdict(Outcome.FAIL, "; ".join(problems) + f" [{summary}]", data)
-    return Verdict(Outcome.PASS, summary, data)
-
-
-def _summary(figures: Figures) -> str:
-    parts = [f"{figures.requests} requests"]
-    if figures.error_rate is not None:
-        parts.append(f"error rate {figures.error_rate:.4f}")
-    if figures.latency_p95_ms is not None:
-        parts.append(f"p95 {figures.latency_p95_ms:.1f} ms")
-    if figures.prediction_shift is not None:
-        parts.append(f"PSI {figures.prediction_shift:.3f}")
+def _summary(window: Window) -> str:
+    canary = window.canary
+    parts = [f"{round(canary.requests)} requests"]
+    if canary.requests > 0 and "errorRate" not in window.overridden:
+        parts.append(f"{round(canary.errors)} errors")
+    if canary.classes:
+        parts.append(f"{round(canary.predictions)} predictions")
     return ", ".join(parts)
 
 

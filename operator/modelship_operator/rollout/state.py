@@ -17,33 +17,31 @@ Safety rules it enforces:
 - weights only rise step by step, or drop to 0 (rollback, lost readiness);
 - promotion only after the last step (weight 100) passed its analysis, or on the
   explicit `modelship.io/promote: now` annotation;
+- an inconclusive analysis (no data, too few samples, a failed query) holds the step,
+  never promotes and never counts as a failure; its window keeps growing;
+- `failureLimit` counts failed analyses in total over one rollout;
+- past `progressDeadlineSeconds` without progress beyond the schedule (pods not ready,
+  a step inconclusive after its warm-up and interval) the rollout rolls back;
+- `paused` stops the rollout's clock: the deadline does not run while paused;
 - every path ends with exactly one version serving 100%.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from modelship_operator.api import RolloutSpec
+from modelship_operator.rollout.gates import Outcome, Verdict
+
+__all__ = [
+    "ABORT_ANNOTATION", "DEADLINE_REASON", "PROMOTE_ANNOTATION", "Canary", "LastRollout",
+    "Observed", "Outcome", "RolloutState", "Step", "Verdict", "advance", "analysis_due",
+    "deadline_at",
+]
 
 PROMOTE_ANNOTATION = "modelship.io/promote"
 ABORT_ANNOTATION = "modelship.io/abort"
-
-
-class Outcome(enum.Enum):
-    PASS = "Pass"
-    FAIL = "Fail"
-    WAIT = "Wait"  # too few requests to judge: the step waits
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What an analysis concluded, with the figures that decided it."""
-
-    outcome: Outcome
-    message: str
-    figures: dict[str, float | int | None] = field(default_factory=dict)
+DEADLINE_REASON = "ProgressDeadlineExceeded"
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,9 @@ class Canary:
     step: int = 0  # index into spec.rollout.steps of the current (or next) weight
     failed_analyses: int = 0
     step_started_at: float | None = None  # epoch seconds when the current weight was set
+    progress_at: float | None = None  # last progress; the deadline counts from here
+    paused_at: float | None = None  # when spec.rollout.paused stopped the clock
+    held_since: float | None = None  # since when the step's analysis is inconclusive
 
 
 @dataclass(frozen=True)
@@ -103,17 +104,31 @@ class Step:
 
 
 def analysis_due(state: RolloutState, spec: RolloutSpec, now: float) -> bool:
-    """True when the current step has run its interval and must be judged."""
+    """True when the current step has run its warm-up and interval and must be judged."""
     canary = state.canary
     if canary is None or canary.weight == 0 or canary.step_started_at is None:
         return False
-    return now - canary.step_started_at >= spec.interval_seconds
+    return now - canary.step_started_at >= spec.warmup_seconds + spec.interval_seconds
 
 
-def _rollback(state: RolloutState, reason: str, outcome: str = "RolledBack") -> Step:
+def deadline_at(canary: Canary, spec: RolloutSpec) -> float | None:
+    """When the rollout rolls back unless it progresses; None while paused or unknown.
+
+    The deadline counts from the last progress plus what the schedule asks before the
+    next one: nothing while pods become ready, the warm-up and interval of a step.
+    """
+    if canary.paused_at is not None or canary.progress_at is None:
+        return None
+    scheduled = spec.warmup_seconds + spec.interval_seconds if canary.weight > 0 else 0.0
+    return canary.progress_at + scheduled + spec.progress_deadline_seconds
+
+
+def _rollback(
+    state: RolloutState, reason: str, outcome: str = "RolledBack", event: str | None = None
+) -> Step:
     assert state.canary is not None
     version = state.canary.version
-    event = "RolledBack" if outcome == "RolledBack" else "Aborted"
+    event = event or ("RolledBack" if outcome == "RolledBack" else "Aborted")
     return Step(
         RolloutState(state.stable, None, LastRollout(version, outcome, reason)),
         ((event, f"version {version}: {reason}; 100% back to version {state.stable}", True),),
@@ -127,6 +142,25 @@ def _promote(state: RolloutState, reason: str) -> Step:
         RolloutState(version, None, LastRollout(version, "Promoted", reason)),
         (("Promoted", f"version {version} promoted ({reason}); was {state.stable}", False),),
     )
+
+
+def _new_canary(target: str, now: float) -> Canary:
+    return Canary(version=target, progress_at=now)
+
+
+def _hold(state: RolloutState, spec: RolloutSpec, now: float, why: str) -> Step:
+    """Nothing to do this pass: roll back if the deadline has passed, else keep the state."""
+    canary = state.canary
+    assert canary is not None
+    due = deadline_at(canary, spec)
+    if due is not None and now > due:
+        return _rollback(
+            state,
+            f"{DEADLINE_REASON}: no progress within progressDeadlineSeconds "
+            f"{spec.progress_deadline_seconds} ({why})",
+            event=DEADLINE_REASON,
+        )
+    return Step(state)
 
 
 def advance(
@@ -153,7 +187,7 @@ def advance(
             "Aborted",
         ):
             return Step(state)  # a version that was rolled back waits for a new spec
-        started = RolloutState(state.stable, Canary(version=target), state.last)
+        started = RolloutState(state.stable, _new_canary(target, now), state.last)
         return Step(
             started,
             (("CanaryStarted", f"canary of version {target} against {state.stable}", False),),
@@ -163,7 +197,7 @@ def advance(
     if target == state.stable:
         return _rollback(state, "spec reverted to the stable version", "Aborted")
     if target != canary.version:
-        restarted = RolloutState(state.stable, Canary(version=target), state.last)
+        restarted = RolloutState(state.stable, _new_canary(target, now), state.last)
         return Step(
             restarted,
             (
@@ -176,44 +210,89 @@ def advance(
         )
     if observed.abort:
         return _rollback(state, f"{ABORT_ANNOTATION} annotation")
+
+    # Bookkeeping of the clock: a status written before it had one, a pause that ended.
+    events: list[tuple[str, str, bool]] = []
+    if canary.progress_at is None:
+        canary = replace(canary, progress_at=canary.step_started_at or now)
+    if canary.paused_at is not None and not spec.paused:
+        pause = max(0.0, now - canary.paused_at)
+        assert canary.progress_at is not None
+        canary = replace(
+            canary,
+            paused_at=None,
+            progress_at=canary.progress_at + pause,
+            held_since=None if canary.held_since is None else canary.held_since + pause,
+        )
+        events.append(("RolloutResumed", f"version {canary.version}: rollout resumed", False))
+    state = replace(state, canary=canary)
+
+    def done(step: Step) -> Step:
+        return Step(step.state, (*events, *step.events)) if events else step
+
     if not observed.canary_serving:
         if canary.weight > 0:
             failed = canary.failed_analyses + 1
-            lost = replace(canary, weight=0, failed_analyses=failed, step_started_at=None)
+            lost = replace(
+                canary, weight=0, failed_analyses=failed, step_started_at=None,
+                progress_at=now, held_since=None,
+            )
             if failed >= spec.analysis.failure_limit:
-                return _rollback(state, "canary pods stopped being ready")
-            return Step(
+                return done(_rollback(state, "canary pods stopped being ready"))
+            return done(Step(
                 replace(state, canary=lost),
                 (("CanaryNotReady", f"version {canary.version}: pods not ready, weight 0", True),),
-            )
-        return Step(state)  # wait for the canary's pods; no traffic until then
+            ))
+        return done(_hold(state, spec, now, "canary pods not ready"))
     if canary.weight == 0 and not observed.canary_ready:
-        return Step(state)  # the first weight waits for every pod the canary asks for
+        return done(_hold(state, spec, now, "canary pods not all ready"))
     if observed.promote_now:
-        return _promote(state, f"{PROMOTE_ANNOTATION} annotation")
+        return done(_promote(state, f"{PROMOTE_ANNOTATION} annotation"))
     if spec.paused:
-        return Step(state)
+        if canary.paused_at is None:
+            paused = replace(canary, paused_at=now)
+            return done(Step(
+                replace(state, canary=paused),
+                (("RolloutPaused", f"version {canary.version}: paused at {canary.weight}%",
+                  False),),
+            ))
+        return done(Step(state))
     if not observed.canary_ready:
         # Some pods serve, the rest are starting (the canary grew with its weight): hold
         # the weight and judge nothing until they are all ready.
-        return Step(state)
+        return done(_hold(state, spec, now, "canary pods not all ready"))
     if canary.weight == 0:
         weight = spec.steps[canary.step]
-        moved = replace(canary, weight=weight, step_started_at=now)
-        return Step(
+        moved = replace(canary, weight=weight, step_started_at=now, progress_at=now,
+                        held_since=None)
+        return done(Step(
             replace(state, canary=moved),
             (("CanaryWeight", f"version {canary.version}: weight {weight}%", False),),
-        )
+        ))
     if not analysis_due(state, spec, now) or verdict is None:
-        return Step(state)
-    if verdict.outcome is Outcome.WAIT:
-        return Step(state)
+        return done(_hold(state, spec, now, "step not yet analysed"))
+    if verdict.outcome is Outcome.INCONCLUSIVE:
+        held = _hold(state, spec, now, f"analysis inconclusive: {verdict.message}")
+        if held.state.canary is None or canary.held_since is not None:
+            return done(held)
+        return done(Step(
+            replace(state, canary=replace(canary, held_since=now)),
+            (
+                (
+                    "AnalysisInconclusive",
+                    f"version {canary.version} at {canary.weight}%: {verdict.message}; "
+                    "the step holds",
+                    True,
+                ),
+            ),
+        ))
     if verdict.outcome is Outcome.FAIL:
         failed = canary.failed_analyses + 1
         if failed >= spec.analysis.failure_limit:
-            return _rollback(state, f"analysis failed {failed} times: {verdict.message}")
-        again = replace(canary, failed_analyses=failed, step_started_at=now)
-        return Step(
+            return done(_rollback(state, f"analysis failed {failed} times: {verdict.message}"))
+        again = replace(canary, failed_analyses=failed, step_started_at=now, progress_at=now,
+                        held_since=None)
+        return done(Step(
             replace(state, canary=again),
             (
                 (
@@ -223,14 +302,15 @@ def advance(
                     True,
                 ),
             ),
-        )
+        ))
     # Passed.
     if canary.step + 1 >= len(spec.steps):
-        return _promote(state, f"every step passed; last: {verdict.message}")
+        return done(_promote(state, f"every step passed; last: {verdict.message}"))
     step = canary.step + 1
     weight = spec.steps[step]
-    moved = replace(canary, step=step, weight=weight, step_started_at=now)
-    return Step(
+    moved = replace(canary, step=step, weight=weight, step_started_at=now, progress_at=now,
+                    held_since=None)
+    return done(Step(
         replace(state, canary=moved),
         (
             (
@@ -239,4 +319,4 @@ def advance(
                 False,
             ),
         ),
-    )
+    ))
