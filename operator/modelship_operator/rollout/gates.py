@@ -122,24 +122,73 @@ def _wilson(successes: float, n: float, z: float) -> tuple[float, float]:
     return max(0.0, lower), min(1.0, upper)
 
 
+EXACT_COUNT_LIMIT = 400  # up to this many events on the smaller side, exact bounds
+
+
+def _binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (k small, see callers)."""
+    if k <= 0 or p >= 1.0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    log_q = math.log1p(-p)
+    log_ratio = math.log(p) - log_q
+    term = n * log_q  # log P(X = 0)
+    total = term
+    for j in range(k - 1):
+        term += math.log((n - j) / (j + 1)) + log_ratio
+        high, low = (total, term) if total > term else (term, total)
+        total = high + math.log1p(math.exp(low - high))
+    return max(0.0, 1.0 - math.exp(total))
+
+
+def _solve(f: object, lo: float, hi: float) -> float:
+    """The root of an increasing `f` on [lo, hi] by bisection (to ~1e-12)."""
+    assert callable(f)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _bounds(successes: float, n: float, confidence: float) -> tuple[float, float]:
+    """One-sided bounds at `confidence`: exact (Clopper-Pearson) at small counts, Wilson
+    with continuity correction beyond (where the two agree to a small fraction)."""
+    k, total = round(successes), round(n)
+    if total <= 0:
+        return 0.0, 1.0
+    k = min(max(k, 0), total)
+    if min(k, total - k) > EXACT_COUNT_LIMIT:
+        return _wilson(k, total, z_value(confidence))
+    alpha = 1.0 - confidence
+    lower = 0.0 if k == 0 else _solve(
+        lambda p: _binomial_tail(k, total, p) - alpha, 0.0, k / total)
+    upper = 1.0 if k == total else _solve(
+        lambda p: alpha - (1.0 - _binomial_tail(k + 1, total, p)), k / total, 1.0)
+    return lower, upper
+
+
 def wilson_lower(successes: float, n: float, confidence: float) -> float:
-    """One-sided Wilson score lower bound of a binomial share at `confidence`."""
-    return _wilson(successes, n, z_value(confidence))[0]
+    """One-sided lower bound of a binomial share at `confidence` (see `_bounds`)."""
+    return _bounds(successes, n, confidence)[0]
 
 
 def wilson_upper(successes: float, n: float, confidence: float) -> float:
-    """One-sided Wilson score upper bound of a binomial share at `confidence`."""
-    return _wilson(successes, n, z_value(confidence))[1]
+    """One-sided upper bound of a binomial share at `confidence` (see `_bounds`)."""
+    return _bounds(successes, n, confidence)[1]
 
 
 def difference_lower(
     e1: float, n1: float, e2: float, n2: float, confidence: float
 ) -> float:
-    """Newcombe's (hybrid Wilson) lower bound of p1 - p2 at one-sided `confidence`."""
-    z = z_value(confidence)
+    """Newcombe's hybrid lower bound of p1 - p2 at one-sided `confidence`, from the
+    single-share bounds of `_bounds`."""
     p1, p2 = e1 / n1, e2 / n2
-    l1, _ = _wilson(e1, n1, z)
-    _, u2 = _wilson(e2, n2, z)
+    l1, _ = _bounds(e1, n1, confidence)
+    _, u2 = _bounds(e2, n2, confidence)
     return p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
 
 
