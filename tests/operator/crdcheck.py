@@ -80,7 +80,11 @@ class CRDChecker:
     @classmethod
     def from_crd(cls, crd: dict[str, Any], version: str = "v1alpha1") -> CRDChecker:
         (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-        schema = served["schema"]["openAPIV3Schema"]
+        return cls.from_schema(served["schema"]["openAPIV3Schema"], top=True)
+
+    @classmethod
+    def from_schema(cls, schema: dict[str, Any], top: bool = False) -> CRDChecker:
+        """Checks of values of one schema node; `top` for a resource's root schema."""
         checker = cls(schema=schema)
         env = celpy.Environment()
         for path, node in _walk_schema(schema, ""):
@@ -89,7 +93,7 @@ class CRDChecker:
                 program = env.program(env.compile(rule.rule))
                 checker.rules.append(rule)
                 checker._programs[(path, rule.rule)] = _Compiled(rule, program)
-        structural = _to_jsonschema(schema, top=True)
+        structural = _to_jsonschema(schema, top=top)
         Draft4Validator.check_schema(structural)
         checker._validator = _Validator(structural)
         return checker
@@ -101,7 +105,15 @@ class CRDChecker:
 
     def check(self, obj: dict[str, Any]) -> list[Problem]:
         """Every reason the API server would reject `obj`; empty when it would admit it."""
-        stored = self.defaulted(obj)
+        return self.check_as_is(self.defaulted(obj))
+
+    def check_as_is(self, stored: Any) -> list[Problem]:
+        """Every reason the schema refuses `stored` as given: no pruning, no defaulting.
+
+        This is what the API server runs on each `default` of a CRD it is given
+        (defaulting/validation.go): the value must pass the OpenAPI schema of its node and,
+        when it does, every CEL rule at that node and below, nested defaults not applied.
+        """
         problems = [_problem(e) for e in self._validator.iter_errors(stored)]
         problems += _list_map_problems(self.schema, stored, "")
         broken = {p.path for p in problems}
