@@ -217,7 +217,8 @@ def _crd_level(crd: dict[str, Any]) -> list[Finding]:
     names = spec.get("names") or {}
     if "." not in group:
         found.append(Finding("crd", "spec.group", "should be a domain with at least one dot"))
-    for key in ("plural", "singular", "kind", "listKind"):
+    # singular and listKind are defaulted (apiextensions/v1 defaults.go) before validation
+    for key in ("plural", "kind"):
         if not names.get(key):
             found.append(Finding("crd", f"spec.names.{key}", "Required value"))
     if names.get("kind") and names.get("kind") == names.get("listKind"):
@@ -863,14 +864,18 @@ def _value_validation(
         found += _nested(node["not"], False, f"{path}.not")
     pattern = node.get("pattern")
     if pattern:
+        options = re2.Options()
+        options.log_errors = False
         try:
-            re2.compile(pattern)
+            re2.compile(pattern, options)
         except Exception as error:
+            reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) \
+                else str(error)
             found.append(
                 Finding(
                     "structural",
                     f"{path}.pattern",
-                    f"must be a valid regular expression, but isn't: {error}",
+                    f"must be a valid regular expression, but isn't: {reason}",
                 )
             )
     return found
@@ -1028,7 +1033,7 @@ def _check_default(node: dict[str, Any], path: str) -> list[Finding]:
     return found
 
 
-_NO_SUCH_KEY = re.compile(r"no such member in mapping: '([^']*)'")
+_NO_SUCH_KEY = re.compile(r"no such member in mapping: \\?'([^'\\]*)")
 
 
 def _default_message(problem: Problem) -> str:
@@ -1042,7 +1047,8 @@ def _default_message(problem: Problem) -> str:
         text = problem.message
     else:
         text = f"failed rule {rule.rule!r}: {problem.message or 'false'}"
-    where = f"the rule at {rule.path}" if rule.path else "the rule of this node"
+    where = f"the rule at {rule.path.replace('[]', '[*]')!r} below this node" if rule.path \
+        else "the rule of this node"
     return (
         f"Invalid value: {text} ({where}, evaluated on the default as given: "
         f"nested defaults are not applied to it)"
@@ -1809,7 +1815,7 @@ def _rules(schema: dict[str, Any], path: str) -> tuple[list[RuleCost], list[Find
                     findings.append(Finding("cel", rpath, f"compilation failed: {error}"))
                     continue
                 except Exception as error:
-                    findings.append(Finding("cel", rpath, f"compilation failed: {error}"))
+                    findings.append(Finding("cel", rpath, f"compilation failed: {_syntax(error)}"))
                     continue
                 analyzer = _Analyzer(rpath, decl)
                 info = analyzer.run(expr)
@@ -1825,6 +1831,14 @@ def _rules(schema: dict[str, Any], path: str) -> tuple[list[RuleCost], list[Find
     return costs, findings
 
 
+def _syntax(error: Exception) -> str:
+    """cel-python's parse error (the rule, then a caret) as one line."""
+    lines = str(error).splitlines()
+    if len(lines) >= 2 and "^" in lines[1]:
+        return f"syntax error at column {lines[1].index('^') + 1} of {lines[0].strip()!r}"
+    return " ".join(str(error).split()) or repr(error)
+
+
 def _cost_findings(costs: list[RuleCost], path: str) -> list[Finding]:
     found = [
         Finding(
@@ -1835,7 +1849,7 @@ def _cost_findings(costs: list[RuleCost], path: str) -> list[Finding]:
             f"simplifying the rule, or adding maxItems, maxProperties, and maxLength)",
         )
         for c in costs
-        if c.total > STATIC_ESTIMATED_COST_LIMIT
+        if c.total > STATIC_ESTIMATED_COST_LIMIT and c.cost < _UNKNOWN  # unknown: said already
     ]
     total = min(sum(c.total for c in costs), _UNKNOWN)
     if total > STATIC_ESTIMATED_CRD_COST_LIMIT:

@@ -62,7 +62,9 @@ def test_every_field_has_a_description(schema: dict[str, Any]) -> None:
     fields = _properties(schema, "")
     assert len(fields) > 90
     missing = [path for path, node in fields if not node.get("description", "").strip()]
-    assert missing == []
+    # The API server refuses a root metadata schema holding anything but its type and
+    # name/generateName restrictions, a description included (test_crd_structural.py).
+    assert missing == [".metadata"]
 
 
 def test_names_and_version(crd: dict[str, Any]) -> None:
