@@ -51,6 +51,8 @@ function it follows:
   the else branch the facts false of ``A``. ``has(self.a.b)`` itself reads ``self.a``.
   Fields that are only defaulted are not flagged: on a stored object they are there, and
   where they are not (inside a CRD default) the ``default`` check evaluates the rule.
+  Not covered: list indices out of range, and reads through a ``nullable`` field holding
+  null (has() is true of a null).
 - ``cost``: the server refuses a rule whose estimated cost, times the number of times it
   can run, exceeds StaticEstimatedCostLimit (10,000,000), and a CRD whose rules together
   exceed StaticEstimatedCRDCostLimit (100,000,000) (validation.go, getExpressionCost and
@@ -1134,7 +1136,8 @@ def _string_decl(node: dict[str, Any]) -> _Decl:
     if "maxLength" in node:
         return _Decl("string", 2, max(node["maxLength"], 0) * 4)
     if node.get("enum"):
-        return _Decl("string", 2, max(len(e) for e in node["enum"] if isinstance(e, str)))
+        longest = max((len(e.encode()) for e in node["enum"] if isinstance(e, str)), default=0)
+        return _Decl("string", 2, longest)
     return _Decl("string", 2, MAX_REQUEST_SIZE_BYTES - 2)
 
 
