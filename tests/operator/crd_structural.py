@@ -1618,7 +1618,10 @@ class _Analyzer:
         else:
             var = _Info(1, path=(expr.var,))
         inner = {**env, expr.var: var}
-        bodies = [self.walk(a, inner, facts) for a in expr.args]
+        facts = frozenset(f for f in facts if f[0] != expr.var)  # the variable shadows
+        bodies = [self.walk(expr.args[0], inner, facts)]
+        if len(expr.args) == 2:  # map(x, p, f): f runs only where p holds
+            bodies.append(self.walk(expr.args[1], inner, facts | self.facts(expr.args[0])[0]))
         count = rng.size
         macro = expr.name
         if macro == "all":  # init true; cond @not_strictly_false(r); step r && p; result r

@@ -452,10 +452,14 @@ def test_each_check_fails_its_broken_crd_and_passes_the_mended_one(
     "has(self.x) ? self.x != '' : true",
     "!(has(self.x) && has(self.y)) || self.x != self.y",
     "(has(self.x) && has(self.y)) && self.x.startsWith(self.y)",
+    "self.l.map(i, has(i.a), i.a).all(a, a > 0)",
+    "self.l.all(i, has(i.a) && i.a > 0) && self.l.all(i, !has(i.a) || i.a < 9)",
 ])
 def test_guards_the_lint_accepts(rule: str) -> None:
-    crd = _crd({"x": {"type": "string", "maxLength": 8}, "y": {"type": "string", "maxLength": 8}},
-               spec={"x-kubernetes-validations": _rule(rule)})
+    items = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    crd = _crd({"x": {"type": "string", "maxLength": 8}, "y": {"type": "string", "maxLength": 8},
+                "l": {"type": "array", "maxItems": 8, "items": items}},
+               spec={"required": ["l"], "x-kubernetes-validations": _rule(rule)})
     assert check_crd(crd) == []
 
 
