@@ -308,7 +308,7 @@ def _is_zero(key: str, value: Any) -> bool:
     if key in _BOOL_KEYWORDS:
         return value is False
     if key in _STRING_KEYWORDS:
-        return value == ""
+        return bool(value == "")
     return value is None
 
 
@@ -1322,7 +1322,7 @@ def _ast(tree: Any) -> _Expr:
     if data == "map_lit":
         pairs = [_ast(c) for c in ch[0].children] if ch else []
         return _Expr("map", args=pairs)
-    if data == "literal":
+    if data == "literal" and isinstance(ch[0], Token):
         return _literal(ch[0])
     raise _Unsupported(f"{data} is not supported here")
 
@@ -1741,17 +1741,17 @@ class _Analyzer:
         if name == "split":
             return max(1, _factor(first, 0.2)), first, "list"
         if name == "join" and target is not None:
-            elem = target.elem.size if target.elem else _UNKNOWN
+            item_size = target.elem.size if target.elem else _UNKNOWN
             sep = args[0].size if args else 0
-            total = _sat_add(_sat_mul(target.size, elem), _sat_mul(sep, target.size))
+            total = _sat_add(_sat_mul(target.size, item_size), _sat_mul(sep, target.size))
             return max(1, _factor(total, 0.1)), total, "string"
         if (
             name in ("isSorted", "sum", "max", "min", "indexOf", "lastIndexOf")
             and target is not None
         ):
             if target.kind == "list":
-                elem = target.elem
-                per = 1 + (_factor(elem.size, 0.1) if elem and elem.kind in text_kinds else 0)
+                item = target.elem
+                per = 1 + (_factor(item.size, 0.1) if item and item.kind in text_kinds else 0)
                 return max(1, _sat_mul(target.size, per)), 1, "dyn"
             return max(1, _factor(target.size, 0.1)), 1, "int"
         if name in _CONVERSIONS:
