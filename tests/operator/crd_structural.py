@@ -68,28 +68,32 @@ rebuilt over cel-python's parse tree, with the same constants:
   longest enum value, else 3 MiB - 2 (the request limit); a list's is maxItems, else
   (3 MiB - 2) / (minimum serialized item size + 1); a map's maxProperties, else
   (3 MiB - 2) / (minimum serialized value size + 6); int-or-string like a string;
-  formats byte, duration, date and date-time as the server sizes them;
+  formats byte, duration, date and date-time as the server sizes them; a scalar or object
+  reached through the schema has size 0 (its type's MaxElements), one computed has 1;
 - costs: 1 per identifier and field select, 0 per literal, 10 per list and 30 per map
   literal, 0 for has() (Kubernetes turns cel-go's presence-test cost off), 1 per call
   plus its arguments, and the size-dependent calls as cel-go and Kubernetes price them
   (string traversal 0.1 per byte, regex 0.25 per pattern byte: matches costs
-  ceil(0.1 (len+1)) x ceil(0.25 len(pattern)), ``in`` on a list its size, ``+`` on strings
-  0.1 per byte of the result, ...); a comprehension (all, exists, exists_one, map,
-  filter) costs its range, init and result plus range size x (loop condition + step),
-  with the macros expanded exactly as cel-go's parser expands them;
+  ceil(0.1 (len+1)) x ceil(0.25 len(pattern)); == costs 0.1 per byte of the smaller side;
+  ``in`` on a list its size; ``+`` on strings 0.1 per byte of the result; the Kubernetes
+  library's string, list, regex, quantity, URL, IP and format functions by their own
+  formulas); a comprehension (all, exists, exists_one, map, filter) costs its range,
+  init and result plus range size x (loop condition + step), with the macros expanded
+  exactly as cel-go's parser expands them;
 - a rule's total is that cost times its cardinality: the product of maxItems /
   maxProperties of the lists and maps above its node, or, when one of them is unbounded,
   3 MiB / (minimum serialized size of the node + 1).
 
-Where this model cannot be exact it errs upwards, so a rule it accepts the server accepts:
-a scalar counts size 1 where the server's path estimate says 0; comparisons cost at least
-1; string conversions and the library calls it does not price one by one cost
-10 + 0.1 per byte of their arguments; an object counts size 1; a call this module does not
-know is reported as a problem, not guessed. It agrees with the server on map keys (size
-0, as the server's estimate gives them). It does not model the optional-field syntax
-(``self.?field``), which cel-python's parser does not accept (such a rule is reported as
-not parsing), nor cel-go's type checking beyond field names; ``oldSelf`` rules are checked
-for placement, not evaluated on defaults.
+The model is checked against the server's own expectations: the 55 cases of Kubernetes'
+TestCostEstimation (apiextensions-apiserver pkg/apiserver/schema/cel/compilation_test.go),
+each with and without size limits, are in test_crd_structural.py, and this module gives
+exactly the server's cost for every one. Where it cannot know what the server knows it
+errs upwards, so that a rule it accepts the server accepts: where cel-go would pick an
+overload by a type this module does not infer (an int-or-string operand), it takes the
+dearest; a call it does not know is reported as a problem, not guessed. It does not model
+the optional-field syntax (``self.?field``), which cel-python's parser does not accept
+(such a rule is reported as not parsing), nor cel-go's type checking beyond field names;
+``oldSelf`` rules are checked for placement, not evaluated on defaults.
 """
 
 from __future__ import annotations
@@ -200,6 +204,13 @@ def check_schema(
     findings += _cost_findings(costs, path)
     findings += _defaults(schema, path, top=True)
     return findings
+
+
+def estimate_cost(node: dict[str, Any], rule: str) -> int:
+    """The estimated cost of one evaluation of `rule` with `self` bound to `node` (not a
+    resource root): what the server's cel.Compile reports as MaxCost."""
+    analyzer = _Analyzer("rule", _decl(node))
+    return analyzer.run(_parse(rule)).cost
 
 
 def rule_costs(schema: dict[str, Any], path: str = "openAPIV3Schema") -> list[RuleCost]:
@@ -1293,7 +1304,11 @@ def _ast(tree: Any) -> _Expr:
         operator, rhs = ch
         return _Expr("call", _BINARY[operator.data], [_ast(operator.children[0]), _ast(rhs)])
     if data == "unary":
-        return _Expr("call", "!_" if ch[0].data == "unary_not" else "-_", [_ast(ch[1])])
+        operand = _ast(ch[1])
+        if ch[0].data == "unary_neg" and operand.op == "lit" and operand.kind in ("int", "double"):
+            # cel-go's parser folds a negated number into one literal
+            return _Expr("lit", value=-operand.value, kind=operand.kind)
+        return _Expr("call", "!_" if ch[0].data == "unary_not" else "-_", [operand])
     if data == "member_dot":
         return _Expr("select", str(ch[1]), target=_ast(ch[0]))
     if data == "member_dot_arg":
@@ -1400,18 +1415,27 @@ def _factor(size: int, factor: float) -> int:
     return min(math.ceil(size * factor), _UNKNOWN)
 
 
+_SCALARS = {"bool", "int", "uint", "double", "duration", "timestamp", "null"}
+
+
+def _type_size(kind: str) -> int:
+    """cel-go's computeTypeSize: 1 for a scalar, unknown for anything else."""
+    return 1 if kind in _SCALARS else _UNKNOWN
+
+
 def _from_decl(decl: _Decl | None, path: tuple[str, ...] | None, cost: int) -> _Info:
+    """A value reached through the schema: its size is the server's sizeEstimator's,
+    the MaxElements of its type (0 for scalars and objects, which have none)."""
     if decl is None:
         return _Info(cost, path=path)
-    # scalars and objects: the server says 0 or 1; 1 is the larger
-    sized = decl.kind in ("string", "bytes", "list", "map", "dyn")
-    size = decl.max_elements if sized else 1
+    size = decl.max_elements
     elem = None
     if decl.kind in ("list", "map"):
         elem = _from_decl(decl.elem, None, 0)
     return _Info(cost, size, decl.kind, decl, path, elem)
 
 
+_NAMESPACES = {"format", "strings", "math", "optional", "base64", "sets", "lists"}
 _CONVERSIONS = {
     "int",
     "uint",
@@ -1424,15 +1448,19 @@ _CONVERSIONS = {
     "duration",
     "timestamp",
 }
-_SMALL_LIBRARY = {
+# library/cost.go: parsers cost 0.1 per byte of their argument
+_PARSERS = {
     "url", "isURL", "quantity", "isQuantity", "ip", "isIP", "cidr", "isCIDR", "semver",
-    "isSemver", "getScheme", "getHost", "getHostname", "getPort", "getEscapedPath", "getQuery",
-    "sign", "asInteger", "isInteger", "asApproximateFloat", "isGreaterThan", "isLessThan",
-    "compareTo", "add", "sub", "major", "minor", "patch", "masked", "prefixLength", "family",
+    "isSemver",
+}
+# library/cost.go and cel-go's default: 1 (plus arguments)
+_UNIT_COST = {
+    "getScheme", "getHost", "getHostname", "getPort", "getEscapedPath", "getQuery", "sign",
+    "asInteger", "isInteger", "asApproximateFloat", "isGreaterThan", "isLessThan", "compareTo",
+    "add", "sub", "major", "minor", "patch", "masked", "prefixLength", "family",
     "isUnspecified", "isLoopback", "isLinkLocalMulticast", "isLinkLocalUnicast",
-    "isGlobalUnicast", "containsIP", "containsCIDR", "charAt", "getDate", "getDayOfMonth",
-    "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours", "getMilliseconds", "getMinutes",
-    "getMonth", "getSeconds", "format", "quote", "reverse",
+    "isGlobalUnicast", "charAt", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear",
+    "getFullYear", "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds",
 }
 
 
@@ -1548,7 +1576,11 @@ class _Analyzer:
             path = None if operand.path is None else (*operand.path, expr.name)
             self._read(operand, expr.name, facts, path, self._shown(expr.target))
             sub = self._child_decl(operand, expr.name)
-            return _from_decl(sub, path, _sat_add(operand.cost, 1))
+            info = _from_decl(sub, path, _sat_add(operand.cost, 1))
+            if operand.decl is not None and operand.decl.kind == "map":
+                # the server's sizeEstimator finds no field of a map: size by type
+                info.size = _type_size(info.kind)
+            return info
         if op == "has":
             assert expr.target is not None
             operand = self.walk(expr.target, env, facts)
@@ -1659,6 +1691,11 @@ class _Analyzer:
             return _Info(_sat_add(cond.cost, max(a.cost, b.cost)), max(a.size, b.size), kind, decl)
         if name == "_[_]":
             return self._index(expr, env, facts)
+        if expr.target is not None and expr.target.op == "ident" \
+                and expr.target.name not in env and expr.target.name in _NAMESPACES:
+            # a namespaced function such as format.dns1123Label(), not a member call
+            expr = _Expr("call", f"{expr.target.name}.{name}", expr.args)
+            name = expr.name
         target = self.walk(expr.target, env, facts) if expr.target is not None else None
         args = [self.walk(a, env, facts) for a in expr.args]
         base = _sat_add(target.cost if target else 0, *(a.cost for a in args))
@@ -1690,31 +1727,33 @@ class _Analyzer:
     def _function(
         self, name: str, target: _Info | None, args: list[_Info], operands: list[_Info]
     ) -> tuple[int | None, int, str]:
-        """(the call's own cost, result size, result kind) as cel-go/Kubernetes price it."""
+        """(the call's own cost, result size, result kind) as cel-go's checker/cost.go and
+        Kubernetes' library/cost.go price it; where the overload depends on a type this
+        module does not know (dyn), the dearest overload."""
         sizes = [o.size for o in operands]
         first = sizes[0] if sizes else 0
         second = sizes[1] if len(sizes) > 1 else 0
         kinds = [o.kind for o in operands]
-        text_kinds = {"string", "bytes", "dyn"}
+        text = {"string", "bytes"}
         if name in ("_==_", "_!=_"):
-            return max(1, _factor(min(first, second), 0.1)), 1, "bool"
+            return _factor(min(first, second), 0.1), 1, "bool"
         if name in ("_<_", "_<=_", "_>_", "_>=_"):
-            if kinds and kinds[0] in text_kinds:
+            if kinds[0] in text:
+                return _factor(min(first, second), 0.1), 1, "bool"
+            if kinds[0] == "dyn" or kinds[1] == "dyn":
                 return max(1, _factor(min(first, second), 0.1)), 1, "bool"
             return 1, 1, "bool"
         if name == "@in":
-            rhs = operands[1]
-            if rhs.kind == "map":
+            if kinds[1] == "map":
                 return 1, 1, "bool"
-            return max(1, second), 1, "bool"
+            return second, 1, "bool"  # in_list: the list's size
         if name == "_+_":
-            if kinds[0] in ("string", "bytes") or kinds[1] in ("string", "bytes"):
-                total = _sat_add(first, second)
-                return max(1, _factor(total, 0.1)), total, kinds[0]
+            total = _sat_add(first, second)
+            if kinds[0] in text or kinds[1] in text:
+                return _factor(total, 0.1), total, kinds[0] if kinds[0] in text else kinds[1]
             if kinds[0] == "list" or kinds[1] == "list":
-                return 1, _sat_add(first, second), "list"
+                return 1, total, "list"
             if "dyn" in kinds[:2]:
-                total = _sat_add(first, second)
                 return max(1, _factor(total, 0.1)), total, "dyn"
             return 1, 1, kinds[0]
         if name in ("_-_", "_*_", "_/_", "_%_", "-_"):
@@ -1724,42 +1763,53 @@ class _Analyzer:
         if name == "size":
             return 1, 1, "int"
         if name in ("matches", "find", "findAll"):
-            text, pattern = (first, second)
-            cost = _sat_mul(_factor(_sat_add(text, 1), 0.1), _factor(pattern, 0.25))
-            kind = "bool" if name == "matches" else ("list" if name == "findAll" else "string")
-            return cost, text, kind
+            cost = _sat_mul(_factor(_sat_add(first, 1), 0.1), _factor(second, 0.25))
+            kind = {"matches": "bool", "find": "string", "findAll": "list"}[name]
+            return cost, (1 if name == "matches" else first), kind
         if name == "contains":
             return _sat_mul(_factor(first, 0.1), _factor(second, 0.1)), 1, "bool"
         if name in ("startsWith", "endsWith"):
-            return max(1, _factor(second, 0.1)), 1, "bool"
+            return _factor(second, 0.1), 1, "bool"
         if name in ("lowerAscii", "upperAscii", "substring", "trim"):
-            return max(1, _factor(first, 0.1)), first, "string"
-        if name == "replace":
-            repl = sizes[2] if len(sizes) > 2 else _UNKNOWN
-            size = _sat_add(_sat_mul(_sat_add(first, 1), max(repl, 1)), first)
-            return max(1, _factor(first, 0.2)), size, "string"
+            return _factor(first, 0.1), first, "string"
+        if name == "replace" and len(sizes) >= 3:
+            # library/cost.go: the estimate's minimum sizes are 0, so the replacement can
+            # happen size + 1 times and the result is (size + 1) x replacement + size
+            size = _sat_add(_sat_mul(_sat_add(first, 1), sizes[2]), first)
+            return _factor(first, 0.2), size, "string"
         if name == "split":
-            return max(1, _factor(first, 0.2)), first, "list"
+            return _factor(first, 0.2), first, "list"
         if name == "join" and target is not None:
             item_size = target.elem.size if target.elem else _UNKNOWN
-            sep = args[0].size if args else 0
-            total = _sat_add(_sat_mul(target.size, item_size), _sat_mul(sep, target.size))
-            return max(1, _factor(total, 0.1)), total, "string"
-        if (
-            name in ("isSorted", "sum", "max", "min", "indexOf", "lastIndexOf")
-            and target is not None
-        ):
+            total = _sat_mul(target.size, item_size)
+            if args:
+                total = _sat_add(total, _sat_mul(args[0].size, max(target.size, 1) - 1))
+            return _factor(total, 0.1), total, "string"
+        if name in ("isSorted", "sum", "max", "min", "indexOf", "lastIndexOf") and target:
             if target.kind == "list":
                 item = target.elem
-                per = 1 + (_factor(item.size, 0.1) if item and item.kind in text_kinds else 0)
-                return max(1, _sat_mul(target.size, per)), 1, "dyn"
-            return max(1, _factor(target.size, 0.1)), 1, "int"
+                per = 1 + (_factor(item.size, 0.1) if item and item.kind in text else 0)
+                return _sat_mul(target.size, per), 1, "dyn"
+            return _factor(target.size, 0.1), 1, "int"
         if name in _CONVERSIONS:
-            biggest = max(sizes, default=0)
-            return _sat_add(10, _factor(biggest, 0.1)), biggest, name if name != "dyn" else "dyn"
-        if name in _SMALL_LIBRARY:
-            biggest = max(sizes, default=0)
-            return _sat_add(10, _factor(biggest, 0.1)), biggest, "dyn"
+            # cel-go prices string<->bytes by size, every other conversion at 1
+            source = kinds[0] if kinds else ""
+            if name in ("bytes", "string") and source in ("string", "bytes", "dyn") \
+                    and source != name:
+                return _factor(first, 0.1), first, name
+            return 1, _type_size(name), name
+        if name in _PARSERS:  # library/cost.go: size x 0.1
+            return _factor(args[-1].size if args else first, 0.1), 1, "dyn"
+        if name in ("containsIP", "containsCIDR"):
+            cost = 4 if name == "containsIP" else 7
+            if kinds[-1] in ("string", "dyn"):
+                cost = _sat_add(cost, _factor(sizes[-1], 0.1))
+            return cost, 1, "bool"
+        if name == "validate" and target is not None and target.kind == "format":
+            # library/cost.go: size x 0.1, times MaxNameFormatRegexSize (128) x 0.25
+            return _factor(_factor(second, 0.1), 128 * 0.25), _UNKNOWN, "dyn"
+        if name.startswith("format.") or name in _UNIT_COST:  # 1, as cel-go's default
+            return 1, 1, "dyn" if not name.startswith("format.") else "format"
         return None, _UNKNOWN, "dyn"
 
 

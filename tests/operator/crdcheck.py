@@ -8,34 +8,33 @@ whether a ModelDeployment is admitted, in the server's order:
 2. the structural OpenAPI v3 schema is checked with ``jsonschema`` (draft 4 semantics, as
    OpenAPI 3.0's), mapping ``x-kubernetes-int-or-string``, ``nullable`` and
    ``x-kubernetes-preserve-unknown-fields``; unknown fields are errors, as with kubectl's
-   default ``--validate=strict``; ``pattern`` uses Go's regexp semantics for ``$``;
+   default ``--validate=strict``; ``pattern`` is matched by RE2, the syntax and semantics
+   of Go's regexp (``$`` is the end of the text);
    list-map keys must be unique;
 3. every ``x-kubernetes-validations`` rule is evaluated by the real CEL evaluator of
    ``cel-python``, with ``self`` bound to the node the rule sits on. A rule under a node
    that already failed the schema is not evaluated (its ``self`` would not be well
    typed); the server reports such a manifest invalid either way.
 
-What it does not do: CEL cost estimation, ``oldSelf`` transition rules, formats,
-``metadata`` beyond a name.
+What it does not do: CEL cost estimation (crd_structural.py checks the CRD itself),
+``oldSelf`` transition rules, formats, ``metadata`` beyond a name.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
 import jsonschema
+import re2
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 from jsonschema import Draft4Validator, validators
 from jsonschema.exceptions import ValidationError
-
-_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ def _go_pattern(
 ) -> Iterator[ValidationError]:
     """`pattern` as Go's regexp reads it: `$` is the end of the text, not of a line."""
     del validator, schema
-    if isinstance(instance, str) and not re.search(_DOLLAR.sub(r"\\Z", pattern), instance):
+    if isinstance(instance, str) and not re2.search(pattern, instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 

@@ -24,6 +24,7 @@ from crd_structural import (
     STATIC_ESTIMATED_CRD_COST_LIMIT,
     Finding,
     check_crd,
+    estimate_cost,
     rule_costs,
 )
 from crdcheck import CRDChecker
@@ -528,6 +529,169 @@ def test_cardinality_of_a_rule_under_a_list(items: Schema, cardinality: int) -> 
     crd = _crd({"l": node})
     (cost,) = rule_costs(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     assert (cost.cost, cost.cardinality) == (3, cardinality)
+
+
+# ------------------------------------------------------------------ the server's own figures
+#
+# Kubernetes tests its cost estimator with TestCostEstimation in apiextensions-apiserver's
+# pkg/apiserver/schema/cel/compilation_test.go: a schema generator, a rule, the MaxCost it
+# expects with no size limits, and the MaxCost with maxItems/maxProperties/maxLength set to
+# a given limit. The same schemas, written as OpenAPI, and the same figures.
+
+Generator = Callable[[int | None], Schema]
+
+
+def _limit(node: Schema, key: str, limit: int | None) -> Schema:
+    return node if limit is None else {**node, key: limit}
+
+
+def _item(kind: str) -> Schema:
+    if kind == "int-or-string":
+        return {"x-kubernetes-int-or-string": True}
+    if kind in ("duration", "date", "date-time"):
+        return {"type": "string", "format": kind}
+    return {"type": kind}
+
+
+def _list_of(item: Schema) -> Generator:
+    return lambda n: _limit({"type": "array", "items": item}, "maxItems", n)
+
+
+def _map_of(value: Schema) -> Generator:
+    return lambda n: _limit({"type": "object", "additionalProperties": value}, "maxProperties", n)
+
+
+def _string(**extra: Any) -> Generator:
+    return lambda n: _limit({"type": "string", **extra}, "maxLength", n)
+
+
+def _strings_map(n: int | None) -> Schema:
+    value = _limit({"type": "string"}, "maxLength", n)
+    return _limit({"type": "object", "additionalProperties": value}, "maxProperties", n)
+
+
+def _strings_list(n: int | None) -> Schema:
+    return _limit({"type": "array", "items": _limit({"type": "string"}, "maxLength", n)},
+                  "maxItems", n)
+
+
+def _replace_object(n: int | None) -> Schema:
+    return {"type": "object", "properties": {
+        "str": _limit({"type": "string"}, "maxLength", n),
+        "before": {"type": "string", "maxLength": 2},
+        "after": {"type": "string", "maxLength": 4}}}
+
+
+def _split_object(n: int | None) -> Schema:
+    text = _limit({"type": "string"}, "maxLength", n)
+    return {"type": "object", "properties": {"str": text, "separator": text}}
+
+
+_OBJECT_ITEM = {"type": "object", "required": ["required"],
+                "properties": {"required": {"type": "string"}, "optional": {"type": "string"}}}
+_NUMBERS = _list_of(_item("number"))
+_EACH = "self.all(x, true)"
+
+# (name, schema for a limit, rule, cost without limits, the limit, cost with it); None:
+# the server's test only wants the cost over the limit.
+K8S_COST_CASES: list[tuple[str, Generator, str, int | None, int, int]] = [
+    ("number array with all", _NUMBERS, _EACH, 4718591, 10, 32),
+    ("string array with all", _list_of(_item("string")), _EACH, 3145727, 20, 62),
+    ("boolean array with all", _list_of(_item("boolean")), _EACH, 1887437, 5, 17),
+    ("array of number arrays with all", _list_of({"type": "array", "items": _item("number")}),
+     _EACH, 3145727, 100, 302),
+    ("array of objects with all", _list_of(_OBJECT_ITEM), _EACH, 555128, 50, 152),
+    ("map of numbers with all", _map_of(_item("number")), _EACH, 1348169, 10, 32),
+    ("map of strings with all", _map_of(_item("string")), _EACH, 1179647, 3, 11),
+    ("map of booleans with all", _map_of(_item("boolean")), _EACH, 943718, 100, 302),
+    ("string with contains", _string(), "self.contains('test')", 314574, 10, 5),
+    ("string with startsWith", _string(), "self.startsWith('test')", 2, 15, 2),
+    ("string with endsWith", _string(), "self.endsWith('test')", 2, 30, 2),
+    ("concat string", _string(), 'size(self + "hello") > size("hello")', 314578, 4, 7),
+    ("index of array with numbers", _NUMBERS, "self[1] == 0.0", 2, 5000, 2),
+    ("index of array with strings", _list_of(_item("string")), "self[1] == self[1]",
+     314577, 8, 314577),
+    ("O(n^2) loop with numbers", _NUMBERS, "self.all(x, self.all(y, true))", None, 10, 352),
+    ("O(n^3) loop with numbers", _NUMBERS, "self.all(x, self.all(y, self.all(z, true)))",
+     None, 10, 3552),
+    ("regex matches simple", _string(), 'self.matches("x")', 314574, 50, 22),
+    ("regex matches empty string", _string(), '"".matches("(((((((((())))))))))[0-9]")',
+     7, 10, 7),
+    ("regex matches empty regex", _string(), 'self.matches("")', 1, 100, 1),
+    ("map of strings with value length", _strings_map, "self.all(x, x.contains(self[x]))",
+     2752507, 10, 72),
+    ("set array maxLength to zero", _NUMBERS, "self[3] == 0.0", 2, 0, 2),
+    ("set map maxLength to zero", _map_of(_item("number")), 'self["x"] == 0.0', 2, 0, 2),
+    ("set string maxLength to zero", _string(), 'self == "x"', 2, 0, 1),
+    ("set bytes maxLength to zero", _string(format="byte"), 'self == b"x"', 2, 0, 1),
+    ("set maxLength greater than estimated maxLength", _NUMBERS, "self.all(x, x == 0.0)",
+     6291454, 3 * 1024 * 2048, 25165826),
+    ("int-or-string array with all", _list_of(_item("int-or-string")), _EACH, 4718591, 10, 32),
+    ("index of array with int-or-strings", _list_of(_item("int-or-string")), "self[0] == 5",
+     3, 10, 3),
+    ("index of array with booleans", _list_of(_item("boolean")), "self[0] == false", 2, 25, 2),
+    ("index of array of objects", _list_of(_OBJECT_ITEM), "self[0] == null", 2, 422, 2),
+    ("index of array of array of numbers", _list_of({"type": "array", "items": _item("number")}),
+     "self[0][0] == -1.0", 3, 51, 3),
+    ("array of number maps with all", _list_of(_map_of(_item("number"))(None)),
+     "self.all(x, x.y == 25.2)", 6291452, 12, 74),
+    ("index of array of number maps", _list_of(_map_of(_item("number"))(None)),
+     "self[0].x > 2.0", 4, 3000, 4),
+    ("duration array with all", _list_of(_item("duration")), _EACH, 2359295, 5, 17),
+    ("index of duration array", _list_of(_item("duration")), "self[0].getHours() == 2",
+     4, 525, 4),
+    ("date array with all", _list_of(_item("date")), _EACH, 725936, 15, 47),
+    ("index of date array", _list_of(_item("date")), "self[2].getDayOfMonth() == 13",
+     4, 42, 4),
+    ("date-time array with all", _list_of(_item("date-time")), _EACH, 428963, 25, 77),
+    ("index of date-time array", _list_of(_item("date-time")), "self[2].getMinutes() == 45",
+     4, 99, 4),
+    ("map of int-or-strings with all", _map_of(_item("int-or-string")), _EACH,
+     1348169, 15, 47),
+    ("map of number maps with all", _map_of(_map_of(_item("number"))(None)), _EACH,
+     1179647, 10, 32),
+    ("map of number arrays with all", _map_of(_NUMBERS(None)), _EACH, 1179647, 25, 77),
+    ("map of durations with all", _map_of(_item("duration")), _EACH, 1048577, 5, 17),
+    ("map of dates with all", _map_of(_item("date")), _EACH, 524288, 10, 32),
+    ("map of date-times with all", _map_of(_item("date-time")), _EACH, 349526, 25, 77),
+    ("extended library regex find", _string(), "self.find('[0-9]+') == ''", 629147, 10, 11),
+    ("extended library join", _strings_list, "self.join(' ') == 'aa bb'",
+     329853068905, 10, 43),
+    ("extended library isSorted", _strings_list, "self.isSorted() == true",
+     329854432052, 10, 52),
+    ("extended library replace", _replace_object,
+     "self.str.replace(self.before, self.after) == 'does not matter'", 629154, 4, 12),
+    ("extended library split", _split_object, "self.str.split(self.separator) == []",
+     629160, 10, 22),
+    ("extended library lowerAscii", _string(), "self.lowerAscii() == 'lower!'",
+     314575, 10, 6),
+    ("check cost of size call", _map_of(_item("integer")), "oldSelf.size() == self.size()",
+     5, 10, 5),
+    ("check cost of timestamp comparison", _map_of(_item("date-time")),
+     'self["a"] == self["b"]', 8, 7, 8),
+    ("check cost of duration comparison", _map_of(_item("duration")),
+     'self["c"] == self["d"]', 8, 42, 8),
+    ("enums with maxLength equals to the longest possible value",
+     _string(enum=["A", "B", "C", "LongValue"]), "self.contains('A')", 2, 1000, 401),
+    ("IntOrString type with quantity rule",
+     lambda n: _limit({"x-kubernetes-int-or-string": True}, "maxLength", n),
+     "isQuantity(self)", 314574, 20, 9),
+]
+
+
+@pytest.mark.parametrize(("generate", "rule", "unbounded", "limit", "bounded"),
+                         [case[1:] for case in K8S_COST_CASES],
+                         ids=[case[0] for case in K8S_COST_CASES])
+def test_cost_equals_the_servers_own_expectation(
+    generate: Callable[[int | None], Schema], rule: str, unbounded: int | None, limit: int,
+    bounded: int,
+) -> None:
+    cost = estimate_cost(generate(None), rule)
+    if unbounded is None:
+        assert cost > STATIC_ESTIMATED_COST_LIMIT
+    else:
+        assert cost == unbounded
+    assert estimate_cost(generate(limit), rule) == bounded
 
 
 # ------------------------------------------------------------------ what we ship
