@@ -51,12 +51,18 @@ function it follows:
   the else branch the facts false of ``A``. ``has(self.a.b)`` itself reads ``self.a``.
   Fields that are only defaulted are not flagged: on a stored object they are there, and
   where they are not (inside a CRD default) the ``default`` check evaluates the rule.
-  Not covered: list indices out of range, and reads through a ``nullable`` field holding
-  null (has() is true of a null).
+  Not covered: list indices out of range, and reads through a ``nullable`` field that
+  holds null.
 - ``cost``: the server refuses a rule whose estimated cost, times the number of times it
   can run, exceeds StaticEstimatedCostLimit (10,000,000), and a CRD whose rules together
   exceed StaticEstimatedCRDCostLimit (100,000,000) (validation.go, getExpressionCost and
   TotalCost).
+- ``crd``: a few checks of ValidateCustomResourceDefinition outside the schema: the name
+  is plural.group, the group has a dot, one storage version, printer column types.
+
+The server stops at the first stage that fails (a schema that is not structural has its
+defaults and rules left unchecked); this module runs every stage, so that one run names
+every fault.
 
 How the cost is estimated, and how it relates to the server's. The server type-checks each
 rule with cel-go and runs cel-go's static estimator (checker/cost.go) with Kubernetes'

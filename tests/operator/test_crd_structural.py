@@ -711,7 +711,8 @@ def _shipped() -> dict[str, list[dict[str, Any]]]:
         text = path.read_text()
         if "CustomResourceDefinition" not in text:
             continue
-        docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when there
+        docs = [d for d in yaml.load_all(text, Loader=loader) if isinstance(d, dict)]
         crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
         if crds:
             found[rel] = crds
