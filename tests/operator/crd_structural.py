@@ -203,6 +203,9 @@ def check_schema(
     """Every finding on one version's openAPIV3Schema."""
     findings = _root_level(schema, path, status_subresource)
     findings += _openapi(schema, path, _Ctx())
+    if not _well_formed(schema):
+        # the later stages read the tree; the findings above already name what is wrong
+        return findings
     findings += _structural(schema, "root", path)
     findings += _completeness(schema, path)
     costs, rule_findings = _rules(schema, path)
@@ -217,6 +220,21 @@ def estimate_cost(node: dict[str, Any], rule: str) -> int:
     resource root): what the server's cel.Compile reports as MaxCost."""
     analyzer = _Analyzer("rule", _decl(node))
     return analyzer.run(_parse(rule)).cost
+
+
+def _well_formed(node: Any) -> bool:
+    """Every schema in the tree is a mapping, and every type a string."""
+    if not isinstance(node, dict) or not isinstance(node.get("type", ""), str):
+        return False
+    subs: list[Any] = list((node.get("properties") or {}).values())
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(key), dict) or (key == "not" and key in node):
+            subs.append(node[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        subs += list(node.get(key) or [])
+    if isinstance(node.get("items"), list):
+        subs += node["items"]
+    return all(_well_formed(sub) for sub in subs)
 
 
 def rule_costs(schema: dict[str, Any], path: str = "openAPIV3Schema") -> list[RuleCost]:
@@ -355,6 +373,9 @@ def _openapi(node: Any, path: str, ctx: _Ctx) -> list[Finding]:
     for key in sorted(set(node) - _KNOWN_KEYWORDS):
         add(Finding("openapi", f"{path}.{key}", "unknown field"))
     kind = node.get("type", "")
+    if not isinstance(kind, str):
+        add(Finding("openapi", f"{path}.type", "must be a string"))
+        kind = ""
     if kind == "null":
         add(
             Finding(

@@ -425,6 +425,15 @@ CASES: list[Case] = [
 ]
 
 
+@pytest.mark.parametrize(("props", "path", "fragment"), [
+    ({"x": "string"}, f"{SPEC}.properties[x]", "must be a schema object"),
+    ({"x": {"type": ["string", "null"]}}, f"{SPEC}.properties[x].type", "must be a string"),
+])
+def test_a_malformed_schema_is_named(props: Schema, path: str, fragment: str) -> None:
+    findings = check_crd(_crd(props))
+    assert _matching(findings, "openapi", path, fragment), findings
+
+
 def _matching(findings: list[Finding], check: str, path: str, fragment: str) -> list[Finding]:
     return [f for f in findings if f.check == check and f.path == path and fragment in f.message]
 
