@@ -8,34 +8,33 @@ whether a ModelDeployment is admitted, in the server's order:
 2. the structural OpenAPI v3 schema is checked with ``jsonschema`` (draft 4 semantics, as
    OpenAPI 3.0's), mapping ``x-kubernetes-int-or-string``, ``nullable`` and
    ``x-kubernetes-preserve-unknown-fields``; unknown fields are errors, as with kubectl's
-   default ``--validate=strict``; ``pattern`` uses Go's regexp semantics for ``$``;
+   default ``--validate=strict``; ``pattern`` is matched by RE2, the syntax and semantics
+   of Go's regexp (``$`` is the end of the text);
    list-map keys must be unique;
 3. every ``x-kubernetes-validations`` rule is evaluated by the real CEL evaluator of
    ``cel-python``, with ``self`` bound to the node the rule sits on. A rule under a node
    that already failed the schema is not evaluated (its ``self`` would not be well
    typed); the server reports such a manifest invalid either way.
 
-What it does not do: CEL cost estimation, ``oldSelf`` transition rules, formats,
-``metadata`` beyond a name.
+What it does not do: CEL cost estimation (crd_structural.py checks the CRD itself),
+``oldSelf`` transition rules, formats, ``metadata`` beyond a name.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
 import jsonschema
+import re2
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 from jsonschema import Draft4Validator, validators
 from jsonschema.exceptions import ValidationError
-
-_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,11 @@ class CRDChecker:
     @classmethod
     def from_crd(cls, crd: dict[str, Any], version: str = "v1alpha1") -> CRDChecker:
         (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-        schema = served["schema"]["openAPIV3Schema"]
+        return cls.from_schema(served["schema"]["openAPIV3Schema"], top=True)
+
+    @classmethod
+    def from_schema(cls, schema: dict[str, Any], top: bool = False) -> CRDChecker:
+        """Checks of values of one schema node; `top` for a resource's root schema."""
         checker = cls(schema=schema)
         env = celpy.Environment()
         for path, node in _walk_schema(schema, ""):
@@ -89,7 +92,7 @@ class CRDChecker:
                 program = env.program(env.compile(rule.rule))
                 checker.rules.append(rule)
                 checker._programs[(path, rule.rule)] = _Compiled(rule, program)
-        structural = _to_jsonschema(schema, top=True)
+        structural = _to_jsonschema(schema, top=top)
         Draft4Validator.check_schema(structural)
         checker._validator = _Validator(structural)
         return checker
@@ -101,7 +104,15 @@ class CRDChecker:
 
     def check(self, obj: dict[str, Any]) -> list[Problem]:
         """Every reason the API server would reject `obj`; empty when it would admit it."""
-        stored = self.defaulted(obj)
+        return self.check_as_is(self.defaulted(obj))
+
+    def check_as_is(self, stored: Any) -> list[Problem]:
+        """Every reason the schema refuses `stored` as given: no pruning, no defaulting.
+
+        This is what the API server runs on each `default` of a CRD it is given
+        (defaulting/validation.go): the value must pass the OpenAPI schema of its node and,
+        when it does, every CEL rule at that node and below, nested defaults not applied.
+        """
         problems = [_problem(e) for e in self._validator.iter_errors(stored)]
         problems += _list_map_problems(self.schema, stored, "")
         broken = {p.path for p in problems}
@@ -233,7 +244,7 @@ def _go_pattern(
 ) -> Iterator[ValidationError]:
     """`pattern` as Go's regexp reads it: `$` is the end of the text, not of a line."""
     del validator, schema
-    if isinstance(instance, str) and not re.search(_DOLLAR.sub(r"\\Z", pattern), instance):
+    if isinstance(instance, str) and not re2.search(pattern, instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
