@@ -55,6 +55,19 @@ def version_string() -> str:
     return f"modelship {version}"
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_string())
+        parser.exit()
+
+
 class _Dumper(yaml.SafeDumper):
     """Block-style YAML without anchors, long strings kept on one line."""
 
@@ -67,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="modelship", description="modelship: ship MLflow models to Kubernetes.",
         epilog="Exit codes: docs/cli.md (0 ok, 1 invalid manifest, 2 usage).",
     )
-    parser.add_argument("--version", action="version", version=version_string())
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "render",

@@ -49,6 +49,7 @@ EXIT_UNREACHABLE = 6
 EXIT_LOAD = 7
 EXIT_SIGNAL_BASE = 128  # stopped by signal N before serving: 128 + N (SIGTERM: 143)
 
+
 class _Usage(Exception):
     """A command line or setting that cannot be used (exit 2)."""
 
@@ -77,6 +78,19 @@ def version_string() -> str:
     return f"{PROG} {version} (scikit-learn {sklearn}, Python {sys.version.split()[0]})"
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata costs ~90 ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_string())
+        parser.exit()
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -93,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="Exit codes: docs/cli.md (0 ok, 2 usage, 3 cannot "
                                 "start, 4 not found, 5 unauthorized, 6 registry unreachable, "
                                 "7 model does not load).")
-    p.add_argument("--version", action="version", version=version_string())
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
     pull = sub.add_parser("pull", help="pull models:/NAME/VERSION or models:/NAME@ALIAS to DIR")
     pull.add_argument("--model-uri", required=True)

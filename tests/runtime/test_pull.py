@@ -99,6 +99,7 @@ def test_cli_pull_of_a_missing_model_exits_4(registry: Any, tmp_path: Path) -> N
     r = run_cli("pull", "--model-uri", "models:/ms-lr@no-such-alias", "--dest",
                 str(tmp_path / "x"), env={"MODELSHIP_PULL_BACKOFF_SECONDS": "30"}, timeout=60)
     assert r.returncode == 4
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: not found: model 'ms-lr' alias @no-such-alias does not exist" in r.stderr
 
 
@@ -111,6 +112,7 @@ def test_cli_pull_from_an_unreachable_registry_retries_then_exits_6(tmp_path: Pa
                      "MODELSHIP_PULL_ATTEMPTS": "3", "MODELSHIP_PULL_BACKOFF_SECONDS": "0.05"},
                 timeout=60)
     assert r.returncode == 6
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: unreachable" in r.stderr
     assert f"127.0.0.1:{port}" in r.stderr
     assert r.stdout.count('"pull failed; retrying"') == 2
@@ -148,5 +150,6 @@ def test_cli_pull_with_refused_credentials_says_auth_and_exits_5(refusing_regist
                 env={"MLFLOW_TRACKING_URI": refusing_registry, "MLFLOW_TRACKING_TOKEN": "t0ken",
                      "MODELSHIP_PULL_BACKOFF_SECONDS": "30"}, timeout=60)
     assert r.returncode == 5
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: auth" in r.stderr
     assert "t0ken" not in r.stderr + r.stdout
