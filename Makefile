@@ -7,9 +7,21 @@ STAMP := $(VENV)/.installed
 # checkov pins old versions of common packages: it gets a virtualenv of its own.
 CHECKOV := $(VENV)/checkov/bin/checkov
 
-.PHONY: setup system-deps test lint demo e2e bench-operator clean locks sync
+.PHONY: help setup system-deps test lint demo e2e bench-operator clean locks sync
+.DEFAULT_GOAL := help
+
+## help: list these targets with what they do (also what a bare `make` does)
+help:
+	@echo "modelship: make TARGET (needs Python $$(sed -n 's/^requires-python = "\(.*\)"/\1/p' pyproject.toml))"
+	@awk '/^## [a-z][a-z0-9-]*: / { if (t != "") printf "  %-16s %s\n", t, d; \
+	        t = $$2; sub(/:$$/, "", t); d = $$0; sub(/^## [a-z0-9-]+: /, "", d); next } \
+	      /^## / { if (t != "") { sub(/^## /, ""); d = d " " $$0 }; next } \
+	      { if (t != "") printf "  %-16s %s\n", t, d; t = "" } \
+	      END { if (t != "") printf "  %-16s %s\n", t, d }' $(firstword $(MAKEFILE_LIST))
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and \
+	  f"modelship needs Python >= 3.11; $(PYTHON) is {sys.version.split()[0]} (make PYTHON=python3.11 ...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -75,6 +87,7 @@ locks: $(STAMP)
 	cd requirements && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --no-emit-index-url --no-emit-find-links -o build.lock build.in
 
+## clean: remove .venv and the linters' caches
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
 

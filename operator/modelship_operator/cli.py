@@ -11,15 +11,20 @@ It renders offline with the operator's own code (no cluster, no registry), so wh
 prints is what the operator applies, except the ownerReference uid (a placeholder when
 the manifest has none) and the hash annotation the operator adds for its change check.
 
-Exit codes: 0 all rendered; 1 some manifest is invalid or cannot be honoured (stderr
-names the field, and nothing is printed for that manifest; the others still are);
-2 usage, unreadable file or YAML that does not parse (nothing printed).
+Exit codes (the table in docs/cli.md, which ``EXIT_*`` below follow; a test holds them
+together): 0 all rendered; 1 some manifest is invalid or cannot be honoured (stderr names
+the field, and nothing is printed for that manifest; the others still are); 2 usage,
+unreadable file or YAML that does not parse (nothing printed); 130/143 interrupted;
+141 stdout closed early (``| head``). Every expected failure is one line on stderr,
+without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,12 +33,39 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from modelship_operator import api
+from modelship_operator import __version__, api
 from modelship_operator.render import RenderError, RolloutState, render
 from modelship_operator.settings import OperatorSettings
 
+EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_SIGNAL_BASE = 128  # interrupted by signal N: 128 + N (SIGINT 130, SIGPIPE 141)
+
+
+def version_string() -> str:
+    """``modelship X``, X from the installed distribution's metadata (the package's own
+    ``__version__`` when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("modelship")
+    except metadata.PackageNotFoundError:
+        version = __version__
+    return f"modelship {version}"
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_string())
+        parser.exit()
 
 
 class _Dumper(yaml.SafeDumper):
@@ -45,8 +77,10 @@ class _Dumper(yaml.SafeDumper):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="modelship", description="modelship: ship MLflow models to Kubernetes."
+        prog="modelship", description="modelship: ship MLflow models to Kubernetes.",
+        epilog="Exit codes: docs/cli.md (0 ok, 1 invalid manifest, 2 usage).",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "render",
@@ -106,6 +140,9 @@ def _read(files: Sequence[str], stdin: TextIO) -> list[_Document]:
                     text, label = handle.read(), name
         except OSError as exc:
             raise SystemExit(_fail(f"error: cannot read {name}: {exc.strerror or exc}")) from None
+        except UnicodeDecodeError as exc:
+            raise SystemExit(_fail(f"error: cannot read {name}: not UTF-8 text ({exc.reason} "
+                                   f"at byte {exc.start})")) from None
         try:
             bodies = [b for b in yaml.safe_load_all(text) if b is not None]
         except yaml.YAMLError as exc:
@@ -246,10 +283,21 @@ def render_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``modelship`` console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "render":
-        return render_command(args, sys.stdin, sys.stdout)
+    """Entry point of the ``modelship`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)  # usage errors: argparse exits 2
+    try:
+        if args.command == "render":
+            status = render_command(args, sys.stdin, sys.stdout)
+            sys.stdout.flush()
+            return status
+    except KeyboardInterrupt:
+        return EXIT_SIGNAL_BASE + signal.SIGINT
+    except BrokenPipeError:
+        # The reader left (``modelship render ... | head``): stop quietly, as shell tools
+        # do, and keep Python from complaining about stdout again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGNAL_BASE + signal.SIGPIPE
     return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 

@@ -2,8 +2,8 @@
 
 ``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
 loads the model (in a thread) before the server accepts traffic and drains background
-work at shutdown. Cross-cutting work (request ids, the model-version header, body-size and
-content-type limits, API keys, request metrics) lives in :class:`ServingMiddleware`, a
+work at shutdown. Cross-cutting work (request ids, the model-version header, the body-size
+limit, API keys, request metrics) lives in :class:`ServingMiddleware`, a
 plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
 request and the hot path is what this runtime is for.
 """
@@ -14,6 +14,7 @@ import gc
 import hmac
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -26,11 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
+from . import __version__, protocols
 from .cache import Cache, RedisCache
 from .dataplane import DataPlane
 from .endpoints import build_router, seed_predict
-from .errors import ModelshipError, PayloadTooLarge
+from .errors import ModelshipError, NotJSON, PayloadTooLarge
 from .logging import model_version_var, request_id_var
 from .metrics import Metrics
 from .model import Model
@@ -72,6 +73,25 @@ def load_api_keys(path: Path) -> list[bytes]:
 def error_body(message: str) -> bytes:
     """The error body of every route: ``{"error": "..."}``."""
     return orjson.dumps({"error": message})
+
+
+_HOST = re.compile(rb"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def explain_not_json(exc: NotJSON, scope: Scope, plane: DataPlane) -> ModelshipError:
+    """The 400/415 for a body that is not JSON, with a curl line for this very route
+    (only on that error path: the request's headers are looked at here, not before)."""
+    content_type = host = None
+    for k, v in scope["headers"]:
+        if k == b"content-type":
+            content_type = v
+        elif k == b"host" and _HOST.fullmatch(v):
+            host = v.decode()
+    if host is None:
+        server = scope.get("server") or ("localhost", 8080)
+        host = f"{server[0]}:{server[1]}"
+    url = f"{scope.get('scheme', 'http')}://{host}{scope['path']}"
+    return protocols.not_json(exc, content_type, url, plane.validator.n_features)
 
 
 class ServingMiddleware:
@@ -127,7 +147,7 @@ class ServingMiddleware:
                 await self._send_error(send_wrapper, code, text, more)
             elif self.plane is not None and scope["path"] == "/predict" \
                     and scope["method"] == "POST":
-                await self._fast_predict(self.plane, start, receive, send_wrapper)
+                await self._fast_predict(self.plane, scope, start, receive, send_wrapper)
                 scope["route"] = _PREDICT_ROUTE
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
@@ -141,8 +161,8 @@ class ServingMiddleware:
                                               "duration_ms": round(
                                                   (time.perf_counter() - start) * 1000, 3)})
 
-    async def _fast_predict(self, plane: DataPlane, start: float, receive: Receive,
-                            send: Send) -> None:
+    async def _fast_predict(self, plane: DataPlane, scope: Scope, start: float,
+                            receive: Receive, send: Send) -> None:
         """``POST /predict`` without routing or per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
         try:
@@ -165,6 +185,9 @@ class ServingMiddleware:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             body = await seed_predict(plane, raw, start)
+        except NotJSON as exc:
+            error = explain_not_json(exc, scope, plane)
+            status, body = error.status_code, error_body(error.message)
         except ModelshipError as exc:
             status, body = exc.status_code, error_body(exc.message)
         except Exception:
@@ -190,11 +213,6 @@ class ServingMiddleware:
                     if length > self.max_body:
                         return 413, f"body of {length} bytes is over the {self.max_body} " \
                             "byte limit", []
-                elif k == b"content-type":
-                    ctype = v.split(b";", 1)[0].strip().lower()
-                    if ctype != b"application/json" and not ctype.endswith(b"+json"):
-                        return 415, f"Content-Type {v.decode('latin-1')!r} is not supported; " \
-                            "send application/json", []
         return None
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -246,7 +264,9 @@ class ServingMiddleware:
         hist.observe(seconds)
 
 
-def _make_model(settings: RuntimeSettings) -> Model:
+def make_model(settings: RuntimeSettings) -> Model:
+    """The (not yet loaded) model of ``settings.model_dir``; ModelLoadError when that is
+    no model directory."""
     if settings.model_dir is None:
         raise ValueError("settings.model_dir is not set (pull first, or pass a model)")
     model_dir = settings.model_dir
@@ -256,11 +276,21 @@ def _make_model(settings: RuntimeSettings) -> Model:
     return SKLearnModel(name, version, model_dir, allow_pickle=settings.allow_pickle)
 
 
+async def load_model(model: Model) -> None:
+    """Load ``model`` and log how long it took (raises ModelLoadError)."""
+    t0 = time.perf_counter()
+    await model.load()
+    logger.info("model loaded", extra={
+        "model": model.name, "version": model.version,
+        "estimator": model.info.estimator, "n_features": model.info.n_features,
+        "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+
 def create_app(settings: RuntimeSettings | None = None, *, model: Model | None = None,
                cache: Cache | None = None) -> FastAPI:
     """Build the app for one model (from ``settings.model_dir`` unless ``model`` is given)."""
     settings = settings or RuntimeSettings()
-    model = model or _make_model(settings)
+    model = model or make_model(settings)
     metrics = Metrics(model.name, model.version)
     if cache is None and settings.redis_url:
         cache = RedisCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds,
@@ -274,12 +304,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not model.ready:
-            t0 = time.perf_counter()
-            await model.load()
-            logger.info("model loaded", extra={
-                "model": model.name, "version": model.version,
-                "estimator": model.info.estimator, "n_features": model.info.n_features,
-                "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+            await load_model(model)
         plane.model_loaded()
         # The model and the libraries are loaded for good: move them out of the garbage
         # collector's sight, so full collections under load walk only request garbage
@@ -303,6 +328,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
+        if isinstance(exc, NotJSON):
+            exc = explain_not_json(exc, request.scope, plane)
         return Response(error_body(exc.message), status_code=exc.status_code,
                         media_type="application/json")
 

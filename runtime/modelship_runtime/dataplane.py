@@ -28,22 +28,23 @@ import numpy as np
 import orjson
 
 from .cache import Cache, CacheError, cache_key
-from .errors import BadRequest, ModelNotReady
+from .errors import BadRequest, ModelNotReady, NotJSON
 from .metrics import Metrics
 from .model import Model, Prediction
 
 
 def loads(body: bytes) -> Any:
-    """Parse a JSON body; NaN/Infinity literals parse (to be refused by validation)."""
+    """Parse a JSON body (whatever its Content-Type); NaN/Infinity literals parse (to be
+    refused by validation). NotJSON when it does not parse."""
     if not body:
-        raise BadRequest("empty body: send a JSON object")
+        raise NotJSON("empty body")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:  # the stdlib accepts NaN/Infinity, so validation can name them
             return json.loads(body)
         except (ValueError, RecursionError):
-            raise BadRequest(f"malformed JSON: {exc}") from None
+            raise NotJSON(f"malformed JSON: {exc}") from None
 
 
 def _type_name(value: object) -> str:

@@ -6,18 +6,24 @@ Protocol's error body, used on every route) and nothing reaches the client as a 
 accident. The tree:
 
 * ModelshipError
-  * BadRequest (400): malformed JSON, wrong shape, wrong feature count, non-numeric or
-    non-finite values, empty or oversized batch, V2 shape/datatype mismatch
+  * BadRequest (400): wrong shape, wrong feature count, non-numeric or non-finite
+    values, empty or oversized batch, V2 shape/datatype mismatch
+    * NotJSON: a body that does not parse as JSON; answered 400 when it was declared
+      JSON (or not declared), 415 when declared as something else (see
+      :func:`modelship_runtime.protocols.not_json`), with a curl line that works
   * Unauthorized (401): missing or wrong API key
   * ModelNotFound (404): a model name this server does not serve
   * PayloadTooLarge (413): body over ``max_body_bytes``
-  * UnsupportedMediaType (415): a body that is not JSON
+  * UnsupportedMediaType (415): a body declared as another type that is not JSON either
   * ModelNotReady (503): the model is not loaded yet
   * ModelLoadError: the model directory cannot be loaded (startup, not HTTP)
-  * PullError: the registry refused or could not be reached (CLI, not HTTP)
+  * PullError: the registry refused or could not be reached (CLI, not HTTP); ``kind``
+    says which, and the console script's exit code follows it (docs/cli.md)
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class ModelshipError(Exception):
@@ -34,6 +40,10 @@ class BadRequest(ModelshipError):
     """The request cannot be predicted; the message names what is wrong."""
 
     status_code = 400
+
+
+class NotJSON(BadRequest):
+    """The body does not parse as JSON (the message says where it broke)."""
 
 
 class Unauthorized(ModelshipError):
@@ -55,7 +65,7 @@ class PayloadTooLarge(ModelshipError):
 
 
 class UnsupportedMediaType(ModelshipError):
-    """The body is declared as something other than JSON."""
+    """The body is declared as something other than JSON, and is not JSON either."""
 
     status_code = 415
 
@@ -70,9 +80,14 @@ class ModelLoadError(ModelshipError):
     """A model directory that cannot be loaded (missing file, refused format)."""
 
 
-class PullError(ModelshipError):
-    """Pulling from the registry failed; ``transient`` says whether a retry may help."""
+PullKind = Literal["usage", "not_found", "auth", "unreachable"]
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+
+class PullError(ModelshipError):
+    """Pulling from the registry failed; ``kind`` says why. Only ``unreachable`` is
+    ``transient`` (a retry may help)."""
+
+    def __init__(self, message: str, *, kind: PullKind) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.kind: PullKind = kind
+        self.transient = kind == "unreachable"

@@ -6,18 +6,24 @@ validated float64 matrix, or BadRequest) and a render function (Prediction -> JS
 bytes). No pydantic on this path: a request is parsed once by orjson and checked by hand,
 which is several times cheaper than building models per request. The JSON schemas at the
 bottom only document the routes in OpenAPI.
+
+Bodies are parsed as JSON whatever their Content-Type says, as KServe's and MLServer's
+servers do: ``curl -d`` labels its data ``application/x-www-form-urlencoded`` and some
+clients send none. Only a body that does not parse is refused, by :func:`not_json`, with
+a ``curl`` line that works against this route and model.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from typing import Any
 
 import numpy as np
 import orjson
 
 from .dataplane import Validator, _type_name
-from .errors import BadRequest
+from .errors import BadRequest, ModelshipError, NotJSON, UnsupportedMediaType
 from .model import ModelInfo, Prediction
 
 V2_SUPPORTED = {"FP32": "f", "FP64": "f", "INT32": "i", "INT64": "i"}
@@ -192,6 +198,39 @@ def v2_response(pred: Prediction, info: ModelInfo, request: dict[str, Any]) -> b
     if isinstance(request.get("id"), str):
         out["id"] = request["id"]
     return orjson.dumps(out)
+
+
+_EXAMPLE_MAX_FEATURES = 16
+
+
+def example_body(url: str, n_features: int | None) -> str:
+    """A request body the route at ``url`` accepts for a model of ``n_features`` inputs
+    (zeros; with an unknown or large width, ``...`` stands for the rest)."""
+    if n_features is not None and 0 < n_features <= _EXAMPLE_MAX_FEATURES:
+        row = "[" + ", ".join(["0.0"] * n_features) + "]"
+    else:
+        row = "[0.0, ...]"
+    if url.endswith("/infer"):
+        width = n_features if n_features is not None else -1
+        return (f'{{"inputs": [{{"name": "input-0", "shape": [1, {width}], '
+                f'"datatype": "FP64", "data": {row}}}]}}')
+    if url.endswith(":predict"):
+        return f'{{"instances": [{row}]}}'
+    return f'{{"features": {row}}}'
+
+
+def not_json(exc: NotJSON, content_type: bytes | None, url: str,
+             n_features: int | None) -> ModelshipError:
+    """The answer to a body that does not parse as JSON: 400 when it was sent as JSON or
+    untyped, 415 when declared as another type; either way with a curl line to copy."""
+    hint = ("send a JSON body, e.g. curl -H 'Content-Type: application/json' -d "
+            f"{shlex.quote(example_body(url, n_features))} {shlex.quote(url)}")
+    declared = content_type.split(b";", 1)[0].strip().lower().decode("latin-1") \
+        if content_type else ""
+    if not declared or declared == "application/json" or declared.endswith("+json"):
+        return BadRequest(f"{exc.message}; {hint}")
+    return UnsupportedMediaType(f"the body is sent as {declared} and is not JSON "
+                                f"({exc.message}); {hint}")
 
 
 def v2_model_metadata(info: ModelInfo) -> dict[str, Any]:

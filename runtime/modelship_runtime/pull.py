@@ -12,6 +12,11 @@ means the pull completed.
 
 Transient failures (registry unreachable, 5xx) are retried with exponential backoff;
 a missing model or refused credentials fail at once, with a message saying which.
+
+The registry is always named: with neither ``MLFLOW_TRACKING_URI`` nor
+``MLFLOW_REGISTRY_URI`` set, MLflow would fall back to ``sqlite:///mlflow.db`` and create
+that database in the working directory (then report the model missing from it), so a
+pull without a registry is refused before MLflow is imported.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PullError
+from .errors import ModelLoadError, PullError
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +65,22 @@ def parse_model_uri(uri: str) -> ModelRef:
     """Parse ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
     m = _URI.match(uri.strip())
     if m is None:
-        raise PullError(f"model URI {uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise PullError(f"model URI {uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS",
+                        kind="usage")
     return ModelRef(m["name"], m["version"], m["alias"])
 
 
 def read_metadata(model_dir: Path) -> ModelMetadata | None:
-    """The metadata a pull left in ``model_dir``, or None when there is none."""
+    """The metadata a pull left in ``model_dir``, or None when there is none; a file that
+    cannot be read is a ModelLoadError."""
     path = model_dir / METADATA_FILE
     if not path.is_file():
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    if "name" not in data or "version" not in data:
+    try:
+        data: Any = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or "name" not in data or "version" not in data:
         return None
 
     def opt(key: str) -> str | None:
@@ -82,29 +92,52 @@ def read_metadata(model_dir: Path) -> ModelMetadata | None:
                          run_id=opt("run_id"))
 
 
-def _classify(exc: Exception, what: str) -> PullError:
+@dataclass(frozen=True)
+class Registry:
+    """Where to pull from: MLflow's tracking and model registry URIs."""
+
+    tracking_uri: str
+    registry_uri: str
+
+
+def registry_from_env() -> Registry:
+    """The registry named by ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; PullError
+    (usage) when neither is set."""
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    registry = os.environ.get("MLFLOW_REGISTRY_URI", "").strip()
+    if not tracking and not registry:
+        raise PullError(
+            "no registry to pull from: set MLFLOW_TRACKING_URI (e.g. "
+            "MLFLOW_TRACKING_URI=http://mlflow:5000), or serve a pulled directory with "
+            "--model-dir", kind="usage")
+    return Registry(tracking or registry, registry or tracking)
+
+
+def _classify(exc: Exception, what: str, where: str) -> PullError:
     code = str(getattr(exc, "error_code", "") or "")
     text = str(exc)
-    where = os.environ.get("MLFLOW_TRACKING_URI", "<MLFLOW_TRACKING_URI unset>")
     missing_alias = code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()
     if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
-        return PullError(f"not found: {what} does not exist in the registry at {where}")
+        return PullError(f"not found: {what} does not exist in the registry at {where}",
+                         kind="not_found")
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b40[13]\b", text):
         return PullError(
             f"auth: the registry at {where} refused the credentials for {what} "
-            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
+            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)", kind="auth"
         )
     first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return PullError(
-        f"unreachable: could not fetch {what} from {where}: {first_line[:300]}", transient=True
+        f"unreachable: could not fetch {what} from {where}: {first_line[:300]}",
+        kind="unreachable",
     )
 
 
-def _pull_once(ref: ModelRef, uri: str, dest: Path) -> ModelMetadata:
+def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetadata:
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=reg.tracking_uri, registry_uri=reg.registry_uri)
+    where = reg.registry_uri
     what = f"model {ref.name!r} " + (
         f"version {ref.version}" if ref.version else f"alias @{ref.alias}"
     )
@@ -114,17 +147,18 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path) -> ModelMetadata:
         else:
             mv = client.get_model_version(ref.name, str(ref.version))
     except Exception as exc:
-        raise _classify(exc, what) from exc
+        raise _classify(exc, what, where) from exc
     version = str(mv.version)
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest))
     try:
         try:
-            local = Path(
-                download_artifacts(artifact_uri=f"models:/{ref.name}/{version}", dst_path=str(tmp))
-            )
+            local = Path(download_artifacts(
+                artifact_uri=f"models:/{ref.name}/{version}", dst_path=str(tmp),
+                tracking_uri=reg.tracking_uri, registry_uri=reg.registry_uri))
         except Exception as exc:
-            raise _classify(exc, f"artifacts of model {ref.name!r} version {version}") from exc
+            raise _classify(exc, f"artifacts of model {ref.name!r} version {version}",
+                            where) from exc
         (dest / METADATA_FILE).unlink(missing_ok=True)
         for entry in local.iterdir():
             target = dest / entry.name
@@ -150,6 +184,7 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path) -> ModelMetadata:
 def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.0) -> ModelMetadata:
     """Pull ``uri`` into ``dest``, retrying transient failures; raises PullError."""
     ref = parse_model_uri(uri)
+    reg = registry_from_env()
     # Our loop does the retrying, with a clear message per attempt; MLflow's own retries
     # (7 by default, with long backoff) would hide an unreachable registry for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -157,7 +192,7 @@ def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.
     delay = backoff_seconds
     for attempt in range(1, attempts + 1):
         try:
-            meta = _pull_once(ref, uri, dest)
+            meta = _pull_once(ref, uri, dest, reg)
         except PullError as exc:
             if not exc.transient or attempt == attempts:
                 raise
@@ -175,4 +210,5 @@ def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.
                    "dest": str(dest)},
         )
         return meta
-    raise PullError(f"pull of {uri} failed")  # unreachable: the loop returns or raises
+    # not reached: the loop returns or raises
+    raise PullError(f"pull of {uri} failed", kind="unreachable")

@@ -14,11 +14,18 @@ the cost of a random forest. For single-output random forests and extra-trees th
 also does the forest's averaging itself, tree by tree in scikit-learn's order, skipping
 the per-tree joblib, config and validation wrapping that costs most of a small call; it
 is used only after a probe at load shows it equal, bit for bit, to ``predict_proba``.
+
+A model saved with another scikit-learn than the runtime's may load and predict
+differently, or not load at all; the load logs a warning naming both versions (the
+artifact's from its MLmodel, else its requirements.txt) and a load error says them too.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
+import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,11 @@ import yaml
 from .errors import ModelLoadError
 from .model import Model, Prediction
 
+logger = logging.getLogger(__name__)
+
 MLMODEL = "MLmodel"
+REQUIREMENTS = "requirements.txt"
+_SKLEARN_PIN = re.compile(r"^\s*scikit[-_.]learn\s*===?\s*([^\s;#,]+)", re.I | re.M)
 PICKLE_FORMATS = ("pickle", "cloudpickle")
 PLAIN_SUFFIXES = (".joblib", ".skops", ".pkl", ".pickle")
 
@@ -63,6 +74,8 @@ def read_flavor(model_dir: Path) -> dict[str, Any]:
 
 def find_model_file(model_dir: Path) -> tuple[Path, str, list[str] | None]:
     """Locate the serialized estimator: (path, serialization format, skops trusted types)."""
+    if not model_dir.exists():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
     if model_dir.is_file():
         return model_dir, _format_of(model_dir), None
     if (model_dir / MLMODEL).exists():
@@ -75,13 +88,44 @@ def find_model_file(model_dir: Path) -> tuple[Path, str, list[str] | None]:
         ):
             raise ModelLoadError("skops_trusted_types in MLmodel is not a list of type names")
         return path, fmt, trusted
-    candidates = sorted(p for p in model_dir.iterdir() if p.suffix in PLAIN_SUFFIXES)
+    try:
+        candidates = sorted(p for p in model_dir.iterdir() if p.suffix in PLAIN_SUFFIXES)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot list model directory {model_dir}: {exc}") from None
     if len(candidates) != 1:
         raise ModelLoadError(
             f"{model_dir} has no MLmodel file and {len(candidates)} model files "
             f"({', '.join(PLAIN_SUFFIXES)}); expected exactly one"
         )
     return candidates[0], _format_of(candidates[0]), None
+
+
+def artifact_sklearn_version(model_dir: Path) -> str | None:
+    """The scikit-learn version a model directory was saved with, when it says: the
+    sklearn flavour's ``sklearn_version`` in MLmodel, else a ``scikit-learn==`` pin in
+    requirements.txt."""
+    if not model_dir.is_dir():
+        return None
+    if (model_dir / MLMODEL).is_file():
+        try:
+            version = read_flavor(model_dir).get("sklearn_version")
+        except ModelLoadError:
+            version = None
+        if version:
+            return str(version)
+    try:
+        pin = _SKLEARN_PIN.search((model_dir / REQUIREMENTS).read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return pin.group(1) if pin else None
+
+
+def installed_sklearn_version() -> str | None:
+    """The scikit-learn version this runtime has (None when it cannot tell)."""
+    try:
+        return metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _format_of(path: Path) -> str:
@@ -152,8 +196,26 @@ class SKLearnModel(Model):
 
     def load_sync(self) -> None:
         """Deserialize the estimator and read what validation and metadata need."""
-        estimator, fmt = load_estimator(self.model_dir, allow_pickle=self.allow_pickle)
+        saved, have = artifact_sklearn_version(self.model_dir), installed_sklearn_version()
+        mismatch = saved is not None and have is not None and saved != have
+        if mismatch:
+            logger.warning(
+                f"model {self.name} version {self.version} was saved with scikit-learn "
+                f"{saved}; this runtime has scikit-learn {have}: predictions may differ or "
+                f"the load may fail (serve it with scikit-learn=={saved}, or save the model "
+                f"again with {have})",
+                extra={"model": self.name, "artifact_sklearn_version": saved,
+                       "runtime_sklearn_version": have})
+        try:
+            estimator, fmt = load_estimator(self.model_dir, allow_pickle=self.allow_pickle)
+        except ModelLoadError as exc:
+            if mismatch:
+                raise ModelLoadError(f"{exc.message} (the model was saved with scikit-learn "
+                                     f"{saved}; this runtime has {have})") from exc
+            raise
         self.use(estimator, fmt)
+        if saved is not None:
+            self.info.extra["sklearn_version"] = saved
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""

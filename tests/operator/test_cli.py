@@ -244,3 +244,53 @@ def test_every_example_renders() -> None:
     result = run("render", *files, "--alias-version", "1")
     assert result.returncode == 0, result.stderr
     assert any(o["kind"] == "Deployment" for o in docs(result.stdout))
+
+
+def test_version_comes_from_the_installed_distribution() -> None:
+    from importlib.metadata import version
+
+    import modelship_operator
+
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"modelship {version('modelship')}\n"
+    assert version("modelship") == modelship_operator.__version__
+
+
+def test_version_without_distribution_metadata_falls_back_to_the_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    import modelship_operator
+    from modelship_operator.cli import version_string
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert version_string() == f"modelship {modelship_operator.__version__}"
+
+
+def test_a_file_that_is_not_text_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x80\x81 binary")
+    result = run("render", "-f", str(path))
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot read {path}: not UTF-8 text (invalid start byte " \
+        "at byte 0)\n"
+
+
+def test_a_reader_that_leaves_early_ends_the_render_quietly() -> None:
+    """`modelship render ... | head`: a reader gone before the YAML is written gets no
+    BrokenPipeError traceback, and the exit code is the shell's 141."""
+    assert MODELSHIP is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
+    proc = subprocess.Popen([MODELSHIP, "render", "-f", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves first
+    proc.stdin.write(MINIMAL.encode())
+    proc.stdin.close()
+    assert proc.wait(60) == 141
+    assert proc.stderr.read() == b""
+    proc.stderr.close()

@@ -112,3 +112,70 @@ def test_gitops_page_yaml_parses() -> None:
     assert len(blocks) >= 4
     for block in blocks:
         assert list(yaml.safe_load_all(block))
+
+
+CLI_DOC = (REPO / "docs" / "cli.md").read_text()
+
+
+def _exit_table() -> dict[str, tuple[str, bool, bool]]:
+    """constant -> (code, in `modelship`, in `modelship-runtime`) from docs/cli.md."""
+    section = CLI_DOC.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([0-9+N]+) \| `(EXIT_[A-Z_]+)` \| .+ \| (yes|no) \| (yes|no) \|$",
+                      section, re.M)
+    return {name: (code, op == "yes", rt == "yes") for code, name, op, rt in rows}
+
+
+def test_the_exit_code_table_is_what_both_scripts_do() -> None:
+    import modelship_operator.cli as operator_cli
+    import modelship_runtime.__main__ as runtime_main
+
+    table = _exit_table()
+    assert len(table) == len(set(code for code, _, _ in table.values())) >= 9
+    for module, column in ((operator_cli, 1), (runtime_main, 2)):
+        assert "docs/cli.md" in (module.__doc__ or ""), module.__name__
+        constants = {k: v for k, v in vars(module).items() if k.startswith("EXIT_")}
+        documented = {k for k, row in table.items() if row[column]}
+        assert set(constants) == documented, module.__name__
+        for name, value in constants.items():
+            code = table[name][0]
+            assert code == ("128+N" if name == "EXIT_SIGNAL_BASE" else str(value)), name
+            assert value == 128 or code != "128+N"
+
+
+def test_the_readmes_agree_with_the_exit_code_table() -> None:
+    import modelship_runtime.__main__ as runtime_main
+
+    runtime_readme = (REPO / "runtime" / "README.md").read_text()
+    paragraph = runtime_readme.split("Exit codes (the full table: `docs/cli.md`):", 1)[1]
+    paragraph = paragraph.split("\n\n", 1)[0].split(". Each failure", 1)[0]
+    listed = {int(n) for n in re.findall(r"(?<![\w.])(\d{1,3})\s[a-zS(]", paragraph)}
+    codes = {v for k, v in vars(runtime_main).items()
+             if k.startswith("EXIT_") and k != "EXIT_SIGNAL_BASE"}
+    assert listed == codes | {128 + 15}, listed
+    assert "`docs/cli.md`" in README and "exit codes" in README
+
+
+def test_the_python_version_is_stated_where_it_is_needed() -> None:
+    import tomllib
+
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required == ">=3.11"
+    assert "Python 3.11 or\nnewer" in README or "Python 3.11 or newer" in README
+    assert f'`requires-python = "{required}"`' in README
+    assert "(Python >= 3.11)" in CLI_DOC
+    assert sys.version_info >= (3, 11)
+
+
+def test_make_help_lists_every_target_and_is_the_default() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, re.M))
+    shown = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    listed = dict(re.findall(r"^  ([a-z][a-z0-9-]*) +(\S.*)$", shown.stdout, re.M))
+    assert set(listed) == targets, targets ^ set(listed)
+    assert "README's ModelDeployment reference" in listed["sync"]  # a two-line comment
+    assert "(needs Python >=3.11)" in shown.stdout.splitlines()[0]
+    bare = subprocess.run(["make", "--no-print-directory"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert bare.returncode == 0 and bare.stdout == shown.stdout

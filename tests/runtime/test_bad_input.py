@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,13 +120,77 @@ def test_chunked_body_over_the_limit_is_413(client: httpx.Client) -> None:
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
-                                   "multipart/form-data; boundary=x"])
-def test_wrong_content_type_is_415(client: httpx.Client, ctype: str) -> None:
-    r = client.post("/predict", content=b'{"features": [1,1,1,1,1,1,1,1]}',
-                    headers={"content-type": ctype})
+ROW = b'{"features": [1,1,1,1,1,1,1,1]}'
+
+
+@pytest.mark.parametrize("ctype", [None, "application/x-www-form-urlencoded", "text/plain",
+                                   "multipart/form-data; boundary=x",
+                                   "application/octet-stream", "application/json"])
+def test_a_json_body_is_parsed_whatever_its_content_type(client: httpx.Client,
+                                                         ctype: str | None) -> None:
+    headers = {} if ctype is None else {"content-type": ctype}
+    r = client.post("/predict", content=ROW, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["prediction"] in (0, 1)
+
+
+def test_clients_at_their_defaults(strict_url: str) -> None:
+    """requests with data= and httpx with content= send no Content-Type (requests) or
+    none at all (httpx); both reach every prediction route."""
+    import requests
+
+    for path, body in [("/predict", ROW),
+                       ("/v1/models/strict:predict", b'{"instances": [[1,1,1,1,1,1,1,1]]}'),
+                       (V2, b'{"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP64", '
+                            b'"data": [1,1,1,1,1,1,1,1]}]}')]:
+        r = requests.post(strict_url + path, data=body.decode(), timeout=30)
+        assert "content-type" not in {k.lower() for k in r.request.headers}
+        assert r.status_code == 200, r.text
+        h = httpx.post(strict_url + path, content=body, timeout=30)
+        assert "content-type" not in h.request.headers
+        assert h.status_code == 200, h.text
+        same = {k: v for k, v in h.json().items() if k != "latency_ms"}
+        assert same == {k: v for k, v in r.json().items() if k != "latency_ms"}
+
+
+def _curl_line(message: str) -> list[str]:
+    start = message.index("curl -H")
+    return shlex.split(message[start:])
+
+
+@pytest.mark.parametrize(("path", "status", "ctype"), [
+    ("/predict", 415, "application/x-www-form-urlencoded"),
+    ("/v1/models/strict:predict", 415, "application/x-www-form-urlencoded"),
+    (V2, 415, "application/x-www-form-urlencoded"),
+    ("/v2/models/strict/versions/7/infer", 415, "text/plain"),
+    ("/predict", 400, None),
+    ("/v1/models/strict:predict", 400, "application/json"),
+])
+def test_a_body_that_is_not_json_says_so_with_a_curl_line_that_works(
+        client: httpx.Client, path: str, status: int, ctype: str | None) -> None:
+    headers = {} if ctype is None else {"content-type": ctype}
+    r = client.post(path, content=b"features=1&features=2", headers=headers)
+    assert r.status_code == status, r.text
+    message = r.json()["error"]
+    assert "malformed JSON" in message
+    if ctype is not None and status == 415:
+        assert f"the body is sent as {ctype} and is not JSON" in message
+    assert "curl -H 'Content-Type: application/json' -d '{" in message
+    line = _curl_line(message)
+    assert line[-1] == f"{client.base_url}".rstrip("/") + path
+    done = subprocess.run([*line, "-s", "-w", "\n%{http_code}"], capture_output=True,
+                          text=True, timeout=30)
+    body, code = done.stdout.rsplit("\n", 1)
+    assert code == "200", body
+    assert "error" not in json.loads(body)
+
+
+def test_a_form_body_from_a_client_at_its_defaults_is_415(client: httpx.Client) -> None:
+    r = client.post("/predict", data={"features": "1"})  # a form, as a browser sends it
     assert r.status_code == 415
-    assert "send application/json" in r.json()["error"]
+    assert "application/x-www-form-urlencoded and is not JSON" in r.json()["error"]
+    r = client.post("/predict", content=b"")
+    assert r.status_code == 400 and "empty body" in r.json()["error"]
 
 
 def test_json_with_charset_is_accepted(client: httpx.Client) -> None:

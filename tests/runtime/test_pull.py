@@ -39,8 +39,21 @@ def test_parse_model_uri(uri: str, name: str, version: str | None, alias: str | 
 @pytest.mark.parametrize("uri", ["models:/iris", "runs:/abc/model", "models:/iris/latest",
                                  "models:/a/1/extra", ""])
 def test_bad_model_uri(uri: str) -> None:
-    with pytest.raises(PullError, match="is not models:/NAME/VERSION"):
+    with pytest.raises(PullError, match="is not models:/NAME/VERSION") as exc:
         parse_model_uri(uri)
+    assert exc.value.kind == "usage"
+
+
+def test_a_pull_names_its_registry_or_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """Without a registry MLflow would use sqlite:///mlflow.db in the working directory."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PullError, match="no registry to pull from") as exc:
+        pull("models:/iris/3", tmp_path / "x", attempts=1)
+    assert exc.value.kind == "usage"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pull_version_keeps_mlflow_layout_and_metadata(registry: Any, tmp_path: Path) -> None:
@@ -78,18 +91,19 @@ def test_cli_pull_then_exit_zero(registry: Any, tmp_path: Path) -> None:
 def test_pull_of_a_missing_model_fails_fast(registry: Any, tmp_path: Path, uri: str) -> None:
     with pytest.raises(PullError, match=r"not found: .* does not exist in the registry") as exc:
         pull(uri, tmp_path / "x", attempts=5, backoff_seconds=30)
-    assert exc.value.transient is False
+    assert (exc.value.kind, exc.value.transient) == ("not_found", False)
     assert not (tmp_path / "x" / "modelship.json").exists()
 
 
-def test_cli_pull_of_a_missing_model_exits_1(registry: Any, tmp_path: Path) -> None:
+def test_cli_pull_of_a_missing_model_exits_4(registry: Any, tmp_path: Path) -> None:
     r = run_cli("pull", "--model-uri", "models:/ms-lr@no-such-alias", "--dest",
                 str(tmp_path / "x"), env={"MODELSHIP_PULL_BACKOFF_SECONDS": "30"}, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 4
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: not found: model 'ms-lr' alias @no-such-alias does not exist" in r.stderr
 
 
-def test_cli_pull_from_an_unreachable_registry_retries_then_fails(tmp_path: Path) -> None:
+def test_cli_pull_from_an_unreachable_registry_retries_then_exits_6(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -97,7 +111,8 @@ def test_cli_pull_from_an_unreachable_registry_retries_then_fails(tmp_path: Path
                 env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                      "MODELSHIP_PULL_ATTEMPTS": "3", "MODELSHIP_PULL_BACKOFF_SECONDS": "0.05"},
                 timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 6
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: unreachable" in r.stderr
     assert f"127.0.0.1:{port}" in r.stderr
     assert r.stdout.count('"pull failed; retrying"') == 2
@@ -129,11 +144,12 @@ def refusing_registry() -> Iterator[str]:
         server.server_close()
 
 
-def test_cli_pull_with_refused_credentials_says_auth(refusing_registry: str,
+def test_cli_pull_with_refused_credentials_says_auth_and_exits_5(refusing_registry: str,
                                                       tmp_path: Path) -> None:
     r = run_cli("pull", "--model-uri", "models:/m/1", "--dest", str(tmp_path / "x"),
                 env={"MLFLOW_TRACKING_URI": refusing_registry, "MLFLOW_TRACKING_TOKEN": "t0ken",
                      "MODELSHIP_PULL_BACKOFF_SECONDS": "30"}, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 5
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
     assert "pull failed: auth" in r.stderr
     assert "t0ken" not in r.stderr + r.stdout

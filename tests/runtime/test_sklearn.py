@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -157,3 +158,69 @@ def test_forest_inside_a_pipeline_uses_scikit_learn(tmp_path: Path, local_models
     model = load(tmp_path)
     assert model.info.extra["forest_fast_path"] is False
     same_predictions(model, pipe, local_models.X[:30])
+
+
+def _saved_with(src: Path, dest: Path, *, mlmodel: str | None, requirement: str | None
+                ) -> Path:
+    """A copy of the model directory ``src`` that says another scikit-learn made it."""
+    shutil.copytree(src, dest)
+    spec = yaml.safe_load((dest / "MLmodel").read_text())
+    if mlmodel is None:
+        spec["flavors"]["sklearn"].pop("sklearn_version", None)
+    else:
+        spec["flavors"]["sklearn"]["sklearn_version"] = mlmodel
+    (dest / "MLmodel").write_text(yaml.safe_dump(spec))
+    if requirement is not None:
+        (dest / "requirements.txt").write_text(f"mlflow==3.1.0\n{requirement}\nnumpy<3\n")
+    return dest
+
+
+@pytest.mark.parametrize(("mlmodel", "requirement", "saved"), [
+    ("1.0.2", None, "1.0.2"),
+    (None, "scikit-learn==1.3.0", "1.3.0"),
+    (None, "scikit_learn == 1.2.2 ; python_version >= '3.8'", "1.2.2"),
+])
+def test_a_model_saved_with_another_scikit_learn_is_served_with_a_warning(
+        local_models: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        mlmodel: str | None, requirement: str | None, saved: str) -> None:
+    from importlib.metadata import version
+
+    have = version("scikit-learn")
+    assert saved != have
+    model_dir = _saved_with(local_models.lr_dir, tmp_path / "m", mlmodel=mlmodel,
+                            requirement=requirement)
+    with caplog.at_level("WARNING", logger="modelship_runtime"):
+        model = load(model_dir)
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, caplog.text
+    assert f"saved with scikit-learn {saved}; this runtime has scikit-learn {have}" \
+        in warned[0].getMessage()
+    assert (warned[0].artifact_sklearn_version, warned[0].runtime_sklearn_version) == (  # type: ignore[attr-defined]
+        saved, have)
+    assert model.info.extra["sklearn_version"] == saved
+    same_predictions(model, local_models.lr, local_models.X[:5])
+
+
+def test_a_model_saved_with_this_scikit_learn_loads_without_a_warning(
+        local_models: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from importlib.metadata import version
+
+    spec = yaml.safe_load((local_models.lr_dir / "MLmodel").read_text())
+    assert spec["flavors"]["sklearn"]["sklearn_version"] == version("scikit-learn")
+    with caplog.at_level("WARNING", logger="modelship_runtime"):
+        load(local_models.lr_dir)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_a_load_error_names_both_scikit_learn_versions(local_models: Any,
+                                                        tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    model_dir = _saved_with(local_models.lr_dir, tmp_path / "m", mlmodel="0.24.2",
+                            requirement=None)
+    model_file = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["sklearn"][
+        "pickled_model"]
+    (model_dir / model_file).write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=rf"saved with scikit-learn 0\.24\.2; this "
+                       rf"runtime has {re.escape(version('scikit-learn'))}"):
+        load(model_dir)
