@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, naming, status
+from modelship_operator import api, events, metrics, naming, status
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
@@ -119,7 +119,12 @@ class Reconciler:
                 logger.debug("skipped: the previous pass's status is still being written")
                 return
             try:
-                self._run(body, patch, retry=retry, logger=logger)
+                with metrics.reconcile_duration.time():
+                    self._run(body, patch, retry=retry, logger=logger)
+            except Exception as exc:
+                if not isinstance(exc, kopf.TemporaryError):  # those were counted by reason
+                    metrics.record_reconcile_error("Unexpected")
+                raise
             finally:
                 if patch and version is not None:
                     self._decided[key] = version
@@ -157,6 +162,7 @@ class Reconciler:
         except ApiError as exc:
             if exc.transient:
                 logger.warning(f"transient API error, retrying: {exc}")
+                metrics.record_reconcile_error("TransientApiError")
                 raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc
             self._stall(body, patch, current, "ApiError", str(exc), generation)
             raise kopf.TemporaryError(str(exc), delay=self.settings.stalled_retry_seconds) from exc
@@ -227,6 +233,9 @@ class Reconciler:
         for reason, message, warning in step.events:
             logger.info(f"rollout: {reason}: {message}")
             events.post(self.client, body, reason, message, warning=warning)
+            if reason in metrics.OUTCOMES:
+                metrics.record_rollout(namespace, name, reason)
+        self._rollout_metrics(md, after)
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
@@ -379,6 +388,7 @@ class Reconciler:
             patch.status[key] = value
         if changes:
             events.post(self.client, body, reason, message, warning=True)
+        metrics.record_reconcile_error(reason)
         transient = problem is None or problem.transient
         delay = backoff(retry) if transient else self.settings.stalled_retry_seconds
         raise kopf.TemporaryError(message, delay=min(delay, self.settings.alias_poll_seconds))
@@ -406,6 +416,22 @@ class Reconciler:
             patch.status[key] = value
         if changes:
             events.post(self.client, body, reason, message, warning=True)
+        metrics.record_reconcile_error(reason)
+
+    @staticmethod
+    def _rollout_metrics(md: api.ModelDeployment, state: Any) -> None:
+        """The canary gauges of `md` after this pass (see metrics.set_canary)."""
+        namespace, name, rollout = md.metadata.namespace, md.metadata.name, md.spec.rollout
+        if state.canary is None:
+            metrics.clear_canary(namespace, name)
+            return
+        # spec.rollout.progressDeadlineSeconds, where the API has it.
+        deadline = getattr(rollout, "progress_deadline_seconds", None)
+        metrics.set_canary(
+            namespace, name, version=state.canary.version, weight=state.canary.weight,
+            step=state.canary.step, progressed_at=state.canary.step_started_at,
+            deadline_seconds=None if rollout.paused else deadline,
+        )
 
     def _report(
         self,
