@@ -65,6 +65,7 @@ class _Endpoint(_Strict):
     port: str
     path: str = Field(default="/metrics", pattern="^/")
     interval: str = Field(default="30s", pattern=_DURATION)
+    honorLabels: bool = False
     relabelings: list[_Relabel] = Field(default_factory=list)
 
 
