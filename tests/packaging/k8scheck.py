@@ -79,7 +79,7 @@ class _Selector(_Strict):
 
 
 class _PodMonitorSpec(_Strict):
-    namespaceSelector: _NamespaceSelector
+    namespaceSelector: _NamespaceSelector | None = None  # none: the monitor's namespace
     selector: _Selector
     podMetricsEndpoints: list[_Endpoint] = Field(min_length=1)
 
