@@ -26,33 +26,25 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
-from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from modelship_operator.rollout.gates import Outcome
+
 OUTCOMES = ("Promoted", "RolledBack", "Aborted")
-"""How a rollout ends (the Event reasons the rollout state machine posts)."""
-VERDICTS = ("pass", "fail", "inconclusive")
-"""What one analysis gate says of one step."""
-KNOWN_GATES = ("error_rate", "latency", "prediction_shift")
+"""How a rollout ends (status.lastRollout.outcome)."""
+VERDICTS = tuple(outcome.value for outcome in Outcome)
+"""What one analysis gate says of one step: Pass, Fail or Inconclusive."""
+KNOWN_GATES = ("errorRate", "latencyP95", "predictionShift")
 """Gates whose verdict series exist (at 0) from a ModelDeployment's first pass on."""
 
-_GATE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_GATE = re.compile(r"[a-z][A-Za-z0-9]{0,62}")
 _REASON = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _MD_LABELS = ("namespace", "modelship_deployment")
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass
-class _Progress:
-    """The step a running canary is at, and since when (epoch seconds)."""
-
-    key: tuple[str, int, int]  # version, step, weight
-    since: float
 
 
 class OperatorMetrics:
@@ -70,7 +62,7 @@ class OperatorMetrics:
         self.gate_verdicts = Counter(
             "modelship_analysis_verdicts",
             "Analysis gate verdicts on canary steps, by gate and verdict "
-            "(pass, fail, inconclusive).",
+            "(Pass, Fail, Inconclusive).",
             [*_MD_LABELS, "gate", "verdict"],
             registry=r,
         )
@@ -94,15 +86,16 @@ class OperatorMetrics:
         )
         self.last_progress = Gauge(
             "modelship_rollout_last_progress_timestamp_seconds",
-            "Unix time the running rollout last made progress (reached its current step "
-            "and weight); absent when no rollout runs.",
+            "Unix time the running rollout last made progress (started, got a weight, "
+            "passed or failed a step); absent when no rollout runs.",
             _MD_LABELS,
             registry=r,
         )
         self.deadline = Gauge(
-            "modelship_rollout_progress_deadline_seconds",
-            "Seconds a running rollout may go without progress (spec.rollout."
-            "progressDeadlineSeconds); absent when none applies (no rollout, or paused).",
+            "modelship_rollout_deadline_timestamp_seconds",
+            "Unix time after which the running rollout is rolled back unless it progresses "
+            "(last progress, the step's warm-up and interval, spec.rollout."
+            "progressDeadlineSeconds); absent while paused and when no rollout runs.",
             _MD_LABELS,
             registry=r,
         )
@@ -120,7 +113,7 @@ class OperatorMetrics:
         )
         self._lock = threading.Lock()
         self._seen: set[tuple[str, str]] = set()
-        self._progress: dict[tuple[str, str], _Progress] = {}
+        self._running: set[tuple[str, str]] = set()
         self._gates: dict[tuple[str, str], set[str]] = {}
 
     # -- what the reconciler calls ------------------------------------------------------
@@ -136,13 +129,13 @@ class OperatorMetrics:
     def record_gate(self, namespace: str, name: str, gate: str, verdict: str) -> None:
         """Count one gate's verdict on one analysed step.
 
-        `gate` is a snake_case name (error_rate, latency, prediction_shift, ...); `verdict`
-        is one of VERDICTS.
+        `gate` is a lowerCamelCase name (errorRate, latencyP95, predictionShift, ...);
+        `verdict` is one of VERDICTS.
         """
         if verdict not in VERDICTS:
             raise ValueError(f"gate verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         if not _GATE.fullmatch(gate):
-            raise ValueError(f"gate name {gate!r} is not a snake_case word")
+            raise ValueError(f"gate name {gate!r} is not a lowerCamelCase word")
         with self._lock:
             self._see_locked(namespace, name)
             self._gate_locked(namespace, name, gate)
@@ -153,48 +146,40 @@ class OperatorMetrics:
         namespace: str,
         name: str,
         *,
-        version: str,
         weight: int,
         step: int,
         progressed_at: float | None,
-        deadline_seconds: float | None,
-        now: float | None = None,
+        deadline_at: float | None,
     ) -> None:
-        """A rollout runs: the canary `version` gets `weight`% at step index `step` (0-based).
+        """A rollout runs: its canary gets `weight`% at step index `step` (0-based).
 
-        `progressed_at` is when the rollout last made progress (epoch seconds), when the
-        caller knows it; otherwise the first time this process saw the canary at this
-        version, step and weight counts (after a restart, progress is measured from the
-        restart until the step changes). `deadline_seconds` None: no deadline applies.
+        `progressed_at` is when it last made progress and `deadline_at` when it is rolled
+        back unless it progresses (Unix times, as the rollout state machine keeps them);
+        None: not known, or (deadline) paused.
         """
         if not 0 <= weight <= 100:
             raise ValueError(f"canary weight {weight} is not a percentage")
         if step < 0:
             raise ValueError(f"rollout step {step} is negative")
-        if deadline_seconds is not None and deadline_seconds <= 0:
-            raise ValueError(f"progress deadline {deadline_seconds} is not positive")
-        now = time.time() if now is None else now
-        where = (version, step, weight)
         with self._lock:
             self._see_locked(namespace, name)
-            known = self._progress.get((namespace, name))
-            if known is None or known.key != where:
-                known = self._progress[(namespace, name)] = _Progress(where, now)
+            self._running.add((namespace, name))
             self.canary_weight.labels(namespace, name).set(weight)
             self.rollout_step.labels(namespace, name).set(step + 1)
             self.in_progress.labels(namespace, name).set(1)
-            since = progressed_at if progressed_at is not None else known.since
-            self.last_progress.labels(namespace, name).set(since)
-            if deadline_seconds is not None:
-                self.deadline.labels(namespace, name).set(deadline_seconds)
-            else:
-                _remove(self.deadline, namespace, name)
+            for gauge, value in ((self.last_progress, progressed_at),
+                                 (self.deadline, deadline_at)):
+                if value is None:
+                    _remove(gauge, namespace, name)
+                else:
+                    gauge.labels(namespace, name).set(value)
 
     def clear_canary(self, namespace: str, name: str) -> None:
         """No rollout runs: weight, step and in-progress 0; no progress or deadline series."""
         with self._lock:
             self._see_locked(namespace, name)
-            if self._progress.pop((namespace, name), None) is not None:
+            if (namespace, name) in self._running:
+                self._running.discard((namespace, name))
                 _remove(self.last_progress, namespace, name)
                 _remove(self.deadline, namespace, name)
             self.canary_weight.labels(namespace, name).set(0)
@@ -211,7 +196,7 @@ class OperatorMetrics:
         """Drop every series of a deleted ModelDeployment."""
         with self._lock:
             self._seen.discard((namespace, name))
-            self._progress.pop((namespace, name), None)
+            self._running.discard((namespace, name))
             for outcome in OUTCOMES:
                 _remove(self.rollouts, namespace, name, outcome)
             for gate in self._gates.pop((namespace, name), set()):

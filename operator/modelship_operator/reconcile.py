@@ -30,8 +30,10 @@ from modelship_operator.rollout.state import (
     PROMOTE_ANNOTATION,
     Observed,
     Step,
+    Verdict,
     advance,
     analysis_due,
+    deadline_at,
 )
 from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
@@ -233,9 +235,7 @@ class Reconciler:
         for reason, message, warning in step.events:
             logger.info(f"rollout: {reason}: {message}")
             events.post(self.client, body, reason, message, warning=warning)
-            if reason in metrics.OUTCOMES:
-                metrics.record_rollout(namespace, name, reason)
-        self._rollout_metrics(md, after)
+        self._rollout_metrics(md, before, after, verdict)
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
@@ -419,18 +419,25 @@ class Reconciler:
         metrics.record_reconcile_error(reason)
 
     @staticmethod
-    def _rollout_metrics(md: api.ModelDeployment, state: Any) -> None:
-        """The canary gauges of `md` after this pass (see metrics.set_canary)."""
-        namespace, name, rollout = md.metadata.namespace, md.metadata.name, md.spec.rollout
-        if state.canary is None:
+    def _rollout_metrics(
+        md: api.ModelDeployment,
+        before: RolloutStateMachine,
+        after: RolloutStateMachine,
+        verdict: Verdict | None,
+    ) -> None:
+        """Record this pass's gate verdicts and finished rollout; set the canary gauges."""
+        namespace, name = md.metadata.namespace, md.metadata.name
+        for gate in verdict.gates if verdict is not None else ():
+            metrics.record_gate(namespace, name, gate.gate, gate.outcome.value)
+        if before.canary is not None and after.canary is None and after.last is not None:
+            metrics.record_rollout(namespace, name, after.last.outcome)
+        canary = after.canary
+        if canary is None:
             metrics.clear_canary(namespace, name)
             return
-        # spec.rollout.progressDeadlineSeconds, where the API has it.
-        deadline = getattr(rollout, "progress_deadline_seconds", None)
         metrics.set_canary(
-            namespace, name, version=state.canary.version, weight=state.canary.weight,
-            step=state.canary.step, progressed_at=state.canary.step_started_at,
-            deadline_seconds=None if rollout.paused else deadline,
+            namespace, name, weight=canary.weight, step=canary.step,
+            progressed_at=canary.progress_at, deadline_at=deadline_at(canary, md.spec.rollout),
         )
 
     def _report(

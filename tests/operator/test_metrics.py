@@ -10,6 +10,7 @@ import pytest
 from modelship_operator import metrics
 from modelship_operator.api import AnalysisSpec, RolloutSpec
 from modelship_operator.metrics import OperatorMetrics
+from modelship_operator.rollout.analysis import Snapshot, Window, analyse
 from modelship_operator.rollout.state import (
     Canary,
     Observed,
@@ -69,24 +70,37 @@ def test_an_unknown_outcome_is_refused(outcome: str) -> None:
 
 def test_gate_verdicts() -> None:
     m = OperatorMetrics()
-    m.record_gate("ml", "iris", "latency", "fail")
-    m.record_gate("ml", "iris", "latency", "fail")
-    m.record_gate("ml", "iris", "error_rate", "pass")
-    m.record_gate("ml", "iris", "golden_set", "inconclusive")  # a gate added later
+    m.record_gate("ml", "iris", "latencyP95", "Fail")
+    m.record_gate("ml", "iris", "latencyP95", "Fail")
+    m.record_gate("ml", "iris", "errorRate", "Pass")
+    m.record_gate("ml", "iris", "goldenSet", "Inconclusive")  # a gate added later
     found = samples(m)
     name = "modelship_analysis_verdicts_total"
-    assert value(found, name, **MD, gate="latency", verdict="fail") == 2.0
-    assert value(found, name, **MD, gate="error_rate", verdict="pass") == 1.0
-    assert value(found, name, **MD, gate="golden_set", verdict="inconclusive") == 1.0
+    assert value(found, name, **MD, gate="latencyP95", verdict="Fail") == 2.0
+    assert value(found, name, **MD, gate="errorRate", verdict="Pass") == 1.0
+    assert value(found, name, **MD, gate="goldenSet", verdict="Inconclusive") == 1.0
     # Every verdict of a gate exists from its first verdict on (increase() needs a 0).
-    assert value(found, name, **MD, gate="golden_set", verdict="fail") == 0.0
-    assert value(found, name, **MD, gate="prediction_shift", verdict="fail") == 0.0
+    assert value(found, name, **MD, gate="goldenSet", verdict="Fail") == 0.0
+    assert value(found, name, **MD, gate="predictionShift", verdict="Fail") == 0.0
+
+
+def test_the_gates_and_verdicts_are_the_analysis_ones() -> None:
+    assert set(metrics.VERDICTS) == {"Pass", "Fail", "Inconclusive"}
+    # An analysis of an empty window with every gate on: each answers (inconclusive).
+    spec = AnalysisSpec(max_prediction_shift=0.2)
+    verdict, _ = analyse(Window(canary=Snapshot(), stable=Snapshot()), spec, {})
+    assert {g.gate for g in verdict.gates} == set(metrics.KNOWN_GATES)
+    m = OperatorMetrics()
+    for gate in verdict.gates:
+        m.record_gate("ml", "iris", gate.gate, gate.outcome.value)
+    assert value(samples(m), "modelship_analysis_verdicts_total", **MD, gate="errorRate",
+                 verdict="Inconclusive") == 1.0
 
 
 @pytest.mark.parametrize(
     ("gate", "verdict", "problem"),
-    [("latency", "passed", "verdict"), ("Latency", "pass", "gate name"),
-     ("error rate", "fail", "gate name"), ("", "pass", "gate name")],
+    [("latencyP95", "pass", "verdict"), ("LatencyP95", "Pass", "gate name"),
+     ("error rate", "Fail", "gate name"), ("", "Pass", "gate name")],
 )
 def test_a_bad_gate_or_verdict_is_refused(gate: str, verdict: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
@@ -95,36 +109,24 @@ def test_a_bad_gate_or_verdict_is_refused(gate: str, verdict: str, problem: str)
 
 def test_canary_gauges_follow_the_rollout() -> None:
     m = OperatorMetrics()
-    # Canary created, pods not ready: no step start known, the first sighting counts.
-    m.set_canary("ml", "iris", version="4", weight=0, step=0, progressed_at=None,
-                 deadline_seconds=600, now=1000.0)
-    m.set_canary("ml", "iris", version="4", weight=0, step=0, progressed_at=None,
-                 deadline_seconds=600, now=1300.0)
+    # Canary created, pods not ready: the clock runs from the start.
+    m.set_canary("ml", "iris", weight=0, step=0, progressed_at=1000.0, deadline_at=1600.0)
     found = samples(m)
     assert value(found, "modelship_rollout_in_progress", **MD) == 1.0
     assert value(found, "modelship_canary_weight", **MD) == 0.0
     assert value(found, "modelship_rollout_step", **MD) == 1.0
     assert value(found, "modelship_rollout_last_progress_timestamp_seconds", **MD) == 1000.0
-    assert value(found, "modelship_rollout_progress_deadline_seconds", **MD) == 600.0
-    # First weight: the step start the state machine keeps wins.
-    m.set_canary("ml", "iris", version="4", weight=10, step=0, progressed_at=1400.0,
-                 deadline_seconds=600, now=1401.0)
+    assert value(found, "modelship_rollout_deadline_timestamp_seconds", **MD) == 1600.0
+    m.set_canary("ml", "iris", weight=50, step=1, progressed_at=1400.0, deadline_at=2060.0)
     found = samples(m)
-    assert value(found, "modelship_canary_weight", **MD) == 10.0
-    assert value(found, "modelship_rollout_last_progress_timestamp_seconds", **MD) == 1400.0
-    # Next step, caller without a step start: progress is when this process saw it move.
-    m.set_canary("ml", "iris", version="4", weight=50, step=1, progressed_at=None,
-                 deadline_seconds=600, now=1500.0)
-    m.set_canary("ml", "iris", version="4", weight=50, step=1, progressed_at=None,
-                 deadline_seconds=600, now=1600.0)
-    found = samples(m)
+    assert value(found, "modelship_canary_weight", **MD) == 50.0
     assert value(found, "modelship_rollout_step", **MD) == 2.0
-    assert value(found, "modelship_rollout_last_progress_timestamp_seconds", **MD) == 1500.0
+    assert value(found, "modelship_rollout_last_progress_timestamp_seconds", **MD) == 1400.0
+    assert value(found, "modelship_rollout_deadline_timestamp_seconds", **MD) == 2060.0
     # Paused: no deadline applies.
-    m.set_canary("ml", "iris", version="4", weight=50, step=1, progressed_at=None,
-                 deadline_seconds=None, now=1700.0)
+    m.set_canary("ml", "iris", weight=50, step=1, progressed_at=1400.0, deadline_at=None)
     found = samples(m)
-    assert value(found, "modelship_rollout_progress_deadline_seconds", **MD) is None
+    assert value(found, "modelship_rollout_deadline_timestamp_seconds", **MD) is None
     assert value(found, "modelship_rollout_in_progress", **MD) == 1.0
     # Done: weight and step 0, nothing left that an alert on progress could match.
     m.clear_canary("ml", "iris")
@@ -133,36 +135,32 @@ def test_canary_gauges_follow_the_rollout() -> None:
     assert value(found, "modelship_canary_weight", **MD) == 0.0
     assert value(found, "modelship_rollout_step", **MD) == 0.0
     assert value(found, "modelship_rollout_last_progress_timestamp_seconds", **MD) is None
-    assert value(found, "modelship_rollout_progress_deadline_seconds", **MD) is None
+    assert value(found, "modelship_rollout_deadline_timestamp_seconds", **MD) is None
 
 
 @pytest.mark.parametrize(
-    ("weight", "step", "deadline", "problem"),
-    [(101, 0, 600.0, "percentage"), (-1, 0, 600.0, "percentage"), (10, -1, 600.0, "step"),
-     (10, 0, 0.0, "deadline")],
+    ("weight", "step", "problem"),
+    [(101, 0, "percentage"), (-1, 0, "percentage"), (10, -1, "step")],
 )
-def test_impossible_canary_figures_are_refused(
-    weight: int, step: int, deadline: float, problem: str
-) -> None:
+def test_impossible_canary_figures_are_refused(weight: int, step: int, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        OperatorMetrics().set_canary("ml", "iris", version="4", weight=weight, step=step,
-                                     progressed_at=None, deadline_seconds=deadline)
+        OperatorMetrics().set_canary("ml", "iris", weight=weight, step=step,
+                                     progressed_at=None, deadline_at=None)
 
 
 def test_forget_drops_every_series_of_a_deleted_model_deployment() -> None:
     m = OperatorMetrics()
     for name in ("iris", "wine"):
-        m.set_canary("ml", name, version="2", weight=10, step=0, progressed_at=5.0,
-                     deadline_seconds=600)
+        m.set_canary("ml", name, weight=10, step=0, progressed_at=5.0, deadline_at=605.0)
         m.record_rollout("ml", name, "Aborted")
-        m.record_gate("ml", name, "custom_gate", "pass")
+        m.record_gate("ml", name, "customGate", "Pass")
     m.record_reconcile_error("InvalidSpec")
     before = samples(m)
     assert of_md(before, "ml", "iris") == {  # every per-ModelDeployment metric
         "modelship_rollouts_total", "modelship_analysis_verdicts_total",
         "modelship_canary_weight", "modelship_rollout_step", "modelship_rollout_in_progress",
         "modelship_rollout_last_progress_timestamp_seconds",
-        "modelship_rollout_progress_deadline_seconds",
+        "modelship_rollout_deadline_timestamp_seconds",
     }
     m.forget("ml", "iris")
     after = samples(m)
@@ -190,27 +188,29 @@ def test_reconcile_errors_and_duration() -> None:
         m.record_reconcile_error("connection refused: 10.0.0.1:443")
 
 
-def test_every_outcome_event_of_the_state_machine_is_counted() -> None:
-    """The reconciler counts the Events whose reason is in OUTCOMES: every way a rollout
-    ends must post one of them (and only those end one)."""
-    spec = RolloutSpec(steps=[10, 100], interval="60s", analysis=AnalysisSpec(failure_limit=1))
-    running = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0))
+def test_every_way_a_rollout_ends_is_an_outcome_counted() -> None:
+    """The reconciler counts the outcome of a pass that ends a rollout (a canary before,
+    none after): every way a rollout ends must leave one of OUTCOMES."""
+    spec = RolloutSpec(steps=[10, 100], interval="60s",
+                       analysis=AnalysisSpec(failure_limit=1), progress_deadline_seconds=60)
+    running = RolloutState("3", Canary("4", weight=10, step=0, step_started_at=0.0,
+                                       progress_at=0.0))
     ready = {"canary_ready": True}
+    failed = Verdict(Outcome.FAIL, "error rate 0.5")
+    unsure = Verdict(Outcome.INCONCLUSIVE, "3 requests")
     ends = {
         "promoted": advance(spec, "4", running, Observed(now=1.0, promote_now=True, **ready)),
-        "rolled back": advance(spec, "4", running, Observed(now=61.0, **ready),
-                               Verdict(Outcome.FAIL, "error rate 0.5")),
-        "aborted": advance(spec, "3", running, Observed(now=1.0, **ready)),
+        "rolled back": advance(spec, "4", running, Observed(now=61.0, **ready), failed),
+        "reverted": advance(spec, "3", running, Observed(now=1.0, **ready)),
         "abort annotation": advance(spec, "4", running, Observed(now=1.0, abort=True, **ready)),
+        "deadline": advance(spec, "4", running, Observed(now=500.0, **ready), unsure),
     }
+    outcomes = {}
     for how, step in ends.items():
         assert step.state.canary is None and step.state.last is not None, how
-        reasons = [reason for reason, _, _ in step.events]
-        assert reasons == [step.state.last.outcome], how
-        assert step.state.last.outcome in metrics.OUTCOMES, how
-    moved = advance(spec, "4", running, Observed(now=61.0, **ready), Verdict(Outcome.PASS, "ok"))
-    assert moved.state.canary is not None
-    assert not {reason for reason, _, _ in moved.events} & set(metrics.OUTCOMES)
+        outcomes[how] = step.state.last.outcome
+    assert set(outcomes.values()) == set(metrics.OUTCOMES), outcomes
+    assert outcomes["deadline"] == "RolledBack"
 
 
 def _free_port() -> int:
@@ -221,8 +221,7 @@ def _free_port() -> int:
 
 def test_served_over_http() -> None:
     m = OperatorMetrics()
-    m.set_canary("ml", "iris", version="4", weight=50, step=1, progressed_at=7.0,
-                 deadline_seconds=None)
+    m.set_canary("ml", "iris", weight=50, step=1, progressed_at=7.0, deadline_at=None)
     server = m.serve(_free_port(), "127.0.0.1")
     try:
         host, port = server.server_address[:2]

@@ -328,7 +328,8 @@ def test_metrics_endpoint_shows_passes_rollouts_and_deletions(
     assert passes >= 1
     assert found[("modelship_rollouts_total", iris | {("outcome", "Promoted")})] == 0
 
-    # A canary at its first weight: the gauges say so, with the step's start as progress.
+    # A canary at its first weight: the gauges say so, with the progress status keeps and
+    # the deadline that follows from it (interval 60 s, progressDeadlineSeconds 600).
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": "4"}}})
     wait_for(lambda: len(children(cluster)["deployments"]) == 2, what="canary")
     cluster.mark_ready(NS, "iris-v4", 1)
@@ -336,10 +337,11 @@ def test_metrics_endpoint_shows_passes_rollouts_and_deletions(
     wait_for(lambda: sample("modelship_canary_weight") == 10, what="weight gauge 10")
     assert sample("modelship_rollout_in_progress") == 1
     assert sample("modelship_rollout_step") == 1
-    started = md_status(cluster)["canary"]["stepStartedAt"]
+    progress_at = datetime.fromisoformat(md_status(cluster)["canary"]["progressAt"]).timestamp()
     progressed = sample("modelship_rollout_last_progress_timestamp_seconds")
-    assert progressed is not None
-    assert abs(progressed - datetime.fromisoformat(started).timestamp()) < 1
+    deadline = sample("modelship_rollout_deadline_timestamp_seconds")
+    assert progressed is not None and abs(progressed - progress_at) < 0.001
+    assert deadline is not None and abs(deadline - (progress_at + 60 + 600)) < 0.001
 
     # Promoted: counted once, and the gauges are back to no rollout.
     cluster.patch_md(NS, "iris", {"metadata": {"annotations": {"modelship.io/promote": "now"}}})

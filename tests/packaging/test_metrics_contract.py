@@ -63,10 +63,9 @@ def _exposed() -> dict[str, tuple[set[str], str]]:
     exposed: dict[str, tuple[set[str], str]] = {}
     _read(metrics.render().decode(), "runtime", exposed)
     operator = OperatorMetrics()
-    operator.set_canary("ml", "iris", version="4", weight=10, step=0, progressed_at=1.0,
-                        deadline_seconds=600)
+    operator.set_canary("ml", "iris", weight=10, step=0, progressed_at=1.0, deadline_at=601.0)
     operator.record_rollout("ml", "iris", "RolledBack")
-    operator.record_gate("ml", "iris", "latency", "fail")
+    operator.record_gate("ml", "iris", "latencyP95", "Fail")
     operator.record_reconcile_error("InvalidSpec")
     operator.reconcile_duration.observe(0.1)
     _read(operator.render().decode(), "operator", exposed)
