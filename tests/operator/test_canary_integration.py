@@ -4,7 +4,7 @@ for the pods.
 
 Each version registered in MLflow is served by its own `modelship-runtime serve` process
 (pulling it from the registry); the test plays the parts of the kubelet (mark_ready) and
-of the EndpointSlice controller (slices of Services `iris` and `iris-canary` pointing at
+of the EndpointSlice controller (slices of Services `iris` and `iris--canary` pointing at
 those processes, with pod names prefixed by their Deployment's name), and sends real
 prediction traffic to both sides. The operator scrapes the processes' /metrics (provider
 `pods`), judges each step and promotes or rolls back by itself.
@@ -202,7 +202,7 @@ def serve_stable(cluster: Cluster, pods: dict[str, Runtime], spec: dict[str, Any
 
 def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> int:
     """Point spec at `version`; returns the request index the rollout starts at."""
-    endpoint_slice(cluster, "iris-canary", f"iris-v{version}", pods[version])
+    endpoint_slice(cluster, "iris--canary", f"iris-v{version}", pods[version])
     mark = len(cluster.requests())
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": version}}})
     wait_for(lambda: f"iris-v{version}" in names(cluster, "deployments"),
@@ -211,7 +211,7 @@ def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> in
 
 
 def canary_ingress_weight(cluster: Cluster) -> str | None:
-    ingress = cluster.get("ingresses", NS, "iris-canary") or {}
+    ingress = cluster.get("ingresses", NS, "iris--canary") or {}
     return (ingress.get("metadata", {}).get("annotations") or {}).get(
         "nginx.ingress.kubernetes.io/canary-weight")
 

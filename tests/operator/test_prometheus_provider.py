@@ -39,7 +39,7 @@ from runtime_proc import (
 PROMETHEUS = shutil.which("prometheus")
 NS = "ml"
 STABLE = Target(NS, "iris", "iris-v1", "1")
-CANARY = Target(NS, "iris-canary", "iris-v3", "3")
+CANARY = Target(NS, "iris--canary", "iris-v3", "3")
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None or not RUNTIME.exists(),
