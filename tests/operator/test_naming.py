@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 
+import pydantic
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from modelship_operator import api, labels, naming
+from modelship_operator.reconcile import validation_message
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -126,8 +128,13 @@ def test_the_api_and_the_crd_state_the_same_name_rule() -> None:
     assert rule["message"] == f"metadata.name: {naming.MD_NAME_RULE}"
     assert f"<= {naming.MAX_MD_NAME}" in rule["rule"] and f"'{naming.SEPARATOR}'" in rule["rule"]
     body = {"metadata": {"name": "iris--canary"}, "spec": {"model": {"name": "m", "version": "1"}}}
-    with pytest.raises(ValueError, match=r"metadata\.name\n.*'iris--canary' is not a valid"):
+    with pytest.raises(pydantic.ValidationError) as info:
         api.ModelDeployment.from_body(body)
+    # What the operator puts in the Stalled condition of such an object.
+    assert validation_message(info.value) == (
+        f"metadata.name: 'iris--canary' is not a valid ModelDeployment name: use "
+        f"{naming.MD_NAME_RULE}"
+    )
 
 
 # --- injectivity ---------------------------------------------------------------------------
