@@ -167,7 +167,7 @@ def holder(obj: Mapping[str, Any], owner_uid: str, owner_name: str) -> str | Non
         labels.get(MANAGED_BY_LABEL) == MANAGER
     ):
         return None
-    return "no controller, and it is not labelled as this ModelDeployment's"
+    return "someone else (no controller, and not labelled as this ModelDeployment's)"
 
 
 def references(obj: Mapping[str, Any]) -> set[tuple[str, str]]:

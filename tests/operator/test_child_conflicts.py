@@ -57,10 +57,10 @@ def _ref(uid: str, controller: bool = True, kind: str = "ModelDeployment",
         (_meta(None, OURS), None),  # an orphan made for a ModelDeployment of this name
         (_meta([_ref("x", controller=False)], OURS), None),
         (_meta(None, {**OURS, "modelship.io/deployment": "iris-canary"}),
-         "no controller, and it is not labelled as this ModelDeployment's"),
+         "someone else (no controller, and not labelled as this ModelDeployment's)"),
         (_meta(None, {"modelship.io/deployment": "iris"}),
-         "no controller, and it is not labelled as this ModelDeployment's"),
-        (_meta(), "no controller, and it is not labelled as this ModelDeployment's"),
+         "someone else (no controller, and not labelled as this ModelDeployment's)"),
+        (_meta(), "someone else (no controller, and not labelled as this ModelDeployment's)"),
     ],
 )
 def test_holder(obj: dict[str, Any], held_by: str | None) -> None:
@@ -178,8 +178,8 @@ def test_sync_leaves_foreign_objects_alone_and_adopts_our_orphans(cluster: Clust
         "HorizontalPodAutoscaler iris-v1 (it names Deployment iris-v1)",
         "Ingress iris (it names Service iris)",
         "NetworkPolicy iris is held by ModelDeployment iris (uid 0ld)",
-        "Service iris is held by no controller, and it is not labelled as this "
-        "ModelDeployment's",
+        "Service iris is held by someone else (no controller, and not labelled as this "
+        "ModelDeployment's)",
     ]
     # What is free, or an orphan of ours, is applied; nothing held is written.
     assert sorted(result.created + result.updated) == [
@@ -249,7 +249,7 @@ def test_operator_reports_a_held_name_and_takes_it_once_free(
     owned = _condition(held, "ChildrenOwned")
     assert owned["status"] == "False" and owned["reason"] == "ChildConflict"
     for part in ("Deployment iris-v3 is held by Application legacy (uid f00d)",
-                 "Service iris is held by no controller",
+                 "Service iris is held by someone else (no controller",
                  "Ingress iris (it names Service iris)"):
         assert part in owned["message"], owned["message"]
     assert held["phase"] == "Failed"
