@@ -239,10 +239,16 @@ class Reconciler:
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
+        conflicts = [str(c) for c in result.conflicts]
+        if conflicts:
+            logger.warning(f"children held by another owner, left alone: {'; '.join(conflicts)}")
+        extra = [
+            *(extra_conditions or []),
+            *status.children_owned(conflicts, current.get("conditions"), md.metadata.generation),
+        ]
         write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
         self._report(
-            body, patch, current, md, step, result, analysis,
-            extra_conditions or [], write_back, resolved,
+            body, patch, current, md, step, result, analysis, extra, write_back, resolved,
             counters=counters, baseline=baseline,
         )
 
@@ -542,6 +548,12 @@ class Reconciler:
             phase = "RolledBack"
             reason = DEADLINE_REASON if last.reason.startswith(DEADLINE_REASON) else "RolledBack"
             conditions = status.kstatus(False, False, True, reason, message, generation)
+        held = status.held_back([*(extra_conditions or []), *(current.get("conditions") or [])])
+        if held is not None:
+            phase = "Failed"
+            conditions = status.kstatus(
+                False, False, True, held["reason"], held["message"], generation
+            )
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": phase,

@@ -173,8 +173,8 @@ def test_spec_changes_change_the_right_children(
     )
     assert sorted(d["metadata"]["name"] for d in kids["deployments"]) == ["iris-v3", "iris-v4"]
     services = {s["metadata"]["name"]: s for s in kids["services"]}
-    assert set(services) == {"iris", "iris-canary"}
-    assert services["iris-canary"]["spec"]["selector"]["modelship.io/model-version"] == "4"
+    assert set(services) == {"iris", "iris--canary"}
+    assert services["iris--canary"]["spec"]["selector"]["modelship.io/model-version"] == "4"
     status = wait_for(
         lambda: (s := md_status(cluster)).get("phase") == "Progressing" and s, what="Progressing"
     )
