@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
 loads the model (in a thread) before the server accepts traffic and drains background
-work at shutdown. Cross-cutting work (request ids, the model-version header, body-size and
+work at shutdown. ``app.state.drain`` is the SIGTERM drain state
+(:mod:`modelship_runtime.drain`) that readiness and the response headers follow. Cross-cutting work (request ids, the model-version header, body-size and
 content-type limits, API keys, request metrics) lives in :class:`ServingMiddleware`, a
 plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
 request and the hot path is what this runtime is for.
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .cache import Cache, RedisCache
 from .dataplane import DataPlane
+from .drain import CONNECTION_CLOSE, Drain
 from .endpoints import build_router, seed_predict
 from .errors import ModelshipError, PayloadTooLarge
 from .logging import model_version_var, request_id_var
@@ -79,9 +81,10 @@ class ServingMiddleware:
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
                  api_keys: list[bytes] | None, access_log: bool,
-                 plane: DataPlane | None = None) -> None:
+                 plane: DataPlane | None = None, drain: Drain | None = None) -> None:
         self.app = app
         self.plane = plane
+        self.drain = drain
         self.metrics = metrics
         self.version_header = (b"x-model-version", version.encode())
         self.version = version
@@ -111,6 +114,8 @@ class ServingMiddleware:
         request_id_var.set(rid.decode())
         model_version_var.set(self.version)
         extra = [self.version_header, (b"x-request-id", rid)]
+        if self.drain is not None and self.drain.draining:
+            extra.append(CONNECTION_CLOSE)  # keep-alive clients reconnect elsewhere
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -297,9 +302,11 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
 
     app = FastAPI(title="modelship runtime", version=__version__, lifespan=lifespan,
                   description=f"Serves model {model.name!r} version {model.version}.")
+    drain = Drain(settings.drain_seconds)
     app.state.plane = plane
     app.state.settings = settings
-    app.include_router(build_router(plane))
+    app.state.drain = drain
+    app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
@@ -327,5 +334,5 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
-                       access_log=settings.access_log, plane=plane)
+                       access_log=settings.access_log, plane=plane, drain=drain)
     return app
