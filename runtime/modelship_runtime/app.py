@@ -2,11 +2,12 @@
 
 ``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
 loads the model (in a thread) before the server accepts traffic and drains background
-work at shutdown. ``app.state.drain`` is the SIGTERM drain state
-(:mod:`modelship_runtime.drain`) that readiness and the response headers follow. Cross-cutting work (request ids, the model-version header, body-size and
+work at shutdown. Cross-cutting work (request ids, the model-version header, body-size and
 content-type limits, API keys, request metrics) lives in :class:`ServingMiddleware`, a
 plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
-request and the hot path is what this runtime is for.
+request and the hot path is what this runtime is for. ``app.state.drain`` is the SIGTERM
+drain state (:mod:`modelship_runtime.drain`) that readiness and the response headers
+follow.
 """
 
 from __future__ import annotations
