@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from kube_emulator import Cluster, wait_for
+from modelship_operator.settings import OperatorSettings
 from runtime_proc import RUNTIME, good_model, iris_rows, save_model, shifted_model
 from serving_emulator import Pods, Traffic
 
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.skipif(not RUNTIME.exists(),
 
 # Operator settings of each variant: retired Deployments kept (s), pods' drain (s).
 VARIANTS = {
-    "defaults": {},
+    "defaults": {"MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": str(
+        OperatorSettings.model_fields["retire_after_seconds"].default)},
     "pod-drain-only": {"MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": "0"},
     "no-drain": {"MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": "0",
                  "MODELSHIP_OPERATOR_RUNTIME_DRAIN_SECONDS": "0"},
