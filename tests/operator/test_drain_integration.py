@@ -16,6 +16,7 @@ off, requests are lost, which shows the count can see a loss.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,51 @@ def test_promotion_and_rollback_under_steady_traffic(
         assert "retiring" not in promoted["status"] and "retiring" not in rolled_back["status"]
     op.stop()
     assert "Traceback" not in op.output()
+
+
+def test_a_restarted_operator_still_retires_on_time(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    """status.retiring is the memory: an operator that stops right after a promotion and
+    a new one that starts later delete the old Deployment, not before its time, and keep
+    it as it was meanwhile (no pod started or stopped)."""
+    import datetime
+
+    env = {"MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS": "0.5",
+           "MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": "8"}
+    first = operator(**env)
+    cluster.create_md(manifest("replicas"))
+    wait_for(lambda: cluster.get("deployments", NS, "iris-v1"), what="iris-v1")
+    cluster.mark_ready(NS, "iris-v1", 2)
+    wait_for(lambda: status(cluster).get("phase") == "Ready", what="version 1 Ready")
+    cluster.patch_md(NS, "iris", {"spec": {"model": {"version": "2"}}})
+    wait_for(lambda: cluster.get("deployments", NS, "iris-v2"), what="iris-v2")
+    cluster.mark_ready(NS, "iris-v2", 1)
+    wait_for(lambda: status(cluster).get("canary", {}).get("weight") == 50, what="weight 50")
+    old = cluster.get("deployments", NS, "iris-v1") or {}
+    assert old["spec"]["replicas"] == 1  # the stable side gave a pod to the canary
+    cluster.patch_md(NS, "iris", {"metadata": {"annotations": {"modelship.io/promote": "now"}}})
+    done = wait_for(lambda: (s := status(cluster)).get("retiring") and s, what="promotion")
+    first.stop()
+    assert done["lastRollout"]["outcome"] == "Promoted" and done["stable"]["version"] == "2"
+    (entry,) = done["retiring"]
+    assert entry["version"] == "1"
+    since = datetime.datetime.fromisoformat(entry["since"].replace("Z", "+00:00")).timestamp()
+    service = cluster.get("services", NS, "iris") or {}
+    assert service["spec"]["selector"]["modelship.io/model-version"] == "2"
+    kept = cluster.get("deployments", NS, "iris-v1") or {}
+    assert kept["spec"] == old["spec"]
+
+    mark = len(cluster.requests())
+    second = operator(**env)
+    wait_for(lambda: cluster.get("deployments", NS, "iris-v1") is None, timeout=60,
+             what="iris-v1 deleted by the new operator")
+    assert time.time() >= since + 8
+    wait_for(lambda: "retiring" not in status(cluster), what="status.retiring cleared")
+    assert [d["metadata"]["name"] for d in cluster.objects("deployments", NS)] == ["iris-v2"]
+    assert cluster.get("services", NS, "iris-canary") is None
+    deleted = [p for m, p, _, agent in cluster.requests()[mark:]
+               if m == "DELETE" and p.endswith("/deployments/iris-v1") and agent != "test-user"]
+    assert len(deleted) == 1  # by the second operator
+    second.stop()
+    assert "Traceback" not in first.output() + second.output()
