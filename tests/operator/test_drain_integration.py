@@ -190,8 +190,11 @@ def test_a_restarted_operator_still_retires_on_time(
     it as it was meanwhile (no pod started or stopped)."""
     import datetime
 
+    # No resync within the test: the pass that deletes is the rollout timer's, which
+    # runs while status.retiring is set.
     env = {"MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS": "0.5",
-           "MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": "8"}
+           "MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS": "8",
+           "MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS": "600"}
     first = operator(**env)
     cluster.create_md(manifest("replicas"))
     wait_for(lambda: cluster.get("deployments", NS, "iris-v1"), what="iris-v1")
