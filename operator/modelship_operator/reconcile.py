@@ -21,13 +21,7 @@ from modelship_operator import api, events, naming, retire, status
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
-from modelship_operator.render import (
-    RenderError,
-    Retiring,
-    RolloutState,
-    desired_kinds,
-    render,
-)
+from modelship_operator.render import RenderError, Retiring, RolloutState, desired_kinds, render
 from modelship_operator.resolve import Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.state import (
