@@ -425,6 +425,14 @@ class LastRolloutStatus(_Model):
     write_back: str | None = None
 
 
+class RetiringStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    version: str
+    since: str
+
+
 Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]
 
 
@@ -439,6 +447,7 @@ class ModelDeploymentStatus(_Model):
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
     last_rollout: LastRolloutStatus | None = None
+    retiring: list[RetiringStatus] | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
     @field_validator("conditions")

@@ -5,7 +5,9 @@ loads the model (in a thread) before the server accepts traffic and drains backg
 work at shutdown. Cross-cutting work (request ids, the model-version header, the body-size
 limit, API keys, request metrics) lives in :class:`ServingMiddleware`, a
 plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
-request and the hot path is what this runtime is for.
+request and the hot path is what this runtime is for. ``app.state.drain`` is the SIGTERM
+drain state (:mod:`modelship_runtime.drain`) that readiness and the response headers
+follow.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__, protocols
 from .cache import Cache, RedisCache
 from .dataplane import DataPlane
+from .drain import CONNECTION_CLOSE, Drain
 from .endpoints import build_router, seed_predict
 from .errors import ModelshipError, NotJSON, PayloadTooLarge
 from .logging import model_version_var, request_id_var
@@ -99,9 +102,10 @@ class ServingMiddleware:
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
                  api_keys: list[bytes] | None, access_log: bool,
-                 plane: DataPlane | None = None) -> None:
+                 plane: DataPlane | None = None, drain: Drain | None = None) -> None:
         self.app = app
         self.plane = plane
+        self.drain = drain
         self.metrics = metrics
         self.version_header = (b"x-model-version", version.encode())
         self.version = version
@@ -131,6 +135,8 @@ class ServingMiddleware:
         request_id_var.set(rid.decode())
         model_version_var.set(self.version)
         extra = [self.version_header, (b"x-request-id", rid)]
+        if self.drain is not None and self.drain.draining:
+            extra.append(CONNECTION_CLOSE)  # keep-alive clients reconnect elsewhere
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -322,9 +328,11 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
 
     app = FastAPI(title="modelship runtime", version=__version__, lifespan=lifespan,
                   description=f"Serves model {model.name!r} version {model.version}.")
+    drain = Drain(settings.drain_seconds)
     app.state.plane = plane
     app.state.settings = settings
-    app.include_router(build_router(plane))
+    app.state.drain = drain
+    app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
@@ -354,5 +362,5 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
-                       access_log=settings.access_log, plane=plane)
+                       access_log=settings.access_log, plane=plane, drain=drain)
     return app

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from . import __version__, protocols
 from .dataplane import DataPlane, loads
+from .drain import Drain
 from .errors import ModelNotFound, ModelNotReady
 from .metrics import CONTENT_TYPE
 
@@ -50,9 +51,15 @@ async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
     return protocols.seed_response(result.prediction, single, result.cache_hit, ms)
 
 
-def build_router(plane: DataPlane) -> APIRouter:
-    """All routes of the runtime, bound to one data plane."""
+def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
+    """All routes of the runtime, bound to one data plane; readiness fails while `drain`
+    drains."""
     router = APIRouter()
+    drain = drain or Drain(0.0)
+
+    def check_serving() -> None:
+        if drain.draining:
+            raise ModelNotReady("draining: the server is shutting down")
     model = plane.model
     info = model.info
     batcher = plane.batcher
@@ -108,6 +115,7 @@ def build_router(plane: DataPlane) -> APIRouter:
     @router.get("/v2/health/ready", tags=["v2"], responses=_ERRORS, summary="V2 server ready")
     async def v2_ready() -> dict[str, Any]:
         plane.check_ready()
+        check_serving()
         return {"ready": True}
 
     @router.get("/v2/models/{name}", tags=["v2"], responses=_ERRORS, summary="V2 model metadata")
@@ -164,10 +172,12 @@ def build_router(plane: DataPlane) -> APIRouter:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @router.get("/readyz", tags=["health"], responses=_ERRORS, summary="Readiness (model loaded)")
+    @router.get("/readyz", tags=["health"], responses=_ERRORS,
+                summary="Readiness (model loaded, not draining)")
     async def readyz() -> dict[str, Any]:
         if not model.ready:
             raise ModelNotReady("model not loaded")
+        check_serving()
         return {"status": "ready", "model": info.name, "version": info.version}
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics")

@@ -89,6 +89,18 @@ class RuntimeSettings(BaseSettings):
     pull_backoff_seconds: float = Field(default=1.0, ge=0.0)
     """First wait between pull attempts; doubles each time."""
 
+    drain_seconds: float = Field(default=5.0, ge=0.0, le=3600.0)
+    """On SIGTERM (or SIGINT), keep serving this long before closing: readiness
+    (`/readyz`, `/v2/health/ready`) answers 503 at once and responses carry
+    `Connection: close`, while new connections and requests are still answered, so the
+    routers that still send traffic here (endpoint removal reaches them a second or two
+    after the signal) lose nothing. Then the server stops accepting and finishes the
+    requests in flight. A second SIGTERM or SIGINT ends the drain early. 0: stop
+    accepting at once."""
+
+    shutdown_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    """After the drain, the longest wait for requests still in flight before exiting."""
+
     log_level: str = "INFO"
     """Log level of the runtime's loggers."""
 

@@ -593,7 +593,7 @@ def test_rollout_state_defaults_to_no_canary() -> None:
 
 def test_public_surface() -> None:
     assert set(render.__all__) == {
-        "RenderError", "RolloutState", "desired_kinds", "owner_reference", "render"
+        "RenderError", "Retiring", "RolloutState", "desired_kinds", "owner_reference", "render"
     }
 
 

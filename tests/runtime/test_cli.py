@@ -157,7 +157,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path, start_server: Any) 
         sys.path.remove(str(tmp_path))
         sys.modules.pop("slowmodel", None)
     url, proc = start_server("--model-dir", str(model_dir),
-                             env={"PYTHONPATH": str(tmp_path), "MODELSHIP_MICROBATCH": "false"})
+                             env={"PYTHONPATH": str(tmp_path), "MODELSHIP_MICROBATCH": "false",
+                                  "MODELSHIP_DRAIN_SECONDS": "0"})  # closes at once
     results: list[int | str] = []
 
     def call() -> None:

@@ -17,7 +17,7 @@ def test_exported_names() -> None:
     }
     public = {n for n in dir(modelship_runtime) if not n.startswith("_")}
     assert public <= set(modelship_runtime.__all__) | {
-        "annotations", "TYPE_CHECKING", "app", "cache", "dataplane", "endpoints", "errors",
+        "annotations", "TYPE_CHECKING", "app", "cache", "dataplane", "drain", "endpoints", "errors",
         "logging", "metrics", "model", "protocols", "pull", "settings", "sklearn"}
 
 
