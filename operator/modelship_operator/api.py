@@ -457,6 +457,9 @@ class CanaryStatus(_Model):
     progress_at: str | None = None
     paused_at: str | None = None
     held_since: str | None = None
+    smoke_test_passed: bool | None = None
+    shadow: bool | None = None
+    shadow_passed: bool | None = None
     step_counters: StepCounters | None = None
     baseline: ClassBaseline | None = None
     last_analysis: AnalysisResult | None = None

@@ -213,6 +213,7 @@ class Reconciler:
             stable_version=after.stable,
             canary_version=after.canary.version if after.canary else None,
             canary_weight=after.canary.weight if after.canary else 0,
+            mirror=bool(after.canary and after.canary.shadow),
             retiring=tuple(
                 Retiring(e.version, _replicas(_deployment(live, name, e.version))) for e in kept
             ),
@@ -274,7 +275,9 @@ class Reconciler:
         weight took effect, plus the warm-up), and kept in status for later passes.
         """
         canary = after.canary
-        if canary is None or canary.weight == 0 or canary.step_started_at is None:
+        if canary is None or (canary.weight == 0 and not canary.shadow) or (
+            canary.step_started_at is None
+        ):
             return None, None
         same = current_canary.get("version") == canary.version
         step_iso = driver.iso(canary.step_started_at)

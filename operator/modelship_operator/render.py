@@ -31,6 +31,7 @@ from modelship_operator.reconcilers import (
     pdb,
     service,
     serviceaccount,
+    shadowconfig,
 )
 from modelship_operator.settings import OperatorSettings
 
@@ -61,6 +62,8 @@ class RolloutState:
     retiring: tuple[Retiring, ...] = ()
     """Versions no longer served whose Deployments stay a while (routers learn of a
     retarget seconds after it is made, and keep sending requests meanwhile)."""
+    mirror: bool = False
+    """The shadow phase runs: the stable mirrors requests to the canary."""
     former_canary: str | None = None
     """While versions retire and no canary runs: the version of the rollout that just
     ended. Its canary Service (and canary Ingress, or HTTPRoute backend) stay, at weight
@@ -71,6 +74,7 @@ _KINDS: list[tuple[str, str]] = [
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
+    ("v1", "ConfigMap"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
@@ -264,6 +268,11 @@ def render(
         deployment.render(md, version, settings),
         service.render(md, version),
     ]
+    if shadowconfig.wanted(md):
+        mirroring = state.mirror and state.canary_version not in (None, version)
+        children.append(shadowconfig.render(
+            md, version if mirroring else None, state.canary_version if mirroring else None
+        ))
     if spec.autoscaling is not None:
         children.append(hpa.render(md, version, spec.autoscaling))
     children.append(pdb.render(md))

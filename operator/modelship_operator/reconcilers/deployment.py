@@ -41,6 +41,9 @@ ENV_API_KEYS_FILE = "MODELSHIP_API_KEYS_FILE"
 ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
 ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
+ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+SHADOW_MOUNT = "/etc/modelship/shadow"
+SHADOW_FILE = f"{SHADOW_MOUNT}/shadow.json"  # the key of ConfigMap NAME--shadow
 REDIS_SECRET_KEY = "REDIS_URL"
 AUTH_MOUNT = "/etc/modelship/auth"
 API_KEYS_FILE = f"{AUTH_MOUNT}/api-keys"  # the Secret's key `api-keys`
@@ -165,6 +168,12 @@ def render(
             _secret_env(ENV_REDIS_URL, secret, REDIS_SECRET_KEY, optional=False),
             {"name": ENV_CACHE_TTL, "value": str(spec.cache.ttl_seconds)},
         ]
+    if spec.rollout.shadow is not None and spec.rollout.shadow.via == "runtime":
+        # Mounted, not in env: a shadow phase starts and ends without restarting a pod.
+        serve_env.append({"name": ENV_SHADOW_FILE, "value": SHADOW_FILE})
+        volumes.append({"name": "shadow", "configMap": {
+            "name": naming.shadow_config_name(name), "optional": True}})
+        mounts.append({"name": "shadow", "mountPath": SHADOW_MOUNT, "readOnly": True})
     if spec.auth is not None:
         secret = require_subdomain(
             spec.auth.api_key_secret, "spec.auth.apiKeySecret", "Secret name"
