@@ -649,9 +649,9 @@ def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart()
     def by(out: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
         return next(o for o in out if o["kind"] == kind and o["metadata"]["name"] == name)
 
-    for dep in ("iris-v3", "iris-v4"):
-        assert by(quiet, "Deployment", dep) == by(shadowing, "Deployment", dep)
-        pod = by(shadowing, "Deployment", dep)["spec"]["template"]["spec"]
+    for dep_name in ("iris-v3", "iris-v4"):
+        assert by(quiet, "Deployment", dep_name) == by(shadowing, "Deployment", dep_name)
+        pod = by(shadowing, "Deployment", dep_name)["spec"]["template"]["spec"]
         assert {"name": "shadow", "configMap": {"name": "iris--shadow", "optional": True}} in (
             pod["volumes"])
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
