@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from modelship_operator.rollout.analysis import parse_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 RUNTIME = Path(sys.executable).parent / "modelship-runtime"
@@ -37,6 +38,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def samples_of(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -96,10 +102,11 @@ class Pod:
             self.proc.kill()
             self.proc.wait(15)
 
+    def text(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
     def scrape(self) -> Samples:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
+        return samples_of(self.text())
 
     def outcomes(self) -> dict[str, float]:
         samples = self.scrape()
@@ -268,7 +275,8 @@ def test_a_canary_trained_on_shuffled_labels_disagrees_and_clients_see_only_the_
         cluster: Cluster) -> None:
     stable, canary = cluster["to-shuffled"], cluster["shuffled"]
     X = cluster.X
-    before_out, before = stable.outcomes(), canary.scrape()
+    before_out, before_text = stable.outcomes(), canary.text()
+    before = samples_of(before_text)
     expected_disagree = 0
     with httpx.Client(timeout=30) as client:
         for i in range(50):
@@ -284,12 +292,16 @@ def test_a_canary_trained_on_shuffled_labels_disagrees_and_clients_see_only_the_
     assert expected_disagree >= 0.3 * 250  # the premise: shuffled labels make another model
     settle(stable, sent={stable.name: sum(before_out.values()) + 50})
     assert delta(stable.outcomes(), before_out)["sent"] == 50
-    after = canary.scrape()
+    after_text = canary.text()
+    after = samples_of(after_text)
     disagree = total(after, "model_shadow_agreement_total", result="disagree") - \
         total(before, "model_shadow_agreement_total", result="disagree")
     agree = total(after, "model_shadow_agreement_total", result="agree") - \
         total(before, "model_shadow_agreement_total", result="agree")
     assert (agree + disagree, disagree) == (250, expected_disagree)
+    # The operator's analysis reads the same figures from the canary's /metrics.
+    window = parse_metrics(after_text) - parse_metrics(before_text)
+    assert (window.agree, window.disagree, window.uncompared) == (agree, disagree, 0)
     # A bounded sample of disagreeing requests is logged, by the clients' request ids.
     logged = canary.logged("shadow disagreement")
     assert len(logged) == 3

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from modelship_operator.rollout.analysis import parse_metrics
 from modelship_runtime import RuntimeSettings, create_app
 from modelship_runtime.shadow import encode_predictions, mirror_path
 from prometheus_client.parser import text_string_to_metric_families
@@ -213,9 +214,14 @@ def test_a_regressor_canary_reports_absolute_and_relative_differences(
                           ).status_code == 200
     wait_for("30 rows compared", lambda: total(scrape(canary), "model_shadow_abs_diff_count")
              == 30)
+    text = httpx.get(f"{canary}/metrics").text
     samples = scrape(canary)
     diffs = np.abs(canary_model.predict(rows) - stable_model.predict(rows))
     assert total(samples, "model_shadow_abs_diff_sum") == pytest.approx(diffs.sum(), rel=1e-9)
+    # The operator's analysis reads them: the mean absolute difference of the window.
+    window = parse_metrics(text)
+    assert window.abs_diff_count == 30
+    assert window.abs_diff_sum / window.abs_diff_count == pytest.approx(diffs.mean(), rel=1e-9)
     assert total(samples, "model_shadow_rel_diff_count") == 30
     assert total(samples, "model_shadow_abs_diff_bucket", le="0.0") == 0  # all differ
     assert total(samples, "model_shadow_agreement_total") == 0  # labels are for classifiers
