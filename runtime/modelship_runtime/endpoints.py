@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from . import __version__, protocols
-from .dataplane import DataPlane, loads
+from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext, loads
 from .drain import Drain
 from .errors import ModelNotFound, ModelNotReady
 from .metrics import CONTENT_TYPE
@@ -36,7 +36,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _ERRORS = _responses(400, 401, 404, 413, 415, 503)
 
 
-async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
+async def seed_predict(plane: DataPlane, raw: bytes, t0: float,
+                       shadow: ShadowContext | None = None) -> bytes:
     """The whole of ``POST /predict`` after the body is read: parse, validate, infer."""
     batcher = plane.batcher
     batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
@@ -46,7 +47,7 @@ async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
         rows, single = protocols.seed_rows(body, plane.validator)
     finally:
         batcher.arriving -= 1
-    result = await plane.infer(rows)
+    result = await plane.infer(rows, shadow)
     ms = (time.perf_counter() - t0) * 1000.0
     return protocols.seed_response(result.prediction, single, result.cache_hit, ms)
 
@@ -82,7 +83,8 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
             raw = await request.body()
         finally:
             batcher.arriving -= 1
-        return Response(await seed_predict(plane, raw, t0), media_type=JSON)
+        return Response(await seed_predict(plane, raw, t0, request.scope.get(SHADOW_SCOPE_KEY)),
+                        media_type=JSON)
 
     @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V1_BODY), summary="KServe V1 predict")
@@ -95,7 +97,7 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
             rows = protocols.v1_rows(body, plane.validator)
         finally:
             batcher.arriving -= 1
-        result = await plane.infer(rows)
+        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
         return Response(protocols.v1_response(result.prediction), media_type=JSON)
 
     @router.get("/v1/models/{name}", tags=["kserve-v1"], responses=_ERRORS,
@@ -153,7 +155,7 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
             rows, req = protocols.v2_rows(body, plane.validator)
         finally:
             batcher.arriving -= 1
-        result = await plane.infer(rows)
+        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
         return Response(protocols.v2_response(result.prediction, info, req), media_type=JSON)
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_ERRORS,
