@@ -18,7 +18,7 @@
 # curl; `make demo DEMO_ARGS=rollout` does the same. `scripts/demo.sh down` deletes the
 # cluster. Settings: CLUSTER (modelship-demo), DEMO_HTTP_PORT (8080), DEMO_HTTPS_PORT
 # (8443), DEMO_RATE (requests a second during the rollout, 20), DEMO_ROLLOUT_TIMEOUT (900),
-# MLFLOW_IMAGE, INGRESS_NGINX_VERSION.
+# DEMO_POLL_SECONDS (10, between looks at the rollout), MLFLOW_IMAGE, INGRESS_NGINX_VERSION.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +30,7 @@ INGRESS_NGINX_VERSION="${INGRESS_NGINX_VERSION:-controller-v1.12.1}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
 DEMO_RATE="${DEMO_RATE:-20}"
 DEMO_ROLLOUT_TIMEOUT="${DEMO_ROLLOUT_TIMEOUT:-900}"
+DEMO_POLL_SECONDS="${DEMO_POLL_SECONDS:-10}"
 NS=ml
 HOST=iris.example.com
 BASE_URL="http://localhost:$DEMO_HTTP_PORT"
@@ -72,7 +73,8 @@ rollout() {  # VERSION
   traffic=$!
   # shellcheck disable=SC2064  # the pid is known now
   trap "kill $traffic 2>/dev/null || true" EXIT
-  scripts/demo/wait-promotion.sh "$NS" iris "$version" --timeout "$DEMO_ROLLOUT_TIMEOUT" || rc=$?
+  scripts/demo/wait-promotion.sh "$NS" iris "$version" --timeout "$DEMO_ROLLOUT_TIMEOUT" \
+    --every "$DEMO_POLL_SECONDS" || rc=$?
   kill -TERM "$traffic" 2>/dev/null || true
   wait "$traffic" || traffic_rc=$?
   trap - EXIT

@@ -17,8 +17,8 @@ from artifacts import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "operator"))
 
-from mlflow_proc import MlflowServer  # noqa: E402
-from runtime_proc import Runtime  # noqa: E402
+from mlflow_proc import MlflowServer
+from runtime_proc import Runtime
 
 MODEL = "iris-classifier"
 __all__ = ["MODEL", "MlflowServer", "Runtime", "demo_registry", "runtime"]

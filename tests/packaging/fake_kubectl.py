@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     if verb == "get" and len(rest) == 2 and rest[0] == "-o" and rest[1].startswith("jsonpath="):
         sys.stdout.write(jsonpath(obj, rest[1].removeprefix("jsonpath=")))
         return 0
-    if verb == "patch" and rest[:2] == ["--type", "merge"] and rest[2:3] == ["-p"] and len(rest) == 4:
+    if verb == "patch" and len(rest) == 4 and rest[:3] == ["--type", "merge", "-p"]:
         state[f"{namespace}/{name}"] = merge_patch(obj, json.loads(rest[3]))
         write_state(state_path, state)
         print(f"modeldeployment.modelship.io/{name} patched")

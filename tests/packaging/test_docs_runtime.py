@@ -94,8 +94,8 @@ exit "$rc"
 """
 
 
-def run_block(block: Block, base_url: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str],
-                                                                     list[int]]:
+def run_block(block: Block, base_url: str,
+              tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[int]]:
     """Run `block` with its runtime host replaced by `base_url`; (result, statuses)."""
     curl = shutil.which("curl")
     if curl is None:
