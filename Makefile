@@ -61,9 +61,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator runtime tests benchmarks scripts
 	$(BIN)/mypy
 
-## demo: kind cluster with everything in it, then a canary (needs Docker; scripts/demo.sh)
+## demo: kind cluster with everything in it, then a canary that must promote (needs Docker;
+## scripts/demo.sh; DEMO_ARGS=rollout repeats only the canary on the running cluster)
 demo:
-	@scripts/demo.sh
+	@scripts/demo.sh $(DEMO_ARGS)
 
 ## e2e: end-to-end suite against the kind cluster of `make demo` (skips, saying why, without)
 e2e: $(STAMP)

@@ -251,10 +251,14 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
         from .app import load_api_keys
 
         try:
-            load_api_keys(settings.api_keys_file)
+            keys = load_api_keys(settings.api_keys_file)
         except OSError as exc:
             raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: "
                          f"{exc.strerror or exc}") from None
+        if not keys:  # auth on with no key would refuse every request
+            raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: holds no API key "
+                         "(one key per line; a directory: every file in it, e.g. each key "
+                         "of a mounted Secret)")
     _check_port(settings.host, settings.port)
     if uri:
         dest = Path(tempfile.mkdtemp(prefix="modelship-model-"))

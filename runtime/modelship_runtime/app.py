@@ -77,7 +77,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
 
 
 def load_api_keys(path: Path) -> list[bytes]:
-    """API keys from a file (one per line) or a directory of such files (a Secret)."""
+    """API keys from a file (one per line) or a directory of such files: a mounted
+    Secret, whose every key is a file (kubelet's ``..data`` entries are skipped)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
         if path.is_dir() else [path]
     keys: list[bytes] = []

@@ -245,7 +245,7 @@ def test_image_and_resources(
             SETTINGS,
             {},
             {
-                "REDIS_URL": {"secretKeyRef": {"name": "redis", "key": "REDIS_URL"}},
+                "REDIS_URL": {"secretKeyRef": {"name": "redis", "key": "url"}},
                 "MODELSHIP_CACHE_TTL_SECONDS": "42",
             },
         ),
@@ -253,7 +253,7 @@ def test_image_and_resources(
             {"auth": {"apiKeySecret": "keys"}},
             SETTINGS,
             {},
-            {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth/api-keys"},
+            {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth"},  # the Secret, every key
         ),
         (
             {"runtime": {"env": [{"name": "A", "value": "1"}, {"name": "MODELSHIP_LOG_LEVEL",

@@ -35,7 +35,7 @@ ENV_REGISTRY_CREDENTIALS = (  # keys of spec.model.registry.credentialsSecret, a
 )
 ENV_MODEL_NAME = "MODELSHIP_MODEL_NAME"
 ENV_MODEL_VERSION = "MODELSHIP_MODEL_VERSION"
-ENV_REDIS_URL = "REDIS_URL"  # also the key read from spec.cache.redisSecret
+ENV_REDIS_URL = "REDIS_URL"
 ENV_CACHE_TTL = "MODELSHIP_CACHE_TTL_SECONDS"
 ENV_API_KEYS_FILE = "MODELSHIP_API_KEYS_FILE"
 ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
@@ -44,9 +44,11 @@ ENV_HOME = "HOME"
 ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
 SHADOW_MOUNT = "/etc/modelship/shadow"
 SHADOW_FILE = f"{SHADOW_MOUNT}/shadow.json"  # the key of ConfigMap NAME--shadow
-REDIS_SECRET_KEY = "REDIS_URL"
+REDIS_SECRET_KEY = "url"  # the key of spec.cache.redisSecret, as the CRD documents it
+# spec.auth.apiKeySecret is mounted whole and the runtime reads every file in the
+# directory: each key of the Secret holds accepted API keys, one per line, whatever its name.
 AUTH_MOUNT = "/etc/modelship/auth"
-API_KEYS_FILE = f"{AUTH_MOUNT}/api-keys"  # the Secret's key `api-keys`
+API_KEYS_FILE = AUTH_MOUNT
 MODEL_DIR = "/models"
 TMP_DIR = "/tmp"
 RUNTIME_COMMAND = "modelship-runtime"
