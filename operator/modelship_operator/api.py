@@ -400,6 +400,9 @@ class AnalysisResult(_StatusModel):
     predictions: int | None = None
     prediction_shift: float | None = None
     verdict: str | None = None
+    compared: int | None = None
+    agreement: float | None = None
+    mean_abs_diff: float | None = None
     gates: list[GateStatus] | None = Field(default=None, max_length=16)
     passed: bool | None = None
     at: str | None = None
@@ -414,6 +417,11 @@ class PodCounters(_StatusModel):
     errors: float | None = None
     buckets: Counts | None = None
     classes: Counts | None = None
+    agree: float | None = None
+    disagree: float | None = None
+    abs_diff_sum: float | None = None
+    abs_diff_count: float | None = None
+    uncompared: float | None = None
 
 
 PodsCounters = Annotated[dict[str, PodCounters], BeforeValidator(_without_nulls),

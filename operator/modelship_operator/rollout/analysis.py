@@ -28,9 +28,11 @@ from modelship_operator.rollout.gates import (
     GateResult,
     Outcome,
     Verdict,
+    agreement_gate,
     combine,
     error_rate_gate,
     latency_gate,
+    mean_abs_diff_gate,
     prediction_shift_gate,
     quantile_from_buckets,
 )
@@ -184,6 +186,8 @@ def analyse(
     window: Window,
     spec: AnalysisSpec,
     baseline: Mapping[str, float] | None = None,
+    *,
+    shadow: bool = False,
 ) -> tuple[Verdict, dict[str, Any]]:
     """The verdict on one step and the record for ``status.canary.lastAnalysis``.
 
@@ -235,6 +239,17 @@ def analyse(
             min_predictions=spec.min_predictions,
             reference_name="the stable version's predictions",
         ))
+    # Shadow phase: the canary's answers to mirrored requests against the stable's.
+    if shadow and spec.min_agreement is not None:
+        gates.append(agreement_gate(
+            canary.agree, canary.disagree, min_agreement=spec.min_agreement,
+            min_predictions=spec.min_predictions, confidence=spec.confidence,
+        ))
+    if shadow and spec.max_mean_abs_diff is not None:
+        gates.append(mean_abs_diff_gate(
+            canary.abs_diff_sum, canary.abs_diff_count,
+            max_mean_abs_diff=spec.max_mean_abs_diff, min_predictions=spec.min_predictions,
+        ))
     verdict = combine(gates, _summary(window))
     record: dict[str, Any] = {
         "requests": round(requests),
@@ -257,6 +272,12 @@ def analyse(
         shift = next((g.figure for g in gates if g.gate == "predictionShift"), None)
         if shift is not None:
             record["predictionShift"] = round(shift, 6)
+    if shadow:
+        record["compared"] = round(canary.agree + canary.disagree + canary.abs_diff_count)
+        for name, key in (("agreement", "agreement"), ("meanAbsDiff", "meanAbsDiff")):
+            figure = next((g.figure for g in gates if g.gate == name), None)
+            if figure is not None:
+                record[key] = round(figure, 6)
     figures: dict[str, float | int | None] = {
         k: v for k, v in record.items() if isinstance(v, int | float)
     }

@@ -282,7 +282,7 @@ class Analyst:
         except AnalysisError as exc:
             verdict = Verdict(Outcome.INCONCLUSIVE, f"no figures: {exc}")
             return verdict, _inconclusive_record(verdict, now), None
-        verdict, record = analyse(window, spec, baseline or None)
+        verdict, record = analyse(window, spec, baseline or None, shadow=state.canary.shadow)
         record["at"] = iso(now)
         record["windowSeconds"] = round(max(0.0, now - opens), 3)
         if verdict.outcome is not Outcome.INCONCLUSIVE:
