@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,25 @@ def test_component_patches_an_argocd_cm_that_names_its_namespace(tmp_path: Path)
     assert len(objects) == 1
     assert objects[0]["metadata"]["namespace"] == "gitops"
     assert objects[0]["data"] == {**configmap["data"], HEALTH_KEY: HEALTH_LUA.read_text()}
+
+
+def test_patch_file_works_with_kubectl_patch(tmp_path: Path) -> None:
+    """docs/gitops.md's command for an existing installation, run offline (--local)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found")
+    live = {**copy.deepcopy(ARGOCD_CM), "data": {"url": "https://argocd.example.com"}}
+    live["metadata"]["namespace"] = "argocd"
+    (tmp_path / "live.yaml").write_text(yaml.safe_dump(live))
+    result = subprocess.run(
+        [kubectl, "patch", "--local", "-f", str(tmp_path / "live.yaml"), "-o", "yaml",
+         "--patch-file", str(COMPONENT / "argocd-cm.yaml")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": os.devnull},
+    )
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["data"] == {"url": "https://argocd.example.com",
+                                                     HEALTH_KEY: HEALTH_LUA.read_text()}
+    assert f"--patch-file {COMPONENT.relative_to(REPO)}/argocd-cm.yaml" in GITOPS_PAGE
 
 
 def test_component_ships_the_source(shipped_lua: str) -> None:
