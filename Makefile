@@ -74,7 +74,8 @@ bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
 ## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
-## and the README's ModelDeployment reference (a test fails when they are stale)
+## the README's ModelDeployment reference and the Argo CD health check's copies in
+## kustomize/components/argocd-health and docs/gitops.md (a test fails when they are stale)
 sync: $(STAMP)
 	$(BIN)/python scripts/sync_generated.py
 
