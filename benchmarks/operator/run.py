@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests" / "operator"))
 
 from kube_emulator import Cluster  # noqa: E402
 from mlflow_proc import BIN, MlflowServer  # noqa: E402
-from modelship_operator import naming  # noqa: E402
+from modelship_operator import naming, rbac  # noqa: E402
 
 Request = tuple[str, str, dict[str, str], str]  # method, path, query, user agent
 
@@ -164,30 +165,60 @@ def resync_passes(window: list[Request]) -> int:
                and "watch" not in r[2])
 
 
+def resource_of(path: str) -> str:
+    """The resource a request path names: 'deployments', 'modeldeployments/status', ..."""
+    parts = path.strip("/").split("/")
+    if "namespaces" in parts[:-1]:
+        parts = parts[parts.index("namespaces") + 2:]
+    else:
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+    return "/".join(parts[:1] + parts[2:3])
+
+
+def breakdown(requests_: list[Request], count: int) -> dict[str, float]:
+    """Requests per ModelDeployment by method and resource, most frequent first."""
+    tally: dict[str, int] = {}
+    for method, path, query, _ in requests_:
+        key = f"{'WATCH' if 'watch' in query else method} {resource_of(path)}"
+        tally[key] = tally.get(key, 0) + 1
+    return {k: round(v / count, 2) for k, v in sorted(tally.items(), key=lambda kv: -kv[1])}
+
+
 def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    mlflow = MlflowServer(workdir).start(timeout=120)
-    deadline = time.monotonic() + args.timeout
-    cluster: Cluster | None = None
+    begun = time.monotonic()
+    deadline = begun + args.timeout
+    mlflow = MlflowServer(workdir)
+    cluster = Cluster(workdir)
     proc: subprocess.Popen[bytes] | None = None
+    cluster_up = False
     log = (workdir / "operator.log").open("wb")
     try:
+        with ThreadPoolExecutor(1) as pool:
+            # MLflow starts while the emulated API and the operator do.
+            mlflow_up = pool.submit(mlflow.start, max(1.0, min(120.0, args.timeout)))
+            cluster.start()
+            cluster_up = True
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
+            env.update(
+                KUBECONFIG=str(cluster.kubeconfig),
+                MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI=mlflow.uri,
+                MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS="true",
+                MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS=str(args.resync),
+                PYTHONUNBUFFERED="1",
+            )
+            proc = subprocess.Popen(
+                [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", "-m",
+                 "modelship_operator.handlers"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            )
+            try:
+                mlflow_up.result()
+            except (RuntimeError, TimeoutError) as exc:
+                raise BenchError(f"MLflow: {exc}") from exc
+        mlflow_seconds = time.monotonic() - begun
         started = time.monotonic()
         register_models(mlflow.uri, args.count)
         register_seconds = time.monotonic() - started
-        cluster = Cluster(workdir).start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
-        env.update(
-            KUBECONFIG=str(cluster.kubeconfig),
-            MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI=mlflow.uri,
-            MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS="true",
-            MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS=str(args.resync),
-            PYTHONUNBUFFERED="1",
-        )
-        proc = subprocess.Popen(
-            [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", "-m",
-             "modelship_operator.handlers"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
         # Startup and discovery are not part of the figures: wait for the operator's watch.
         kube = cluster
         poll(lambda: any(r[0] == "GET" and r[1].endswith("/modeldeployments")
@@ -195,6 +226,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
              deadline, proc, "the operator to watch ModelDeployments")
         baseline = len(kube.requests())
         cpu_start = cpu_seconds(proc.pid)
+        setup_seconds = time.monotonic() - begun
         started = time.monotonic()
         for i in range(args.count):
             kube.create_md(manifest(i))
@@ -219,8 +251,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             late = [describe(md) for md in mds if not is_ready(md)]
             raise BenchError(
                 f"{exc}: {args.count - len(late)}/{args.count} Ready within {args.timeout}s; "
-                f"not Ready: {'; '.join(late[:5])}{' ...' if len(late) > 5 else ''} "
-                f"(operator log: {workdir / 'operator.log'})"
+                f"not Ready: {'; '.join(late[:5])}{' ...' if len(late) > 5 else ''}"
             ) from exc
         wall = time.monotonic() - started
         cpu_create = cpu_seconds(proc.pid) - cpu_start
@@ -240,9 +271,12 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         window = by_operator(kube, before)
         passes = resync_passes(window)
         writes = [r for r in window if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
+        denied = [r for r in by_operator(kube, 0) if not rbac.allows(r[0], r[1], r[2])]
         return {
             "modeldeployments": args.count,
             "ready": args.count,
+            "setup_seconds": round(setup_seconds, 2),
+            "mlflow_start_seconds": round(mlflow_seconds, 2),
             "mlflow_registration_seconds": round(register_seconds, 2),
             "wall_seconds": round(wall, 2),
             "per_second": round(args.count / wall, 1),
@@ -250,6 +284,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "create_writes_per_md": round(
                 sum(1 for r in create_requests if r[0] != "GET") / args.count, 2
             ),
+            "create_requests_per_md_by_kind": breakdown(create_requests, args.count),
             "resync_window_seconds": round(window_seconds, 2),
             "resync_passes": passes,
             "resync_requests_per_pass": round(len(window) / passes, 2),
@@ -257,6 +292,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "operator_cpu_ms_per_md_create": round(1000 * cpu_create / args.count, 1),
             "operator_cpu_ms_per_resync_pass": round(1000 * cpu_resync / passes, 1),
             "operator_peak_rss_mib": round(peak_rss_kib(proc.pid) / 1024, 1),
+            "requests_outside_rbac": len(denied),
         }
     finally:
         if proc is not None:
@@ -267,7 +303,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 proc.kill()
                 proc.wait(timeout=20)
         log.close()
-        if cluster is not None:
+        if cluster_up:
             cluster.stop()
         mlflow.stop()
 
@@ -277,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200, help="ModelDeployments (>= 1)")
     parser.add_argument("--resync", type=float, default=5.0, help="resync interval, seconds")
     parser.add_argument("--timeout", type=float, default=300.0,
-                        help="bound, in seconds, on the whole run after MLflow has started")
+                        help="bound, in seconds, on the whole run (MLflow's start included)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.resync <= 0 or args.timeout <= 0:
         parser.error("--count must be at least 1, --resync and --timeout above 0")
@@ -285,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = bench(args, workdir)
     except BenchError as exc:
-        print(f"bench-operator failed: {exc}", file=sys.stderr)
+        print(f"bench-operator failed: {exc} (logs kept in {workdir})", file=sys.stderr)
         return 1
+    shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result, indent=2))
     return 0
 
