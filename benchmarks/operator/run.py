@@ -13,7 +13,9 @@ ModelDeployment on the way (the operator's client and kopf's, not the benchmark'
 full round of no-op resync passes (every ModelDeployment resynced once more): requests
 per pass and writes (none expected); operator CPU and peak RSS.
 
-Exits 1, saying which ModelDeployments and why, unless all are Ready within --timeout.
+Exits 1, saying which ModelDeployments are not Ready and why, unless all are Ready within
+--timeout seconds of the first create (and the setup and resync rounds end within their
+own bounds).
 
 Usage: .venv/bin/python benchmarks/operator/run.py [--count 200] [--resync 5]
 """
@@ -46,6 +48,8 @@ from modelship_operator import naming, rbac  # noqa: E402
 Request = tuple[str, str, dict[str, str], str]  # method, path, query, user agent
 
 NS = "bench"
+SETUP_SECONDS = 300.0  # bound on the start of MLflow and of the operator
+ROUND_SECONDS = 120.0  # bound on each round of resync passes (at least 20 intervals)
 REPLICAS = 2
 CHILDREN_PER_MD = 6  # Deployment, Service, ServiceAccount, PDB, NetworkPolicy, Ingress
 
@@ -186,7 +190,11 @@ def breakdown(requests_: list[Request], count: int) -> dict[str, float]:
 
 def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     begun = time.monotonic()
-    deadline = begun + args.timeout
+
+    def say(what: str) -> None:
+        print(f"[{time.monotonic() - begun:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+    setup_deadline = begun + SETUP_SECONDS
     mlflow = MlflowServer(workdir)
     cluster = Cluster(workdir)
     proc: subprocess.Popen[bytes] | None = None
@@ -195,7 +203,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         with ThreadPoolExecutor(1) as pool:
             # MLflow starts while the emulated API and the operator do.
-            mlflow_up = pool.submit(mlflow.start, max(1.0, min(120.0, args.timeout)))
+            mlflow_up = pool.submit(mlflow.start, SETUP_SECONDS)
             cluster.start()
             cluster_up = True
             env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSHIP_")}
@@ -216,18 +224,22 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except (RuntimeError, TimeoutError) as exc:
                 raise BenchError(f"MLflow: {exc}") from exc
         mlflow_seconds = time.monotonic() - begun
+        say(f"MLflow up at {mlflow.uri}; registering {args.count} models")
         started = time.monotonic()
         register_models(mlflow.uri, args.count)
         register_seconds = time.monotonic() - started
+        say("models registered; waiting for the operator")
         # Startup and discovery are not part of the figures: wait for the operator's watch.
         kube = cluster
         poll(lambda: any(r[0] == "GET" and r[1].endswith("/modeldeployments")
                          and "watch" in r[2] for r in by_operator(kube, 0)),
-             deadline, proc, "the operator to watch ModelDeployments")
+             setup_deadline, proc, "the operator to watch ModelDeployments")
         baseline = len(kube.requests())
         cpu_start = cpu_seconds(proc.pid)
         setup_seconds = time.monotonic() - begun
+        say(f"operator up; creating {args.count} ModelDeployments")
         started = time.monotonic()
+        deadline = started + args.timeout
         for i in range(args.count):
             kube.create_md(manifest(i))
         marked: set[str] = set()
@@ -254,19 +266,23 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"not Ready: {'; '.join(late[:5])}{' ...' if len(late) > 5 else ''}"
             ) from exc
         wall = time.monotonic() - started
+        say(f"all {args.count} Ready; measuring a round of resync passes")
         cpu_create = cpu_seconds(proc.pid) - cpu_start
         create_requests = by_operator(kube, baseline)
 
         # Let every ModelDeployment have one resync pass, then measure one more full round.
+        deadline = time.monotonic() + max(ROUND_SECONDS, 20 * args.resync)
         settle = len(kube.requests())
         poll(lambda: resync_passes(by_operator(kube, settle)) >= args.count, deadline, proc,
              "a first round of resync passes")
+        deadline = time.monotonic() + max(ROUND_SECONDS, 20 * args.resync)
         before = len(kube.requests())
         cpu_before = cpu_seconds(proc.pid)
         window_start = time.monotonic()
         poll(lambda: resync_passes(by_operator(kube, before)) >= args.count, deadline,
              proc, "a round of resync passes")
         window_seconds = time.monotonic() - window_start
+        say("resync round measured; stopping")
         cpu_resync = cpu_seconds(proc.pid) - cpu_before
         window = by_operator(kube, before)
         passes = resync_passes(window)
@@ -298,14 +314,18 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                say("the operator did not stop within 30s of SIGTERM; killing it")
                 proc.kill()
                 proc.wait(timeout=20)
+            say("operator stopped")
         log.close()
         if cluster_up:
             cluster.stop()
+            say("emulated API stopped")
         mlflow.stop()
+        say("emulated API and MLflow stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200, help="ModelDeployments (>= 1)")
     parser.add_argument("--resync", type=float, default=5.0, help="resync interval, seconds")
     parser.add_argument("--timeout", type=float, default=300.0,
-                        help="bound, in seconds, on the whole run (MLflow's start included)")
+                        help="seconds from the first create within which every "
+                             "ModelDeployment must be Ready")
     args = parser.parse_args(argv)
     if args.count < 1 or args.resync <= 0 or args.timeout <= 0:
         parser.error("--count must be at least 1, --resync and --timeout above 0")
