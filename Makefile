@@ -69,7 +69,8 @@ demo:
 e2e: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e -rs tests/e2e
 
-## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
+## bench-operator: 200 ModelDeployments to Ready with the real operator and a real MLflow
+## against the emulated API; fails unless all are Ready (benchmarks/operator)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 

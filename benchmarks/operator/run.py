@@ -283,6 +283,14 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
              proc, "a round of resync passes")
         window_seconds = time.monotonic() - window_start
         say("resync round measured; stopping")
+        if args.requests_log is not None:
+            with args.requests_log.open("w") as out:
+                for number, request in enumerate(kube.requests()):
+                    phase = "setup" if number < baseline else "create" if number < settle \
+                        else "settle" if number < before else "resync"
+                    method, path, query, agent = request
+                    out.write(json.dumps({"phase": phase, "method": method, "path": path,
+                                          "query": query, "agent": agent}) + "\n")
         cpu_resync = cpu_seconds(proc.pid) - cpu_before
         window = by_operator(kube, before)
         passes = resync_passes(window)
@@ -335,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds from the first create within which every "
                              "ModelDeployment must be Ready")
+    parser.add_argument("--requests-log", type=Path, metavar="FILE",
+                        help="write every API request (JSON lines, with the phase) to FILE")
     args = parser.parse_args(argv)
     if args.count < 1 or args.resync <= 0 or args.timeout <= 0:
         parser.error("--count must be at least 1, --resync and --timeout above 0")

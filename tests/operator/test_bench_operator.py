@@ -1,4 +1,4 @@
-"""`make bench-operator` in a short form: benchmarks/operator/run.py with 50
+"""`make bench-operator` in a short form: benchmarks/operator/run.py with 30
 ModelDeployments, a real MLflow and the real operator must bring every one to Ready, and
 its figures must be sane; plus the benchmark's own judgement of Ready and its failure."""
 
@@ -18,7 +18,7 @@ from mlflow_proc import BIN
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "benchmarks" / "operator" / "run.py"
-COUNT = 50
+COUNT = 30
 CHILD_KINDS = ("serviceaccounts", "deployments", "services", "poddisruptionbudgets",
                "networkpolicies", "ingresses")
 
@@ -38,13 +38,13 @@ bench = _load_run()
                     reason="the mlflow and kopf commands are missing (make setup installs them)")
 def test_short_benchmark_brings_every_modeldeployment_to_ready() -> None:
     result = subprocess.run(
-        [sys.executable, str(RUN), "--count", str(COUNT), "--resync", "2", "--timeout", "600"],
+        [sys.executable, str(RUN), "--count", str(COUNT), "--resync", "2", "--timeout", "300"],
         capture_output=True, text=True, timeout=900, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     figures: dict[str, Any] = json.loads(result.stdout)
     assert figures["modeldeployments"] == figures["ready"] == COUNT
-    assert 0 < figures["wall_seconds"] < 600
+    assert 0 < figures["wall_seconds"] < 300
     assert figures["per_second"] == round(COUNT / figures["wall_seconds"], 1)
     # Every ModelDeployment had its six children applied and its status written.
     by_kind = figures["create_requests_per_md_by_kind"]
@@ -53,7 +53,7 @@ def test_short_benchmark_brings_every_modeldeployment_to_ready() -> None:
     assert by_kind.get("PATCH modeldeployments/status", 0) >= 1
     assert figures["create_writes_per_md"] >= len(CHILD_KINDS) + 1
     assert figures["create_requests_per_md"] >= figures["create_writes_per_md"]
-    assert sum(by_kind.values()) == pytest.approx(figures["create_requests_per_md"], abs=0.1)
+    assert sum(by_kind.values()) == pytest.approx(figures["create_requests_per_md"], abs=0.2)
     # A no-op resync round: one pass per ModelDeployment at least, reads only.
     assert figures["resync_passes"] >= COUNT
     assert figures["resync_writes_total"] == 0
