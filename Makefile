@@ -70,12 +70,14 @@ demo:
 e2e: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e -rs tests/e2e
 
-## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
+## bench-operator: 200 ModelDeployments to Ready with the real operator and a real MLflow
+## against the emulated API; fails unless all are Ready (benchmarks/operator)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
 ## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
-## and the README's ModelDeployment reference (a test fails when they are stale)
+## the README's ModelDeployment reference and the Argo CD health check's copies in
+## kustomize/components/argocd-health and docs/gitops.md (a test fails when they are stale)
 sync: $(STAMP)
 	$(BIN)/python scripts/sync_generated.py
 
