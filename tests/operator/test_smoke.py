@@ -297,7 +297,7 @@ def test_an_api_outage_is_transient(cluster: Cluster) -> None:
     assert smoke.load_golden_set(md, "2", kube(cluster), None).expected == [1]
 
 
-# --- from a real MLflow run's artifacts -------------------------------------------------------------
+# --- from a real MLflow run's artifacts ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
