@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +144,20 @@ def _where(hook: WebhookSpec) -> str:
     return f"webhook {hook.name} ({host})"
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON can carry it: NaN and infinities become null, other
+    objects their text (a figure the analysis could not compute is no reason to fail)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
 def _printable(text: str) -> str:
     cleaned = "".join(c if c.isprintable() else " " for c in text).strip()
     return cleaned[:_MESSAGE_CHARS]
@@ -169,6 +185,7 @@ def call(
         "X-Modelship-Event": str(body.get("event", "")),
         "X-Modelship-Webhook": hook.name,
     }
+    data = json.dumps(_json_safe(body), allow_nan=False).encode()
     deadline = time.monotonic() + budget_seconds
     backoff = FIRST_BACKOFF_SECONDS
     result = WebhookResult(False, None, f"{where}: not called")
@@ -176,7 +193,7 @@ def call(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        result, retry = _try(hook, body, headers, min(hook.timeout_seconds, remaining), where)
+        result, retry = _try(hook, data, headers, min(hook.timeout_seconds, remaining), where)
         if result.ok or not retry or attempt == hook.retries:
             break
         if time.monotonic() + backoff >= deadline:
@@ -191,7 +208,7 @@ def call(
 
 def _try(
     hook: WebhookSpec,
-    body: Mapping[str, Any],
+    data: bytes,
     headers: Mapping[str, str],
     timeout: float,
     where: str,
@@ -199,7 +216,7 @@ def _try(
     """One POST: its result, and whether another try may help."""
     try:
         with requests.post(
-            hook.url, json=dict(body), headers=dict(headers), timeout=timeout,
+            hook.url, data=data, headers=dict(headers), timeout=timeout,
             allow_redirects=False, stream=True,
         ) as response:
             status = response.status_code
@@ -235,7 +252,15 @@ def _call_all(
                                    budget_seconds=budget_seconds)
             for hook in hooks
         }
-        return {name: future.result() for name, future in futures.items()}
+        results = {}
+        for hook in hooks:
+            try:
+                results[hook.name] = futures[hook.name].result()
+            except Exception as exc:  # notify and confirm_promotion never raise
+                results[hook.name] = WebhookResult(
+                    False, None, f"{_where(hook)}: {type(exc).__name__}: {exc}"[:300]
+                )
+        return results
 
 
 def notify(

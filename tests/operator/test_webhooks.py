@@ -74,6 +74,15 @@ def test_success_posts_json_with_the_documented_headers(server: HookServer) -> N
 # --- retries ----------------------------------------------------------------------------------
 
 
+def test_figures_strict_json_cannot_carry_are_sent_as_null(server: HookServer) -> None:
+    sent = {**body(), "analysis": {"latencyP95Ms": float("nan"), "errorRate": float("inf"),
+                                   "requests": 3, "window": (1, 2)}}
+    assert webhooks.call(hook(server.url + "/hook"), sent, allowed_hosts=ANY_HOST).ok
+    (got,) = server.hits("/hook")
+    assert got.body["analysis"] == {"latencyP95Ms": None, "errorRate": None, "requests": 3,
+                                    "window": [1, 2]}
+
+
 def test_retries_after_500_then_succeeds(server: HookServer) -> None:
     server.answer("/hook", 500, 503, 200)
     result = webhooks.call(hook(server.url + "/hook", retries=2), body(), allowed_hosts=ANY_HOST)
