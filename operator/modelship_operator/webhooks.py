@@ -24,7 +24,8 @@ Each call tries once, then up to ``retries`` more times after a connection failu
 timeout, 408, 429 or 5xx (waiting 0.5 s, 1 s, 2 s, ...), within ``timeoutSeconds`` per try
 and :data:`BUDGET_SECONDS` in all. Another 4xx is an answer and is not retried. Redirects
 are not followed (a redirect could lead anywhere). Messages name a hook by its name and
-host only: webhook URLs often carry a secret in their path or query.
+host only: webhook URLs often carry a secret in their path or query. Figures strict JSON
+cannot carry (NaN, infinities) are sent as null.
 
 Trust: webhook URLs are written by whoever may edit ModelDeployments in a namespace, and
 the operator calls them from inside the cluster. The operator setting
