@@ -62,8 +62,6 @@ class RolloutState:
     retiring: tuple[Retiring, ...] = ()
     """Versions no longer served whose Deployments stay a while (routers learn of a
     retarget seconds after it is made, and keep sending requests meanwhile)."""
-    mirror: bool = False
-    """The shadow phase runs: the stable mirrors requests to the canary."""
     former_canary: str | None = None
     """While versions retire and no canary runs: the version of the rollout that just
     ended. Its canary Service (and canary Ingress, or HTTPRoute backend) stay, at weight
@@ -74,9 +72,9 @@ class RolloutState:
     once the canary's pods are ready: no route ever leads to a canary that cannot answer.
     Without spec.rollout.headerRouting it changes nothing."""
     mirror: bool = False
-    """Shadow via gateway: the HTTPRoute copies every request of its weighted rule to the
-    canary Service (a RequestMirror filter). Set during the shadow phase, once the
-    canary's pods are ready. Changes nothing unless spec.rollout.shadow.via is gateway."""
+    """The shadow phase runs (set once the canary's pods are ready): via runtime, ConfigMap
+    NAME--shadow tells the stable's pods to mirror; via gateway, the HTTPRoute copies
+    every request of its weighted rule to the canary Service (a RequestMirror filter)."""
 
 
 _KINDS: list[tuple[str, str]] = [

@@ -289,3 +289,39 @@ def test_a_disagreeing_candidate_fails_in_the_shadow_and_no_client_sees_it(
     assert clients.answers.count(0) > 0 and set(clients.codes) == {200}
     op.stop()
     assert "Traceback" not in op.output()
+
+
+def test_a_candidate_failing_the_golden_set_never_receives_traffic(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer, pods: dict[str, Any],
+) -> None:
+    """spec.rollout.smokeTest from a ConfigMap: the golden rows (iris, with the stable's
+    answers) go to the canary's pod once it is ready, before any mirrored or real request;
+    the shifted candidate gets setosa wrong and is rolled back at once."""
+    runtimes = pods["runtimes"]
+    rows = iris_rows()[::3]  # 50 rows, every class
+    expected = [int(v) for v in good_model(1.0).predict(rows)]  # type: ignore[attr-defined]
+    cluster.http("POST", f"/api/v1/namespaces/{NS}/configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "iris-golden", "namespace": NS},
+        "data": {"smoke.json": json.dumps({"instances": rows, "expected": expected})},
+    })
+    op = operator(MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS="0.5",
+                  MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI=mlflow.uri)
+    before = client_requests_at(runtimes[SHIFTED])
+    spec = manifest(STABLE, smokeTest={"configMap": {"name": "iris-golden", "key": "smoke.json"},
+                                       "minAccuracy": 0.95})
+    with Kubelet(cluster, pods["shadow_file"], runtimes[SHIFTED]) as kubelet:
+        serve(cluster, pods, spec, SHIFTED)
+        done = wait_for(lambda: (s := status(cluster)).get("phase") == "RolledBack" and s,
+                        timeout=120, what="rollback on the golden set")
+    assert done["lastRollout"]["reason"].startswith("smoke test failed: ")
+    (failed,) = events(cluster, "SmokeTestFailed")
+    assert "golden rows right" in failed["message"] and "row 0: expected 0, got 2" in (
+        failed["message"])
+    assert events(cluster, "ShadowStarted") == [] and events(cluster, "CanaryWeight") == []
+    assert all(config == {} for config in kubelet.seen)  # mirroring never switched on
+    after = client_requests_at(runtimes[SHIFTED])
+    assert after[1] == before[1]  # not one mirrored request
+    assert 1 <= after[0] - before[0] <= 2  # the golden set's batch (or two): nothing else
+    op.stop()
+    assert "Traceback" not in op.output()
