@@ -41,6 +41,7 @@ RUNTIME = Path(sys.executable).parent / "modelship-runtime"
 #: scenario -> (rows per request, wrk connections)
 SCENARIOS = {"single-c1": (1, 1), "single-c8": (1, 8), "batch10-c8": (10, 8)}
 OUTCOMES = ("sent", "dropped", "failed", "skipped")
+FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
 
 
 def log(msg: str) -> None:
@@ -65,6 +66,12 @@ def agreement(url: str) -> float:
         text = resp.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("model_shadow_agreement_total{"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_drained(url: str, timeout: float = 60.0) -> None:
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                            MODELSHIP_MODEL_VERSION="1", MODELSHIP_SHADOW_URL=canary_url)
         servers.append(on)
         urls = {"off": off_url, "on": on_url}
+        pids = {"off": off.pid, "on": on.pid}
         for rnd in range(args.rounds):
             for s_i, scenario in enumerate(args.scenarios.split(",")):
                 n_rows, conns = SCENARIOS[scenario]
@@ -141,18 +149,23 @@ def main(argv: list[str] | None = None) -> int:
                         wait_drained(url)
                     before = mirrored(url) if side == "on" else None
                     compared = agreement(canary_url) if side == "on" else 0.0
+                    cpu0 = cpu_seconds(pids[side])
                     res, raw = run_wrk(f"{url}/predict", lua, conns, args.duration)
+                    if side == "on":
+                        wait_drained(url)  # the mirroring of the run's requests counts too
+                    cpu = cpu_seconds(pids[side]) - cpu0
                     record: dict[str, Any] = {"round": rnd, "scenario": scenario,
-                                              "side": side, **res.to_dict()}
+                                              "side": side, **res.to_dict(),
+                                              "cpu_us_per_request": cpu / res.requests * 1e6}
                     if before is not None:
-                        wait_drained(url)
                         after = mirrored(url)
                         record["mirrored"] = {k: after[k] - before[k] for k in OUTCOMES}
                         record["canary_rows_compared"] = agreement(canary_url) - compared
                     (workdir / f"r{rnd}-{scenario}-{side}.txt").write_text(raw)
                     runs.append(record)
                     log(f"round {rnd} {scenario} {side}: {res.rps:.0f} req/s, p50 "
-                        f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms"
+                        f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, "
+                        f"{record['cpu_us_per_request']:.0f} us CPU/request"
                         + (f", mirrored {record['mirrored']}" if before else ""))
     finally:
         for server in servers:
@@ -192,9 +205,9 @@ def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> list[dict[str
         requests = sum(p["on"]["requests"] for p in pairs)
         out.append({
             "scenario": scenario,
-            "off": {k: med("off", k) for k in ("rps", "p50_ms", "p99_ms")},
-            "on": {k: med("on", k) for k in ("rps", "p50_ms", "p99_ms")},
-            "ratio": {k: ratio(k) for k in ("rps", "p50_ms", "p99_ms")},
+            "off": {k: med("off", k) for k in FIGURES},
+            "on": {k: med("on", k) for k in FIGURES},
+            "ratio": {k: ratio(k) for k in FIGURES},
             "mirrored": {o: sum(p["on"]["mirrored"][o] for p in pairs) for o in OUTCOMES},
             "on_requests": requests,
             "sent_share": sent / requests if requests else 0.0,
@@ -211,9 +224,9 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load: float)
         f"(load average at the end: {load:.1f})",
         "",
         "| scenario | off req/s | on req/s | req/s on/off | off p50 ms | on p50 ms | p50 on/off "
-        "| off p99 ms | on p99 ms | p99 on/off | mirrored sent / requests (dropped, failed) "
-        "| errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "| off p99 ms | on p99 ms | p99 on/off | off CPU us/req | on CPU us/req "
+        "| mirrored sent / requests (dropped, failed) | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
     ]
     for s in summary:
         m = s["mirrored"]
@@ -221,7 +234,8 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load: float)
             f"| {s['scenario']} | {s['off']['rps']:.0f} | {s['on']['rps']:.0f} | "
             f"{s['ratio']['rps']:.2f} | {s['off']['p50_ms']:.2f} | {s['on']['p50_ms']:.2f} | "
             f"{s['ratio']['p50_ms']:.2f} | {s['off']['p99_ms']:.2f} | {s['on']['p99_ms']:.2f} "
-            f"| {s['ratio']['p99_ms']:.2f} | {m['sent']:.0f} / {s['on_requests']} "
+            f"| {s['ratio']['p99_ms']:.2f} | {s['off']['cpu_us_per_request']:.0f} "
+            f"| {s['on']['cpu_us_per_request']:.0f} | {m['sent']:.0f} / {s['on_requests']} "
             f"({s['sent_share']:.0%}; {m['dropped']:.0f}, {m['failed']:.0f}) | {s['non_2xx']} |")
     return "\n".join(lines) + "\n"
 

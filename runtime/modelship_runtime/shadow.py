@@ -17,12 +17,14 @@ same route of the canary's Service with:
 A request that carries ``X-Modelship-Shadow`` is never mirrored, so two pods mirroring to
 each other make no loop.
 
-Nothing here can delay or fail a client's request: the request only goes into a bounded
-queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY`` tasks, each with one
-kept-alive HTTP/1.1 connection, each request bounded by
-``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. The requests are written as bytes and the answers
-read by httptools' parser (the one uvicorn serves with) on a plain asyncio protocol: a
-general client (h11 on streams) cost the stable four times more CPU per mirrored request.
+No client waits for the canary or fails because of it: once answered, a request only
+goes into a bounded queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY``
+tasks, each with one kept-alive HTTP/1.1 connection on which it pipelines what has queued
+up meanwhile (at most 16 requests, 256 KiB, in one write), each batch bounded by
+``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. Mirroring does cost the stable CPU, so the requests
+are written as bytes and the answers read by httptools' parser (the one uvicorn serves
+with) on a plain asyncio protocol: a general client (h11 on streams) cost four times more
+per mirrored request.
 After a failure the mirror stops trying for a moment (doubling, up to a few seconds) and
 counts what comes meanwhile as failed, so a canary that is down costs next to nothing.
 Every request chosen for mirroring ends in exactly one outcome of
@@ -58,8 +60,14 @@ Receive = Callable[[], Awaitable[Message]]
 _V1 = re.compile(r"/v1/models/[^/]+:predict")
 _V2 = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 _FORWARDED = (b"authorization", b"x-api-key")
+PIPELINE_REQUESTS = 16
+PIPELINE_BYTES = 256 * 1024
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 5.0
+
+
+def _quote(path: str) -> bytes:
+    return quote(path, safe="/:@!$&'()*+,;=").encode()
 
 
 def mirror_path(path: str) -> str | None:
@@ -90,9 +98,9 @@ class Outgoing:
     cacheable = True
     __slots__ = ("chunks", "forwarded", "path", "prediction", "request_id")
 
-    def path_bytes(self) -> bytes:
-        """The canary's route, as a request target."""
-        return quote(self.path, safe="/:@!$&'()*+,;=").encode()
+    def size(self) -> int:
+        """Bytes of the body."""
+        return sum(len(c) for c in self.chunks)
 
     def __init__(self, path: str, request_id: bytes,
                  forwarded: list[tuple[bytes, bytes]]) -> None:
@@ -120,13 +128,15 @@ class Outgoing:
 
 
 class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection to the canary: one request at a time, answers parsed by
-    httptools (its body is read and dropped)."""
+    """One HTTP/1.1 connection to the canary: a batch of pipelined requests at a time,
+    answers parsed by httptools (their bodies are read and dropped)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[int] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.expected = 0
+        self.answered = 0
         self.open = True
         self.reusable = True
 
@@ -142,9 +152,11 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_message_complete(self) -> None:
-        self.reusable = self.parser.should_keep_alive()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(self.parser.get_status_code())
+        self.reusable = self.reusable and self.parser.should_keep_alive()
+        self.answered += 1
+        if self.answered >= self.expected and self.waiter is not None \
+                and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -154,12 +166,16 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    async def exchange(self, request: bytes) -> int:
-        """Send one request; the status of its answer, once all of it has arrived."""
+    async def exchange(self, requests: list[bytes]) -> None:
+        """Send requests in one write (pipelined); return once every answer has arrived
+        (``answered`` counts them meanwhile)."""
         assert self.transport is not None
+        if not self.open:
+            raise ConnectionResetError("the canary closed the connection")
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await self.waiter
+        self.expected, self.answered = len(requests), 0
+        self.transport.write(requests[0] if len(requests) == 1 else b"".join(requests))
+        await self.waiter
 
     def close(self) -> None:
         self.open = False
@@ -197,7 +213,8 @@ class Mirror:
         default_port = parts.port is None or parts.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.authority = (host if default_port else f"{host}:{self.port}").encode()
-        self.prefix = quote(parts.path.rstrip("/"), safe="/:@!$&'()*+,;=").encode()
+        self.prefix = _quote(parts.path.rstrip("/"))
+        self._targets: dict[str, bytes] = {}
         self.fraction = fraction
         self.timeout = timeout
         self.concurrency = concurrency
@@ -268,40 +285,52 @@ class Mirror:
         link = _Link()
         try:
             while True:
-                item = await queue.get()
-                self._in_flight += 1
+                batch = [await queue.get()]
+                size = batch[0].size()
+                # What queued up meanwhile goes in the same write: under load, one system
+                # call and one wake-up for several requests.
+                while not queue.empty() and len(batch) < PIPELINE_REQUESTS \
+                        and size < PIPELINE_BYTES:
+                    batch.append(queue.get_nowait())
+                    size += batch[-1].size()
+                self._in_flight += len(batch)
                 try:
-                    await self._mirror(link, item)
+                    await self._mirror(link, batch)
                 finally:
-                    self._in_flight -= 1
+                    self._in_flight -= len(batch)
         finally:
             link.drop()
 
-    async def _mirror(self, link: _Link, item: Outgoing) -> None:
-        """Send one item and count its outcome."""
-        assert item.prediction is not None
-        header = encode_predictions(item.prediction.labels)
-        if header is None or len(header) > self.max_header:
-            self.counts["skipped"].inc()
+    async def _mirror(self, link: _Link, batch: list[Outgoing]) -> None:
+        """Send a batch and count the outcome of each request."""
+        requests = []
+        for item in batch:
+            assert item.prediction is not None
+            header = encode_predictions(item.prediction.labels)
+            if header is None or len(header) > self.max_header:
+                self.counts["skipped"].inc()
+            else:
+                requests.append(self._request(item, header))
+        if not requests:
             return
         if time.monotonic() < self._paused_until:
-            self.counts["failed"].inc()
+            self.counts["failed"].inc(len(requests))
             return
         try:
             async with asyncio.timeout(self.timeout):
-                await self._send(link, item, header)
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                await self._send(link, requests)
+        except Exception as exc:  # OSError, TimeoutError, and anything unforeseen: a
+            # sending task must outlive them all
+            if not isinstance(exc, OSError | TimeoutError):
+                logger.exception("mirroring requests failed unexpectedly")
+            answered = link.conn.answered if link.conn is not None else 0
             link.drop()
-            self.counts["failed"].inc()
+            if answered:
+                self.counts["sent"].inc(answered)
+            self.counts["failed"].inc(len(requests) - answered)
             self._pause(exc)
             return
-        except Exception as exc:  # a sending task must outlive anything unforeseen
-            logger.exception("mirroring a request failed unexpectedly")
-            link.drop()
-            self.counts["failed"].inc()
-            self._pause(exc)
-            return
-        self.counts["sent"].inc()
+        self.counts["sent"].inc(len(requests))
         self._backoff = BACKOFF_FIRST
 
     def _pause(self, exc: BaseException) -> None:
@@ -327,7 +356,12 @@ class Mirror:
         # Every value is already fit for a header: the request id and the forwarded
         # headers were parsed as headers, the prediction is ASCII JSON (which escapes
         # control characters).
-        head = [b"POST ", self.prefix, item.path_bytes(), b" HTTP/1.1\r\nhost: ", self.authority,
+        target = self._targets.get(item.path)
+        if target is None:
+            target = self.prefix + _quote(item.path)
+            if len(self._targets) < 64:  # routes of the served model: a handful
+                self._targets[item.path] = target
+        head = [b"POST ", target, b" HTTP/1.1\r\nhost: ", self.authority,
                 b"\r\ncontent-type: application/json\r\ncontent-length: ",
                 str(len(body)).encode(), b"\r\n", SHADOW_HEADER, b": ", self.shadow_value,
                 b"\r\nx-request-id: ", item.request_id,
@@ -338,21 +372,23 @@ class Mirror:
         head += [b"\r\n\r\n", body]
         return b"".join(head)
 
-    async def _send(self, link: _Link, item: Outgoing, header: bytes) -> None:
-        """POST one mirrored request on the link's connection (a new one if need be)."""
-        request = self._request(item, header)
+    async def _send(self, link: _Link, requests: list[bytes]) -> None:
+        """POST requests on the link's connection (a new one if need be)."""
         conn = link.conn
         if conn is not None and not conn.open:  # the canary closed it while idle
             link.drop()
             conn = None
         if conn is not None:
             try:
-                await conn.exchange(request)
-            except ConnectionError:  # closed just as it was reused: once more, on a new one
+                await conn.exchange(requests)
+            except ConnectionError:
+                if conn.answered:
+                    raise
+                # Closed just as it was reused, before any answer: once more, on a new one.
                 link.drop()
                 conn = None
         if conn is None:
             conn = await self._connect(link)
-            await conn.exchange(request)
+            await conn.exchange(requests)
         if not conn.reusable:
             link.drop()
