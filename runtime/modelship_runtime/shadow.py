@@ -21,10 +21,8 @@ No client waits for the canary or fails because of it: once answered, a request 
 goes into a bounded queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY``
 tasks, each with one kept-alive HTTP/1.1 connection on which it pipelines what has queued
 up meanwhile (at most 16 requests, 256 KiB, in one write), each batch bounded by
-``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. Mirroring does cost the stable CPU, so the requests
-are written as bytes and the answers read by httptools' parser (the one uvicorn serves
-with) on a plain asyncio protocol: a general client (h11 on streams) cost four times more
-per mirrored request.
+``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. Mirroring does cost the stable CPU, which is why the
+client is a lean one (:mod:`modelship_runtime.httpclient`).
 After a failure the mirror stops trying for a moment (doubling, up to a few seconds) and
 counts what comes meanwhile as failed, so a canary that is down costs next to nothing.
 Every request chosen for mirroring ends in exactly one outcome of
@@ -42,13 +40,13 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httptools
 import orjson
 
 from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER
+from .httpclient import Connection, Link
 from .metrics import Metrics
 from .model import Prediction
 
@@ -98,10 +96,6 @@ class Outgoing:
     cacheable = True
     __slots__ = ("chunks", "forwarded", "path", "prediction", "request_id")
 
-    def size(self) -> int:
-        """Bytes of the body."""
-        return sum(len(c) for c in self.chunks)
-
     def __init__(self, path: str, request_id: bytes,
                  forwarded: list[tuple[bytes, bytes]]) -> None:
         self.path = path
@@ -109,6 +103,10 @@ class Outgoing:
         self.forwarded = forwarded
         self.chunks: list[bytes] = []
         self.prediction: Prediction | None = None
+
+    def size(self) -> int:
+        """Bytes of the body."""
+        return sum(len(c) for c in self.chunks)
 
     def observe(self, prediction: Prediction) -> None:
         """Keep the predictions sent to the client (called by the data plane)."""
@@ -125,76 +123,6 @@ class Outgoing:
             return message
 
         return wrapped
-
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection to the canary: a batch of pipelined requests at a time,
-    answers parsed by httptools (their bodies are read and dropped)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[None] | None = None
-        self.expected = 0
-        self.answered = 0
-        self.open = True
-        self.reusable = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses; both have write/close
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"the canary's answer does not parse: {exc}"))
-            self.close()
-
-    def on_message_complete(self) -> None:
-        self.reusable = self.reusable and self.parser.should_keep_alive()
-        self.answered += 1
-        if self.answered >= self.expected and self.waiter is not None \
-                and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
-        self._fail(ConnectionResetError("the canary closed the connection"))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-
-    async def exchange(self, requests: list[bytes]) -> None:
-        """Send requests in one write (pipelined); return once every answer has arrived
-        (``answered`` counts them meanwhile)."""
-        assert self.transport is not None
-        if not self.open:
-            raise ConnectionResetError("the canary closed the connection")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.expected, self.answered = len(requests), 0
-        self.transport.write(requests[0] if len(requests) == 1 else b"".join(requests))
-        await self.waiter
-
-    def close(self) -> None:
-        self.open = False
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _Link:
-    """One sending task's connection to the canary (None between connections)."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self) -> None:
-        self.conn: _Connection | None = None
-
-    def drop(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 class Mirror:
@@ -282,7 +210,7 @@ class Mirror:
     async def _work(self) -> None:
         assert self._queue is not None
         queue = self._queue
-        link = _Link()
+        link = Link()
         try:
             while True:
                 batch = [await queue.get()]
@@ -301,7 +229,7 @@ class Mirror:
         finally:
             link.drop()
 
-    async def _mirror(self, link: _Link, batch: list[Outgoing]) -> None:
+    async def _mirror(self, link: Link, batch: list[Outgoing]) -> None:
         """Send a batch and count the outcome of each request."""
         requests = []
         for item in batch:
@@ -343,10 +271,10 @@ class Mirror:
             "pause_seconds": round(self._backoff, 3)})
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
-    async def _connect(self, link: _Link) -> _Connection:
+    async def _connect(self, link: Link) -> Connection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            _Connection, self.host, self.port, ssl=self._ssl,
+            Connection, self.host, self.port, ssl=self._ssl,
             server_hostname=self.host if self.tls else None)
         link.conn = conn
         return conn
@@ -372,7 +300,7 @@ class Mirror:
         head += [b"\r\n\r\n", body]
         return b"".join(head)
 
-    async def _send(self, link: _Link, requests: list[bytes]) -> None:
+    async def _send(self, link: Link, requests: list[bytes]) -> None:
         """POST requests on the link's connection (a new one if need be)."""
         conn = link.conn
         if conn is not None and not conn.open:  # the canary closed it while idle
