@@ -59,10 +59,10 @@ class Connection(asyncio.Protocol):
         """Send requests in one write (pipelined); return once every answer has arrived
         (``answered`` counts them meanwhile)."""
         assert self.transport is not None
+        self.expected, self.answered = len(requests), 0
         if not self.open:
             raise ConnectionResetError("the canary closed the connection")
         self.waiter = asyncio.get_running_loop().create_future()
-        self.expected, self.answered = len(requests), 0
         self.transport.write(requests[0] if len(requests) == 1 else b"".join(requests))
         await self.waiter
 

@@ -194,7 +194,7 @@ class Mirror:
             "shadow_url": self.url, "fraction": self.fraction})
 
     async def close(self) -> None:
-        """Stop sending; what is still queued counts as dropped."""
+        """Stop sending; what is still queued or unanswered counts as dropped."""
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -247,6 +247,11 @@ class Mirror:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._send(link, requests)
+        except asyncio.CancelledError:  # shutting down: what got no answer is dropped
+            answered = link.conn.answered if link.conn is not None else 0
+            self.counts["sent"].inc(answered)
+            self.counts["dropped"].inc(len(requests) - answered)
+            raise
         except Exception as exc:  # OSError, TimeoutError, and anything unforeseen: a
             # sending task must outlive them all
             if not isinstance(exc, OSError | TimeoutError):
