@@ -366,3 +366,31 @@ def test_a_restarted_canary_is_reconnected_to(local_models: Any, serve: Callable
         assert total(scrape(canary_url), "model_shadow_agreement_total", result="agree") == 3
     finally:
         second.stop()
+
+
+def test_with_api_keys_the_client_s_key_goes_along_and_refused_requests_are_not_chosen(
+        local_models: Any, serve: Callable[..., str], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("k-1\n")
+    canary = serve(create_app(RuntimeSettings(model_dir=local_models.lr_dir, model_name="ak",
+                                              model_version="2", api_keys_file=keys)))
+    stable = serve(create_app(RuntimeSettings(
+        model_dir=local_models.lr_dir, model_name="ak", model_version="1", api_keys_file=keys,
+        shadow_url=canary)))
+    body = {"instances": local_models.X[:3].tolist()}
+    assert httpx.post(f"{stable}/predict", json=body).status_code == 401
+    assert httpx.post(f"{stable}/predict", json=body, headers={"X-API-Key": "k-1"}
+                      ).status_code == 200
+    assert httpx.post(f"{stable}/v1/models/ak:predict", json=body,
+                      headers={"Authorization": "Bearer k-1"}).status_code == 200
+
+    def outcomes() -> dict[str, float]:
+        samples = scrape(stable)
+        return {o: total(samples, "modelship_shadow_mirrored_total", outcome=o)
+                for o in ("sent", "dropped", "failed", "skipped")}
+
+    wait_for("two sent", lambda: outcomes()["sent"] == 2)
+    assert outcomes() == {"sent": 2, "dropped": 0, "failed": 0, "skipped": 0}
+    got = scrape(canary)
+    assert total(got, "model_shadow_requests_total", status="200") == 2
+    assert total(got, "model_shadow_agreement_total", result="agree") == 6
