@@ -83,6 +83,8 @@ class Server:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: the core it is pinned to
+    cpu: str = SERVER_CPU
     started_at: float = 0.0
     known: dict[int, str | None] = field(default_factory=dict)
 
@@ -91,7 +93,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(
-                ["taskset", "-c", SERVER_CPU, *self.argv],
+                ["taskset", "-c", self.cpu, *self.argv],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

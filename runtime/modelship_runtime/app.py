@@ -171,11 +171,6 @@ class ServingMiddleware:
         outgoing: Outgoing | None = None
         if shadow is not None:  # mirrored here: answered, compared, never mirrored again
             scope[SHADOW_SCOPE_KEY] = shadow
-        elif self.mirror is not None and (mirror := self.mirror.current) is not None:
-            outgoing = mirror.choose(scope["method"], scope["path"], rid, headers)
-            if outgoing is not None:
-                scope[SHADOW_SCOPE_KEY] = shadow = outgoing
-                receive = outgoing.capture(receive)
         request_id_var.set(rid.decode())
         model_version_var.set(self.version)
         extra = [self.version_header, (b"x-request-id", rid)]
@@ -195,7 +190,14 @@ class ServingMiddleware:
             if rejection is not None:
                 code, text, more = rejection
                 await self._send_error(send_wrapper, code, text, more)
-            elif self.plane is not None and scope["path"] == "/predict" \
+                return
+            if shadow is None and self.mirror is not None and (
+                    mirror := self.mirror.current) is not None:
+                outgoing = mirror.choose(scope["method"], scope["path"], rid, headers)
+                if outgoing is not None:
+                    scope[SHADOW_SCOPE_KEY] = shadow = outgoing
+                    receive = outgoing.capture(receive)
+            if self.plane is not None and scope["path"] == "/predict" \
                     and scope["method"] == "POST":
                 await self._fast_predict(self.plane, scope, start, receive, send_wrapper,
                                          shadow)

@@ -17,13 +17,16 @@ same route of the canary's Service with:
 A request that carries ``X-Modelship-Shadow`` is never mirrored, so two pods mirroring to
 each other make no loop.
 
-Nothing here can delay or fail a client's request: the request only goes into a bounded
-queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY`` tasks, each with one
-kept-alive HTTP/1.1 connection (h11, which uvicorn already brings), each request bounded
-by ``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. After a failure the mirror stops trying for a
-moment (doubling, up to a few seconds) and counts what comes meanwhile as failed, so a
-canary that is down costs next to nothing. Every request chosen for mirroring ends in
-exactly one outcome of ``modelship_shadow_mirrored_total``.
+No client waits for the canary or fails because of it: once answered, a request only
+goes into a bounded queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY``
+tasks, each with one kept-alive HTTP/1.1 connection on which it pipelines what has queued
+up meanwhile (at most 16 requests, 256 KiB, in one write), each batch bounded by
+``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. Mirroring does cost the stable CPU, which is why the
+client is a lean one (:mod:`modelship_runtime.httpclient`).
+After a failure the mirror stops trying for a moment (doubling, up to a few seconds) and
+counts what comes meanwhile as failed, so a canary that is down costs next to nothing.
+Every request chosen for mirroring ends in exactly one outcome of
+``modelship_shadow_mirrored_total``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import h11
 import orjson
 
 from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER
+from .httpclient import Connection, Link
 from .metrics import Metrics
 from .model import Prediction
 
@@ -56,8 +59,14 @@ Receive = Callable[[], Awaitable[Message]]
 _V1 = re.compile(r"/v1/models/[^/]+:predict")
 _V2 = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 _FORWARDED = (b"authorization", b"x-api-key")
+PIPELINE_REQUESTS = 16
+PIPELINE_BYTES = 256 * 1024
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 5.0
+
+
+def _quote(path: str) -> bytes:
+    return quote(path, safe="/:@!$&'()*+,;=").encode()
 
 
 def mirror_path(path: str) -> str | None:
@@ -97,6 +106,10 @@ class Outgoing:
         self.chunks: list[bytes] = []
         self.prediction: Prediction | None = None
 
+    def size(self) -> int:
+        """Bytes of the body."""
+        return sum(len(c) for c in self.chunks)
+
     def observe(self, prediction: Prediction) -> None:
         """Keep the predictions sent to the client (called by the data plane)."""
         self.prediction = prediction
@@ -112,33 +125,6 @@ class Outgoing:
             return message
 
         return wrapped
-
-
-class _Connection:
-    __slots__ = ("h11", "reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-
-class _Link:
-    """One sending task's connection to the canary (None between connections)."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self) -> None:
-        self.conn: _Connection | None = None
-
-    def drop(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 class Mirror:
@@ -157,7 +143,8 @@ class Mirror:
         default_port = parts.port is None or parts.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.authority = (host if default_port else f"{host}:{self.port}").encode()
-        self.prefix = parts.path.rstrip("/")
+        self.prefix = _quote(parts.path.rstrip("/"))
+        self._targets: dict[str, bytes] = {}
         self.fraction = fraction
         self.timeout = timeout
         self.concurrency = concurrency
@@ -209,7 +196,7 @@ class Mirror:
             "shadow_url": self.url, "fraction": self.fraction})
 
     async def close(self) -> None:
-        """Stop sending; what is still queued counts as dropped."""
+        """Stop sending; what is still queued or unanswered counts as dropped."""
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -225,37 +212,60 @@ class Mirror:
     async def _work(self) -> None:
         assert self._queue is not None
         queue = self._queue
-        link = _Link()
+        link = Link()
         try:
             while True:
-                item = await queue.get()
-                self._in_flight += 1
+                batch = [await queue.get()]
+                size = batch[0].size()
+                # What queued up meanwhile goes in the same write: under load, one system
+                # call and one wake-up for several requests.
+                while not queue.empty() and len(batch) < PIPELINE_REQUESTS \
+                        and size < PIPELINE_BYTES:
+                    batch.append(queue.get_nowait())
+                    size += batch[-1].size()
+                self._in_flight += len(batch)
                 try:
-                    await self._mirror(link, item)
+                    await self._mirror(link, batch)
                 finally:
-                    self._in_flight -= 1
+                    self._in_flight -= len(batch)
         finally:
             link.drop()
 
-    async def _mirror(self, link: _Link, item: Outgoing) -> None:
-        """Send one item and count its outcome."""
-        assert item.prediction is not None
-        header = encode_predictions(item.prediction.labels)
-        if header is None or len(header) > self.max_header:
-            self.counts["skipped"].inc()
+    async def _mirror(self, link: Link, batch: list[Outgoing]) -> None:
+        """Send a batch and count the outcome of each request."""
+        requests = []
+        for item in batch:
+            assert item.prediction is not None
+            header = encode_predictions(item.prediction.labels)
+            if header is None or len(header) > self.max_header:
+                self.counts["skipped"].inc()
+            else:
+                requests.append(self._request(item, header))
+        if not requests:
             return
         if time.monotonic() < self._paused_until:
-            self.counts["failed"].inc()
+            self.counts["failed"].inc(len(requests))
             return
         try:
             async with asyncio.timeout(self.timeout):
-                await self._send(link, item, header)
-        except (OSError, TimeoutError, h11.ProtocolError, ssl.SSLError) as exc:
+                await self._send(link, requests)
+        except asyncio.CancelledError:  # shutting down: what got no answer is dropped
+            answered = link.conn.answered if link.conn is not None else 0
+            self.counts["sent"].inc(answered)
+            self.counts["dropped"].inc(len(requests) - answered)
+            raise
+        except Exception as exc:  # OSError, TimeoutError, and anything unforeseen: a
+            # sending task must outlive them all
+            if not isinstance(exc, OSError | TimeoutError):
+                logger.exception("mirroring requests failed unexpectedly")
+            answered = link.conn.answered if link.conn is not None else 0
             link.drop()
-            self.counts["failed"].inc()
+            if answered:
+                self.counts["sent"].inc(answered)
+            self.counts["failed"].inc(len(requests) - answered)
             self._pause(exc)
             return
-        self.counts["sent"].inc()
+        self.counts["sent"].inc(len(requests))
         self._backoff = BACKOFF_FIRST
 
     def _pause(self, exc: BaseException) -> None:
@@ -268,62 +278,54 @@ class Mirror:
             "pause_seconds": round(self._backoff, 3)})
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
-    async def _connect(self, link: _Link) -> _Connection:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self._ssl,
+    async def _connect(self, link: Link) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            Connection, self.host, self.port, ssl=self._ssl,
             server_hostname=self.host if self.tls else None)
-        link.conn = _Connection(reader, writer)
-        return link.conn
+        link.conn = conn
+        return conn
 
-    async def _send(self, link: _Link, item: Outgoing, header: bytes) -> None:
-        """POST one mirrored request on the link's connection (a new one if need be)."""
+    def _request(self, item: Outgoing, header: bytes) -> bytes:
         body = item.chunks[0] if len(item.chunks) == 1 else b"".join(item.chunks)
-        headers = [
-            (b"host", self.authority),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (SHADOW_HEADER, self.shadow_value),
-            (b"x-request-id", item.request_id),
-            (STABLE_PREDICTION_HEADER, header),
-            (STABLE_VERSION_HEADER, self.version),
-            *item.forwarded,
-        ]
-        target = quote(self.prefix + item.path, safe="/:@!$&'()*+,;=").encode()
+        # Every value is already fit for a header: the request id and the forwarded
+        # headers were parsed as headers, the prediction is ASCII JSON (which escapes
+        # control characters).
+        target = self._targets.get(item.path)
+        if target is None:
+            target = self.prefix + _quote(item.path)
+            if len(self._targets) < 64:  # routes of the served model: a handful
+                self._targets[item.path] = target
+        head = [b"POST ", target, b" HTTP/1.1\r\nhost: ", self.authority,
+                b"\r\ncontent-type: application/json\r\ncontent-length: ",
+                str(len(body)).encode(), b"\r\n", SHADOW_HEADER, b": ", self.shadow_value,
+                b"\r\nx-request-id: ", item.request_id,
+                b"\r\n", STABLE_PREDICTION_HEADER, b": ", header,
+                b"\r\n", STABLE_VERSION_HEADER, b": ", self.version]
+        for k, v in item.forwarded:
+            head += [b"\r\n", k, b": ", v]
+        head += [b"\r\n\r\n", body]
+        return b"".join(head)
+
+    async def _send(self, link: Link, requests: list[bytes]) -> None:
+        """POST requests on the link's connection (a new one if need be)."""
         conn = link.conn
-        if conn is not None and conn.reader.at_eof():  # the canary closed it while idle
+        if conn is not None and not conn.open:  # the canary closed it while idle
             link.drop()
             conn = None
+        if conn is not None:
+            try:
+                await conn.exchange(requests)
+            except ConnectionError:
+                if conn.answered:
+                    raise
+                # Closed just as it was reused, before any answer: once more, on a new one.
+                link.drop()
+                conn = None
         if conn is None:
-            await self._exchange(link, await self._connect(link), target, headers, body)
-            return
-        try:
-            await self._exchange(link, conn, target, headers, body)
-        except (OSError, h11.ProtocolError):
-            # A kept-alive connection may have been closed just as it was reused: once
-            # more, on a new one.
-            link.drop()
-            await self._exchange(link, await self._connect(link), target, headers, body)
-
-    async def _exchange(self, link: _Link, conn: _Connection, target: bytes,
-                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        c = conn.h11
-        data = c.send(h11.Request(method=b"POST", target=target, headers=headers))
-        data = (data or b"") + (c.send(h11.Data(data=body)) or b"") + \
-            (c.send(h11.EndOfMessage()) or b"")
-        conn.writer.write(data)
-        await conn.writer.drain()
-        while True:
-            event = c.next_event()
-            if event is h11.NEED_DATA:
-                c.receive_data(await conn.reader.read(65536))
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                break
-            if isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("the canary closed the connection mid-answer")
-        if c.our_state is h11.DONE and c.their_state is h11.DONE:
-            c.start_next_cycle()
-        else:  # the canary will close it: do not reuse
+            conn = await self._connect(link)
+            await conn.exchange(requests)
+        if not conn.reusable:
             link.drop()
 
 

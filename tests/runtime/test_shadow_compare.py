@@ -9,8 +9,11 @@ figures, and a real Redis checks that mirrored requests bypass the cache.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +24,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import uvicorn
 from modelship_operator.rollout.analysis import parse_metrics
 from modelship_runtime import RuntimeSettings, create_app
 from modelship_runtime.shadow import encode_predictions, mirror_path
@@ -281,3 +285,112 @@ def test_shadow_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MODELSHIP_SHADOW_FRACTION", "1.5")
     with pytest.raises(ValidationError):
         RuntimeSettings()
+
+
+def test_a_burst_is_pipelined_and_every_request_compared(
+        local_models: Any, serve: Callable[..., str]) -> None:
+    canary = serve(create_app(RuntimeSettings(model_dir=local_models.lr_dir, model_name="pl",
+                                              model_version="2")))
+    stable = serve(create_app(RuntimeSettings(
+        model_dir=local_models.lr_dir, model_name="pl", model_version="1", shadow_url=canary,
+        shadow_concurrency=1, shadow_queue=1000)))
+    X = local_models.X
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            responses = await asyncio.gather(*(
+                client.post(f"{stable}/predict", json={"features": X[i % len(X)].tolist()})
+                for i in range(200)))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 200
+
+    def settled() -> bool:
+        samples = scrape(stable)
+        return total(samples, "modelship_shadow_pending") == 0 and total(
+            samples, "modelship_shadow_mirrored_total") == 200
+
+    wait_for("200 mirrored requests accounted for", settled)
+    assert total(scrape(stable), "modelship_shadow_mirrored_total", outcome="sent") == 200
+    assert total(scrape(canary), "model_shadow_agreement_total", result="agree") == 200
+
+
+class _Thread:
+    """An app served by uvicorn on a thread, on a given port (to restart it there)."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for("uvicorn started", lambda: self.server.started, 60)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_a_restarted_canary_is_reconnected_to(local_models: Any, serve: Callable[..., str]
+                                               ) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    canary_url = f"http://127.0.0.1:{port}"
+
+    def canary() -> _Thread:
+        return _Thread(create_app(RuntimeSettings(model_dir=local_models.lr_dir,
+                                                  model_name="rs", model_version="2")), port)
+
+    stable = serve(create_app(RuntimeSettings(
+        model_dir=local_models.lr_dir, model_name="rs", model_version="1",
+        shadow_url=canary_url, shadow_concurrency=1)))
+    row = {"features": local_models.X[0].tolist()}
+
+    def sent() -> float:
+        return total(scrape(stable), "modelship_shadow_mirrored_total", outcome="sent")
+
+    first = canary()
+    try:
+        for _ in range(3):
+            assert httpx.post(f"{stable}/predict", json=row).status_code == 200
+        wait_for("3 sent", lambda: sent() == 3)
+    finally:
+        first.stop()  # closes the stable's kept-alive connection
+    second = canary()
+    try:
+        for _ in range(3):
+            assert httpx.post(f"{stable}/predict", json=row).status_code == 200
+        wait_for("6 sent", lambda: sent() == 6)
+        assert total(scrape(stable), "modelship_shadow_mirrored_total", outcome="failed") == 0
+        assert total(scrape(canary_url), "model_shadow_agreement_total", result="agree") == 3
+    finally:
+        second.stop()
+
+
+def test_with_api_keys_the_client_s_key_goes_along_and_refused_requests_are_not_chosen(
+        local_models: Any, serve: Callable[..., str], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("k-1\n")
+    canary = serve(create_app(RuntimeSettings(model_dir=local_models.lr_dir, model_name="ak",
+                                              model_version="2", api_keys_file=keys)))
+    stable = serve(create_app(RuntimeSettings(
+        model_dir=local_models.lr_dir, model_name="ak", model_version="1", api_keys_file=keys,
+        shadow_url=canary)))
+    body = {"instances": local_models.X[:3].tolist()}
+    assert httpx.post(f"{stable}/predict", json=body).status_code == 401
+    assert httpx.post(f"{stable}/predict", json=body, headers={"X-API-Key": "k-1"}
+                      ).status_code == 200
+    assert httpx.post(f"{stable}/v1/models/ak:predict", json=body,
+                      headers={"Authorization": "Bearer k-1"}).status_code == 200
+
+    def outcomes() -> dict[str, float]:
+        samples = scrape(stable)
+        return {o: total(samples, "modelship_shadow_mirrored_total", outcome=o)
+                for o in ("sent", "dropped", "failed", "skipped")}
+
+    wait_for("two sent", lambda: outcomes()["sent"] == 2)
+    assert outcomes() == {"sent": 2, "dropped": 0, "failed": 0, "skipped": 0}
+    got = scrape(canary)
+    assert total(got, "model_shadow_requests_total", status="200") == 2
+    assert total(got, "model_shadow_agreement_total", result="agree") == 6
