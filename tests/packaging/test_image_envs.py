@@ -99,7 +99,7 @@ def _build(image: str, root: Path) -> Path:
             if result.returncode != 0:
                 lines = [line for line in log.read_text().splitlines()
                          if not line.startswith("WARNING: Location")]  # a local index's noise
-                tail = "\n".join(lines[-30:])
+                tail = "\n".join(lines[-12:])
                 raise BuildFailed(f"RUN {command} failed ({result.returncode}):\n{tail}")
     return venv
 
