@@ -72,6 +72,7 @@ def main() -> int:
     env.update(
         KUBECONFIG=str(cluster.kubeconfig),
         MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS=str(args.resync),
+        MODELSHIP_OPERATOR_METRICS_PORT="0",  # no metrics endpoint: 8080 may be taken here
         PYTHONUNBUFFERED="1",
     )
     log = (workdir / "operator.log").open("wb")

@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from modelship_operator import naming
+
 GROUP: Final = "modelship.io"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = "modelship.io/v1alpha1"
@@ -453,11 +455,21 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     name: str
+    """Restricted beyond Kubernetes' own rule so that child names never collide
+    (:func:`modelship_operator.naming.md_name_problem`; the CRD's root CEL rule)."""
     namespace: str = "default"
     uid: str = "00000000-0000-0000-0000-000000000000"
     generation: int = 1
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _child_names_stay_apart(cls, name: str) -> str:
+        problem = naming.md_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
 
 class ModelDeployment(BaseModel):

@@ -10,6 +10,16 @@ resync with nothing changed cost only reads.
 
 `sync_children()` does the I/O: one list per child kind (which also finds children the
 spec no longer asks for), server-side apply for Create/Update, delete for orphans.
+
+It never writes over, nor deletes, an object of another owner. Server-side apply would
+take one over without a word (with one field manager for every ModelDeployment, even
+its ownerReferences), so before creating a child the name is looked up: an object
+there whose controller is someone else, or that has no controller and is not labelled
+as this ModelDeployment's, is left alone and reported as a :class:`Conflict`; so is
+every desired child that names it (an Ingress routing to a Service, an HPA scaling a
+Deployment, a Deployment running as a ServiceAccount), so that nothing of ours sends
+traffic, scale or identity to an object we do not own. Deletion only ever concerns
+the objects :func:`list_children` found, all of them controlled by this owner.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from modelship_operator.naming import label_value
 
 HASH_ANNOTATION = "modelship.io/applied-hash"
 DEPLOYMENT_LABEL = "modelship.io/deployment"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGER = "modelship"
 
 
 class Action(enum.Enum):
@@ -95,6 +107,8 @@ class SyncResult:
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    conflicts: list[Conflict] = field(default_factory=list)
+    """Desired children left unapplied: held by another owner, or naming one that is."""
 
     @property
     def changed(self) -> bool:
@@ -115,6 +129,72 @@ class SyncResult:
 def _owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A desired child not applied: `holder` has its name, or the one it names."""
+
+    kind: str
+    name: str
+    holder: str
+    """Who has the name: ``ModelDeployment iris-canary (uid ...)``, or why nobody may."""
+    via: str = ""
+    """For a child skipped because it names a held object: that object, ``Service iris``."""
+
+    def __str__(self) -> str:
+        if self.via:
+            return f"{self.kind} {self.name} (it names {self.via})"
+        return f"{self.kind} {self.name} is held by {self.holder}"
+
+
+def holder(obj: Mapping[str, Any], owner_uid: str, owner_name: str) -> str | None:
+    """Who holds a live object that is not this owner's, or None when it may be applied.
+
+    Ours: controlled by `owner_uid`, or controlled by nobody and labelled as made by the
+    operator for a ModelDeployment of this name (an orphan, e.g. after a deletion with
+    ``--cascade=orphan``, which is adopted).
+    """
+    meta = obj.get("metadata", {})
+    controllers = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+    if controllers:
+        ref = controllers[0]
+        if ref.get("uid") == owner_uid:
+            return None
+        return f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    labels = meta.get("labels") or {}
+    if labels.get(DEPLOYMENT_LABEL) == label_value(owner_name) and (
+        labels.get(MANAGED_BY_LABEL) == MANAGER
+    ):
+        return None
+    return "someone else (no controller, and not labelled as this ModelDeployment's)"
+
+
+def references(obj: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of the other objects a child names: its routes, scale target, identity."""
+    spec = obj.get("spec") or {}
+    found: set[tuple[str, str]] = set()
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        account = ((spec.get("template") or {}).get("spec") or {}).get("serviceAccountName")
+        if account:
+            found.add(("ServiceAccount", account))
+    elif kind == "HorizontalPodAutoscaler":
+        target = spec.get("scaleTargetRef") or {}
+        found.add((target.get("kind", ""), target.get("name", "")))
+    elif kind == "Ingress":
+        backends = [spec.get("defaultBackend") or {}]
+        for rule in spec.get("rules") or []:
+            backends += [p.get("backend") or {} for p in (rule.get("http") or {}).get("paths", [])]
+        found |= {("Service", b["service"]["name"]) for b in backends if b.get("service")}
+    elif kind == "HTTPRoute":
+        for rule in spec.get("rules") or []:
+            found |= {
+                (ref.get("kind", "Service"), ref["name"])
+                for ref in rule.get("backendRefs") or []
+                if ref.get("name")
+            }
+    return found
 
 
 def list_children(
@@ -168,8 +248,11 @@ def sync_children(
         live = list_children(client, kinds, namespace, owner_name, owner_uid)
     result = SyncResult()
     wanted = {_key(obj) for obj in desired}
+    blocked = _held(client, desired, live, namespace, owner_name, owner_uid, result)
     for obj in desired:
         key = _key(obj)
+        if key in blocked:
+            continue
         action = decide(obj, live.get(key))
         label = f"{obj['kind']}/{obj['metadata']['name']}"
         if action is Action.EXISTED:
@@ -181,3 +264,41 @@ def sync_children(
         if key not in wanted and client.delete(kind_of(key[0], key[1]), namespace, key[2]):
             result.deleted.append(f"{key[1]}/{key[2]}")
     return result
+
+
+def _held(
+    client: KubeClient,
+    desired: list[dict[str, Any]],
+    live: Mapping[tuple[str, str, str], dict[str, Any]],
+    namespace: str,
+    owner_name: str,
+    owner_uid: str,
+    result: SyncResult,
+) -> set[tuple[str, str, str]]:
+    """Keys of the desired children not to apply; each gets a Conflict in `result`.
+
+    Only children missing from `live` are looked up (a GET each): `live` holds this
+    owner's children already, so a pass that creates nothing reads nothing more.
+    """
+    blocked: dict[tuple[str, str, str], str] = {}
+    for obj in desired:
+        key = _key(obj)
+        if key in live:
+            continue
+        existing = client.get(kind_of(key[0], key[1]), namespace, key[2])
+        who = None if existing is None else holder(existing, owner_uid, owner_name)
+        if who is not None:
+            blocked[key] = f"{key[1]} {key[2]}"
+            result.conflicts.append(Conflict(key[1], key[2], who))
+    grew = bool(blocked)
+    while grew:  # a child naming a blocked one is blocked too, and so on
+        grew = False
+        names = {(k[1], k[2]): label for k, label in blocked.items()}
+        for obj in desired:
+            key = _key(obj)
+            via = next((names[ref] for ref in sorted(references(obj)) if ref in names), None)
+            if key not in blocked and via is not None:
+                blocked[key] = f"{key[1]} {key[2]}"
+                result.conflicts.append(Conflict(key[1], key[2], "", via))
+                grew = True
+    return set(blocked)

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--canary-version", metavar="V",
         help="preview mid-rollout: version V is the canary next to the stable version "
-        "(canary Deployment NAME-vV, Service NAME-canary, canary Ingress or HTTPRoute weights)",
+        "(canary Deployment NAME-vV, Service NAME--canary, canary Ingress or HTTPRoute weights)",
     )
     r.add_argument(
         "--weight", type=int, metavar="W",

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from modelship_operator import api, reconcile
+from modelship_operator import api, metrics, reconcile
 from modelship_operator.k8s import KubeClient
 from modelship_operator.settings import OperatorSettings
 
@@ -46,6 +46,32 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.reconciler = reconcile.Reconciler(memo.client, ours)
 
 
+@kopf.on.startup()
+def serve_metrics(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Serve the operator's Prometheus metrics (settings metrics_address, metrics_port)."""
+    ours = OperatorSettings()
+    memo.metrics_server = None
+    if ours.metrics_port == 0:
+        logger.info("metrics: not served (metrics_port is 0)")
+        return
+    try:
+        memo.metrics_server = metrics.METRICS.serve(ours.metrics_port, ours.metrics_address)
+    except OSError as exc:
+        raise kopf.PermanentError(
+            f"cannot serve metrics on {ours.metrics_address}:{ours.metrics_port}: {exc}; "
+            "set MODELSHIP_OPERATOR_METRICS_PORT to a free port (0 serves none)"
+        ) from exc
+    logger.info(f"metrics: http://{ours.metrics_address}:{ours.metrics_port}/metrics")
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the ServiceAccount; elsewhere, the kubeconfig that KUBECONFIG names."""
@@ -65,6 +91,13 @@ def reconcile_md(
 ) -> None:
     """Create or update every child of a ModelDeployment; report in status."""
     memo.reconciler.run(body, patch, retry=retry, logger=logger, sweep=True)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def md_event(meta: kopf.Meta, event: kopf.RawEvent, **_: Any) -> None:
+    """A deleted ModelDeployment leaves no metric series behind."""
+    if event.get("type") == "DELETED":
+        metrics.forget(meta.get("namespace", "default"), meta["name"])
 
 
 @kopf.timer(

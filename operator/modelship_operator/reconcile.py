@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, naming, status
+from modelship_operator import api, events, metrics, naming, status
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
@@ -30,8 +30,10 @@ from modelship_operator.rollout.state import (
     PROMOTE_ANNOTATION,
     Observed,
     Step,
+    Verdict,
     advance,
     analysis_due,
+    deadline_at,
 )
 from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
@@ -119,7 +121,12 @@ class Reconciler:
                 logger.debug("skipped: the previous pass's status is still being written")
                 return
             try:
-                self._run(body, patch, retry=retry, logger=logger)
+                with metrics.reconcile_duration.time():
+                    self._run(body, patch, retry=retry, logger=logger)
+            except Exception as exc:
+                if not isinstance(exc, kopf.TemporaryError):  # those were counted by reason
+                    metrics.record_reconcile_error("Unexpected")
+                raise
             finally:
                 if patch and version is not None:
                     self._decided[key] = version
@@ -157,6 +164,7 @@ class Reconciler:
         except ApiError as exc:
             if exc.transient:
                 logger.warning(f"transient API error, retrying: {exc}")
+                metrics.record_reconcile_error("TransientApiError")
                 raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc
             self._stall(body, patch, current, "ApiError", str(exc), generation)
             raise kopf.TemporaryError(str(exc), delay=self.settings.stalled_retry_seconds) from exc
@@ -227,13 +235,20 @@ class Reconciler:
         for reason, message, warning in step.events:
             logger.info(f"rollout: {reason}: {message}")
             events.post(self.client, body, reason, message, warning=warning)
+        self._rollout_metrics(md, before, after, verdict)
         if result.changed:
             logger.info(f"children: {result.summary()}")
             events.post(self.client, body, "Reconciled", result.summary())
+        conflicts = [str(c) for c in result.conflicts]
+        if conflicts:
+            logger.warning(f"children held by another owner, left alone: {'; '.join(conflicts)}")
+        extra = [
+            *(extra_conditions or []),
+            *status.children_owned(conflicts, current.get("conditions"), md.metadata.generation),
+        ]
         write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
         self._report(
-            body, patch, current, md, step, result, analysis,
-            extra_conditions or [], write_back, resolved,
+            body, patch, current, md, step, result, analysis, extra, write_back, resolved,
             counters=counters, baseline=baseline,
         )
 
@@ -379,6 +394,7 @@ class Reconciler:
             patch.status[key] = value
         if changes:
             events.post(self.client, body, reason, message, warning=True)
+        metrics.record_reconcile_error(reason)
         transient = problem is None or problem.transient
         delay = backoff(retry) if transient else self.settings.stalled_retry_seconds
         raise kopf.TemporaryError(message, delay=min(delay, self.settings.alias_poll_seconds))
@@ -406,6 +422,29 @@ class Reconciler:
             patch.status[key] = value
         if changes:
             events.post(self.client, body, reason, message, warning=True)
+        metrics.record_reconcile_error(reason)
+
+    @staticmethod
+    def _rollout_metrics(
+        md: api.ModelDeployment,
+        before: RolloutStateMachine,
+        after: RolloutStateMachine,
+        verdict: Verdict | None,
+    ) -> None:
+        """Record this pass's gate verdicts and finished rollout; set the canary gauges."""
+        namespace, name = md.metadata.namespace, md.metadata.name
+        for gate in verdict.gates if verdict is not None else ():
+            metrics.record_gate(namespace, name, gate.gate, gate.outcome.value)
+        if before.canary is not None and after.canary is None and after.last is not None:
+            metrics.record_rollout(namespace, name, after.last.outcome)
+        canary = after.canary
+        if canary is None:
+            metrics.clear_canary(namespace, name)
+            return
+        metrics.set_canary(
+            namespace, name, weight=canary.weight, step=canary.step,
+            progressed_at=canary.progress_at, deadline_at=deadline_at(canary, md.spec.rollout),
+        )
 
     def _report(
         self,
@@ -509,6 +548,12 @@ class Reconciler:
             phase = "RolledBack"
             reason = DEADLINE_REASON if last.reason.startswith(DEADLINE_REASON) else "RolledBack"
             conditions = status.kstatus(False, False, True, reason, message, generation)
+        held = status.held_back([*(extra_conditions or []), *(current.get("conditions") or [])])
+        if held is not None:
+            phase = "Failed"
+            conditions = status.kstatus(
+                False, False, True, held["reason"], held["message"], generation
+            )
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": phase,

@@ -110,7 +110,7 @@ def _with_canary(
 ) -> list[dict[str, Any]]:
     """Add the canary side and split traffic by `state.canary_weight`.
 
-    - ingress: a second Ingress ``NAME-canary`` with ingress-nginx's canary annotations;
+    - ingress: a second Ingress ``NAME--canary`` with ingress-nginx's canary annotations;
     - gateway: the one HTTPRoute gets two weighted backendRefs;
     - neither: Service ``NAME`` selects both versions once the canary has weight (at
       weight 0 it selects the stable version only), and the replica counts carry the
@@ -122,6 +122,16 @@ def _with_canary(
     spec = md.spec
     name = md.metadata.name
     canary, weight = state.canary_version, max(0, min(100, state.canary_weight))
+    stable = state.stable_version
+    if naming.deployment_name(name, canary) == naming.deployment_name(name, stable) or (
+        naming.label_value(canary) == naming.label_value(stable)
+    ):
+        # Only hashed versions can meet; one Deployment cannot serve both.
+        raise RenderError(
+            "spec.model.version",
+            f"versions {stable!r} and {canary!r} map to the same Deployment "
+            f"{naming.deployment_name(name, canary)} or pod label; serve one of them",
+        )
     canary_service = naming.canary_service_name(name)
     split_by_replicas = spec.ingress is None and spec.gateway is None
     canary_deployment = deployment.render(md, canary, settings)

@@ -68,6 +68,13 @@ class OperatorSettings(BaseSettings):
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
     """Timeout of one MLflow REST request (alias resolution, version checks)."""
 
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the operator's Prometheus metrics (/metrics over HTTP); 0 serves none.
+    The chart and kustomize base name this container port ``metrics``."""
+
+    metrics_address: str = "0.0.0.0"
+    """Address the metrics endpoint listens on ("::" for every IPv6 and IPv4 address)."""
+
     standalone: bool = True
     """Run without kopf peering (one operator replica). False: peer through KopfPeering."""
 

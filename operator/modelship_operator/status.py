@@ -16,6 +16,8 @@ from typing import Any
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+CHILDREN_OWNED = "ChildrenOwned"
+CHILD_CONFLICT = "ChildConflict"
 
 
 def now_iso() -> str:
@@ -109,3 +111,31 @@ def serving(
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level status keys whose value differs: an empty dict means write nothing."""
     return {key: value for key, value in desired.items() if current.get(key) != value}
+
+
+def children_owned(
+    conflicts: list[str], current: Iterable[Mapping[str, Any]] | None, generation: int | None
+) -> list[dict[str, Any]]:
+    """The `ChildrenOwned` condition: False (reason ChildConflict) naming each conflict.
+
+    Present once a conflict was seen (True again when it is gone), absent before.
+    """
+    if not conflicts:
+        seen = any(c.get("type") == CHILDREN_OWNED for c in current or [])
+        return [condition(CHILDREN_OWNED, True, "Owned", "", generation)] if seen else []
+    message = (
+        f"left alone, and not applied: {'; '.join(conflicts)}. Delete or rename the other "
+        "object, or give this ModelDeployment another name"
+    )
+    return [condition(CHILDREN_OWNED, False, CHILD_CONFLICT, message, generation)]
+
+
+def held_back(conditions: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The first `ChildrenOwned` condition in `conditions` when it is False, else None.
+
+    Newest first: pass this pass's conditions before the stored ones. While it holds,
+    the ModelDeployment is not Ready but Stalled: an object of another owner stands
+    where one of its children should be, and only a person can move it.
+    """
+    owned = next((c for c in conditions if c.get("type") == CHILDREN_OWNED), None)
+    return owned if owned is not None and owned.get("status") == "False" else None

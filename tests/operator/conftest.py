@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -44,6 +45,8 @@ class Operator:
         self.log = log
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        address = env.get("MODELSHIP_OPERATOR_METRICS_ADDRESS", "0.0.0.0")
+        self.metrics_url = f"http://{address}:{env.get('MODELSHIP_OPERATOR_METRICS_PORT')}/metrics"
 
     def start(self) -> Operator:
         kopf = Path(sys.executable).parent / "kopf"
@@ -91,14 +94,24 @@ def operator(
     started: list[Operator] = []
 
     def start(**extra_env: str) -> Operator:
+        # Each operator serves its metrics on a port of its own (the default 8080 may be
+        # taken on a shared machine, and a test may run two operators at once).
+        metrics = {"MODELSHIP_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+                   "MODELSHIP_OPERATOR_METRICS_PORT": str(_free_port())}
         op = Operator(cluster, tmp_path / f"operator-{len(started)}.log",
-                      {**operator_env, **extra_env}).start()
+                      {**operator_env, **metrics, **extra_env}).start()
         started.append(op)
         return op
 
     yield start
     for op in started:
         op.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 __all__ = ["OPERATOR_AGENT", "Operator"]

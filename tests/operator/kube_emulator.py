@@ -12,7 +12,8 @@ Two additions make it closer to a real API server for what the operator relies o
   than the stored one is refused with 409 Conflict.
 
 It also tells which requests came from the operator (its User-Agent) so tests can count
-them, and can answer chosen requests with an error a given number of times.
+them, records who controlled each object a request wrote or deleted, before and after
+(:class:`Write`), and can answer chosen requests with an error a given number of times.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,25 @@ from kmock._internal import enums  # the action enum is the emulator's own vocab
 from modelship_operator.k8s import KINDS
 
 OPERATOR_AGENT = "modelship-operator"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write or delete of a named object, with its controller before and after."""
+
+    method: str
+    plural: str
+    namespace: str | None
+    name: str
+    uid: str | None  # the object's own uid before the request (None: it did not exist)
+    controller_before: str | None  # uid of its controller ownerReference, if any
+    controller_after: str | None  # as the request body sets it (None for a delete)
+    agent: str
+
+
+def _controller(obj: Any) -> str | None:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
 
 def _removals(old: Any, new: Any) -> Any:
@@ -54,6 +75,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     faults: list[tuple[Callable[[kmock.Request], bool], int, list[int]]]
     log: list[tuple[str, str, dict[str, str], str]]
+    writes: list[Write]
     _counter: int
 
     def __attrs_post_init__(self) -> None:
@@ -61,6 +83,29 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         object.__setattr__(self, "faults", [])
         object.__setattr__(self, "_counter", 0)
         object.__setattr__(self, "log", [])
+        object.__setattr__(self, "writes", [])
+
+    def _record_write(self, request: kmock.Request) -> None:
+        method = str(request.method.value)
+        if method not in ("POST", "PUT", "PATCH", "DELETE") or request.subresource is not None:
+            return
+        body = request.data if isinstance(request.data, dict) else {}
+        name = request.name or (body.get("metadata") or {}).get("name")
+        if request.resource is None or not name:
+            return
+        key = (request.resource, request.namespace, name)
+        before = None
+        if key in self.objects and not self.objects[key].deleted:
+            before = self.objects[key].raw
+        self.writes.append(
+            Write(
+                method, request.resource.plural, request.namespace, str(name),
+                ((before or {}).get("metadata") or {}).get("uid"),
+                _controller(before),
+                None if method == "DELETE" else _controller(body),
+                request.headers.get("User-Agent", ""),
+            )
+        )
 
     def _next_rv(self) -> str:
         object.__setattr__(self, "_counter", self._counter + 1)
@@ -82,6 +127,7 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     raise kmock.KubernetesError(
                         status=status, reason="Injected", message="injected"
                     )
+            self._record_write(request)
             if request.resource is not None and isinstance(request.data, dict):
                 request = await self._bookkeep(request)
             return await super()._handle(request)
@@ -330,6 +376,16 @@ class Cluster:
             return list(self.emulator.log)
 
         result: list[tuple[str, str, dict[str, str], str]] = self._sync(snapshot)
+        return result
+
+    def writes(self) -> list[Write]:
+        """Every write or delete of a named object served so far, in order."""
+
+        def snapshot() -> list[Write]:
+            assert self.emulator is not None
+            return list(self.emulator.writes)
+
+        result: list[Write] = self._sync(snapshot)
         return result
 
     def inject(self, matcher: Callable[[kmock.Request], bool], status: int, times: int) -> None:

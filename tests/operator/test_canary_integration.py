@@ -4,7 +4,7 @@ for the pods.
 
 Each version registered in MLflow is served by its own `modelship-runtime serve` process
 (pulling it from the registry); the test plays the parts of the kubelet (mark_ready) and
-of the EndpointSlice controller (slices of Services `iris` and `iris-canary` pointing at
+of the EndpointSlice controller (slices of Services `iris` and `iris--canary` pointing at
 those processes, with pod names prefixed by their Deployment's name), and sends real
 prediction traffic to both sides. The operator scrapes the processes' /metrics (provider
 `pods`), judges each step and promotes or rolls back by itself.
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kube_emulator import Cluster, wait_for
+from kube_emulator import OPERATOR_AGENT, Cluster, Write, wait_for
 from mlflow_proc import BIN, MlflowServer
 from runtime_proc import (
     RUNTIME,
@@ -125,7 +125,7 @@ def endpoint_slice(cluster: Cluster, service: str, deployment: str, pod: Runtime
         "endpoints": [{
             "addresses": ["127.0.0.1"],
             "conditions": {"ready": True},
-            "targetRef": {"kind": "Pod", "namespace": NS, "name": f"{deployment}-abc12"},
+            "targetRef": {"kind": "Pod", "namespace": NS, "name": f"{deployment}-6d4f9c7b8-abc12"},
         }],
         "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
     })
@@ -202,7 +202,7 @@ def serve_stable(cluster: Cluster, pods: dict[str, Runtime], spec: dict[str, Any
 
 def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> int:
     """Point spec at `version`; returns the request index the rollout starts at."""
-    endpoint_slice(cluster, "iris-canary", f"iris-v{version}", pods[version])
+    endpoint_slice(cluster, "iris--canary", f"iris-v{version}", pods[version])
     mark = len(cluster.requests())
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": version}}})
     wait_for(lambda: f"iris-v{version}" in names(cluster, "deployments"),
@@ -211,7 +211,7 @@ def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> in
 
 
 def canary_ingress_weight(cluster: Cluster) -> str | None:
-    ingress = cluster.get("ingresses", NS, "iris-canary") or {}
+    ingress = cluster.get("ingresses", NS, "iris--canary") or {}
     return (ingress.get("metadata", {}).get("annotations") or {}).get(
         "nginx.ingress.kubernetes.io/canary-weight")
 
@@ -594,5 +594,106 @@ def test_a_step_without_data_never_promotes_and_rolls_back_at_the_deadline(
     assert events(cluster, "Promoted") == []
     assert len(events(cluster, "AnalysisInconclusive")) == 1
     assert done["stable"]["version"] == "1"
+    op.stop()
+    assert "Traceback" not in op.output()
+
+
+CHILD_PLURALS = ("deployments", "services", "serviceaccounts", "horizontalpodautoscalers",
+                 "ingresses", "networkpolicies", "poddisruptionbudgets", "httproutes")
+
+
+def test_iris_and_iris_canary_side_by_side_never_touch_each_other(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer,
+    pods: dict[str, Runtime],
+) -> None:
+    """A ModelDeployment named like another's canary lives through that one's rollout."""
+    op = operator(**operator_env(mlflow))
+    other = manifest(GOOD)
+    other["metadata"]["name"] = "iris-canary"
+    other["spec"]["ingress"]["host"] = "iris-canary.example.com"
+    other_uid = cluster.create_md(other)["metadata"]["uid"]
+    wait_for(lambda: "iris-canary-v1" in names(cluster, "deployments"), what="iris-canary-v1")
+    cluster.mark_ready(NS, "iris-canary-v1", 2)
+    endpoint_slice(cluster, "iris-canary", "iris-canary-v1", pods[GOOD])
+    serve_stable(cluster, pods, manifest(GOOD))
+    iris_uid = (cluster.get("modeldeployments", NS, "iris") or {})["metadata"]["uid"]
+
+    def other_status() -> dict[str, Any]:
+        return dict((cluster.get("modeldeployments", NS, "iris-canary") or {}).get("status")
+                    or {})
+
+    settled = wait_for(lambda: (s := other_status()).get("phase") == "Ready" and s,
+                       what="iris-canary Ready")
+    other_children = {
+        (plural, o["metadata"]["name"]): o["metadata"]["uid"]
+        for plural in CHILD_PLURALS for o in cluster.objects(plural, NS)
+        if (o["metadata"].get("ownerReferences") or [{}])[0].get("uid") == other_uid
+    }
+    assert set(other_children) == {
+        ("deployments", "iris-canary-v1"), ("services", "iris-canary"),
+        ("serviceaccounts", "iris-canary"), ("ingresses", "iris-canary"),
+        ("networkpolicies", "iris-canary"), ("poddisruptionbudgets", "iris-canary"),
+    }
+
+    def takeovers() -> list[Write]:
+        """Operator writes that gave a child another controller than the one it had."""
+        return [w for w in cluster.writes()
+                if w.agent == OPERATOR_AGENT and w.plural in CHILD_PLURALS
+                and w.method != "DELETE" and w.controller_before not in (None, w.controller_after)]
+
+    start_canary(cluster, pods, GOOD_TOO)
+    load = traffic(pods[GOOD], pods[GOOD_TOO])
+    try:
+        cluster.mark_ready(NS, "iris-v2", 1)
+        wait_for(lambda: canary(cluster).get("weight") == 50, what="weight 50")
+        # Mid-rollout, both canary Services exist side by side, each with its owner.
+        assert takeovers() == []
+        assert condition(status(cluster), "ChildrenOwned") == {}
+        assert condition(other_status(), "ChildrenOwned") == {}
+        assert (cluster.get("services", NS, "iris--canary") or {})["metadata"][
+            "ownerReferences"][0]["uid"] == iris_uid
+        assert (cluster.get("services", NS, "iris-canary") or {})["metadata"][
+            "ownerReferences"][0]["uid"] == other_uid
+        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=40, what="weight 100")
+        cluster.mark_ready(NS, "iris-v2", 2)
+        done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
+                        timeout=30, what="promotion")
+    finally:
+        load.stop()
+    assert done["lastRollout"]["outcome"] == "Promoted"
+    final = wait_for(lambda: (s := status(cluster)).get("phase") == "Ready" and s,
+                     what="iris Ready on version 2")
+    assert final["stable"]["version"] == "2"
+    assert condition(final, "ChildrenOwned") == {}
+
+    # iris-canary stayed Ready the whole time, on its own children, untouched.
+    after = other_status()
+    assert after["phase"] == "Ready" and after["stable"]["version"] == "1"
+    assert condition(after, "Ready") == condition(settled, "Ready")  # no transition since
+    assert condition(after, "ChildrenOwned") == {}
+    for (plural, name), uid in other_children.items():
+        obj = cluster.get(plural, NS, name) or {}
+        assert obj.get("metadata", {}).get("uid") == uid, f"{plural}/{name} was replaced"
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == other_uid
+    assert [e["reason"] for e in events(cluster) if e["type"] == "Warning"] == []
+
+    # From the API's record of every write: no write changed an object's controller,
+    # each owner wrote only names of its own, and the only deletions were iris's leftovers.
+    child_writes = [w for w in cluster.writes()
+                    if w.agent == OPERATOR_AGENT and w.plural in CHILD_PLURALS]
+    assert len(child_writes) > 15
+    assert takeovers() == []
+    by_owner: dict[str | None, set[tuple[str, str]]] = {}
+    for w in child_writes:
+        owner = w.controller_before if w.method == "DELETE" else w.controller_after
+        by_owner.setdefault(owner, set()).add((w.plural, w.name))
+    assert set(by_owner) == {iris_uid, other_uid}
+    assert by_owner[iris_uid].isdisjoint(by_owner[other_uid])
+    assert by_owner[other_uid] == set(other_children)
+    deletes = sorted((w.plural, w.name, w.controller_before)
+                     for w in child_writes if w.method == "DELETE")
+    assert deletes == [("deployments", "iris-v1", iris_uid),
+                       ("ingresses", "iris--canary", iris_uid),
+                       ("services", "iris--canary", iris_uid)]
     op.stop()
     assert "Traceback" not in op.output()

@@ -77,9 +77,9 @@ def test_canary_side_is_rendered_and_valid(routing: str, weight: int, autoscalin
     assert canary_dep["spec"]["template"] == after["spec"]["template"]
     assert canary_dep["spec"]["selector"] == after["spec"]["selector"]
     assert canary_dep["spec"]["template"] != stable_dep["spec"]["template"]
-    # Service NAME-canary selects the canary's pods only: the pods provider finds them
+    # Service NAME--canary selects the canary's pods only: the pods provider finds them
     # through its EndpointSlices.
-    canary_svc = objs[("Service", "iris-canary")]
+    canary_svc = objs[("Service", "iris--canary")]
     assert selector(canary_svc) == {"modelship.io/deployment": "iris",
                                     "modelship.io/model-version": "4"}
     assert canary_svc["spec"]["ports"] == objs[("Service", "iris")]["spec"]["ports"]
@@ -96,7 +96,7 @@ def test_canary_side_is_rendered_and_valid(routing: str, weight: int, autoscalin
 @pytest.mark.parametrize("weight", WEIGHTS)
 def test_ingress_canary_annotations_carry_the_weight(weight: int) -> None:
     objs = objects("ingress", weight)
-    main, canary = objs[("Ingress", "iris")], objs[("Ingress", "iris-canary")]
+    main, canary = objs[("Ingress", "iris")], objs[("Ingress", "iris--canary")]
     annotations = canary["metadata"]["annotations"]
     assert annotations[CANARY_ANNOTATION] == "true"
     assert annotations[CANARY_WEIGHT_ANNOTATION] == str(weight)
@@ -107,7 +107,7 @@ def test_ingress_canary_annotations_carry_the_weight(weight: int) -> None:
     assert canary_rule["http"]["paths"][0]["path"] == main_rule["http"]["paths"][0]["path"]
     assert canary["spec"]["ingressClassName"] == main["spec"]["ingressClassName"]
     backend = canary_rule["http"]["paths"][0]["backend"]["service"]
-    assert backend["name"] == "iris-canary"
+    assert backend["name"] == "iris--canary"
     assert main_rule["http"]["paths"][0]["backend"]["service"]["name"] == "iris"
     # The stable Service keeps selecting the stable version only.
     assert selector(objs[("Service", "iris")])["modelship.io/model-version"] == "3"
@@ -121,7 +121,7 @@ def test_httproute_weights_sum_to_100(weight: int) -> None:
     route = objects("gateway", weight)[("HTTPRoute", "iris")]
     refs = route["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r["weight"]) for r in refs] == [("iris", 100 - weight),
-                                                        ("iris-canary", weight)]
+                                                        ("iris--canary", weight)]
     assert sum(r["weight"] for r in refs) == 100
 
 
@@ -195,7 +195,7 @@ def test_split_by_replicas_proportions(replicas: int, weight: int, stable: int,
         assert selector(objs[("Service", "iris")])["modelship.io/model-version"] == "3"
     else:
         assert selector(objs[("Service", "iris")]) == {"modelship.io/deployment": "iris"}
-    assert selector(objs[("Service", "iris-canary")])["modelship.io/model-version"] == "4"
+    assert selector(objs[("Service", "iris--canary")])["modelship.io/model-version"] == "4"
 
 
 def test_no_canary_renders_the_stable_side_alone() -> None:
@@ -206,7 +206,7 @@ def test_no_canary_renders_the_stable_side_alone() -> None:
         same = render(make(spec), RolloutState("3", "3", 50), SETTINGS)
         assert plain == same
         names = {o["metadata"]["name"] for o in plain}
-        assert "iris-canary" not in names and "iris-v4" not in names
+        assert "iris--canary" not in names and "iris-v4" not in names
         dep = next(o for o in plain if o["kind"] == "Deployment")
         assert dep["spec"]["replicas"] == REPLICAS
         svc = next(o for o in plain if o["kind"] == "Service")
@@ -228,5 +228,5 @@ def test_every_step_of_a_rollout_renders_valid_objects(routing: str) -> None:
             check_object(obj)
         seen.append({(o["kind"], o["metadata"]["name"]) for o in rendered})
     assert ("Deployment", "iris-v3") not in seen[-1]
-    assert ("Service", "iris-canary") not in seen[-1]
+    assert ("Service", "iris--canary") not in seen[-1]
     assert ("Deployment", "iris-v4") in seen[-1]

@@ -176,20 +176,20 @@ def test_canary_preview_renders_the_rollout_mid_way() -> None:
     # Both versions run; the canary is sized for its weight, the stable side keeps all.
     assert by_name[("Deployment", "iris-v3")]["spec"]["replicas"] == 4
     assert by_name[("Deployment", "iris-v4")]["spec"]["replicas"] == 1
-    canary_svc = by_name[("Service", "iris-canary")]
+    canary_svc = by_name[("Service", "iris--canary")]
     assert canary_svc["spec"]["selector"]["modelship.io/model-version"] == "4"
-    ingress = by_name[("Ingress", "iris-canary")]
+    ingress = by_name[("Ingress", "iris--canary")]
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary"] == "true"
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] == "25"
     route = by_name[("HTTPRoute", "gw")]
     weights = [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
-    assert weights == [("gw", 75), ("gw-canary", 25)]
+    assert weights == [("gw", 75), ("gw--canary", 25)]
 
 
 def test_canary_weight_defaults_to_zero() -> None:
     result = run("render", "-f", "-", "--canary-version", "4", stdin=INGRESS)
     assert result.returncode == 0, result.stderr
-    ingress = next(o for o in docs(result.stdout) if o["metadata"]["name"] == "iris-canary"
+    ingress = next(o for o in docs(result.stdout) if o["metadata"]["name"] == "iris--canary"
                    and o["kind"] == "Ingress")
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] == "0"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from kube_emulator import Cluster, operator_requests, wait_for
@@ -172,8 +173,8 @@ def test_spec_changes_change_the_right_children(
     )
     assert sorted(d["metadata"]["name"] for d in kids["deployments"]) == ["iris-v3", "iris-v4"]
     services = {s["metadata"]["name"]: s for s in kids["services"]}
-    assert set(services) == {"iris", "iris-canary"}
-    assert services["iris-canary"]["spec"]["selector"]["modelship.io/model-version"] == "4"
+    assert set(services) == {"iris", "iris--canary"}
+    assert services["iris--canary"]["spec"]["selector"]["modelship.io/model-version"] == "4"
     status = wait_for(
         lambda: (s := md_status(cluster)).get("phase") == "Progressing" and s, what="Progressing"
     )
@@ -291,3 +292,76 @@ def test_every_request_is_allowed_by_the_rbac_rules(
     verbs = {rbac.request_attributes(m, p, q) for m, p, q, _ in seen} - {None}
     assert ("apps", "deployments", "patch") in verbs
     assert ("gateway.networking.k8s.io", "httproutes", "delete") in verbs
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(sample name, labels) -> value, as Prometheus reads the operator's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_endpoint_shows_passes_rollouts_and_deletions(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    op = operator()
+    iris = frozenset({("namespace", NS), ("modelship_deployment", "iris")})
+
+    def sample(name: str, **labels: str) -> float | None:
+        return scrape(op.metrics_url).get((name, iris | frozenset(labels.items())))
+
+    cluster.create_md(manifest())
+    wait_for(lambda: "deployments" in children(cluster), what="iris-v3")
+    cluster.mark_ready(NS, "iris-v3", 2)
+    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    wait_for(lambda: sample("modelship_rollout_in_progress") == 0, what="in-progress 0")
+    found = scrape(op.metrics_url)
+    passes = found[("modelship_operator_reconcile_duration_seconds_count", frozenset())]
+    assert passes >= 1
+    assert found[("modelship_rollouts_total", iris | {("outcome", "Promoted")})] == 0
+
+    # A canary at its first weight: the gauges say so, with the progress status keeps and
+    # the deadline that follows from it (interval 60 s, progressDeadlineSeconds 600).
+    cluster.patch_md(NS, "iris", {"spec": {"model": {"version": "4"}}})
+    wait_for(lambda: len(children(cluster)["deployments"]) == 2, what="canary")
+    cluster.mark_ready(NS, "iris-v4", 1)
+    wait_for(lambda: md_status(cluster).get("canary", {}).get("weight") == 10, what="weight 10")
+    wait_for(lambda: sample("modelship_canary_weight") == 10, what="weight gauge 10")
+    assert sample("modelship_rollout_in_progress") == 1
+    assert sample("modelship_rollout_step") == 1
+    progress_at = datetime.fromisoformat(md_status(cluster)["canary"]["progressAt"]).timestamp()
+    progressed = sample("modelship_rollout_last_progress_timestamp_seconds")
+    deadline = sample("modelship_rollout_deadline_timestamp_seconds")
+    assert progressed is not None and abs(progressed - progress_at) < 0.001
+    assert deadline is not None and abs(deadline - (progress_at + 60 + 600)) < 0.001
+
+    # Promoted: counted once, and the gauges are back to no rollout.
+    cluster.patch_md(NS, "iris", {"metadata": {"annotations": {"modelship.io/promote": "now"}}})
+    wait_for(lambda: sample("modelship_rollouts_total", outcome="Promoted") == 1,
+             timeout=30, what="a promotion counted")
+    wait_for(lambda: sample("modelship_canary_weight") == 0, what="weight gauge 0")
+    assert sample("modelship_rollout_in_progress") == 0
+    assert sample("modelship_rollout_last_progress_timestamp_seconds") is None
+    assert sample("modelship_rollouts_total", outcome="RolledBack") == 0
+
+    # A spec the operator cannot honour is a reconcile error, counted by reason.
+    cluster.create_md(manifest("bad", autoscaling={"minReplicas": 5, "maxReplicas": 2}))
+    invalid = frozenset({("reason", "InvalidSpec")})
+    wait_for(lambda: scrape(op.metrics_url).get(
+        ("modelship_operator_reconcile_errors_total", invalid), 0) >= 1,
+        what="InvalidSpec counted")
+
+    # Deleted: no series of it is left.
+    cluster.delete(f"/apis/modelship.io/v1alpha1/namespaces/{NS}/modeldeployments/iris")
+    wait_for(lambda: not any(iris <= labels for _, labels in scrape(op.metrics_url)),
+             what="iris's series to go")
+    op.stop()
+    assert "Traceback" not in op.output()

@@ -39,7 +39,7 @@ from runtime_proc import (
 PROMETHEUS = shutil.which("prometheus")
 NS = "ml"
 STABLE = Target(NS, "iris", "iris-v1", "1")
-CANARY = Target(NS, "iris-canary", "iris-v3", "3")
+CANARY = Target(NS, "iris--canary", "iris-v3", "3")
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None or not RUNTIME.exists(),
@@ -117,7 +117,7 @@ def stack(
     prometheus: Prometheus | None = None
     try:
         start_all([stable, canary])
-        prometheus = Prometheus(root, {"iris-v1-abc12": stable, "iris-v3-abc12": canary}).start()
+        prometheus = Prometheus(root, {"iris-v1-6d4f9c7b8-abc12": stable, "iris-v3-5c8d7f6b9-abc12": canary}).start()
         yield prometheus, stable, canary
     finally:
         if prometheus is not None:
@@ -158,7 +158,7 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
     warm = rows[1::2] + rows[100::2]
     send(stable, warm, 20)
     send(canary, warm, 20)  # includes rows the flaky model refuses
-    for pod, runtime in (("iris-v1-abc12", stable), ("iris-v3-abc12", canary)):
+    for pod, runtime in (("iris-v1-6d4f9c7b8-abc12", stable), ("iris-v3-5c8d7f6b9-abc12", canary)):
         total = parse_metrics(runtime.metrics()).requests
         wait_for(lambda p=pod, t=total: scraped_count(prometheus, p) == t,
                  what=f"Prometheus to scrape {pod}")
@@ -166,8 +166,8 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
     start = time.time()
 
     def both_scraped_after(moment: float) -> bool:
-        return min(last_scrape(prometheus, "iris-v1-abc12"),
-                   last_scrape(prometheus, "iris-v3-abc12")) > moment
+        return min(last_scrape(prometheus, "iris-v1-6d4f9c7b8-abc12"),
+                   last_scrape(prometheus, "iris-v3-5c8d7f6b9-abc12")) > moment
 
     wait_for(lambda: both_scraped_after(start), what="a scrape of each pod in the window")
     before = (parse_metrics(canary.metrics()), parse_metrics(stable.metrics()))
@@ -175,7 +175,7 @@ def test_figures_match_the_traffic_sent(stack: tuple[Prometheus, Runtime, Runtim
     codes = send(canary, rows[::2], 10)
     send(stable, rows[::2], 0)
     after = (parse_metrics(canary.metrics()), parse_metrics(stable.metrics()))
-    for pod, snap in (("iris-v3-abc12", after[0]), ("iris-v1-abc12", after[1])):
+    for pod, snap in (("iris-v3-5c8d7f6b9-abc12", after[0]), ("iris-v1-6d4f9c7b8-abc12", after[1])):
         wait_for(lambda p=pod, t=snap.requests: scraped_count(prometheus, p) == t,
                  what=f"Prometheus to scrape {pod} after the traffic")
     done = time.time()

@@ -65,6 +65,9 @@ def deployments(cluster: Cluster, name: str) -> list[str]:
     )
 
 
+# No runtime serves here, so no analysis ever has a request to judge (and an analysis
+# without data never promotes): the test promotes by the annotation once the canary is
+# ready, the way a person would, which exercises the same write-back.
 FAST_ROLLOUT = {
     "steps": [100],
     "interval": "1s",
@@ -101,10 +104,13 @@ def test_alias_move_rolls_out_and_writes_back(
     assert status["model"] == {"resolvedVersion": "2"}
     assert deployments(cluster, "fraud") == ["fraud-v1", "fraud-v2"]
     cluster.mark_ready(NS, "fraud-v2", 1)
+    wait_for(lambda: status_of(cluster, "fraud").get("canary", {}).get("weight") == 100,
+             what="canary at 100%")
+    cluster.patch_md(NS, "fraud", {"metadata": {"annotations": {"modelship.io/promote": "now"}}})
     status = wait_for(
         lambda: (s := status_of(cluster, "fraud")).get("stable", {}).get("version") == "2"
         and s.get("lastRollout", {}).get("writeBack") == "Done" and s,
-        timeout=30, what="promotion of version 2 written back",
+        timeout=120, what="promotion of version 2 written back",
     )
     assert status["lastRollout"]["outcome"] == "Promoted"
     wait_for(lambda: deployments(cluster, "fraud") == ["fraud-v2"], what="fraud-v1 deleted")

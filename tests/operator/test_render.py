@@ -459,27 +459,55 @@ def test_httproute() -> None:
 # --- names of long and odd inputs -----------------------------------------------------------
 
 
-def test_long_name_and_odd_model_name_give_valid_names_and_labels() -> None:
-    name = "a" * 120 + ".b" * 60
-    md = make(name=name, model={"name": "Team / Iris Classifier ✓", "version": "12"},
+def test_longest_name_and_odd_model_name_give_valid_names_and_labels() -> None:
+    name = "a" * naming.MAX_MD_NAME
+    md = make(name=name, model={"name": "Team / Iris Classifier ✓", "version": "9" * 20},
               autoscaling={"maxReplicas": 2}, ingress={"host": "x.example.com"})
-    out = render.render(md, RolloutState("12"), SETTINGS)
+    out = render.render(md, RolloutState("9" * 20), SETTINGS)
     for obj in out:
         assert naming.is_dns_label(obj["metadata"]["name"])
         assert obj["metadata"]["ownerReferences"][0]["name"] == name
         for value in obj["metadata"]["labels"].values():
             assert naming.is_label_value(value)
     by_kind = {o["kind"]: o for o in out}
-    assert by_kind["Deployment"]["metadata"]["name"].endswith("-v12")
-    assert by_kind["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == by_kind[
-        "Deployment"
-    ]["metadata"]["name"]
+    deployment = by_kind["Deployment"]["metadata"]["name"]
+    assert deployment == f"{name}-{naming.version_tag('9' * 20)}"
+    assert deployment.startswith(f"{name}-h") and len(deployment) == naming.MAX_DEPLOYMENT_NAME
+    assert by_kind["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == deployment
     assert by_kind["Service"]["spec"]["selector"].items() <= by_kind["Deployment"]["spec"][
         "template"
     ]["metadata"]["labels"].items()
     assert by_kind["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"][
         "name"
-    ] == by_kind["Service"]["metadata"]["name"]
+    ] == by_kind["Service"]["metadata"]["name"] == name
+
+
+def test_a_name_whose_children_could_collide_is_refused_before_render() -> None:
+    with pytest.raises(ValidationError, match=r"'iris--canary' is not a valid"):
+        make(name="iris--canary")
+    with pytest.raises(ValidationError, match=r"at most 36 characters"):
+        make(name="a" * 37)
+
+
+def _hash_twins() -> tuple[str, str]:
+    """Two versions whose hashed tags meet (a birthday search over 32 bits)."""
+    seen: dict[str, str] = {}
+    for i in range(2_000_000):
+        version = f"x-{i}"
+        tag = naming.version_tag(version)
+        if tag in seen:
+            return seen[tag], version
+        seen[tag] = version
+    raise AssertionError("no two versions with the same hashed tag")
+
+
+def test_two_versions_that_would_share_a_deployment_are_refused() -> None:
+    stable, canary = _hash_twins()
+    md = make(ingress={"host": "x.example.com"})
+    with pytest.raises(RenderError, match="map to the same Deployment") as info:
+        render.render(md, RolloutState(stable, canary, 10), SETTINGS)
+    assert info.value.field == "spec.model.version"
+    assert stable in str(info.value) and canary in str(info.value)
 
 
 # --- specs the schema lets through but the operator cannot honour --------------------------

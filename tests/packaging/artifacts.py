@@ -33,6 +33,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "grafanaDashboard": {"enabled": True},
         },
     },
+    "monitoring-services": {
+        "metrics": {"port": 9090},
+        "networkPolicy": {"metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]},
+        "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                       "prometheusRule": {"enabled": True}},
+    },
     "custom": {
         "image": {"repository": "ghcr.io/acme/modelship-operator", "tag": "0.1.0-rc1"},
         "runtime": {"image": {"repository": "ghcr.io/acme/modelship-runtime",

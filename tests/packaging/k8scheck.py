@@ -65,6 +65,7 @@ class _Endpoint(_Strict):
     port: str
     path: str = Field(default="/metrics", pattern="^/")
     interval: str = Field(default="30s", pattern=_DURATION)
+    honorLabels: bool = False
     relabelings: list[_Relabel] = Field(default_factory=list)
 
 
@@ -78,7 +79,7 @@ class _Selector(_Strict):
 
 
 class _PodMonitorSpec(_Strict):
-    namespaceSelector: _NamespaceSelector
+    namespaceSelector: _NamespaceSelector | None = None  # none: the monitor's namespace
     selector: _Selector
     podMetricsEndpoints: list[_Endpoint] = Field(min_length=1)
 

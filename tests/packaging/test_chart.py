@@ -58,6 +58,8 @@ def test_helm_lint_strict(value_set: str) -> None:
         {"watchNamespaces": ["Not_A_Namespace"]},
         {"image": {"repository": "x", "digest": "latest"}},
         {"monitoring": {"prometheusRule": {"errorRateThreshold": 2}}},
+        {"metrics": {"port": 8081}},
+        {"metrics": {"port": 80}},
         {"settings": {"Runtime-Image": "x"}},
         {"unknownKey": True},
     ],
@@ -185,21 +187,91 @@ def test_custom_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert pod["spec"]["serviceAccountName"] == "ms-operator"
 
 
+def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind}/{name}"
+    return found[0]
+
+
 def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["monitoring"]
-    for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"):
+    for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap"):
         _one(objects, kind)
-    pod_monitor = _one(objects, "PodMonitor")
+    pod_monitor = _named(objects, "PodMonitor", "modelship-runtime")
     assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pod_monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == (
         "modelship-runtime")
+    # The operator is scraped once, by a PodMonitor, with the series' own namespace label.
+    operator = _named(objects, "PodMonitor", "modelship-operator")
+    assert operator["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert operator["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    pod_labels = _one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = operator["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert operator["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}]
+    assert "Service" not in _kinds(objects)
     dashboard = _one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["modelship.json"]) == json.loads(
         (CHART / "files" / "dashboard.json").read_text())
-    rules = _one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
-    assert [r["alert"] for r in rules] == [
-        "ModelshipHighErrorRate", "ModelshipHighLatencyP95", "ModelshipReplicasBelowMinimum"]
+    groups = _one(objects, "PrometheusRule")["spec"]["groups"]
+    assert {g["name"]: [r["alert"] for r in g["rules"]] for g in groups} == {
+        "modelship.runtime": ["ModelshipHighErrorRate", "ModelshipHighLatencyP95",
+                              "ModelshipReplicasBelowMinimum"],
+        "modelship.rollout": ["ModelshipRolloutRolledBack", "ModelshipRolloutStuck",
+                              "ModelshipOperatorMetricsAbsent"],
+    }
+
+
+def _metrics_port(objects: list[dict[str, Any]]) -> int | None:
+    ports = {p["name"]: p["containerPort"] for p in _container(objects).get("ports", [])}
+    assert ports.get("health") == 8081
+    return ports.get("metrics")
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_operator_serves_metrics_on_the_named_port(
+    rendered: dict[str, list[dict[str, Any]]], value_set: str
+) -> None:
+    objects = rendered[value_set]
+    port = _metrics_port(objects)
+    assert port == VALUE_SETS[value_set].get("metrics", {}).get("port", 8080)
+    # The operator listens where the container port says.
+    assert _env(objects)["MODELSHIP_OPERATOR_METRICS_PORT"] == str(port)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for policy in policies:  # only the metrics port is open
+        assert [[p["port"] for p in rule["ports"]] for rule in policy["spec"]["ingress"]] == [
+            ["metrics"]]
+
+
+def test_metrics_off_closes_the_port() -> None:
+    objects = render_chart({"metrics": {"enabled": False}})
+    assert _metrics_port(objects) is None
+    assert _env(objects)["MODELSHIP_OPERATOR_METRICS_PORT"] == "0"
+    assert _one(objects, "NetworkPolicy")["spec"]["ingress"] == []
+    assert OperatorSettings(metrics_port=0).metrics_port == 0
+
+
+def test_operator_scraped_through_a_service_when_only_service_monitors_are_on(
+    rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = rendered["monitoring-services"]
+    assert "PodMonitor" not in _kinds(objects)
+    service = _one(objects, "Service")
+    pod_labels = _one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = _named(objects, "ServiceMonitor", "modelship-operator")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items())
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}]
+    ingress = _one(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert ingress == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}]
 
 
 def _promtool() -> str:
@@ -222,7 +294,7 @@ def test_promtool_check_rules(rules_file: Path) -> None:
     result = subprocess.run([_promtool(), "check", "rules", str(rules_file)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
 
 
 def test_promtool_test_rules(rules_file: Path) -> None:

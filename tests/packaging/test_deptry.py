@@ -50,7 +50,8 @@ def test_imports_match_the_declared_dependencies(distribution: str, tmp_path: Pa
 
 def test_an_import_only_another_distribution_declares_is_caught(tmp_path: Path) -> None:
     """The operator image's failure: prometheus_client imported, declared only by the
-    runtime; requests only a dependency of kubernetes; scikit-learn the runtime's."""
+    runtime; requests only a dependency of kubernetes; scikit-learn and the runtime's
+    package itself, which only the runtime image has."""
     copy = tmp_path / "operator"
     shutil.copytree(REPO / "operator", copy,
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
@@ -60,13 +61,15 @@ def test_an_import_only_another_distribution_declares_is_caught(tmp_path: Path) 
         assert line in text
         text = text.replace(line, "")
     pyproject.write_text(text)
-    (copy / "modelship_operator" / "stray.py").write_text("import sklearn\n")
+    (copy / "modelship_operator" / "stray.py").write_text(
+        "import sklearn\nfrom modelship_runtime import metrics\n")
     code, violations, output = _deptry(copy, tmp_path / "deptry.json")
     assert code == 1, output
     flagged = {(v["module"], v["location"]["file"]) for v in violations}
     assert ("prometheus_client", "modelship_operator/rollout/analysis.py") in flagged
     assert ("requests", "modelship_operator/registry.py") in flagged
     assert ("sklearn", "modelship_operator/stray.py") in flagged
+    assert ("modelship_runtime", "modelship_operator/stray.py") in flagged
     assert {v["error"]["code"] for v in violations} <= {"DEP001", "DEP003"}
 
 

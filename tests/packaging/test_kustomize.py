@@ -5,10 +5,12 @@ the operator keeps in rbac.py; and the same operator pod as the Helm chart's."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
-from artifacts import OVERLAYS
+from artifacts import OVERLAYS, REPO, kustomize_build
 from k8scheck import validate
 from modelship_operator.rbac import RULES
 from modelship_operator.settings import OperatorSettings
@@ -100,3 +102,33 @@ def test_same_operator_pod_as_the_chart(
                 "resources", "args"):
         assert a[key] == b[key], key
     assert _env(built["base"]) == _env(rendered["default"])
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_operator_serves_metrics_on_the_named_port(
+    built: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    objects = built[name]
+    container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8081, "metrics": 8080}
+    assert _env(objects)["MODELSHIP_OPERATOR_METRICS_PORT"] == "8080"
+    ingress = _one(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert ingress == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+
+
+def test_monitoring_component_scrapes_the_operator(tmp_path: Path) -> None:
+    base = os.path.relpath(REPO / "kustomize" / "base", tmp_path)
+    component = os.path.relpath(REPO / "kustomize" / "components" / "monitoring", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"namespace: ops\nresources: [{base}]\ncomponents: [{component}]\n")
+    objects = kustomize_build(tmp_path)
+    monitor = _one(objects, "PodMonitor")
+    validate(monitor)
+    assert monitor["metadata"]["namespace"] == "ops"
+    pod = _one(objects, "Deployment")["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["port"] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}

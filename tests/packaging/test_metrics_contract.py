@@ -1,11 +1,12 @@
-"""Every metric the chart's alerts and Grafana dashboard query is one the runtime really
-exposes, with the labels they use.
+"""Every metric the chart's alerts and Grafana dashboard query is one the runtime or the
+operator really exposes, with the labels they use.
 
-The runtime's collectors are built from runtime/modelship_runtime/metrics.py (the module
-that declares all of them, on the registry the app serves at /metrics), exercised once so
-that labelled families have samples, and read back through the exposition format. The
-queries are taken apart with a small PromQL tokenizer: the names outside label matchers,
-grouping clauses and function calls are metric names.
+The runtime's collectors are built from runtime/modelship_runtime/metrics.py and the
+operator's from operator/modelship_operator/metrics.py (the modules that declare all of
+them, on the registries each serves at /metrics), exercised once so that labelled
+families have samples, and read back through the exposition format. The queries are taken
+apart with a small PromQL tokenizer: the names outside label matchers, grouping clauses
+and function calls are metric names.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from typing import Any
 
 import pytest
 from artifacts import CHART
+from modelship_operator.metrics import OperatorMetrics
 from modelship_runtime.metrics import Metrics
 from prometheus_client.parser import text_string_to_metric_families
 
-# Labels Prometheus adds to every runtime series: from the chart's PodMonitor/
-# ServiceMonitor relabelings, and the ones every scrape gets.
-TARGET_LABELS = {"namespace", "pod", "modelship_deployment", "modelship_model_version",
-                 "job", "instance", "container", "endpoint", "service"}
+# Labels Prometheus adds to every series of a target: the ones every scrape gets, and for
+# the runtime those of the chart's PodMonitor/ServiceMonitor relabelings. (The operator's
+# own namespace label wins over its pod's: it is scraped with honorLabels.)
+SCRAPE_LABELS = {"namespace", "pod", "job", "instance", "container", "endpoint", "service"}
+TARGET_LABELS = {
+    "runtime": SCRAPE_LABELS | {"modelship_deployment", "modelship_model_version"},
+    "operator": SCRAPE_LABELS,
+}
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
 _KEYWORDS = {
@@ -32,8 +38,16 @@ _KEYWORDS = {
 }
 
 
-def _exposed() -> dict[str, set[str]]:
-    """Sample name -> label names, as the runtime's /metrics shows them."""
+def _read(text: str, source: str, exposed: dict[str, tuple[set[str], str]]) -> None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, known = exposed.setdefault(sample.name, (set(), source))
+            assert known == source, f"{sample.name} is exposed by both {known} and {source}"
+            labels.update(sample.labels)
+
+
+def _exposed() -> dict[str, tuple[set[str], str]]:
+    """Sample name -> (label names, "runtime" or "operator"), as each /metrics shows them."""
     metrics = Metrics("iris-classifier", "3")
     metrics.http_requests.labels("POST", "/predict", "200").inc()
     metrics.http_duration.labels("POST", "/predict").observe(0.01)
@@ -46,10 +60,15 @@ def _exposed() -> dict[str, set[str]]:
     metrics.cache_hits.inc()
     metrics.cache_misses.inc()
     metrics.cache_errors.inc()
-    exposed: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for sample in family.samples:
-            exposed.setdefault(sample.name, set()).update(sample.labels)
+    exposed: dict[str, tuple[set[str], str]] = {}
+    _read(metrics.render().decode(), "runtime", exposed)
+    operator = OperatorMetrics()
+    operator.set_canary("ml", "iris", weight=10, step=0, progressed_at=1.0, deadline_at=601.0)
+    operator.record_rollout("ml", "iris", "RolledBack")
+    operator.record_gate("ml", "iris", "latencyP95", "Fail")
+    operator.record_reconcile_error("InvalidSpec")
+    operator.reconcile_duration.observe(0.1)
+    _read(operator.render().decode(), "operator", exposed)
     return exposed
 
 
@@ -117,8 +136,8 @@ def test_the_tokenizer_finds_selectors() -> None:
 
 
 def test_queries_were_found() -> None:
-    assert sum(k.startswith("alert ") for k in QUERIES) == 3
-    assert sum(k.startswith("panel ") for k in QUERIES) >= 10
+    assert sum(k.startswith("alert ") for k in QUERIES) == 6
+    assert sum(k.startswith("panel ") for k in QUERIES) >= 16
 
 
 @pytest.mark.parametrize("where", sorted(QUERIES))
@@ -126,14 +145,15 @@ def test_query_uses_only_exposed_metrics_and_labels(where: str) -> None:
     expr = QUERIES[where]
     used = selectors(expr)
     assert used, f"{where}: no metric found in {expr!r}"
-    known_labels = set(TARGET_LABELS)
+    known_labels: set[str] = set()
     for name, labels in used:
         assert name in EXPOSED or name in SYNTHETIC, (
-            f"{where}: {name} is not a metric the runtime exposes "
-            f"(it has: {', '.join(sorted(EXPOSED))})")
-        available = EXPOSED.get(name, set()) | TARGET_LABELS
+            f"{where}: {name} is not a metric the runtime or the operator exposes "
+            f"(they have: {', '.join(sorted(EXPOSED))})")
+        own, source = EXPOSED.get(name, (set(), "runtime"))
+        available = own | TARGET_LABELS[source]
         assert labels <= available, f"{where}: {name} has no label {labels - available}"
-        known_labels |= EXPOSED.get(name, set())
+        known_labels |= available
     missing = _grouping_labels(expr) - known_labels
     assert not missing, f"{where}: groups by labels no queried metric has: {missing}"
 
@@ -141,8 +161,12 @@ def test_query_uses_only_exposed_metrics_and_labels(where: str) -> None:
 @pytest.mark.parametrize(
     "expr",
     ['rate(http_request_total[5m])', 'sum by (model) (modelship_predictions_total)',
-     'model_version_info{track="canary"}'],
+     'model_version_info{track="canary"}', 'modelship_canary_weight{version="4"}',
+     'modelship_operator_reconcile_errors_total{modelship_deployment="iris"}',
+     'increase(modelship_rollout_total[5m])'],
 )
 def test_a_wrong_metric_or_label_is_caught(expr: str) -> None:
     (name, labels), = selectors(expr)
-    assert name not in EXPOSED or not labels <= EXPOSED[name] | TARGET_LABELS
+    if name in EXPOSED:
+        own, source = EXPOSED[name]
+        assert not labels <= own | TARGET_LABELS[source]

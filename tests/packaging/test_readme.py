@@ -17,6 +17,7 @@ import helm_python as helm
 import pytest
 import yaml
 from artifacts import CHART, REPO
+from modelship_operator.metrics import OperatorMetrics
 from modelship_runtime.metrics import Metrics
 
 README = (REPO / "README.md").read_text()
@@ -98,12 +99,14 @@ def test_paths_in_commands_exist() -> None:
                     assert (REPO / word).exists(), word
 
 
-def test_metrics_table_matches_the_runtime() -> None:
-    families = {m.name for m in Metrics("m", "1").registry.collect()}
+def test_metrics_tables_match_the_runtime_and_the_operator() -> None:
+    runtime = {m.name for m in Metrics("m", "1").registry.collect()}
+    operator = {m.name for m in OperatorMetrics().registry.collect()}
     section = README.split("## Metrics and alerts", 1)[1].split("## Troubleshooting", 1)[0]
     listed = set(re.findall(r"^\| `([a-z_]+)`", section, re.M))
     listed = {name.removesuffix("_total") for name in listed}
-    assert listed and listed <= families, listed - families
+    assert listed and listed <= runtime | operator, listed - runtime - operator
+    assert operator <= listed, f"operator metrics the README does not list: {operator - listed}"
 
 
 def test_gitops_page_yaml_parses() -> None:

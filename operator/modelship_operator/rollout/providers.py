@@ -120,28 +120,31 @@ class PodsProvider:
         return self.scrape(canary), self.scrape(stable)
 
 
+# A pod of Deployment D is named D-<pod-template-hash>-<suffix>; neither part holds a
+# "-", so this matches D's pods only, never those of a Deployment "D-x" of another
+# ModelDeployment.
 DEFAULT_QUERIES = {
     "requests": (
-        'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-.*",'
+        'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
         'route=~"' + PREDICT_ROUTES + '"}[$window]))'
     ),
     "errors": (
-        'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-.*",'
+        'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
         'route=~"' + PREDICT_ROUTES + '",status=~"5.."}[$window]))'
     ),
     "latencyP95Ms": (
         "1000 * histogram_quantile(0.95, sum by (le) (increase("
-        'http_request_duration_seconds_bucket{namespace="$namespace",pod=~"$deployment-.*",'
+        'http_request_duration_seconds_bucket{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
         'route=~"' + PREDICT_ROUTES + '"}[$window])))'
     ),
     "buckets": (
         "sum by (le) (increase("
-        'http_request_duration_seconds_bucket{namespace="$namespace",pod=~"$deployment-.*",'
+        'http_request_duration_seconds_bucket{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
         'route=~"' + PREDICT_ROUTES + '"}[$window]))'
     ),
     "classes": (
         "sum by (class) (increase(model_predicted_class_total"
-        '{namespace="$namespace",pod=~"$deployment-.*"}[$window]))'
+        '{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"}[$window]))'
     ),
 }
 
