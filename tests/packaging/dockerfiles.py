@@ -1,5 +1,6 @@
-"""Reading the two Dockerfiles: their stages, instructions and arguments, for the tests
-that check them (test_images.py) and the ones that replay their build (test_image_envs.py)."""
+"""The two images: what they are called, and reading their Dockerfiles (stages,
+instructions, arguments) for the tests that check them (test_images.py), replay their
+build (test_image_envs.py) and keep their names equal everywhere (test_names.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {"operator": REPO / "Dockerfile.operator", "runtime": REPO / "Dockerfile.runtime"}
+#: The one name of each image, wherever an image is named (chart, kustomize, operator
+#: default, demo, README, .github/workflows/images.yml).
+IMAGE_NAMES = {"operator": "ghcr.io/modelship/modelship-operator",
+               "runtime": "ghcr.io/modelship/modelship-runtime"}
+#: The distribution each image installs, from the folder of the same name (IMAGE/).
+DISTRIBUTIONS = {"operator": "modelship-operator", "runtime": "modelship-runtime"}
 
 
 def stages(dockerfile: Path) -> list[list[str]]:

@@ -32,14 +32,13 @@ from typing import Any
 
 import httpx
 import pytest
-from dockerfiles import IMAGES, REPO, arg_default, copies, exec_form, stages
+from dockerfiles import DISTRIBUTIONS, IMAGES, REPO, arg_default, copies, exec_form, stages
 
 sys.path.insert(0, str(REPO / "tests" / "operator"))
 
 from kube_emulator import Cluster, wait_for
 
 PACKAGES = {"operator": "modelship_operator", "runtime": "modelship_runtime"}
-DISTRIBUTIONS = {"operator": "modelship-operator", "runtime": "modelship-runtime"}
 VENV_IN_IMAGE = "/opt/venv"
 BUILD_TIMEOUT = 900  # seconds for the whole build of one virtualenv (a cold pip cache)
 
