@@ -33,10 +33,9 @@ def _tool(name: str, package: str) -> str:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    workflow: dict[str, Any] = yaml.safe_load(path.read_text())
-    if True in workflow:  # YAML 1.1 reads the key `on` as a boolean
-        workflow["on"] = workflow.pop(True)
-    return workflow
+    loaded: dict[Any, Any] = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as the boolean true.
+    return {("on" if key is True else str(key)): value for key, value in loaded.items()}
 
 
 def _steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
