@@ -111,13 +111,16 @@ Built = tuple[Path, Path]  # (the virtualenv, an empty folder outside the reposi
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]:
-    """Each image's virtualenv, built once for the module when a test first asks."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Built]]:
+    """Each image's virtualenv, built once for the module when a test first asks, and
+    removed afterwards (the runtime's is some 400 MB)."""
     done: dict[str, Built | BuildFailed] = {}
+    roots: list[Path] = []
 
     def get(image: str) -> Built:
         if image not in done:
             root = tmp_path_factory.mktemp(f"{image}-image")
+            roots.append(root)
             started = time.monotonic()
             try:
                 venv = _build(image, root)
@@ -132,7 +135,9 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]:
             pytest.fail(f"Dockerfile.{image}'s virtualenv: {result}", pytrace=False)
         return result
 
-    return get
+    yield get
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _run(venv: Path, home: Path, *args: str, timeout: float = 120, **env: str
