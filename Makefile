@@ -64,20 +64,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator runtime tests benchmarks scripts
 	$(BIN)/mypy
 
-## demo: kind cluster with everything in it, then a canary (needs Docker; scripts/demo.sh)
+## demo: kind cluster with everything in it, then a canary that must promote (needs Docker;
+## scripts/demo.sh; DEMO_ARGS=rollout repeats only the canary on the running cluster)
 demo:
-	@scripts/demo.sh
+	@scripts/demo.sh $(DEMO_ARGS)
 
 ## e2e: end-to-end suite against the kind cluster of `make demo` (skips, saying why, without)
 e2e: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e -rs tests/e2e
 
-## bench-operator: 200 ModelDeployments against the emulated API (benchmarks/operator)
+## bench-operator: 200 ModelDeployments to Ready with the real operator and a real MLflow
+## against the emulated API; fails unless all are Ready (benchmarks/operator)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
 ## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
-## and the README's ModelDeployment reference (a test fails when they are stale)
+## the README's ModelDeployment reference and the Argo CD health check's copies in
+## kustomize/components/argocd-health and docs/gitops.md (a test fails when they are stale)
 sync: $(STAMP)
 	$(BIN)/python scripts/sync_generated.py
 

@@ -7,11 +7,18 @@
 #  4. ingress-nginx, and an in-cluster MLflow (sqlite) with iris-classifier v1 and v2
 #  5. the Helm chart, then examples/minimal.yaml (version 1 here: the demo registry has
 #     versions 1 and 2), waited for Ready, and a prediction through the ingress
-#  6. version 2 rolled out: the canary's weight, analysis and promotion, live
+#  6. version 2 rolled out: traffic through the ingress (scripts/demo/traffic.sh) while
+#     scripts/demo/wait-promotion.sh shows the canary's weight and analyses until the
+#     promotion. If the canary rolls back, or is not promoted within DEMO_ROLLOUT_TIMEOUT
+#     seconds, the demo says what it saw last and exits non-zero (so does `make demo`).
 #
 # Needs Docker (a running engine), curl and about 4 GB of memory. Re-running reuses the
-# cluster. `scripts/demo.sh down` deletes it. Settings: CLUSTER (modelship-demo),
-# DEMO_HTTP_PORT (8080), DEMO_HTTPS_PORT (8443), MLFLOW_IMAGE, INGRESS_NGINX_VERSION.
+# cluster. `scripts/demo.sh rollout [VERSION]` runs step 6 alone on the running cluster
+# (VERSION 2 by default; 1 rolls back the same way), needing only kubectl ($KUBECTL) and
+# curl; `make demo DEMO_ARGS=rollout` does the same. `scripts/demo.sh down` deletes the
+# cluster. Settings: CLUSTER (modelship-demo), DEMO_HTTP_PORT (8080), DEMO_HTTPS_PORT
+# (8443), DEMO_RATE (requests a second during the rollout, 20), DEMO_ROLLOUT_TIMEOUT (900),
+# DEMO_POLL_SECONDS (10, between looks at the rollout), MLFLOW_IMAGE, INGRESS_NGINX_VERSION.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,10 +28,73 @@ export DEMO_HTTP_PORT="${DEMO_HTTP_PORT:-8080}"
 export DEMO_HTTPS_PORT="${DEMO_HTTPS_PORT:-8443}"
 INGRESS_NGINX_VERSION="${INGRESS_NGINX_VERSION:-controller-v1.12.1}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' operator/pyproject.toml)"
+DEMO_RATE="${DEMO_RATE:-20}"
+DEMO_ROLLOUT_TIMEOUT="${DEMO_ROLLOUT_TIMEOUT:-900}"
+DEMO_POLL_SECONDS="${DEMO_POLL_SECONDS:-10}"
 NS=ml
 HOST=iris.example.com
+BASE_URL="http://localhost:$DEMO_HTTP_PORT"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# One prediction through the ingress: the X-Model-Version header and the body; status 0
+# only for a 2xx answer from VERSION (any version when none is given).
+predict() {  # [VERSION]
+  local headers body version
+  headers="$(mktemp)" body="$(mktemp)"
+  if ! curl -fsS -D "$headers" -o "$body" -H "Host: $HOST" -H 'Content-Type: application/json' \
+      "$BASE_URL/predict" -d '{"features": [5.1, 3.5, 1.4, 0.2]}'; then
+    rm -f "$headers" "$body"
+    return 1
+  fi
+  version="$(sed -n 's/^[Xx]-[Mm]odel-[Vv]ersion: *//p' "$headers" | tr -d '\r')"
+  echo "X-Model-Version: $version"
+  cat "$body"; echo
+  rm -f "$headers" "$body"
+  [ -z "${1:-}" ] || [ "$version" = "$1" ]
+}
+
+# Predictions until one comes from VERSION (routing takes a moment to follow a change).
+predict_until() {  # VERSION
+  for _ in $(seq 30); do
+    predict "$1" && return 0
+    sleep 2
+  done
+  echo "make demo: no prediction from version $1 through $BASE_URL (Host: $HOST) in 60 s" >&2
+  return 1
+}
+
+# Step 6: roll out VERSION with traffic flowing; the exit status says whether it was promoted.
+rollout() {  # VERSION
+  local version="$1" kubectl="${KUBECTL:-kubectl}" rc=0 traffic_rc=0 traffic
+  say "version $version: canary rollout (steps 10%, 50%, 100%; $DEMO_RATE requests/s keep flowing)"
+  "$kubectl" -n "$NS" patch md iris --type merge -p "{\"spec\":{\"model\":{\"version\":\"$version\"}}}"
+  scripts/demo/traffic.sh "$BASE_URL" --host "$HOST" --rate "$DEMO_RATE" &
+  traffic=$!
+  # shellcheck disable=SC2064  # the pid is known now
+  trap "kill $traffic 2>/dev/null || true" EXIT
+  scripts/demo/wait-promotion.sh "$NS" iris "$version" --timeout "$DEMO_ROLLOUT_TIMEOUT" \
+    --every "$DEMO_POLL_SECONDS" || rc=$?
+  kill -TERM "$traffic" 2>/dev/null || true
+  wait "$traffic" || traffic_rc=$?
+  trap - EXIT
+  "$kubectl" -n "$NS" describe md iris | sed -n '/^Status:/,$p'
+  if [ "$rc" -ne 0 ]; then
+    echo "make demo: version $version was not promoted (what the rollout did is above)" >&2
+    return "$rc"
+  fi
+  [ "$traffic_rc" -eq 0 ] || { echo "make demo: the traffic got no answer" >&2; return 1; }
+  say "a prediction now"
+  predict_until "$version"
+}
+
+if [ "${1:-}" = rollout ]; then  # step 6 alone, on the demo's running cluster
+  [ ! -d "$ROOT/bin" ] || PATH="$ROOT/bin:$PATH"
+  command -v curl >/dev/null || { echo "scripts/demo.sh rollout needs curl" >&2; exit 1; }
+  "${KUBECTL:-kubectl}" config use-context "kind-$CLUSTER" >/dev/null
+  rollout "${2:-2}"  # under set -e, a rollout that fails ends the script with its status
+  exit 0
+fi
 
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
   cat >&2 <<MSG
@@ -95,41 +165,14 @@ sed 's/version: "3"/version: "1"/' examples/minimal.yaml | kubectl apply -f -
 kubectl -n "$NS" wait md/iris --for=condition=Ready --timeout=600s
 kubectl -n "$NS" get md iris
 
-predict() {
-  curl -fsS -D - -o /tmp/modelship-demo-body -H "Host: $HOST" -H 'Content-Type: application/json' \
-    "http://localhost:$DEMO_HTTP_PORT/predict" -d '{"features": [5.1, 3.5, 1.4, 0.2]}' \
-    | grep -i '^x-model-version' | tr -d '\r'
-  cat /tmp/modelship-demo-body; echo
-}
 say "a prediction through the ingress"
-echo "curl -H 'Host: $HOST' http://localhost:$DEMO_HTTP_PORT/predict -d '{\"features\": [5.1, 3.5, 1.4, 0.2]}'"
-for _ in $(seq 30); do predict && break; sleep 2; done
+echo "curl -H 'Host: $HOST' -H 'Content-Type: application/json' $BASE_URL/predict -d '{\"features\": [5.1, 3.5, 1.4, 0.2]}'"
+predict_until 1
 
-say "version 2: canary rollout (steps 10%, 50%, 100%; traffic keeps flowing)"
-kubectl -n "$NS" patch md iris --type merge -p '{"spec":{"model":{"version":"2"}}}'
-( while true; do
-    curl -fsS -o /dev/null -H "Host: $HOST" "http://localhost:$DEMO_HTTP_PORT/predict" \
-      -d '{"features": [6.7, 3.0, 5.2, 2.3]}' || true
-    sleep 0.2
-  done ) &
-traffic=$!
-trap 'kill $traffic 2>/dev/null || true' EXIT
-deadline=$((SECONDS + 900))
-while [ $SECONDS -lt $deadline ]; do
-  kubectl -n "$NS" get md iris --no-headers \
-    -o custom-columns='PHASE:.status.phase,STABLE:.status.stable.version,CANARY:.status.canary.version,WEIGHT:.status.canary.weight,ANALYSIS:.status.canary.lastAnalysis'
-  phase="$(kubectl -n "$NS" get md iris -o jsonpath='{.status.phase}')"
-  stable="$(kubectl -n "$NS" get md iris -o jsonpath='{.status.stable.version}')"
-  if [ "$stable" = 2 ] && [ "$phase" = Ready ]; then break; fi
-  if [ "$phase" = RolledBack ]; then break; fi
-  sleep 10
-done
-kill $traffic 2>/dev/null || true
-kubectl -n "$NS" describe md iris | sed -n '/^Status:/,$p'
-say "a prediction now"
-predict
+rollout 2
 cat <<MSG
 
 The cluster stays up: kubectl get md -A; make e2e runs the end-to-end suite on it;
-scripts/demo.sh down deletes it.
+scripts/demo.sh rollout 1 rolls back to version 1 through a canary; scripts/demo.sh down
+deletes it.
 MSG

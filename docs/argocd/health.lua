@@ -1,11 +1,12 @@
 -- Argo CD health check for modelship.io/ModelDeployment.
--- Install: argocd-cm key resource.customizations.health.modelship.io_ModelDeployment
--- (see docs/gitops.md). It reads the status the operator writes, with kstatus's
--- conventions (observedGeneration; Ready, Reconciling, Stalled) and the phase.
+-- argocd-cm key: resource.customizations.health.modelship.io_ModelDeployment, set by the
+-- kustomize component kustomize/components/argocd-health (see docs/gitops.md).
+-- The status follows kstatus (observedGeneration; Ready, Reconciling, Stalled) plus a
+-- phase. Only Lua 5.1's base and table libraries are used: Argo CD opens no others.
 local hs = {}
 
 local function condition(kind)
-  if obj.status == nil or obj.status.conditions == nil then
+  if obj.status.conditions == nil then
     return nil
   end
   for _, c in ipairs(obj.status.conditions) do
@@ -49,9 +50,19 @@ local stalled = condition("Stalled")
 local reconciling = condition("Reconciling")
 local ready = condition("Ready")
 
+-- Rolled back (the previous version serves) or a spec the operator cannot honour:
+-- nothing moves until spec changes.
 if (stalled ~= nil and stalled.status == "True") or phase == "RolledBack" or phase == "Failed" then
   hs.status = "Degraded"
   hs.message = text(stalled, text(ready, "Phase " .. tostring(phase)))
+  return hs
+end
+
+-- spec.rollout.paused holds the canary's weight: waiting for a person, as Argo CD's own
+-- check reports a paused Argo Rollout.
+if reconciling ~= nil and reconciling.status == "True" and reconciling.reason == "RolloutPaused" then
+  hs.status = "Suspended"
+  hs.message = text(reconciling, "Canary paused by spec.rollout.paused")
   return hs
 end
 

@@ -225,6 +225,8 @@ class AnalysisSpec(_Model):
     failure_limit: Annotated[int, Field(ge=1)] = 2
     max_prediction_shift: Annotated[float | None, Field(gt=0)] = None
     min_predictions: Annotated[int, Field(ge=1)] = 200
+    min_agreement: Annotated[float | None, Field(ge=0, le=1)] = None
+    max_mean_abs_diff: Annotated[float | None, Field(ge=0)] = None
     confidence: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
     queries: AnalysisQueries | None = None
 
@@ -237,6 +239,48 @@ class AnalysisSpec(_Model):
         return self
 
 
+class ShadowSpec(_Model):
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    via: Literal["runtime", "gateway"] = "runtime"
+
+
+class ConfigMapKeyRef(_Model):
+    name: ObjectName
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
+class SmokeTestSpec(_Model):
+    config_map: ConfigMapKeyRef | None = None
+    artifact: Annotated[str, Field(min_length=1, max_length=512,
+                                   pattern=r"^[A-Za-z0-9_](\.?[-_/A-Za-z0-9])*$")] | None = None
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SmokeTestSpec:
+        if (self.config_map is None) == (self.artifact is None):
+            raise ValueError(
+                "spec.rollout.smokeTest: set exactly one of configMap and artifact"
+            )
+        return self
+
+
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9]*$"
+
+
+class HeaderRoutingSpec(_Model):
+    header: Annotated[str, Field(min_length=1, max_length=128, pattern=HEADER_NAME_PATTERN)]
+    value: Annotated[str, Field(min_length=1, max_length=256,
+                                pattern=r"^[A-Za-z0-9][-._A-Za-z0-9]*$")] = "always"
+
+
+class WebhookSpec(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+    type: Literal["event", "confirm-promotion"] = "event"
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://[^ ]+$")]
+    timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+    retries: Annotated[int, Field(ge=0, le=5)] = 2
+
+
 class RolloutSpec(_Model):
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 50, 100], min_length=1, max_length=20
@@ -246,6 +290,10 @@ class RolloutSpec(_Model):
     progress_deadline_seconds: Annotated[int, Field(ge=1)] = 600
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     paused: bool = False
+    shadow: ShadowSpec | None = None
+    smoke_test: SmokeTestSpec | None = None
+    header_routing: HeaderRoutingSpec | None = None
+    webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=8)
 
     @field_validator("steps")
     @classmethod
@@ -307,6 +355,12 @@ class ModelDeploymentSpec(_Model):
     def _ingress_or_gateway(self) -> ModelDeploymentSpec:
         if self.ingress is not None and self.gateway is not None:
             raise ValueError("spec.ingress and spec.gateway are mutually exclusive")
+        shadow = self.rollout.shadow
+        if shadow is not None and shadow.via == "gateway" and self.gateway is None:
+            raise ValueError("spec.rollout.shadow.via gateway needs spec.gateway")
+        names = [w.name for w in self.rollout.webhooks]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.rollout.webhooks: names must be unique")
         return self
 
 
@@ -346,6 +400,9 @@ class AnalysisResult(_StatusModel):
     predictions: int | None = None
     prediction_shift: float | None = None
     verdict: str | None = None
+    compared: int | None = None
+    agreement: float | None = None
+    mean_abs_diff: float | None = None
     gates: list[GateStatus] | None = Field(default=None, max_length=16)
     passed: bool | None = None
     at: str | None = None
@@ -360,6 +417,11 @@ class PodCounters(_StatusModel):
     errors: float | None = None
     buckets: Counts | None = None
     classes: Counts | None = None
+    agree: float | None = None
+    disagree: float | None = None
+    abs_diff_sum: float | None = None
+    abs_diff_count: float | None = None
+    uncompared: float | None = None
 
 
 PodsCounters = Annotated[dict[str, PodCounters], BeforeValidator(_without_nulls),
@@ -403,6 +465,9 @@ class CanaryStatus(_Model):
     progress_at: str | None = None
     paused_at: str | None = None
     held_since: str | None = None
+    smoke_test_passed: bool | None = None
+    shadow: bool | None = None
+    shadow_passed: bool | None = None
     step_counters: StepCounters | None = None
     baseline: ClassBaseline | None = None
     last_analysis: AnalysisResult | None = None
@@ -425,6 +490,14 @@ class LastRolloutStatus(_Model):
     write_back: str | None = None
 
 
+class RetiringStatus(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+    version: str
+    since: str
+
+
 Phase = Literal["Pending", "Ready", "Progressing", "RolledBack", "Failed"]
 
 
@@ -439,6 +512,7 @@ class ModelDeploymentStatus(_Model):
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
     last_rollout: LastRolloutStatus | None = None
+    retiring: list[RetiringStatus] | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
     @field_validator("conditions")

@@ -120,12 +120,13 @@ def resync_md(
     api.VERSION,
     api.PLURAL,
     interval=_SETTINGS.rollout_tick_seconds,
-    when=lambda status, **_: bool(status.get("canary")),
+    when=lambda status, **_: bool(status.get("canary") or status.get("retiring")),
 )
 def rollout_tick(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Drive a running canary: readiness, weights, analysis, promotion or rollback."""
+    """Drive a running canary: readiness, weights, analysis, promotion or rollback; and
+    delete the Deployments traffic left once they have drained (status.retiring)."""
     memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
 
 

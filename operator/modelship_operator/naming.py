@@ -47,6 +47,7 @@ generated part is appended to a base of at most 58 characters (63 - 5)."""
 SEPARATOR = "--"
 """Joins NAME and a child's role; no ModelDeployment name contains it."""
 CANARY = "canary"
+SHADOW = "shadow"
 MAX_VERSION_TEXT = 8
 VERSION_HASH_LEN = 8
 MD_NAME_RULE = (
@@ -140,6 +141,11 @@ def service_name(md_name: str) -> str:
 def canary_service_name(md_name: str) -> str:
     """The canary Service and canary Ingress: ``NAME--canary``."""
     return f"{_checked(md_name)}{SEPARATOR}{CANARY}"
+
+
+def shadow_config_name(md_name: str) -> str:
+    """The ConfigMap of the shadow phase's mirroring settings: ``NAME--shadow``."""
+    return f"{_checked(md_name)}{SEPARATOR}{SHADOW}"
 
 
 def deployment_name(md_name: str, version: str) -> str:

@@ -49,6 +49,12 @@ RULES: tuple[Rule, ...] = (
         tuple(WRITE),
         "stable/canary Services and the runtime's ServiceAccount",
     ),
+    Rule(
+        ("",),
+        ("configmaps",),
+        tuple(WRITE),
+        "the shadow phase's mirroring settings (NAME--shadow); golden sets named in the spec",
+    ),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), tuple(WRITE), "HPA per Deployment"),
     Rule(
         ("networking.k8s.io",),

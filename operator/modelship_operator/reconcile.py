@@ -17,11 +17,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, metrics, naming, status
+from modelship_operator import api, events, metrics, naming, retire, status
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
-from modelship_operator.render import RenderError, RolloutState, desired_kinds, render
+from modelship_operator.render import RenderError, Retiring, RolloutState, desired_kinds, render
 from modelship_operator.resolve import Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.state import (
@@ -208,10 +208,17 @@ class Reconciler:
         after = step.state
         assert after.stable is not None
 
+        kept = _retiring(current, before, after, live, name, now, self.settings)
         state = RolloutState(
             stable_version=after.stable,
             canary_version=after.canary.version if after.canary else None,
             canary_weight=after.canary.weight if after.canary else 0,
+            mirror=bool(after.canary and after.canary.shadow),
+            retiring=tuple(
+                Retiring(e.version, _replicas(_deployment(live, name, e.version))) for e in kept
+            ),
+            former_canary=after.last.version if kept and after.canary is None and after.last
+            else None,
         )
         try:
             desired = render(md, state, self.settings)
@@ -251,6 +258,8 @@ class Reconciler:
             body, patch, current, md, step, result, analysis, extra, write_back, resolved,
             counters=counters, baseline=baseline,
         )
+        if current.get("retiring") != (retiring := retire.to_status(kept)):
+            patch.status["retiring"] = retiring
 
     def _window_records(
         self,
@@ -266,7 +275,9 @@ class Reconciler:
         weight took effect, plus the warm-up), and kept in status for later passes.
         """
         canary = after.canary
-        if canary is None or canary.weight == 0 or canary.step_started_at is None:
+        if canary is None or (canary.weight == 0 and not canary.shadow) or (
+            canary.step_started_at is None
+        ):
             return None, None
         same = current_canary.get("version") == canary.version
         step_iso = driver.iso(canary.step_started_at)
@@ -661,6 +672,32 @@ def _deployment(
     if version is None:
         return None
     return live.get(("apps/v1", "Deployment", naming.deployment_name(name, version)))
+
+
+def _retiring(
+    current: Mapping[str, Any],
+    before: Any,
+    after: Any,
+    live: Mapping[tuple[str, str, str], dict[str, Any]],
+    name: str,
+    now: float,
+    settings: OperatorSettings,
+) -> list[retire.Entry]:
+    """Versions this pass moves (or moved) traffic off whose Deployments stay a while."""
+
+    def serving(state: Any) -> set[str]:
+        return {v for v in (state.stable, state.canary.version if state.canary else None) if v}
+
+    return retire.plan(
+        retire.read(current.get("retiring")), serving(before), serving(after),
+        lambda version: _deployment(live, name, version) is not None,
+        now, settings.retire_after_seconds,
+    )
+
+
+def _replicas(deployment: Mapping[str, Any] | None) -> int | None:
+    replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+    return int(replicas) if replicas is not None else None
 
 
 def _available(deployment: Mapping[str, Any] | None) -> bool:

@@ -7,7 +7,9 @@ one place, what every child shares: the namespace, the standard labels
 ModelDeployment (so deleting it garbage-collects them).
 
 The rollout state says which model version serves and, mid-rollout, which version is
-the canary and what share of traffic it gets (see :func:`_with_canary`).
+the canary and what share of traffic it gets (see :func:`_with_canary`), and which
+versions traffic has just left: their Deployments stay until routers have moved on
+(see :func:`_with_retiring`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,22 @@ from modelship_operator.reconcilers import (
     pdb,
     service,
     serviceaccount,
+    shadowconfig,
 )
 from modelship_operator.settings import OperatorSettings
 
-__all__ = ["RenderError", "RolloutState", "desired_kinds", "owner_reference", "render"]
+__all__ = [
+    "RenderError", "Retiring", "RolloutState", "desired_kinds", "owner_reference", "render",
+]
+
+
+@dataclass(frozen=True)
+class Retiring:
+    """A version traffic has left, whose Deployment stays until its pods have drained."""
+
+    version: str
+    replicas: int | None = None
+    """Replicas the live Deployment has (kept as they are); None: the usual count."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +59,22 @@ class RolloutState:
     """The version under test (the canary issue); None when no rollout runs."""
     canary_weight: int = 0
     """Percent of traffic sent to the canary, 0..100."""
+    retiring: tuple[Retiring, ...] = ()
+    """Versions no longer served whose Deployments stay a while (routers learn of a
+    retarget seconds after it is made, and keep sending requests meanwhile)."""
+    mirror: bool = False
+    """The shadow phase runs: the stable mirrors requests to the canary."""
+    former_canary: str | None = None
+    """While versions retire and no canary runs: the version of the rollout that just
+    ended. Its canary Service (and canary Ingress, or HTTPRoute backend) stay, at weight
+    0, so no router that still uses them finds them gone."""
 
 
 _KINDS: list[tuple[str, str]] = [
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
+    ("v1", "ConfigMap"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
@@ -181,6 +205,51 @@ def _with_canary(
     return result
 
 
+def _with_retiring(
+    md: ModelDeployment,
+    state: RolloutState,
+    settings: OperatorSettings,
+    children: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Add the Deployments of retiring versions, and the former canary's routing at weight 0.
+
+    A retiring Deployment keeps the replicas it has (no pod is started or stopped before
+    it is deleted as a whole) and loses its HPA. The former canary's Service keeps
+    selecting its version; its Ingress (or HTTPRoute backend) stays with weight 0.
+    """
+    spec = md.spec
+    name = md.metadata.name
+    serving = {state.stable_version, state.canary_version}
+    retiring = [r for r in state.retiring if r.version not in serving]
+    former = state.former_canary if state.canary_version is None else None
+    canary_service = naming.canary_service_name(name)
+    result: list[dict[str, Any]] = []
+    for i, child in enumerate(children):
+        kind = child["kind"]
+        following = children[i + 1]["kind"] if i + 1 < len(children) else None
+        if kind == "HTTPRoute" and former is not None and spec.gateway is not None:
+            child = httproute.render(
+                md, spec.gateway, backends=[(naming.service_name(name), 100), (canary_service, 0)]
+            )
+        result.append(child)
+        if kind == "Deployment" and following != "Deployment":
+            for old in retiring:
+                kept = deployment.render(md, old.version, settings)
+                if old.replicas is not None and spec.autoscaling is None:
+                    kept["spec"]["replicas"] = old.replicas
+                result.append(kept)
+        if kind == "Service" and former is not None:
+            result.append(service.render(md, former, name=canary_service))
+        if kind == "Ingress" and former is not None and spec.ingress is not None:
+            result.append(
+                ingress.render(
+                    md, spec.ingress, name=canary_service, service=canary_service,
+                    extra_annotations={CANARY_ANNOTATION: "true", CANARY_WEIGHT_ANNOTATION: "0"},
+                )
+            )
+    return result
+
+
 def render(
     md: ModelDeployment, state: RolloutState, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
@@ -199,6 +268,11 @@ def render(
         deployment.render(md, version, settings),
         service.render(md, version),
     ]
+    if shadowconfig.wanted(md):
+        mirroring = state.mirror and state.canary_version not in (None, version)
+        children.append(shadowconfig.render(
+            md, version if mirroring else None, state.canary_version if mirroring else None
+        ))
     if spec.autoscaling is not None:
         children.append(hpa.render(md, version, spec.autoscaling))
     children.append(pdb.render(md))
@@ -209,6 +283,8 @@ def render(
         children.append(httproute.render(md, spec.gateway))
     if state.canary_version is not None and state.canary_version != version:
         children = _with_canary(md, state, settings, children)
+    if state.retiring or state.former_canary:
+        children = _with_retiring(md, state, settings, children)
     # A JSON round trip, not deepcopy (which keeps shared parts shared): no two places in
     # the result, nor the settings, share a mutable part.
     finished = [_finish(md, child) for child in children]

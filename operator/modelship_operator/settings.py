@@ -42,6 +42,28 @@ class OperatorSettings(BaseSettings):
     runtime_user_id: int = Field(default=10001, ge=1)
     """Non-root UID (and GID, fsGroup) the runtime pods run as."""
 
+    runtime_prestop_seconds: int = Field(default=5, ge=0, le=600)
+    """preStop pause of every runtime container: the kubelet waits this long before it
+    sends SIGTERM, while the pod's removal from Service endpoints reaches kube-proxy,
+    ingress controllers and gateways (an exec of ``python3 -c`` that sleeps, which every
+    runtime image has, unlike the ``sleep`` action older clusters lack). 0: no hook."""
+
+    runtime_drain_seconds: int = Field(default=5, ge=0, le=600)
+    """MODELSHIP_DRAIN_SECONDS of every runtime container: after SIGTERM it fails
+    readiness and keeps answering this long, then stops accepting. 0: no drain."""
+
+    runtime_shutdown_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    """MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS of every runtime container: after the drain,
+    the longest wait for requests in flight. The pods' terminationGracePeriodSeconds is
+    preStop + drain + this + 5 seconds, so the kubelet never kills a draining pod."""
+
+    retire_after_seconds: float = Field(default=10.0, ge=0)
+    """How long a model version's Deployment outlives the pass that moved traffic off it
+    (promotion retargets Service NAME from the old version; rollback or abort sets the
+    canary's weight to 0): routers learn of that change a few seconds later and keep
+    sending requests meanwhile. The canary Service and Ingress (or HTTPRoute backend)
+    stay too, at weight 0. 0: delete in the same pass."""
+
     resync_interval_seconds: float = Field(default=60.0, gt=0)
     """How often every ModelDeployment is re-checked for drift (reads only when none)."""
 

@@ -137,21 +137,24 @@ def _drained(signum: int, frame: object) -> None:
 
 
 def serve(settings: RuntimeSettings, model: Model | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; in-flight requests finish first. ``model``:
-    one already loaded (``main`` loads it first, so a load error is reported plainly)."""
+    """Run the server until SIGTERM/SIGINT: it drains (:mod:`.drain`), then in-flight
+    requests finish. ``model``: one already loaded (``main`` loads it first, so a load
+    error is reported plainly)."""
     # No import of scikit-learn or skops on a side thread to save cold start: importing
     # them there while the model loads (which imports them too) raced on scikit-learn's
     # circular imports and failed some starts with "partially initialized module".
     import uvicorn
 
     from .app import create_app
+    from .drain import DrainingServer
 
     app = create_app(settings, model=model)
     http, loop = _uvicorn_options()
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, server_header=False, date_header=False,
-                            timeout_graceful_shutdown=30, http=http, loop=loop)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+                            http=http, loop=loop)
+    server = DrainingServer(config, app.state.drain)  # SIGTERM: drain, then shut down
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to
     # the handler that was installed before it; a no-op handler makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,10 +253,14 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
         from .app import load_api_keys
 
         try:
-            load_api_keys(settings.api_keys_file)
+            keys = load_api_keys(settings.api_keys_file)
         except OSError as exc:
             raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: "
                          f"{exc.strerror or exc}") from None
+        if not keys:  # auth on with no key would refuse every request
+            raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: holds no API key "
+                         "(one key per line; a directory: every file in it, e.g. each key "
+                         "of a mounted Secret)")
     _check_port(settings.host, settings.port)
     if uri:
         dest = Path(tempfile.mkdtemp(prefix="modelship-model-"))

@@ -3,9 +3,11 @@
 ``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
 loads the model (in a thread) before the server accepts traffic and drains background
 work at shutdown. Cross-cutting work (request ids, the model-version header, the body-size
-limit, API keys, request metrics) lives in :class:`ServingMiddleware`, a
+limit, API keys, request metrics, shadow traffic) lives in :class:`ServingMiddleware`, a
 plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
-request and the hot path is what this runtime is for.
+request and the hot path is what this runtime is for. ``app.state.drain`` is the SIGTERM
+drain state (:mod:`modelship_runtime.drain`) that readiness and the response headers
+follow.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, protocols
+from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
 from .cache import Cache, RedisCache
-from .dataplane import DataPlane
+from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
+from .drain import CONNECTION_CLOSE, Drain
 from .endpoints import build_router, seed_predict
 from .errors import ModelshipError, NotJSON, PayloadTooLarge
 from .logging import model_version_var, request_id_var
@@ -37,6 +41,7 @@ from .metrics import Metrics
 from .model import Model
 from .pull import read_metadata
 from .settings import RuntimeSettings
+from .shadow import Mirror, MirrorSwitch, Outgoing
 from .sklearn import SKLearnModel
 
 logger = logging.getLogger("modelship_runtime")
@@ -56,12 +61,24 @@ class _Route:
 
 _PREDICT_ROUTE = _Route()
 
+class _Unjudged:
+    """A mirrored request where nothing compares predictions: still no cache, no mirror."""
+
+    cacheable = False
+
+    def observe(self, prediction: object) -> None:
+        pass
+
+
+_UNJUDGED = _Unjudged()
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
                         "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 
 
 def load_api_keys(path: Path) -> list[bytes]:
-    """API keys from a file (one per line) or a directory of such files (a Secret)."""
+    """API keys from a file (one per line) or a directory of such files: a mounted
+    Secret, whose every key is a file (kubelet's ``..data`` entries are skipped)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
         if path.is_dir() else [path]
     keys: list[bytes] = []
@@ -95,13 +112,18 @@ def explain_not_json(exc: NotJSON, scope: Scope, plane: DataPlane) -> ModelshipE
 
 
 class ServingMiddleware:
-    """Request id, version header, limits, auth and request metrics, in one ASGI layer."""
+    """Request id, version header, limits, auth, request metrics and shadow traffic (which
+    requests are mirrored, which arrive mirrored), in one ASGI layer."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
                  api_keys: list[bytes] | None, access_log: bool,
-                 plane: DataPlane | None = None) -> None:
+                 plane: DataPlane | None = None, drain: Drain | None = None,
+                 mirror: MirrorSwitch | None = None, judge: Judge | None = None) -> None:
         self.app = app
         self.plane = plane
+        self.drain = drain
+        self.mirror = mirror
+        self.judge = judge
         self.metrics = metrics
         self.version_header = (b"x-model-version", version.encode())
         self.version = version
@@ -110,16 +132,34 @@ class ServingMiddleware:
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
+        self._shadow_children: dict[tuple[str, int], Any] = {}
         self._counter = 0
         self._prefix = os.urandom(4).hex()
 
-    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+    def _scan(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, ShadowContext | None]:
+        """The request id (the client's, or a new one) and, for a mirrored request, its
+        shadow context; in one pass over the headers."""
+        rid = shadow = stable = stable_version = None
         for k, v in headers:
-            if k == b"x-request-id" and 0 < len(v) <= 128 and v.isascii() \
-                    and v.decode().isprintable():
-                return v
-        self._counter += 1
-        return f"{self._prefix}-{self._counter:x}".encode()
+            if k == b"x-request-id":
+                if rid is None and 0 < len(v) <= 128 and v.isascii() \
+                        and v.decode().isprintable():
+                    rid = v
+            elif k.startswith(b"x-modelship-"):
+                if k == SHADOW_HEADER:
+                    shadow = v
+                elif k == STABLE_PREDICTION_HEADER:
+                    stable = v
+                elif k == STABLE_VERSION_HEADER:
+                    stable_version = v
+        if rid is None:
+            self._counter += 1
+            rid = f"{self._prefix}-{self._counter:x}".encode()
+        if shadow is None:
+            return rid, None
+        if self.judge is None:
+            return rid, _UNJUDGED
+        return rid, self.judge.incoming(shadow, stable, stable_version)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,10 +167,20 @@ class ServingMiddleware:
             return
         start = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        rid = self._request_id(headers)
+        rid, shadow = self._scan(headers)
+        outgoing: Outgoing | None = None
+        if shadow is not None:  # mirrored here: answered, compared, never mirrored again
+            scope[SHADOW_SCOPE_KEY] = shadow
+        elif self.mirror is not None and (mirror := self.mirror.current) is not None:
+            outgoing = mirror.choose(scope["method"], scope["path"], rid, headers)
+            if outgoing is not None:
+                scope[SHADOW_SCOPE_KEY] = shadow = outgoing
+                receive = outgoing.capture(receive)
         request_id_var.set(rid.decode())
         model_version_var.set(self.version)
         extra = [self.version_header, (b"x-request-id", rid)]
+        if self.drain is not None and self.drain.draining:
+            extra.append(CONNECTION_CLOSE)  # keep-alive clients reconnect elsewhere
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -147,7 +197,8 @@ class ServingMiddleware:
                 await self._send_error(send_wrapper, code, text, more)
             elif self.plane is not None and scope["path"] == "/predict" \
                     and scope["method"] == "POST":
-                await self._fast_predict(self.plane, scope, start, receive, send_wrapper)
+                await self._fast_predict(self.plane, scope, start, receive, send_wrapper,
+                                         shadow)
                 scope["route"] = _PREDICT_ROUTE
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
@@ -155,6 +206,10 @@ class ServingMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self._observe(scope["method"], template, status, time.perf_counter() - start)
+            if outgoing is not None:
+                outgoing.mirror.submit(outgoing, status)
+            elif shadow is not None:
+                self._observe_shadow(template, status)
             if self.access_log:
                 logger.info("request", extra={"method": scope["method"], "path": scope["path"],
                                               "route": template, "status": status,
@@ -162,7 +217,8 @@ class ServingMiddleware:
                                                   (time.perf_counter() - start) * 1000, 3)})
 
     async def _fast_predict(self, plane: DataPlane, scope: Scope, start: float,
-                            receive: Receive, send: Send) -> None:
+                            receive: Receive, send: Send,
+                            shadow: ShadowContext | None) -> None:
         """``POST /predict`` without routing or per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
         try:
@@ -184,7 +240,7 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            body = await seed_predict(plane, raw, start)
+            body = await seed_predict(plane, raw, start, shadow)
         except NotJSON as exc:
             error = explain_not_json(exc, scope, plane)
             status, body = error.status_code, error_body(error.message)
@@ -263,6 +319,15 @@ class ServingMiddleware:
             hist = self._durations[dkey] = self.metrics.http_duration.labels(method, route)
         hist.observe(seconds)
 
+    def _observe_shadow(self, route: str, status: int) -> None:
+        key = (route, status)
+        child = self._shadow_children.get(key)
+        if child is None:
+            m = self.metrics
+            child = self._shadow_children[key] = m.shadow_requests.labels(
+                m.model, m.version, route, str(status))
+        child.inc()
+
 
 def make_model(settings: RuntimeSettings) -> Model:
     """The (not yet loaded) model of ``settings.model_dir``; ModelLoadError when that is
@@ -300,6 +365,19 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
                       microbatch_max_size=settings.microbatch_max_size,
                       microbatch_max_wait_ms=settings.microbatch_max_wait_ms,
                       max_batch_size=settings.max_batch_size)
+    token = settings.shadow_token.get_secret_value() if settings.shadow_token else None
+    judge = Judge(model, metrics, token=token, log_per_minute=settings.shadow_log_per_minute,
+                  log_rel_diff=settings.shadow_log_rel_diff)
+
+    def make_mirror(url: str, fraction: float) -> Mirror:
+        return Mirror(url, metrics, version=model.version, fraction=fraction,
+                      queue_size=settings.shadow_queue, timeout=settings.shadow_timeout_seconds,
+                      concurrency=settings.shadow_concurrency,
+                      max_header=settings.shadow_max_prediction_bytes, token=token)
+
+    mirror = MirrorSwitch(make_mirror, model.version)
+    if settings.shadow_url and settings.shadow_fraction > 0:
+        mirror.fixed(settings.shadow_url, settings.shadow_fraction)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -314,17 +392,21 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
         metrics.model_info.labels(model.name, model.version, model.info.flavor,
                                   model.info.estimator).set(1)
         metrics.model_ready.set(1)
+        mirror.start(settings.shadow_config_file, settings.shadow_config_poll_seconds)
         try:
             yield
         finally:
             metrics.model_ready.set(0)
+            await mirror.close()
             await plane.close()
 
     app = FastAPI(title="modelship runtime", version=__version__, lifespan=lifespan,
                   description=f"Serves model {model.name!r} version {model.version}.")
+    drain = Drain(settings.drain_seconds)
     app.state.plane = plane
     app.state.settings = settings
-    app.include_router(build_router(plane))
+    app.state.drain = drain
+    app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
@@ -354,5 +436,6 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
-                       access_log=settings.access_log, plane=plane)
+                       access_log=settings.access_log, plane=plane, drain=drain,
+                       mirror=mirror, judge=judge)
     return app

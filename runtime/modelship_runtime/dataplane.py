@@ -11,6 +11,11 @@ runs wait for it to end and then go together into the next call (up to
 ``microbatch_max_size`` rows): a lone request is predicted at once, and under load one
 call serves many requests. A random forest costs about the same on one row as on 32,
 so this is what multiplies its throughput.
+
+Shadow traffic (:mod:`modelship_runtime.shadow`, :mod:`modelship_runtime.agreement`)
+passes through :meth:`DataPlane.infer` as a :class:`ShadowContext`: a request this runtime
+will mirror keeps its predictions; a mirrored request arriving here skips the cache and
+has its predictions compared with the stable's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -31,6 +36,20 @@ from .cache import Cache, CacheError, cache_key
 from .errors import BadRequest, ModelNotReady, NotJSON
 from .metrics import Metrics
 from .model import Model, Prediction
+
+SHADOW_SCOPE_KEY = "modelship.shadow"
+"""ASGI scope key of a request's :class:`ShadowContext` (set by the serving middleware)."""
+
+
+class ShadowContext(Protocol):
+    """What a request's shadow traffic needs from its predictions."""
+
+    @property
+    def cacheable(self) -> bool:
+        """False: neither read nor write the prediction cache for this request."""
+
+    def observe(self, prediction: Prediction) -> None:
+        """Called with the request's predictions once they are made (or read from cache)."""
 
 
 def loads(body: bytes) -> Any:
@@ -349,20 +368,25 @@ class DataPlane:
         if not self.model.ready:
             raise ModelNotReady(f"model {self.model.name} is not loaded yet")
 
-    async def infer(self, rows: np.ndarray) -> Result:
-        """Predict validated rows, through the cache when one is configured."""
+    async def infer(self, rows: np.ndarray, shadow: ShadowContext | None = None) -> Result:
+        """Predict validated rows, through the cache when one is configured (and
+        ``shadow``, when given, lets it); ``shadow`` observes the predictions."""
         self.check_ready()
         key = None
-        if self.cache is not None:
+        if self.cache is not None and (shadow is None or shadow.cacheable):
             key = cache_key(self.model.name, self.model.version, rows)
             hit = await self._cache_get(key)
             if hit is not None:
                 self._count(hit)
+                if shadow is not None:
+                    shadow.observe(hit)
                 return Result(hit, True, 0.0)
         pred, elapsed = await self.batcher.predict(rows)
         self._count(pred)
         if key is not None:
             self._spawn(self._cache_set(key, pred))
+        if shadow is not None:
+            shadow.observe(pred)
         return Result(pred, False, elapsed)
 
     def _count(self, pred: Prediction) -> None:

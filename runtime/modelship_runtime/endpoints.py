@@ -14,7 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from . import __version__, protocols
-from .dataplane import DataPlane, loads
+from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext, loads
+from .drain import Drain
 from .errors import ModelNotFound, ModelNotReady
 from .metrics import CONTENT_TYPE
 
@@ -35,7 +36,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _ERRORS = _responses(400, 401, 404, 413, 415, 503)
 
 
-async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
+async def seed_predict(plane: DataPlane, raw: bytes, t0: float,
+                       shadow: ShadowContext | None = None) -> bytes:
     """The whole of ``POST /predict`` after the body is read: parse, validate, infer."""
     batcher = plane.batcher
     batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
@@ -45,14 +47,20 @@ async def seed_predict(plane: DataPlane, raw: bytes, t0: float) -> bytes:
         rows, single = protocols.seed_rows(body, plane.validator)
     finally:
         batcher.arriving -= 1
-    result = await plane.infer(rows)
+    result = await plane.infer(rows, shadow)
     ms = (time.perf_counter() - t0) * 1000.0
     return protocols.seed_response(result.prediction, single, result.cache_hit, ms)
 
 
-def build_router(plane: DataPlane) -> APIRouter:
-    """All routes of the runtime, bound to one data plane."""
+def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
+    """All routes of the runtime, bound to one data plane; readiness fails while `drain`
+    drains."""
     router = APIRouter()
+    drain = drain or Drain(0.0)
+
+    def check_serving() -> None:
+        if drain.draining:
+            raise ModelNotReady("draining: the server is shutting down")
     model = plane.model
     info = model.info
     batcher = plane.batcher
@@ -75,7 +83,8 @@ def build_router(plane: DataPlane) -> APIRouter:
             raw = await request.body()
         finally:
             batcher.arriving -= 1
-        return Response(await seed_predict(plane, raw, t0), media_type=JSON)
+        return Response(await seed_predict(plane, raw, t0, request.scope.get(SHADOW_SCOPE_KEY)),
+                        media_type=JSON)
 
     @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V1_BODY), summary="KServe V1 predict")
@@ -88,7 +97,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             rows = protocols.v1_rows(body, plane.validator)
         finally:
             batcher.arriving -= 1
-        result = await plane.infer(rows)
+        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
         return Response(protocols.v1_response(result.prediction), media_type=JSON)
 
     @router.get("/v1/models/{name}", tags=["kserve-v1"], responses=_ERRORS,
@@ -108,6 +117,7 @@ def build_router(plane: DataPlane) -> APIRouter:
     @router.get("/v2/health/ready", tags=["v2"], responses=_ERRORS, summary="V2 server ready")
     async def v2_ready() -> dict[str, Any]:
         plane.check_ready()
+        check_serving()
         return {"ready": True}
 
     @router.get("/v2/models/{name}", tags=["v2"], responses=_ERRORS, summary="V2 model metadata")
@@ -145,7 +155,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             rows, req = protocols.v2_rows(body, plane.validator)
         finally:
             batcher.arriving -= 1
-        result = await plane.infer(rows)
+        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
         return Response(protocols.v2_response(result.prediction, info, req), media_type=JSON)
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_ERRORS,
@@ -164,10 +174,12 @@ def build_router(plane: DataPlane) -> APIRouter:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @router.get("/readyz", tags=["health"], responses=_ERRORS, summary="Readiness (model loaded)")
+    @router.get("/readyz", tags=["health"], responses=_ERRORS,
+                summary="Readiness (model loaded, not draining)")
     async def readyz() -> dict[str, Any]:
         if not model.ready:
             raise ModelNotReady("model not loaded")
+        check_serving()
         return {"status": "ready", "model": info.name, "version": info.version}
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics")

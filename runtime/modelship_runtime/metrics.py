@@ -4,8 +4,11 @@ The rollout's analysis scrapes these from canary and stable pods, so the names a
 of the contract with the operator: request counts and latency by route template (never a
 raw path, so a client cannot blow up the series count), prediction latency and counts,
 predicted-class counts (the model-aware gate compares their distribution), a
-model-version info gauge and the cache's hits, misses and errors. Each app gets its own
-registry so tests and several apps in one process never collide.
+model-version info gauge and the cache's hits, misses and errors. The ``shadow`` metrics
+judge a canary on mirrored traffic: the stable side counts what became of each request it
+chose to mirror, the canary side counts the mirrored requests it answered and how its
+predictions compare with the stable's, row by row. Each app gets its own registry so
+tests and several apps in one process never collide.
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+# |canary - stable| of a regressor's row: exact zero first, then a wide range of scales.
+ABS_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    25.0, 50.0, 100.0, 1000.0)
+# |canary - stable| / max(|canary|, |stable|): between 0 (equal) and 2 (opposite signs).
+REL_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+MIRROR_OUTCOMES = ("sent", "dropped", "failed", "skipped")
+AGREEMENT_RESULTS = ("agree", "disagree")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -89,6 +100,61 @@ class Metrics:
             cache_labels,
             registry=r,
         ).labels(model, version)
+        self.shadow_mirrored = Counter(
+            "modelship_shadow_mirrored_total",
+            "Prediction requests chosen to be mirrored to the canary, by outcome: sent (the "
+            "canary answered), dropped (queue full), failed (no answer in time), skipped "
+            "(an error answer, or predictions too large to send).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_pending = Gauge(
+            "modelship_shadow_pending",
+            "Requests waiting to be mirrored or being sent to the canary.",
+            ["model", "version"],
+            registry=r,
+        ).labels(model, version)
+        self.shadow_requests = Counter(
+            "model_shadow_requests_total",
+            "Mirrored requests (X-Modelship-Shadow) answered, by route template and status; "
+            "they are in http_requests_total too.",
+            ["model", "version", "route", "status"],
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "model_shadow_agreement_total",
+            "Rows of mirrored requests whose predicted label equals the stable's (agree) or "
+            "not (disagree); classifiers only.",
+            ["model", "version", "result"],
+            registry=r,
+        )
+        self.shadow_abs_diff = Histogram(
+            "model_shadow_abs_diff",
+            "|canary - stable| per row of mirrored requests; regressors only.",
+            ["model", "version"],
+            buckets=ABS_DIFF_BUCKETS,
+            registry=r,
+        ).labels(model, version)
+        self.shadow_rel_diff = Histogram(
+            "model_shadow_rel_diff",
+            "|canary - stable| / max(|canary|, |stable|) per row of mirrored requests "
+            "(0 when both are 0); regressors only.",
+            ["model", "version"],
+            buckets=REL_DIFF_BUCKETS,
+            registry=r,
+        ).labels(model, version)
+        self.shadow_uncompared = Counter(
+            "model_shadow_uncompared_total",
+            "Mirrored requests answered but not compared, by reason: missing, invalid, rows, "
+            "type, token.",
+            ["model", "version", "reason"],
+            registry=r,
+        )
+        # Zero series from the start, so a delta (or increase()) sees the first increment.
+        self.mirrored = {o: self.shadow_mirrored.labels(model, version, o)
+                         for o in MIRROR_OUTCOMES}
+        self.agreement = {res: self.shadow_agreement.labels(model, version, res)
+                          for res in AGREEMENT_RESULTS}
         self._class_children: dict[object, Counter] = {}
 
     def count_classes(self, labels: list[object]) -> None:

@@ -6,13 +6,19 @@ entries and Secrets. Registry credentials are *not* here: the MLflow client read
 ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` and
 ``MLFLOW_TRACKING_PASSWORD`` itself, exactly as it does everywhere else. The Redis URL is
 read from ``MODELSHIP_REDIS_URL`` or, as a Secret usually names it, plain ``REDIS_URL``.
+
+The ``shadow_*`` settings are set by the operator during a rollout's shadow phase, on the
+stable version's pods: they mirror a share of their prediction requests to the canary's
+Service (:mod:`modelship_runtime.shadow`), whose runtime compares its answers with the
+stable's (:mod:`modelship_runtime.agreement`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +95,18 @@ class RuntimeSettings(BaseSettings):
     pull_backoff_seconds: float = Field(default=1.0, ge=0.0)
     """First wait between pull attempts; doubles each time."""
 
+    drain_seconds: float = Field(default=5.0, ge=0.0, le=3600.0)
+    """On SIGTERM (or SIGINT), keep serving this long before closing: readiness
+    (`/readyz`, `/v2/health/ready`) answers 503 at once and responses carry
+    `Connection: close`, while new connections and requests are still answered, so the
+    routers that still send traffic here (endpoint removal reaches them a second or two
+    after the signal) lose nothing. Then the server stops accepting and finishes the
+    requests in flight. A second SIGTERM or SIGINT ends the drain early. 0: stop
+    accepting at once."""
+
+    shutdown_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    """After the drain, the longest wait for requests still in flight before exiting."""
+
     log_level: str = "INFO"
     """Log level of the runtime's loggers."""
 
@@ -97,3 +115,62 @@ class RuntimeSettings(BaseSettings):
 
     access_log: bool = False
     """Log every request (costs throughput; metrics already count requests)."""
+
+    shadow_url: str = ""
+    """Base URL of the canary's Service (e.g. http://iris--canary.ml.svc:8080): mirror a
+    share of the prediction requests there after answering them. Empty: no mirroring."""
+
+    shadow_config_file: Path | None = None
+    """A JSON file naming the mirror (``{"mirrorFrom": VERSION, "url": URL, "fraction": F}``),
+    re-read every ``shadow_config_poll_seconds``: the operator's ConfigMap ``NAME--shadow``,
+    mounted, so a shadow phase starts and ends without a restart. Ignored when
+    ``shadow_url`` is set."""
+
+    shadow_config_poll_seconds: float = Field(default=2.0, gt=0.0, le=300.0)
+    """How often ``shadow_config_file`` is re-read."""
+
+    shadow_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of the successful prediction requests that are mirrored (sampled at random)."""
+
+    shadow_queue: int = Field(default=256, ge=1, le=100_000)
+    """Mirrored requests waiting to be sent; when full, more are dropped (and counted)."""
+
+    shadow_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
+    """Longest wait for the canary to answer one mirrored request (connect included)."""
+
+    shadow_concurrency: int = Field(default=4, ge=1, le=64)
+    """Mirrored requests in flight at once (one kept-alive connection each)."""
+
+    shadow_max_prediction_bytes: int = Field(default=8192, ge=64, le=65536)
+    """Largest X-Modelship-Stable-Prediction header; a request whose predictions encode
+    larger is not mirrored (counted as skipped)."""
+
+    shadow_token: SecretStr | None = None
+    """Shared secret of a rollout's stable and canary pods. Set on the stable, mirrored
+    requests carry it in X-Modelship-Shadow; set on the canary, only requests carrying it
+    are compared (so clients cannot forge agreement). Unset: X-Modelship-Shadow is "1"."""
+
+    shadow_log_per_minute: int = Field(default=10, ge=0)
+    """Most disagreeing mirrored requests logged per minute (0: none)."""
+
+    shadow_log_rel_diff: float = Field(default=0.05, ge=0.0)
+    """Regressors: a mirrored row counts as disagreeing, for the log only, when its
+    relative difference |canary - stable| / max(|canary|, |stable|) is above this."""
+
+    @field_validator("shadow_url")
+    @classmethod
+    def _check_shadow_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, "
+                             "e.g. http://iris--canary.ml.svc:8080")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must have no query, fragment or credentials")
+        return value.rstrip("/")

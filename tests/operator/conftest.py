@@ -82,6 +82,8 @@ def operator_env(cluster: Cluster) -> dict[str, str]:
         # These tests have no MLflow; the registry tests turn verification back on.
         MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS="false",
         MODELSHIP_OPERATOR_WATCH_TIMEOUT_SECONDS="30",
+        # Deployments traffic left go 2 s later (test_drain_integration uses the default).
+        MODELSHIP_OPERATOR_RETIRE_AFTER_SECONDS="2",
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -35,7 +35,9 @@ class Runtime:
     def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
         self.log = log
-        self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING", **(env or {})}
+        # No drain unless asked: these stand-in pods have no router to wait for.
+        self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING", "MODELSHIP_DRAIN_SECONDS": "0",
+                    **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None

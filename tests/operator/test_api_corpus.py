@@ -195,7 +195,8 @@ def test_full_example_sets_every_field(checker: CRDChecker) -> None:
     full = _load(REPO / "examples" / "full.yaml")
     spec_schema = checker.schema["properties"]["spec"]
     unset = _schema_paths(spec_schema, "spec") - _field_paths(full["spec"], "spec")
-    alternatives = {"spec.model.alias", "spec.disruptionBudget.maxUnavailable"}
+    alternatives = {"spec.model.alias", "spec.disruptionBudget.maxUnavailable",
+                    "spec.rollout.smokeTest.artifact"}
     alternatives |= _schema_paths(spec_schema["properties"]["gateway"], "spec.gateway")
     assert unset == alternatives
 

@@ -141,3 +141,23 @@ def test_readme_tables_are_the_scripts_output() -> None:
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "gate_power.py"), "--check"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_agreement_fails_only_when_significantly_below() -> None:
+    from modelship_operator.rollout.gates import agreement_gate, mean_abs_diff_gate
+
+    def verdict(agree: int, disagree: int) -> Outcome:
+        return agreement_gate(agree, disagree, min_agreement=0.98, min_predictions=100,
+                              confidence=0.95).outcome
+
+    assert verdict(50, 0) is Outcome.INCONCLUSIVE  # too few rows compared
+    assert verdict(1000, 0) is Outcome.PASS
+    assert verdict(975, 25) is Outcome.PASS  # 97.5%: not significantly under 98%
+    assert verdict(800, 200) is Outcome.FAIL  # the shuffled-labels canary
+    assert verdict(960, 40) is Outcome.FAIL  # 96% of 1000: significantly under
+    mad = mean_abs_diff_gate(30.0, 300, max_mean_abs_diff=0.05, min_predictions=100)
+    assert mad.outcome is Outcome.FAIL and mad.figure == pytest.approx(0.1)
+    assert mean_abs_diff_gate(3.0, 300, max_mean_abs_diff=0.05,
+                              min_predictions=100).outcome is Outcome.PASS
+    assert mean_abs_diff_gate(0.0, 10, max_mean_abs_diff=0.05,
+                              min_predictions=100).outcome is Outcome.INCONCLUSIVE

@@ -117,7 +117,8 @@ def stack(
     prometheus: Prometheus | None = None
     try:
         start_all([stable, canary])
-        prometheus = Prometheus(root, {"iris-v1-6d4f9c7b8-abc12": stable, "iris-v3-5c8d7f6b9-abc12": canary}).start()
+        pods = {"iris-v1-6d4f9c7b8-abc12": stable, "iris-v3-5c8d7f6b9-abc12": canary}
+        prometheus = Prometheus(root, pods).start()
         yield prometheus, stable, canary
     finally:
         if prometheus is not None:

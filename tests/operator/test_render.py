@@ -66,7 +66,7 @@ def test_children_for_spec(spec: dict[str, Any], kinds: list[str]) -> None:
 
 def test_desired_kinds_cover_everything_render_makes() -> None:
     md = make(autoscaling={"maxReplicas": 3}, ingress={"host": "a.example.com"})
-    gw = make(gateway={"parentRefs": [{"name": "gw"}]})
+    gw = make(gateway={"parentRefs": [{"name": "gw"}]}, rollout={"shadow": {"fraction": 0.5}})
     made = {
         (o["apiVersion"], o["kind"])
         for m in (md, gw)
@@ -245,7 +245,7 @@ def test_image_and_resources(
             SETTINGS,
             {},
             {
-                "REDIS_URL": {"secretKeyRef": {"name": "redis", "key": "REDIS_URL"}},
+                "REDIS_URL": {"secretKeyRef": {"name": "redis", "key": "url"}},
                 "MODELSHIP_CACHE_TTL_SECONDS": "42",
             },
         ),
@@ -253,7 +253,7 @@ def test_image_and_resources(
             {"auth": {"apiKeySecret": "keys"}},
             SETTINGS,
             {},
-            {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth/api-keys"},
+            {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth"},  # the Secret, every key
         ),
         (
             {"runtime": {"env": [{"name": "A", "value": "1"}, {"name": "MODELSHIP_LOG_LEVEL",
@@ -593,7 +593,7 @@ def test_rollout_state_defaults_to_no_canary() -> None:
 
 def test_public_surface() -> None:
     assert set(render.__all__) == {
-        "RenderError", "RolloutState", "desired_kinds", "owner_reference", "render"
+        "RenderError", "Retiring", "RolloutState", "desired_kinds", "owner_reference", "render"
     }
 
 
@@ -635,3 +635,31 @@ def test_resources_are_rendered_canonical() -> None:
     (main,) = pod(md)["containers"]
     assert main["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"},
                                  "limits": {"cpu": "1"}}
+
+
+def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart() -> None:
+    """The ConfigMap NAME--shadow turns mirroring on and off; the pod template is the same
+    in and out of the shadow phase, so no pod restarts when it starts or ends."""
+    import json
+
+    md = make(rollout={"shadow": {"fraction": 0.25}})
+    quiet = render.render(md, RolloutState("3", canary_version="4"), SETTINGS)
+    shadowing = render.render(md, RolloutState("3", canary_version="4", mirror=True), SETTINGS)
+
+    def by(out: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+        return next(o for o in out if o["kind"] == kind and o["metadata"]["name"] == name)
+
+    for dep_name in ("iris-v3", "iris-v4"):
+        assert by(quiet, "Deployment", dep_name) == by(shadowing, "Deployment", dep_name)
+        pod = by(shadowing, "Deployment", dep_name)["spec"]["template"]["spec"]
+        assert {"name": "shadow", "configMap": {"name": "iris--shadow", "optional": True}} in (
+            pod["volumes"])
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["MODELSHIP_SHADOW_CONFIG_FILE"] == "/etc/modelship/shadow/shadow.json"
+    assert json.loads(by(quiet, "ConfigMap", "iris--shadow")["data"]["shadow.json"]) == {}
+    config = json.loads(by(shadowing, "ConfigMap", "iris--shadow")["data"]["shadow.json"])
+    assert config == {"mirrorFrom": "3", "mirrorTo": "4", "fraction": 0.25,
+                      "url": "http://iris--canary.ml.svc:80"}
+    # Without a shadow phase in the spec: no ConfigMap, no mount.
+    plain = render.render(make(), RolloutState("3", canary_version="4", mirror=True), SETTINGS)
+    assert not [o for o in plain if o["kind"] == "ConfigMap"]

@@ -285,3 +285,52 @@ def test_safety_properties(
         state = advance(spec, "4", state, Observed(now=now, canary_ready=True), PASS).state
     assert state.canary is None
     assert state.stable in ("3", "4", "5")
+
+
+def test_smoke_test_then_shadow_phase_before_any_weight() -> None:
+    """Golden set first (failing it rolls back at once), then the shadow phase, judged
+    like a step, and only then the first weight."""
+    spec = RolloutSpec.model_validate({
+        "steps": [50, 100], "interval": "60s",
+        "shadow": {"fraction": 0.5},
+        "smokeTest": {"configMap": {"name": "golden", "key": "smoke.json"}},
+        "analysis": {"failureLimit": 2},
+    })
+    state = advance(spec, "4", RolloutState(stable="3"), Observed(now=0)).state
+    # Ready, smoke test not run yet: nothing moves.
+    held = advance(spec, "4", state, Observed(now=1, canary_ready=True)).state
+    assert held.canary is not None and held.canary.weight == 0 and not held.canary.shadow
+    # Smoke test fails: rolled back at once, no request ever reached the canary.
+    bad = advance(spec, "4", held, Observed(now=2, canary_ready=True,
+                                            smoke=Verdict(Outcome.FAIL, "row 3: 1 != 2")))
+    assert bad.state.canary is None and bad.state.last is not None
+    assert bad.state.last.outcome == "RolledBack" and "row 3" in bad.state.last.reason
+    assert bad.events[0][0] == "SmokeTestFailed"
+    # Smoke test passes: the shadow phase starts, weight still 0.
+    good = advance(spec, "4", held, Observed(now=2, canary_ready=True,
+                                             smoke=Verdict(Outcome.PASS, "20/20 rows")))
+    canary = good.state.canary
+    assert canary is not None and canary.smoked and canary.shadow and canary.weight == 0
+    assert [e[0] for e in good.events] == ["SmokeTestPassed", "ShadowStarted"]
+    assert analysis_due(good.state, spec, 62) and not analysis_due(good.state, spec, 61)
+    # A failed shadow analysis counts; a passing one moves to the first weight.
+    failed = advance(spec, "4", good.state, Observed(now=62, canary_ready=True),
+                     Verdict(Outcome.FAIL, "agreement 0.8 < 0.98")).state
+    assert failed.canary is not None and failed.canary.shadow
+    assert failed.canary.failed_analyses == 1 and failed.canary.weight == 0
+    passed = advance(spec, "4", failed, Observed(now=123, canary_ready=True),
+                     Verdict(Outcome.PASS, "agreement 1.0"))
+    assert passed.state.canary is not None
+    assert not passed.state.canary.shadow and passed.state.canary.shadowed
+    assert passed.state.canary.weight == 50 and passed.events[0][0] == "ShadowPassed"
+    # The smoke test and the shadow phase are not run again at later steps.
+    at100 = advance(spec, "4", passed.state, Observed(now=184, canary_ready=True),
+                    Verdict(Outcome.PASS, "ok")).state
+    assert at100.canary is not None and at100.canary.weight == 100
+
+
+def test_a_canary_losing_its_pods_in_the_shadow_counts_a_failure() -> None:
+    spec = RolloutSpec.model_validate({"shadow": {}, "analysis": {"failureLimit": 1}})
+    state = RolloutState("3", Canary("4", shadow=True, step_started_at=0.0, progress_at=0.0))
+    step = advance(spec, "4", state, Observed(now=5, canary_available=False))
+    assert step.state.canary is None and step.phase == "RolledBack"

@@ -1,12 +1,13 @@
 """Fixtures of the packaging tests: each artifact made once per session (see
-artifacts.py), and kubernetes-validate's schema files parsed once."""
+artifacts.py), kubernetes-validate's schema files parsed once, and the real MLflow server
+and runtime the documentation and demo tests talk to (demo_parts.py)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import k8scheck
 from artifacts import OVERLAYS, REPO, VALUE_SETS, kustomize_build, render_chart, render_examples
+
+if TYPE_CHECKING:
+    from demo_parts import MlflowServer, Runtime
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +46,31 @@ def _cached_schemas() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         k8scheck.cache_schemas(mp)
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server holding what `make demo` registers (iris-classifier 1 and 2)."""
+    if not (Path(sys.executable).parent / "mlflow").exists():
+        pytest.skip("the mlflow CLI is missing (pip install mlflow; make setup installs it)")
+    import demo_parts
+
+    server = demo_parts.demo_registry(tmp_path_factory.mktemp("demo-mlflow"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def iris_runtime(demo_mlflow: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Runtime]:
+    """`modelship-runtime serve --model-uri models:/iris-classifier/2`, as a pod runs it."""
+    import demo_parts
+
+    runtime = demo_parts.runtime(demo_mlflow, "2",
+                                 tmp_path_factory.mktemp("iris-runtime") / "runtime.log")
+    try:
+        yield runtime
+    finally:
+        runtime.stop()

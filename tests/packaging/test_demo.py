@@ -16,7 +16,7 @@ import yaml
 from artifacts import REPO
 from k8scheck import validate
 
-SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
+SCRIPTS = sorted((REPO / "scripts").glob("**/*.sh"))
 
 
 def test_demo_without_docker_stops_at_once_and_says_why(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_demo_without_docker_stops_at_once_and_says_why(tmp_path: Path) -> None:
     assert "docker info" in result.stderr and "curl" in result.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO / "scripts")))
 def test_shellcheck(script: Path) -> None:
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
     if not Path(shellcheck).exists():

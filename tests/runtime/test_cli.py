@@ -157,7 +157,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path, start_server: Any) 
         sys.path.remove(str(tmp_path))
         sys.modules.pop("slowmodel", None)
     url, proc = start_server("--model-dir", str(model_dir),
-                             env={"PYTHONPATH": str(tmp_path), "MODELSHIP_MICROBATCH": "false"})
+                             env={"PYTHONPATH": str(tmp_path), "MODELSHIP_MICROBATCH": "false",
+                                  "MODELSHIP_DRAIN_SECONDS": "0"})  # closes at once
     results: list[int | str] = []
 
     def call() -> None:
@@ -242,6 +243,8 @@ def test_version_without_distribution_metadata_falls_back_to_the_package(
     (["pull", "--model-uri", "models:/iris/3", "--dest", "d"], {}, "set MLFLOW_TRACKING_URI"),
     (["serve", "--model-dir", "m"], {"MODELSHIP_API_KEYS_FILE": "/nonexistent/keys"},
      "MODELSHIP_API_KEYS_FILE /nonexistent/keys: No such file or directory"),
+    (["serve", "--model-dir", "m"], {"MODELSHIP_API_KEYS_FILE": "/dev/null"},
+     "MODELSHIP_API_KEYS_FILE /dev/null: holds no API key"),
     ([], {}, "the following arguments are required: command"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(sandbox: Sandbox, args: list[str],

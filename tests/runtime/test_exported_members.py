@@ -17,8 +17,9 @@ def test_exported_names() -> None:
     }
     public = {n for n in dir(modelship_runtime) if not n.startswith("_")}
     assert public <= set(modelship_runtime.__all__) | {
-        "annotations", "TYPE_CHECKING", "app", "cache", "dataplane", "endpoints", "errors",
-        "logging", "metrics", "model", "protocols", "pull", "settings", "sklearn"}
+        "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
+        "endpoints", "errors", "logging", "metrics", "model", "protocols", "pull", "settings",
+        "shadow", "sklearn"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

@@ -10,6 +10,11 @@ Pod layout: an init container pulls ``models:/NAME/VERSION`` into an emptyDir at
 (``modelship-runtime serve``). Only the init container gets the registry URI and
 credentials: the serving container never talks to the registry. The root filesystem is
 read-only; /models and /tmp are emptyDirs and HOME points at /tmp.
+
+Termination loses no request: a preStop pause holds SIGTERM back while the pod's removal
+from endpoints reaches the routers, then the runtime drains (readiness fails, requests
+are still answered for MODELSHIP_DRAIN_SECONDS) and finishes what is in flight; the
+grace period covers all three (operator settings ``runtime_*_seconds``).
 """
 
 from __future__ import annotations
@@ -30,16 +35,24 @@ ENV_REGISTRY_CREDENTIALS = (  # keys of spec.model.registry.credentialsSecret, a
 )
 ENV_MODEL_NAME = "MODELSHIP_MODEL_NAME"
 ENV_MODEL_VERSION = "MODELSHIP_MODEL_VERSION"
-ENV_REDIS_URL = "REDIS_URL"  # also the key read from spec.cache.redisSecret
+ENV_REDIS_URL = "REDIS_URL"
 ENV_CACHE_TTL = "MODELSHIP_CACHE_TTL_SECONDS"
 ENV_API_KEYS_FILE = "MODELSHIP_API_KEYS_FILE"
+ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
+ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
-REDIS_SECRET_KEY = "REDIS_URL"
+ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+SHADOW_MOUNT = "/etc/modelship/shadow"
+SHADOW_FILE = f"{SHADOW_MOUNT}/shadow.json"  # the key of ConfigMap NAME--shadow
+REDIS_SECRET_KEY = "url"  # the key of spec.cache.redisSecret, as the CRD documents it
+# spec.auth.apiKeySecret is mounted whole and the runtime reads every file in the
+# directory: each key of the Secret holds accepted API keys, one per line, whatever its name.
 AUTH_MOUNT = "/etc/modelship/auth"
-API_KEYS_FILE = f"{AUTH_MOUNT}/api-keys"  # the Secret's key `api-keys`
+API_KEYS_FILE = AUTH_MOUNT
 MODEL_DIR = "/models"
 TMP_DIR = "/tmp"
 RUNTIME_COMMAND = "modelship-runtime"
+PYTHON_COMMAND = "python3"  # the runtime is a Python console script: its image has one
 PORT_NAME = "http"
 READINESS_PATH = "/readyz"
 LIVENESS_PATH = "/healthz"
@@ -48,7 +61,19 @@ METRICS_PATH = "/metrics"
 
 INIT_CONTAINER = "pull-model"
 CONTAINER = "runtime"
-GRACE_SECONDS = 40  # the runtime drains in-flight requests for up to 30 s
+GRACE_MARGIN_SECONDS = 5
+
+
+def grace_seconds(settings: OperatorSettings) -> int:
+    """terminationGracePeriodSeconds: preStop, then the runtime's drain, then its wait for
+    requests in flight, and a margin; the kubelet kills the pod only after all that."""
+    return (settings.runtime_prestop_seconds + settings.runtime_drain_seconds
+            + settings.runtime_shutdown_timeout_seconds + GRACE_MARGIN_SECONDS)
+
+
+def prestop(seconds: int) -> dict[str, Any]:
+    """The preStop hook that holds SIGTERM back `seconds` (an exec: every cluster runs it)."""
+    return {"exec": {"command": [PYTHON_COMMAND, "-c", f"import time; time.sleep({seconds})"]}}
 
 
 def model_uri(model_name: str, version: str) -> str:
@@ -128,6 +153,8 @@ def render(
     serve_env: list[dict[str, Any]] = [
         {"name": ENV_MODEL_NAME, "value": model.name},
         {"name": ENV_MODEL_VERSION, "value": version},
+        {"name": ENV_DRAIN, "value": str(settings.runtime_drain_seconds)},
+        {"name": ENV_SHUTDOWN_TIMEOUT, "value": str(settings.runtime_shutdown_timeout_seconds)},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "models", "emptyDir": {}},
@@ -143,6 +170,12 @@ def render(
             _secret_env(ENV_REDIS_URL, secret, REDIS_SECRET_KEY, optional=False),
             {"name": ENV_CACHE_TTL, "value": str(spec.cache.ttl_seconds)},
         ]
+    if spec.rollout.shadow is not None and spec.rollout.shadow.via == "runtime":
+        # Mounted, not in env: a shadow phase starts and ends without restarting a pod.
+        serve_env.append({"name": ENV_SHADOW_FILE, "value": SHADOW_FILE})
+        volumes.append({"name": "shadow", "configMap": {
+            "name": naming.shadow_config_name(name), "optional": True}})
+        mounts.append({"name": "shadow", "mountPath": SHADOW_MOUNT, "readOnly": True})
     if spec.auth is not None:
         secret = require_subdomain(
             spec.auth.api_key_secret, "spec.auth.apiKeySecret", "Secret name"
@@ -197,6 +230,8 @@ def render(
         "readinessProbe": _probe(READINESS_PATH, 5, 3),
         "livenessProbe": _probe(LIVENESS_PATH, 10, 3),
     }
+    if settings.runtime_prestop_seconds > 0:
+        runtime["lifecycle"] = {"preStop": prestop(settings.runtime_prestop_seconds)}
     uid = settings.runtime_user_id
     pod_labels = {
         **labels.standard(name, model.name, labels.PREDICTOR),
@@ -227,7 +262,7 @@ def render(
                     "serviceAccountName": naming.service_name(name),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": GRACE_SECONDS,
+                    "terminationGracePeriodSeconds": grace_seconds(settings),
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": uid,

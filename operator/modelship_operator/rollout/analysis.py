@@ -28,9 +28,11 @@ from modelship_operator.rollout.gates import (
     GateResult,
     Outcome,
     Verdict,
+    agreement_gate,
     combine,
     error_rate_gate,
     latency_gate,
+    mean_abs_diff_gate,
     prediction_shift_gate,
     quantile_from_buckets,
 )
@@ -38,18 +40,31 @@ from modelship_operator.rollout.gates import (
 REQUESTS = "http_requests_total"
 DURATION = "http_request_duration_seconds"
 PREDICTIONS_BY_CLASS = "model_predicted_class_total"
+SHADOW_AGREEMENT = "model_shadow_agreement_total"
+SHADOW_ABS_DIFF = "model_shadow_abs_diff"
+SHADOW_UNCOMPARED = "model_shadow_uncompared_total"
 PREDICT_PATHS = ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
                  "/v2/models/{name}/versions/{version}/infer")
 
 
 @dataclass
 class Snapshot:
-    """Cumulative counters of one side (canary or stable) at one moment, summed over pods."""
+    """Cumulative counters of one side (canary or stable) at one moment, summed over pods.
+
+    The shadow figures are the canary's comparison of its predictions with the stable's
+    on mirrored requests: rows that agree and disagree (classifiers), the sum and count
+    of |canary - stable| per row (regressors), and mirrored requests that could not be
+    compared."""
 
     requests: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     classes: dict[str, float] = field(default_factory=dict)
+    agree: float = 0.0
+    disagree: float = 0.0
+    abs_diff_sum: float = 0.0
+    abs_diff_count: float = 0.0
+    uncompared: float = 0.0
 
     def __sub__(self, older: Snapshot) -> Snapshot:
         """The change since `older`; a counter that went down (pod restart) counts from 0."""
@@ -62,6 +77,7 @@ class Snapshot:
             errors=delta(self.errors, older.errors),
             buckets={le: delta(v, older.buckets.get(le, 0.0)) for le, v in self.buckets.items()},
             classes={c: delta(v, older.classes.get(c, 0.0)) for c, v in self.classes.items()},
+            **{name: delta(getattr(self, name), getattr(older, name)) for name in _SHADOW},
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -72,6 +88,8 @@ class Snapshot:
             "buckets": {repr(le) if math.isfinite(le) else "+Inf": v
                         for le, v in sorted(self.buckets.items())},
             "classes": dict(sorted(self.classes.items())),
+            # only when not zero: most snapshots have no shadow traffic
+            **{key: v for name, key in _SHADOW.items() if (v := getattr(self, name))},
         }
 
     @classmethod
@@ -85,6 +103,7 @@ class Snapshot:
                 errors=float(raw.get("errors") or 0.0),
                 buckets={float(le): float(v) for le, v in (raw.get("buckets") or {}).items()},
                 classes={str(c): float(v) for c, v in (raw.get("classes") or {}).items()},
+                **{name: float(raw.get(key) or 0.0) for name, key in _SHADOW.items()},
             )
         except (TypeError, ValueError):
             return None
@@ -100,6 +119,13 @@ class Snapshot:
             self.buckets[le] = self.buckets.get(le, 0.0) + v
         for c, v in other.classes.items():
             self.classes[c] = self.classes.get(c, 0.0) + v
+        for name in _SHADOW:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# Snapshot's shadow fields and their keys in status.
+_SHADOW = {"agree": "agree", "disagree": "disagree", "abs_diff_sum": "absDiffSum",
+           "abs_diff_count": "absDiffCount", "uncompared": "uncompared"}
 
 
 def _is_prediction_route(labels: Mapping[str, str]) -> bool:
@@ -124,6 +150,17 @@ def parse_metrics(text: str) -> Snapshot:
             elif sample.name == PREDICTIONS_BY_CLASS:
                 cls = labels.get("class") or labels.get("label", "")
                 snap.classes[cls] = snap.classes.get(cls, 0.0) + sample.value
+            elif sample.name == SHADOW_AGREEMENT:
+                if labels.get("result") == "agree":
+                    snap.agree += sample.value
+                elif labels.get("result") == "disagree":
+                    snap.disagree += sample.value
+            elif sample.name == f"{SHADOW_ABS_DIFF}_sum":
+                snap.abs_diff_sum += sample.value
+            elif sample.name == f"{SHADOW_ABS_DIFF}_count":
+                snap.abs_diff_count += sample.value
+            elif sample.name == SHADOW_UNCOMPARED:
+                snap.uncompared += sample.value
     return snap
 
 
@@ -149,6 +186,8 @@ def analyse(
     window: Window,
     spec: AnalysisSpec,
     baseline: Mapping[str, float] | None = None,
+    *,
+    shadow: bool = False,
 ) -> tuple[Verdict, dict[str, Any]]:
     """The verdict on one step and the record for ``status.canary.lastAnalysis``.
 
@@ -200,6 +239,17 @@ def analyse(
             min_predictions=spec.min_predictions,
             reference_name="the stable version's predictions",
         ))
+    # Shadow phase: the canary's answers to mirrored requests against the stable's.
+    if shadow and spec.min_agreement is not None:
+        gates.append(agreement_gate(
+            canary.agree, canary.disagree, min_agreement=spec.min_agreement,
+            min_predictions=spec.min_predictions, confidence=spec.confidence,
+        ))
+    if shadow and spec.max_mean_abs_diff is not None:
+        gates.append(mean_abs_diff_gate(
+            canary.abs_diff_sum, canary.abs_diff_count,
+            max_mean_abs_diff=spec.max_mean_abs_diff, min_predictions=spec.min_predictions,
+        ))
     verdict = combine(gates, _summary(window))
     record: dict[str, Any] = {
         "requests": round(requests),
@@ -222,6 +272,12 @@ def analyse(
         shift = next((g.figure for g in gates if g.gate == "predictionShift"), None)
         if shift is not None:
             record["predictionShift"] = round(shift, 6)
+    if shadow:
+        record["compared"] = round(canary.agree + canary.disagree + canary.abs_diff_count)
+        for name, key in (("agreement", "agreement"), ("meanAbsDiff", "meanAbsDiff")):
+            figure = next((g.figure for g in gates if g.gate == name), None)
+            if figure is not None:
+                record[key] = round(figure, 6)
     figures: dict[str, float | int | None] = {
         k: v for k, v in record.items() if isinstance(v, int | float)
     }

@@ -72,6 +72,9 @@ def read_state(status: Mapping[str, Any]) -> RolloutState:
             progress_at=epoch(canary_raw.get("progressAt")),
             paused_at=epoch(canary_raw.get("pausedAt")),
             held_since=epoch(canary_raw.get("heldSince")),
+            smoked=bool(canary_raw.get("smokeTestPassed")),
+            shadow=bool(canary_raw.get("shadow")),
+            shadowed=bool(canary_raw.get("shadowPassed")),
         )
     last_raw = status.get("lastRollout") or None
     last = None
@@ -126,6 +129,9 @@ def canary_status(
         "progressAt": iso(canary.progress_at),
         "pausedAt": iso(canary.paused_at),
         "heldSince": iso(canary.held_since),
+        "smokeTestPassed": canary.smoked or None,
+        "shadow": canary.shadow or None,
+        "shadowPassed": canary.shadowed or None,
     }
     step_iso = result["stepStartedAt"]
     if step_counters is None and same:
@@ -276,7 +282,7 @@ class Analyst:
         except AnalysisError as exc:
             verdict = Verdict(Outcome.INCONCLUSIVE, f"no figures: {exc}")
             return verdict, _inconclusive_record(verdict, now), None
-        verdict, record = analyse(window, spec, baseline or None)
+        verdict, record = analyse(window, spec, baseline or None, shadow=state.canary.shadow)
         record["at"] = iso(now)
         record["windowSeconds"] = round(max(0.0, now - opens), 3)
         if verdict.outcome is not Outcome.INCONCLUSIVE:

@@ -375,3 +375,60 @@ def prediction_shift_gate(
             f"({c_total} canary predictions against {r_total} in {reference_name})", psi,
         )
     return GateResult(gate, Outcome.PASS, f"PSI {psi:.3f} ({c_total} predictions)", psi)
+
+
+def agreement_gate(
+    agree: float,
+    disagree: float,
+    *,
+    min_agreement: float,
+    min_predictions: int,
+    confidence: float,
+) -> GateResult:
+    """Shadow phase, classifiers: the share of mirrored rows on which the canary predicts
+    the stable's class. Fails only when significantly below `min_agreement` (the upper
+    confidence bound of the share is under it), so a handful of rows decides nothing."""
+    gate = "agreement"
+    a = round(max(agree, 0.0))
+    n = a + round(max(disagree, 0.0))
+    if n < max(min_predictions, 1):
+        return GateResult(
+            gate, Outcome.INCONCLUSIVE,
+            f"{n} mirrored rows compared, fewer than minPredictions {min_predictions}",
+        )
+    share = a / n
+    upper = wilson_upper(a, n, confidence)
+    if upper < min_agreement:
+        return GateResult(
+            gate, Outcome.FAIL,
+            f"agreement with the stable {share:.4f} ({a}/{n} rows; at most {upper:.4f} at "
+            f"{confidence * 100:g}% confidence) < minAgreement {min_agreement}", share,
+        )
+    return GateResult(gate, Outcome.PASS, f"agreement with the stable {share:.4f} ({a}/{n})",
+                      share)
+
+
+def mean_abs_diff_gate(
+    abs_diff_sum: float,
+    abs_diff_count: float,
+    *,
+    max_mean_abs_diff: float,
+    min_predictions: int,
+) -> GateResult:
+    """Shadow phase, regressors: mean |canary - stable| over mirrored rows."""
+    gate = "meanAbsDiff"
+    n = round(max(abs_diff_count, 0.0))
+    if n < max(min_predictions, 1):
+        return GateResult(
+            gate, Outcome.INCONCLUSIVE,
+            f"{n} mirrored rows compared, fewer than minPredictions {min_predictions}",
+        )
+    mean = max(abs_diff_sum, 0.0) / n
+    if mean > max_mean_abs_diff:
+        return GateResult(
+            gate, Outcome.FAIL,
+            f"mean absolute difference from the stable {mean:.6g} over {n} rows > "
+            f"maxMeanAbsDiff {max_mean_abs_diff}", mean,
+        )
+    return GateResult(gate, Outcome.PASS, f"mean absolute difference {mean:.6g} ({n} rows)",
+                      mean)

@@ -36,7 +36,7 @@ from modelship_operator.rollout.gates import Outcome, Verdict
 __all__ = [
     "ABORT_ANNOTATION", "DEADLINE_REASON", "PROMOTE_ANNOTATION", "Canary", "LastRollout",
     "Observed", "Outcome", "RolloutState", "Step", "Verdict", "advance", "analysis_due",
-    "deadline_at",
+    "deadline_at", "smoke_due",
 ]
 
 PROMOTE_ANNOTATION = "modelship.io/promote"
@@ -54,6 +54,9 @@ class Canary:
     progress_at: float | None = None  # last progress; the deadline counts from here
     paused_at: float | None = None  # when spec.rollout.paused stopped the clock
     held_since: float | None = None  # since when the step's analysis is inconclusive
+    smoked: bool = False  # the golden-set smoke test passed (or none is asked for)
+    shadow: bool = False  # in the shadow phase: mirrored requests only, weight 0
+    shadowed: bool = False  # the shadow phase passed (or none is asked for)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class Observed:
     """At least one canary pod is ready; None means the same as `canary_ready`."""
     promote_now: bool = False
     abort: bool = False
+    smoke: Verdict | None = None
+    """The golden-set smoke test's result, when the caller ran it this pass."""
 
     @property
     def canary_serving(self) -> bool:
@@ -103,10 +108,22 @@ class Step:
         return "Ready"
 
 
-def analysis_due(state: RolloutState, spec: RolloutSpec, now: float) -> bool:
-    """True when the current step has run its warm-up and interval and must be judged."""
+def smoke_due(state: RolloutState, spec: RolloutSpec) -> bool:
+    """True while the canary waits for its smoke test: before any mirrored or real traffic."""
     canary = state.canary
-    if canary is None or canary.weight == 0 or canary.step_started_at is None:
+    return (
+        spec.smoke_test is not None and canary is not None and not canary.smoked
+        and canary.weight == 0 and not canary.shadow
+    )
+
+
+def analysis_due(state: RolloutState, spec: RolloutSpec, now: float) -> bool:
+    """True when the current step (or the shadow phase) has run its warm-up and interval
+    and must be judged."""
+    canary = state.canary
+    if canary is None or (canary.weight == 0 and not canary.shadow) or (
+        canary.step_started_at is None
+    ):
         return False
     return now - canary.step_started_at >= spec.warmup_seconds + spec.interval_seconds
 
@@ -119,7 +136,8 @@ def deadline_at(canary: Canary, spec: RolloutSpec) -> float | None:
     """
     if canary.paused_at is not None or canary.progress_at is None:
         return None
-    scheduled = spec.warmup_seconds + spec.interval_seconds if canary.weight > 0 else 0.0
+    timed = canary.weight > 0 or canary.shadow
+    scheduled = spec.warmup_seconds + spec.interval_seconds if timed else 0.0
     return canary.progress_at + scheduled + spec.progress_deadline_seconds
 
 
@@ -142,6 +160,10 @@ def _promote(state: RolloutState, reason: str) -> Step:
         RolloutState(version, None, LastRollout(version, "Promoted", reason)),
         (("Promoted", f"version {version} promoted ({reason}); was {state.stable}", False),),
     )
+
+
+def _where(canary: Canary) -> str:
+    return "in the shadow" if canary.shadow else f"at {canary.weight}%"
 
 
 def _new_canary(target: str, now: float) -> Canary:
@@ -231,11 +253,11 @@ def advance(
         return Step(step.state, (*events, *step.events)) if events else step
 
     if not observed.canary_serving:
-        if canary.weight > 0:
+        if canary.weight > 0 or canary.shadow:
             failed = canary.failed_analyses + 1
             lost = replace(
                 canary, weight=0, failed_analyses=failed, step_started_at=None,
-                progress_at=now, held_since=None,
+                progress_at=now, held_since=None, shadow=False,
             )
             if failed >= spec.analysis.failure_limit:
                 return done(_rollback(state, "canary pods stopped being ready"))
@@ -261,7 +283,29 @@ def advance(
         # Some pods serve, the rest are starting (the canary grew with its weight): hold
         # the weight and judge nothing until they are all ready.
         return done(_hold(state, spec, now, "canary pods not all ready"))
-    if canary.weight == 0:
+    if canary.weight == 0 and not canary.shadow:
+        if spec.smoke_test is not None and not canary.smoked:
+            smoke = observed.smoke
+            if smoke is None or smoke.outcome is Outcome.INCONCLUSIVE:
+                why = smoke.message if smoke is not None else "smoke test not run yet"
+                return done(_hold(state, spec, now, f"smoke test: {why}"))
+            if smoke.outcome is Outcome.FAIL:
+                return done(_rollback(state, f"smoke test failed: {smoke.message}",
+                                      event="SmokeTestFailed"))
+            canary = replace(canary, smoked=True, progress_at=now)
+            state = replace(state, canary=canary)
+            events.append(("SmokeTestPassed", f"version {canary.version}: {smoke.message}",
+                           False))
+        if spec.shadow is not None and not canary.shadowed:
+            shadowing = replace(canary, shadow=True, step_started_at=now, progress_at=now,
+                                held_since=None)
+            return done(Step(
+                replace(state, canary=shadowing),
+                (("ShadowStarted",
+                  f"version {canary.version}: answers {spec.shadow.fraction:.0%} of the "
+                  f"stable's requests in the shadow (via {spec.shadow.via}); no client "
+                  "sees its answers", False),),
+            ))
         weight = spec.steps[canary.step]
         moved = replace(canary, weight=weight, step_started_at=now, progress_at=now,
                         held_since=None)
@@ -280,7 +324,7 @@ def advance(
             (
                 (
                     "AnalysisInconclusive",
-                    f"version {canary.version} at {canary.weight}%: {verdict.message}; "
+                    f"version {canary.version} {_where(canary)}: {verdict.message}; "
                     "the step holds",
                     True,
                 ),
@@ -297,13 +341,23 @@ def advance(
             (
                 (
                     "AnalysisFailed",
-                    f"version {canary.version} at {canary.weight}%: {verdict.message} "
+                    f"version {canary.version} {_where(canary)}: {verdict.message} "
                     f"({failed}/{spec.analysis.failure_limit})",
                     True,
                 ),
             ),
         ))
     # Passed.
+    if canary.shadow:
+        weight = spec.steps[canary.step]
+        moved = replace(canary, shadow=False, shadowed=True, weight=weight,
+                        step_started_at=now, progress_at=now, held_since=None)
+        return done(Step(
+            replace(state, canary=moved),
+            (("ShadowPassed",
+              f"version {canary.version}: shadow analysis passed ({verdict.message}); "
+              f"weight {weight}%", False),),
+        ))
     if canary.step + 1 >= len(spec.steps):
         return done(_promote(state, f"every step passed; last: {verdict.message}"))
     step = canary.step + 1

@@ -1,0 +1,445 @@
+"""Shadow traffic between real `modelship-runtime serve` processes, as in a rollout.
+
+Stable runtimes are started with MODELSHIP_SHADOW_URL pointing at a canary runtime (or at
+a closed port, or at a server that never answers); clients talk to the stables only. The
+canaries' /metrics say how their predictions compared with the stables'; the stables'
+say what became of every request they chose to mirror. Every wait is on a condition
+(counters reaching a figure, nothing left pending), with generous bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from modelship_operator.rollout.analysis import parse_metrics
+from prometheus_client.parser import text_string_to_metric_families
+
+RUNTIME = Path(sys.executable).parent / "modelship-runtime"
+NAME = "shadowed"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def samples_of(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)
+
+
+class Pod:
+    """One `modelship-runtime serve` process on a free port, stopped by its pid."""
+
+    def __init__(self, name: str, model_dir: Path, version: str, logs: Path,
+                 port: int | None = None, **env: str) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = logs / f"{name}.log"
+        self.model_dir = model_dir
+        self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING",
+                    "MODELSHIP_MODEL_NAME": NAME, "MODELSHIP_MODEL_VERSION": version, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(RUNTIME), "serve", "--model-dir", str(self.model_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                   + self.log.read_text(errors="replace")[-3000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready in {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(15)
+
+    def text(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def scrape(self) -> Samples:
+        return samples_of(self.text())
+
+    def outcomes(self) -> dict[str, float]:
+        samples = self.scrape()
+        return {o: total(samples, "modelship_shadow_mirrored_total", outcome=o)
+                for o in ("sent", "dropped", "failed", "skipped")}
+
+    def pending(self) -> float:
+        return total(self.scrape(), "modelship_shadow_pending")
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        lines = self.log.read_bytes().splitlines()
+        records = [orjson.loads(line) for line in lines if line.startswith(b"{")]
+        return [r for r in records if r.get("message") == message]
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (a canary stuck)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        """Close the port and every connection: from now on, connections are refused."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
+        for conn in self.accepted:
+            conn.close()
+
+
+class Cluster:
+    """The processes of these tests and the models they serve."""
+
+    def __init__(self, pods: dict[str, Pod], silent: SilentServer, X: np.ndarray,
+                 stable: Any, shuffled: Any) -> None:
+        self.pods = pods
+        self.silent = silent
+        self.X = X
+        self.stable = stable
+        self.shuffled = shuffled
+        self.config = Path()
+
+    def __getitem__(self, name: str) -> Pod:
+        return self.pods[name]
+
+
+@pytest.fixture(scope="module")
+def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Canaries `same` (the stable's model) and `shuffled` (trained on shuffled labels);
+    stables mirroring to them, to a stuck server, at a quarter; and one not mirroring."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    logs = tmp_path_factory.mktemp("shadow-logs")
+    X, y = local_models.X, local_models.y
+    shuffled = LogisticRegression(max_iter=1000).fit(
+        X, np.random.default_rng(7).permutation(y))
+    shuffled_dir = tmp_path_factory.mktemp("shuffled")
+    joblib.dump(shuffled, shuffled_dir / "model.joblib")
+    stable_dir = local_models.lr_dir
+    silent = SilentServer()
+    quick = {"MODELSHIP_SHADOW_TIMEOUT_SECONDS": "10"}
+    pods = {
+        "plain": Pod("plain", stable_dir, "1", logs),
+        "shuffled": Pod("shuffled", shuffled_dir, "2", logs, MODELSHIP_LOG_LEVEL="INFO",
+                        MODELSHIP_SHADOW_LOG_PER_MINUTE="3"),
+    }
+    # The `same` canary mirrors its own clients' requests back to stable `to-same`.
+    to_same_port = free_port()
+    pods["same"] = Pod("same", stable_dir, "2", logs, **quick,
+                       MODELSHIP_SHADOW_URL=f"http://127.0.0.1:{to_same_port}")
+    pods["to-same"] = Pod("to-same", stable_dir, "1", logs, port=to_same_port, **quick,
+                          MODELSHIP_SHADOW_URL=pods["same"].url)
+    pods["to-shuffled"] = Pod("to-shuffled", stable_dir, "1", logs, **quick,
+                              MODELSHIP_SHADOW_URL=pods["shuffled"].url)
+    pods["quarter"] = Pod("quarter", stable_dir, "1", logs, **quick,
+                          MODELSHIP_SHADOW_URL=pods["same"].url, MODELSHIP_SHADOW_FRACTION="0.25")
+    pods["to-stuck"] = Pod("to-stuck", stable_dir, "1", logs,
+                           MODELSHIP_SHADOW_URL=f"http://127.0.0.1:{silent.port}",
+                           MODELSHIP_SHADOW_TIMEOUT_SECONDS="3", MODELSHIP_SHADOW_QUEUE="8",
+                           MODELSHIP_SHADOW_CONCURRENCY="2")
+    # A stable told what to do by a mounted file (the operator's ConfigMap NAME--shadow).
+    config = tmp_path_factory.mktemp("shadow-config") / "shadow.json"
+    config.write_text("{}")
+    pods["by-file"] = Pod("by-file", stable_dir, "1", logs, **quick,
+                          MODELSHIP_SHADOW_CONFIG_FILE=str(config),
+                          MODELSHIP_SHADOW_CONFIG_POLL_SECONDS="0.2")
+    try:
+        for pod in pods.values():
+            pod.spawn()
+        for pod in pods.values():
+            pod.wait_ready()
+        cluster = Cluster(pods, silent, X, local_models.lr, shuffled)
+        cluster.config = config
+        yield cluster
+    finally:
+        for pod in pods.values():
+            pod.stop()
+        silent.close()
+
+
+def settle(*pods: Pod, sent: dict[str, float]) -> None:
+    """Wait until each pod has nothing pending and `sent[pod]` requests accounted for."""
+    for pod in pods:
+        def done(pod: Pod = pod) -> bool:
+            return pod.pending() == 0 and sum(pod.outcomes().values()) >= sent[pod.name]
+
+        wait_for(f"{pod.name}: {sent[pod.name]} mirrored requests accounted for", done)
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> None:
+    stable, canary = cluster["to-same"], cluster["same"]
+    X = cluster.X
+    before_out, before = stable.outcomes(), canary.scrape()
+    rows = 0
+    with httpx.Client(timeout=30) as client:
+        for i in range(40):
+            kind = i % 4
+            if kind == 0:
+                r = client.post(f"{stable.url}/predict", json={"features": X[i].tolist()})
+                got, n = [r.json()["prediction"]], 1
+            elif kind == 1:
+                r = client.post(f"{stable.url}/predict", json={"instances": X[i:i + 4].tolist()})
+                got, n = r.json()["predictions"], 4
+            elif kind == 2:
+                r = client.post(f"{stable.url}/v1/models/{NAME}:predict",
+                                json={"instances": X[i:i + 2].tolist()})
+                got, n = r.json()["predictions"], 2
+            else:
+                r = client.post(f"{stable.url}/v2/models/{NAME}/versions/1/infer", json={
+                    "inputs": [{"name": "x", "shape": [3, X.shape[1]], "datatype": "FP64",
+                                "data": X[i:i + 3].ravel().tolist()}]})
+                got, n = r.json()["outputs"][0]["data"], 3
+            assert r.status_code == 200
+            assert got == cluster.stable.predict(X[i:i + n]).tolist()
+            rows += n
+    settle(stable, sent={stable.name: sum(before_out.values()) + 40})
+    assert delta(stable.outcomes(), before_out) == {"sent": 40, "dropped": 0, "failed": 0,
+                                                    "skipped": 0}
+    after = canary.scrape()
+    agree = total(after, "model_shadow_agreement_total", result="agree") - \
+        total(before, "model_shadow_agreement_total", result="agree")
+    disagree = total(after, "model_shadow_agreement_total", result="disagree") - \
+        total(before, "model_shadow_agreement_total", result="disagree")
+    assert (agree, disagree) == (rows, 0)
+    assert total(after, "model_shadow_uncompared_total") == \
+        total(before, "model_shadow_uncompared_total")
+    received = {route: total(after, "model_shadow_requests_total", route=route, status="200")
+                - total(before, "model_shadow_requests_total", route=route, status="200")
+                for route in ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer")}
+    assert received == {"/predict": 20, "/v1/models/{name}:predict": 10,
+                        "/v2/models/{name}/infer": 10}
+
+
+def test_a_canary_trained_on_shuffled_labels_disagrees_and_clients_see_only_the_stable(
+        cluster: Cluster) -> None:
+    stable, canary = cluster["to-shuffled"], cluster["shuffled"]
+    X = cluster.X
+    before_out, before_text = stable.outcomes(), canary.text()
+    before = samples_of(before_text)
+    expected_disagree = 0
+    with httpx.Client(timeout=30) as client:
+        for i in range(50):
+            batch = X[5 * i:5 * i + 5]
+            r = client.post(f"{stable.url}/predict", json={"instances": batch.tolist()},
+                            headers={"X-Request-ID": f"rq-{i}"})
+            assert r.status_code == 200
+            assert r.headers["x-model-version"] == "1"
+            # The client gets the stable's answer, never the canary's.
+            assert r.json()["predictions"] == cluster.stable.predict(batch).tolist()
+            expected_disagree += int((cluster.stable.predict(batch)
+                                      != cluster.shuffled.predict(batch)).sum())
+    assert expected_disagree >= 0.3 * 250  # the premise: shuffled labels make another model
+    settle(stable, sent={stable.name: sum(before_out.values()) + 50})
+    assert delta(stable.outcomes(), before_out)["sent"] == 50
+    after_text = canary.text()
+    after = samples_of(after_text)
+    disagree = total(after, "model_shadow_agreement_total", result="disagree") - \
+        total(before, "model_shadow_agreement_total", result="disagree")
+    agree = total(after, "model_shadow_agreement_total", result="agree") - \
+        total(before, "model_shadow_agreement_total", result="agree")
+    assert (agree + disagree, disagree) == (250, expected_disagree)
+    # The operator's analysis reads the same figures from the canary's /metrics.
+    window = parse_metrics(after_text) - parse_metrics(before_text)
+    assert (window.agree, window.disagree, window.uncompared) == (agree, disagree, 0)
+    # A bounded sample of disagreeing requests is logged, by the clients' request ids.
+    logged = canary.logged("shadow disagreement")
+    assert len(logged) == 3
+    for record in logged:
+        assert record["request_id"] in {f"rq-{i}" for i in range(50)}
+        assert record["stable_version"] == "1" and record["model_version"] == "2"
+        assert record["rows"] == 5 and 1 <= record["differing_rows"] <= 5
+        assert all(e["stable"] != e["canary"] for e in record["examples"])
+
+
+def test_a_stuck_or_closed_canary_costs_the_stable_clients_nothing(cluster: Cluster) -> None:
+    stable, plain = cluster["to-stuck"], cluster["plain"]
+    X = cluster.X
+    latencies: dict[str, list[float]] = {"to-stuck": [], "plain": []}
+
+    def burst(n: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(n):
+                for pod in (stable, plain):
+                    t0 = time.perf_counter()
+                    r = client.post(f"{pod.url}/predict", json={"features": X[i].tolist()})
+                    latencies[pod.name].append(time.perf_counter() - t0)
+                    assert r.status_code == 200
+                    assert r.json()["prediction"] == cluster.stable.predict(X[i:i + 1])[0]
+
+    before = stable.outcomes()
+    burst(80)  # the canary accepts connections and never answers
+    settle(stable, sent={stable.name: sum(before.values()) + 80})
+    stuck = delta(stable.outcomes(), before)
+    assert stuck["sent"] == 0 and stuck["skipped"] == 0
+    assert stuck["failed"] >= 1 and stuck["failed"] + stuck["dropped"] == 80
+
+    cluster.silent.close()  # now the port is closed: connections are refused
+    before = stable.outcomes()
+    burst(80)
+    settle(stable, sent={stable.name: sum(before.values()) + 80})
+    closed = delta(stable.outcomes(), before)
+    assert closed["sent"] == 0 and closed["failed"] + closed["dropped"] == 80
+
+    # No client waited for the canary: not one answer took the mirror's timeout (3 s),
+    # and the typical answer is as quick as from the stable that mirrors nothing.
+    assert max(latencies["to-stuck"]) < 3.0
+    ours, theirs = (statistics.median(latencies[p]) for p in ("to-stuck", "plain"))
+    assert ours <= 1.5 * theirs + 0.005, (ours, theirs)
+    assert total(stable.scrape(), "http_requests_total", status="200", route="/predict") >= 160
+
+
+def test_a_quarter_of_the_requests_are_mirrored(cluster: Cluster) -> None:
+    stable, canary = cluster["quarter"], cluster["same"]
+    X = cluster.X
+    before_out, before = stable.outcomes(), canary.scrape()
+    with httpx.Client(timeout=30) as client:
+        for i in range(400):
+            r = client.post(f"{stable.url}/predict", json={"features": X[i % len(X)].tolist()})
+            assert r.status_code == 200
+    wait_for("nothing pending", lambda: stable.pending() == 0)
+    mirrored = delta(stable.outcomes(), before_out)
+    # Binomial(400, 0.25): mean 100, sd 8.7; these bounds are 4.6 sd away.
+    assert 60 <= mirrored["sent"] <= 140, mirrored
+    assert mirrored["dropped"] == mirrored["failed"] == mirrored["skipped"] == 0
+    received = total(canary.scrape(), "model_shadow_requests_total") - \
+        total(before, "model_shadow_requests_total")
+    assert received == mirrored["sent"]
+
+
+def test_a_mirrored_request_is_never_mirrored_again(cluster: Cluster) -> None:
+    # `to-same` mirrors to `same`, and `same` mirrors to `to-same`: clients of each.
+    a, b = cluster["to-same"], cluster["same"]
+    X = cluster.X
+    out_a, out_b = a.outcomes(), b.outcomes()
+    got_a = total(a.scrape(), "model_shadow_requests_total")
+    got_b = total(b.scrape(), "model_shadow_requests_total")
+    with httpx.Client(timeout=30) as client:
+        for i in range(20):
+            for pod in (a, b):
+                r = client.post(f"{pod.url}/predict", json={"features": X[i].tolist()})
+                assert r.status_code == 200
+    settle(a, b, sent={a.name: sum(out_a.values()) + 20, b.name: sum(out_b.values()) + 20})
+    for _ in range(2):  # twice: a loop would keep both busy, and the counts growing
+        wait_for("nothing pending", lambda: a.pending() == 0 and b.pending() == 0)
+        assert delta(a.outcomes(), out_a)["sent"] == 20
+        assert delta(b.outcomes(), out_b)["sent"] == 20
+        assert total(a.scrape(), "model_shadow_requests_total") - got_a == 20
+        assert total(b.scrape(), "model_shadow_requests_total") - got_b == 20
+
+
+def test_the_mounted_config_turns_mirroring_on_and_off_without_a_restart(
+        cluster: Cluster) -> None:
+    """The operator's ConfigMap, as the kubelet projects it: another version's config or
+    `{}` mirrors nothing; the pod's own version mirrors to the named URL; back to `{}`
+    stops. The process is the same throughout."""
+    stable, canary = cluster["by-file"], cluster["same"]
+    assert stable.proc is not None
+    pid = stable.proc.pid
+    X = cluster.X
+
+    def send(n: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for i in range(n):
+                r = client.post(f"{stable.url}/predict", json={"features": X[i].tolist()})
+                assert r.status_code == 200
+
+    def switched(on: bool) -> bool:
+        """Whether mirroring is on, judged from one request's fate."""
+        before = sum(stable.outcomes().values())
+        send(1)
+        return (sum(stable.outcomes().values()) > before) is on or (
+            on and (time.sleep(0.3) or sum(stable.outcomes().values()) > before))
+
+    send(10)
+    assert sum(stable.outcomes().values()) == 0  # `{}`: nothing chosen for mirroring
+    cluster.config.write_text(orjson.dumps(
+        {"mirrorFrom": "7", "url": canary.url, "fraction": 1.0}).decode())
+    time.sleep(0)  # (the wait below is on the outcome, not on time)
+    send(10)
+    assert sum(stable.outcomes().values()) == 0  # another version's config: not ours
+    cluster.config.write_text(orjson.dumps(
+        {"mirrorFrom": "1", "mirrorTo": "2", "url": canary.url, "fraction": 1.0}).decode())
+    wait_for("mirroring switched on", lambda: switched(True))
+    before = stable.outcomes()
+    send(20)
+    settle(stable, sent={stable.name: sum(before.values()) + 20})
+    assert delta(stable.outcomes(), before)["sent"] == 20
+    cluster.config.write_text("{}")
+    wait_for("mirroring switched off", lambda: switched(False))
+    before = stable.outcomes()
+    send(20)
+    assert stable.outcomes() == before
+    cluster.config.write_text("not json")
+    send(5)
+    assert stable.outcomes() == before and stable.proc.poll() is None
+    assert stable.proc.pid == pid
