@@ -59,6 +59,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("v1", "Service", "services"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Secret", "secrets"),
+        Kind("v1", "ConfigMap", "configmaps"),
         Kind("v1", "Event", "events"),
         Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         Kind("networking.k8s.io/v1", "Ingress", "ingresses"),

@@ -70,6 +70,7 @@ RULES: tuple[Rule, ...] = (
         "Gateway API routes with weighted backends",
     ),
     Rule(("",), ("secrets",), ("get",), "MLflow credentials named in the spec"),
+    Rule(("",), ("configmaps",), ("get",), "smoke-test golden sets named in the spec"),
     Rule(
         ("discovery.k8s.io",),
         ("endpointslices",),

@@ -12,18 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, metrics, naming, retire, status
+from modelship_operator import api, events, metrics, naming, retire, smoke, status, webhooks
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import RenderError, Retiring, RolloutState, desired_kinds, render
 from modelship_operator.resolve import Resolution, Resolver
 from modelship_operator.rollout import driver
+from modelship_operator.rollout.gates import Outcome
+from modelship_operator.rollout.providers import AnalysisError, endpoints
 from modelship_operator.rollout.state import (
     ABORT_ANNOTATION,
     DEADLINE_REASON,
@@ -34,6 +37,7 @@ from modelship_operator.rollout.state import (
     advance,
     analysis_due,
     deadline_at,
+    smoke_due,
 )
 from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
@@ -204,6 +208,12 @@ class Reconciler:
         current_canary = current.get("canary") or {}
         if before.canary is not None and analysis_due(before, md.spec.rollout, now):
             verdict, analysis, counters = self.analyst.verdict(md, before, current_canary, now)
+            verdict = self._confirmed(md, before, verdict, registry=registry)
+        if (
+            observed.canary_ready and before.canary is not None
+            and before.canary.version == target and smoke_due(before, md.spec.rollout)
+        ):
+            observed = replace(observed, smoke=self._smoke(md, before, registry))
         step = advance(md.spec.rollout, target, before, observed, verdict)
         after = step.state
         assert after.stable is not None
@@ -213,7 +223,12 @@ class Reconciler:
             stable_version=after.stable,
             canary_version=after.canary.version if after.canary else None,
             canary_weight=after.canary.weight if after.canary else 0,
-            mirror=bool(after.canary and after.canary.shadow),
+            mirror=bool(after.canary and after.canary.shadow and observed.canary_ready),
+            header_routing=bool(
+                after.canary and observed.canary_ready
+                and (after.canary.smoked or md.spec.rollout.smoke_test is None)
+                and (before.canary is not None and before.canary.version == after.canary.version)
+            ),
             retiring=tuple(
                 Retiring(e.version, _replicas(_deployment(live, name, e.version))) for e in kept
             ),
@@ -242,6 +257,7 @@ class Reconciler:
         for reason, message, warning in step.events:
             logger.info(f"rollout: {reason}: {message}")
             events.post(self.client, body, reason, message, warning=warning)
+        self._notify(md, before, after, step, analysis)
         self._rollout_metrics(md, before, after, verdict)
         if result.changed:
             logger.info(f"children: {result.summary()}")
@@ -260,6 +276,108 @@ class Reconciler:
         )
         if current.get("retiring") != (retiring := retire.to_status(kept)):
             patch.status["retiring"] = retiring
+
+    # -- before users see it: smoke test, confirm-promotion, event webhooks ---------------
+
+    def _smoke(
+        self,
+        md: api.ModelDeployment,
+        state: RolloutStateMachine,
+        registry: Callable[[], Registry] | None,
+    ) -> Verdict:
+        """The golden set against the canary's ready pods: Pass, Fail, or Inconclusive
+        when it cannot be run now (the step holds, the progress deadline runs)."""
+        spec = md.spec.rollout.smoke_test
+        assert spec is not None and state.canary is not None and state.stable is not None
+        try:
+            golden = smoke.load_golden_set(md, state.canary.version, self.client, registry)
+            canary_target, _ = driver.targets(md, state.stable, state.canary.version)
+            addresses = list(endpoints(self.client, canary_target).values())
+            if not addresses:
+                return Verdict(Outcome.INCONCLUSIVE, "no ready canary pod to send it to yet")
+            result = smoke.run_smoke(addresses, golden)
+        except smoke.SmokeError as exc:
+            outcome = Outcome.INCONCLUSIVE if exc.transient else Outcome.FAIL
+            return Verdict(outcome, exc.message)
+        except AnalysisError as exc:
+            return Verdict(Outcome.INCONCLUSIVE, str(exc))
+        message = result.message(spec.min_accuracy)
+        return Verdict(Outcome.PASS if result.passed(spec.min_accuracy) else Outcome.FAIL,
+                       message)
+
+    def _confirmed(
+        self,
+        md: api.ModelDeployment,
+        state: RolloutStateMachine,
+        verdict: Verdict,
+        *,
+        registry: Callable[[], Registry] | None = None,
+    ) -> Verdict:
+        """A passing analysis of the last step that would promote holds (inconclusive)
+        until every confirm-promotion webhook answers 2xx."""
+        canary = state.canary
+        hooks = md.spec.rollout.webhooks
+        if (
+            verdict.outcome is not Outcome.PASS or canary is None or canary.shadow
+            or canary.step + 1 < len(md.spec.rollout.steps)
+            or not any(h.type == "confirm-promotion" for h in hooks)
+        ):
+            return verdict
+        body = webhooks.payload(
+            md, webhooks.CONFIRM_PROMOTION, stable=state.stable, canary=canary.version,
+            weight=canary.weight, step=canary.step, analysis=dict(verdict.figures),
+            reason=verdict.message,
+        )
+        ok, why = webhooks.confirm_promotion(
+            hooks, body, allowed_hosts=self.settings.webhook_allowed_hosts, budget_seconds=10.0
+        )
+        if ok:
+            return verdict
+        return Verdict(Outcome.INCONCLUSIVE, f"promotion not confirmed: {why}",
+                       verdict.gates, verdict.figures)
+
+    _HOOK_EVENTS = {
+        "CanaryStarted": "RolloutStarted", "SmokeTestPassed": "SmokeTestPassed",
+        "SmokeTestFailed": "SmokeTestFailed", "ShadowPassed": "ShadowPassed",
+        "AnalysisFailed": "StepFailed", "Promoted": "Promoted", "RolledBack": "RolledBack",
+        "ProgressDeadlineExceeded": "RolledBack", "Aborted": "RolledBack",
+    }
+
+    def _notify(
+        self,
+        md: api.ModelDeployment,
+        before: RolloutStateMachine,
+        after: RolloutStateMachine,
+        step: Step,
+        analysis: Mapping[str, Any] | None,
+    ) -> None:
+        """The event webhooks of this pass's transitions, sent from a thread (a slow
+        receiver never holds the rollout)."""
+        hooks = [h for h in md.spec.rollout.webhooks if h.type == "event"]
+        if not hooks or not step.events:
+            return
+        canary = after.canary or before.canary
+        calls = []
+        for reason, message, _ in step.events:
+            event = self._HOOK_EVENTS.get(reason)
+            if reason == "CanaryWeight" and "analysis passed" in message:
+                event = "StepPassed"
+            if event is None:
+                continue
+            calls.append(webhooks.payload(
+                md, event, stable=after.stable or before.stable,
+                canary=canary.version if canary else None,
+                weight=after.canary.weight if after.canary else 0,
+                step=canary.step if canary else None, analysis=analysis, reason=message,
+            ))
+        allowed = self.settings.webhook_allowed_hosts
+
+        def send() -> None:
+            for body in calls:
+                webhooks.notify(hooks, str(body["event"]), body, allowed_hosts=allowed)
+
+        if calls:
+            threading.Thread(target=send, name="modelship-webhooks", daemon=True).start()
 
     def _window_records(
         self,

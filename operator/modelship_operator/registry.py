@@ -9,7 +9,7 @@ a bearer token, or a user name and password for basic auth.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 
@@ -146,6 +146,51 @@ class Registry:
             )
         return uri
 
+    def run_artifact(self, name: str, version: str, path: str, max_bytes: int) -> bytes:
+        """The file `path` among the artifacts of the run that logged model `version`.
+
+        Read through the tracking server's ``/get-artifact`` (what MLflow's own UI uses),
+        so it works whatever the artifact store is, with the registry's credentials.
+        Raises RegistryError: ArtifactsUnavailable (the version has no run),
+        ArtifactNotFound, ArtifactTooLarge (more than `max_bytes`), Unauthorized,
+        RegistryUnavailable.
+        """
+        run_id = str(self.get_version(name, version).get("run_id") or "")
+        what = f"artifact {path!r} of model {name!r} version {version}"
+        if not run_id:
+            raise RegistryError(
+                "ArtifactsUnavailable", f"{what}: the version was not logged by an MLflow run"
+            )
+        url = f"{self.tracking_uri}/get-artifact"
+        try:
+            with self._session.get(
+                url, params={"path": path, "run_uuid": run_id}, timeout=self._timeout,
+                stream=True, allow_redirects=False,
+            ) as response:
+                if response.status_code != 200:
+                    status = response.status_code
+                    text = read_bounded(response, 2000).decode("utf-8", "replace")
+                    self._artifact_error(status, text, f"{what} (run {run_id})")
+                data = read_bounded(response, max_bytes + 1)
+        except requests.RequestException as exc:
+            raise RegistryError(
+                "RegistryUnavailable", f"MLflow at {self.tracking_uri} unreachable: {exc}"
+            ) from exc
+        if len(data) > max_bytes:
+            raise RegistryError("ArtifactTooLarge", f"{what} is larger than {max_bytes} bytes")
+        return data
+
+    def _artifact_error(self, status: int, text: str, what: str) -> NoReturn:
+        if status in (401, 403):
+            raise RegistryError(
+                "Unauthorized", f"MLflow at {self.tracking_uri} refused the credentials"
+            )
+        if status == 404:
+            raise RegistryError("ArtifactNotFound", f"{what}: not found")
+        if status == 400:
+            raise RegistryError("InvalidRequest", f"{what}: {text.strip()[:300]}")
+        raise RegistryError("RegistryUnavailable", f"{what}: MLflow answered {status}")
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._post("registered-models/alias", {"name": name, "alias": alias, "version": version})
 
@@ -154,6 +199,16 @@ class Registry:
             "model-versions/set-tag",
             {"name": name, "version": version, "key": key, "value": value[:5000]},
         )
+
+
+def read_bounded(response: requests.Response, limit: int) -> bytes:
+    """At most `limit` bytes of a streamed response's (decoded) body."""
+    data = bytearray()
+    for chunk in response.iter_content(chunk_size=65536):
+        data += chunk
+        if len(data) >= limit:
+            return bytes(data[:limit])
+    return bytes(data)
 
 
 def _error_message(response: requests.Response) -> str:

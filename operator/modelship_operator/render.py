@@ -62,12 +62,19 @@ class RolloutState:
     retiring: tuple[Retiring, ...] = ()
     """Versions no longer served whose Deployments stay a while (routers learn of a
     retarget seconds after it is made, and keep sending requests meanwhile)."""
-    mirror: bool = False
-    """The shadow phase runs: the stable mirrors requests to the canary."""
     former_canary: str | None = None
     """While versions retire and no canary runs: the version of the rollout that just
     ended. Its canary Service (and canary Ingress, or HTTPRoute backend) stay, at weight
     0, so no router that still uses them finds them gone."""
+    header_routing: bool = False
+    """Send requests carrying spec.rollout.headerRouting's header and value to the canary,
+    whatever its weight (ingress and gateway modes; replica-split mode cannot). Set only
+    once the canary's pods are ready: no route ever leads to a canary that cannot answer.
+    Without spec.rollout.headerRouting it changes nothing."""
+    mirror: bool = False
+    """The shadow phase runs (set once the canary's pods are ready): via runtime, ConfigMap
+    NAME--shadow tells the stable's pods to mirror; via gateway, the HTTPRoute copies
+    every request of its weighted rule to the canary Service (a RequestMirror filter)."""
 
 
 _KINDS: list[tuple[str, str]] = [
@@ -119,6 +126,8 @@ def _finish(md: ModelDeployment, obj: dict[str, Any]) -> dict[str, Any]:
 
 CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
 CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
+CANARY_BY_HEADER_ANNOTATION = "nginx.ingress.kubernetes.io/canary-by-header"
+CANARY_BY_HEADER_VALUE_ANNOTATION = "nginx.ingress.kubernetes.io/canary-by-header-value"
 
 
 def _share(total: int, weight: int) -> int:
@@ -141,6 +150,14 @@ def _with_canary(
       split (coarse: a 10% step on 2 replicas is 1 of 3 pods). The stable side keeps
       all its replicas until the canary has weight, i.e. until its pods are ready.
     The canary's size (replicas or HPA bounds) follows its weight, at least one pod.
+
+    With `state.header_routing` and spec.rollout.headerRouting, requests whose header
+    equals the value reach the canary at any weight: ingress-nginx's canary-by-header
+    and canary-by-header-value annotations (other values of the header fall through to
+    the weight), or a first HTTPRoute rule matching the header exactly. Replica-split
+    mode has no router that reads headers, so nothing is rendered there. With
+    `state.mirror` and spec.rollout.shadow.via gateway, the HTTPRoute's weighted rule
+    mirrors every request to the canary Service.
     """
     assert state.canary_version is not None
     spec = md.spec
@@ -158,6 +175,9 @@ def _with_canary(
         )
     canary_service = naming.canary_service_name(name)
     split_by_replicas = spec.ingress is None and spec.gateway is None
+    by_header = spec.rollout.header_routing if state.header_routing else None
+    shadow = spec.rollout.shadow
+    mirror = state.mirror and shadow is not None and shadow.via == "gateway"
     canary_deployment = deployment.render(md, canary, settings)
     result: list[dict[str, Any]] = []
     for child in children:
@@ -178,6 +198,9 @@ def _with_canary(
             child = httproute.render(
                 md, spec.gateway,
                 backends=[(naming.service_name(name), 100 - weight), (canary_service, weight)],
+                header_route=(by_header.header, by_header.value, canary_service)
+                if by_header is not None else None,
+                mirror_to=canary_service if mirror else None,
             )
         result.append(child)
         if kind == "Deployment":
@@ -195,11 +218,14 @@ def _with_canary(
                 )
             )
         if kind == "Ingress" and spec.ingress is not None:
+            extra = {CANARY_ANNOTATION: "true", CANARY_WEIGHT_ANNOTATION: str(weight)}
+            if by_header is not None:
+                extra[CANARY_BY_HEADER_ANNOTATION] = by_header.header
+                extra[CANARY_BY_HEADER_VALUE_ANNOTATION] = by_header.value
             result.append(
                 ingress.render(
                     md, spec.ingress, name=canary_service, service=canary_service,
-                    extra_annotations={CANARY_ANNOTATION: "true",
-                                       CANARY_WEIGHT_ANNOTATION: str(weight)},
+                    extra_annotations=extra,
                 )
             )
     return result

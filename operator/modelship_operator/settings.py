@@ -7,10 +7,11 @@ has its default here, so a cluster's platform engineer sets it once.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_resources() -> dict[str, Any]:
@@ -96,6 +97,27 @@ class OperatorSettings(BaseSettings):
 
     metrics_address: str = "0.0.0.0"
     """Address the metrics endpoint listens on ("::" for every IPv6 and IPv4 address)."""
+
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts spec.rollout.webhooks URLs may name: patterns of host names or IP addresses,
+    ``*`` matching any run of characters (e.g. ``*.ml-tools.svc.cluster.local``,
+    ``hooks.example.com``), compared case-insensitively with the URL's host; a comma-
+    separated list or a JSON array in the environment. Empty (the default): any host.
+    A webhook URL is written by whoever may edit ModelDeployments in a namespace, and the
+    operator POSTs to it from inside the cluster with its own network reach: to cloud
+    metadata endpoints (169.254.169.254), the API server, or services no NetworkPolicy
+    lets that namespace reach (server-side request forgery). Set this on any cluster
+    whose namespaces are not all equally trusted. Redirects are never followed."""
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     standalone: bool = True
     """Run without kopf peering (one operator replica). False: peer through KopfPeering."""

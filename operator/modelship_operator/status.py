@@ -109,8 +109,27 @@ def serving(
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The top-level status keys whose value differs: an empty dict means write nothing."""
-    return {key: value for key, value in desired.items() if current.get(key) != value}
+    """The top-level status keys whose value differs: an empty dict means write nothing.
+
+    The patch is a JSON merge patch, which merges nested objects: a key that the desired
+    value no longer has (``status.canary.heldSince`` once a step passes) is sent as null,
+    so it is removed rather than kept from before.
+    """
+    return {
+        key: _removing(current.get(key), value)
+        for key, value in desired.items()
+        if current.get(key) != value
+    }
+
+
+def _removing(old: Any, new: Any) -> Any:
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    result = {k: _removing(old.get(k), v) for k, v in new.items()}
+    for k in old:
+        if k not in new:
+            result[k] = None
+    return result
 
 
 def children_owned(

@@ -14,7 +14,9 @@ whether a ModelDeployment is admitted, in the server's order:
 3. every ``x-kubernetes-validations`` rule is evaluated by the real CEL evaluator of
    ``cel-python``, with ``self`` bound to the node the rule sits on. A rule under a node
    that already failed the schema is not evaluated (its ``self`` would not be well
-   typed); the server reports such a manifest invalid either way.
+   typed); the server reports such a manifest invalid either way. Property names are
+   escaped as the server escapes them for CEL (``namespace`` is ``self.__namespace__``,
+   ``a-b`` is ``self.a__dash__b``); keys of maps (additionalProperties) are not.
 
 What it does not do: CEL cost estimation (crd_structural.py checks the CRD itself),
 ``oldSelf`` transition rules, formats, ``metadata`` beyond a name.
@@ -129,7 +131,7 @@ class CRDChecker:
         for entry in schema.get("x-kubernetes-validations", []):
             key = (spath, entry["rule"], json.dumps(value, sort_keys=True))
             if key not in self._verdicts:
-                self._verdicts[key] = _evaluate(self._programs[key[:2]], value)
+                self._verdicts[key] = _evaluate(self._programs[key[:2]], _cel_names(schema, value))
             problem = self._verdicts[key]
             if problem is not None:
                 problems.append(Problem(vpath, problem.message, problem.rule))
@@ -143,6 +145,39 @@ def defaulted(schema: dict[str, Any], value: Any) -> Any:
     result = copy.deepcopy(value)
     _prune_and_default(schema, result)
     return result
+
+
+# CEL's reserved words: a property so named is reached as __word__ (apiextensions' rule).
+_CEL_RESERVED = {
+    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for",
+    "function", "if", "import", "let", "loop", "package", "namespace", "return", "var",
+    "void", "while",
+}
+
+
+def _cel_name(name: str) -> str:
+    """A property name as CEL expressions in a CRD reach it."""
+    if name in _CEL_RESERVED:
+        return f"__{name}__"
+    return (name.replace("__", "__underscores__").replace(".", "__dot__")
+            .replace("-", "__dash__").replace("/", "__slash__"))
+
+
+def _cel_names(schema: dict[str, Any], value: Any) -> Any:
+    """`value` with the properties of `schema` (at every depth) under their CEL names."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out: dict[str, Any] = {}
+        for key, child in value.items():
+            if key in props:
+                out[_cel_name(key)] = _cel_names(props[key], child)
+            else:
+                out[key] = _cel_names(extra, child) if isinstance(extra, dict) else child
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_cel_names(schema["items"], item) for item in value]
+    return value
 
 
 def _evaluate(compiled: _Compiled, value: Any) -> Problem | None:

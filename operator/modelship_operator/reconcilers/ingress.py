@@ -1,6 +1,8 @@
 """The Ingress (networking.k8s.io/v1) ``NAME`` for spec.ingress: one Prefix path to the
-Service ``NAME``, TLS when spec.ingress.tlsSecret is set. The canary Ingress with
-ingress-nginx's canary annotations comes with issue 3 (`name` and `extra_annotations`).
+Service ``NAME``, TLS when spec.ingress.tlsSecret is set. Mid-rollout render also makes
+the canary Ingress ``NAME--canary`` through `name`, `service` and `extra_annotations`:
+ingress-nginx's canary annotations (weight, and canary-by-header / canary-by-header-value
+for header routing), which win over spec.ingress.annotations of the same key.
 """
 
 from __future__ import annotations
