@@ -327,7 +327,11 @@ def test_operator_reconciles_a_model_deployment(build: Callable[[str], Built],
                          if d["metadata"]["labels"].get("modelship.io/deployment") == "iris"),
                         None)
 
-        made = wait_for(deployment, timeout=120, what="the operator to create the Deployment")
+        try:
+            made = wait_for(deployment, timeout=120, what="the operator to create a Deployment")
+        except AssertionError as timed_out:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            raise AssertionError(f"{timed_out}\noperator log (end):\n{tail}") from None
         container = made["spec"]["template"]["spec"]["containers"][0]
         assert container["image"].endswith(f"modelship-runtime:{_version('runtime')}")
         live = httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=10)
