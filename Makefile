@@ -12,19 +12,22 @@ CHECKOV := $(VENV)/checkov/bin/checkov
 
 ## help: list these targets with what they do (also what a bare `make` does)
 help:
-	@echo "modelship: make TARGET (needs Python $$(sed -n 's/^requires-python = "\(.*\)"/\1/p' pyproject.toml))"
+	@echo "modelship: make TARGET (needs Python $$(sed -n 's/^requires-python = "\(.*\)"/\1/p' operator/pyproject.toml))"
 	@awk '/^## [a-z][a-z0-9-]*: / { if (t != "") printf "  %-16s %s\n", t, d; \
 	        t = $$2; sub(/:$$/, "", t); d = $$0; sub(/^## [a-z0-9-]+: /, "", d); next } \
 	      /^## / { if (t != "") { sub(/^## /, ""); d = d " " $$0 }; next } \
 	      { if (t != "") printf "  %-16s %s\n", t, d; t = "" } \
 	      END { if (t != "") printf "  %-16s %s\n", t, d }' $(firstword $(MAKEFILE_LIST))
 
-$(STAMP): pyproject.toml
+# The two distributions (operator/, runtime/) editable, and the dev group of pyproject.toml.
+# `modelship` was the single distribution before the split (and is another project's on PyPI).
+$(STAMP): pyproject.toml operator/pyproject.toml runtime/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and \
 	  f"modelship needs Python >= 3.11; $(PYTHON) is {sys.version.split()[0]} (make PYTHON=python3.11 ...)")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/pip uninstall --quiet --yes modelship
+	$(BIN)/pip install --quiet -e ./operator -e ./runtime --group dev
 	touch $(STAMP)
 
 $(CHECKOV):
@@ -81,12 +84,13 @@ bench-operator: $(STAMP)
 sync: $(STAMP)
 	$(BIN)/python scripts/sync_generated.py
 
-## locks: regenerate the images' hash-locked dependencies from pyproject.toml (needs PyPI)
+## locks: regenerate the images' hash-locked dependencies from operator/pyproject.toml and
+## runtime/pyproject.toml (needs PyPI)
 locks: $(STAMP)
 	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url \
-	  --no-emit-find-links --extra runtime -o requirements/runtime.lock pyproject.toml
+	  --no-emit-find-links -o requirements/runtime.lock runtime/pyproject.toml
 	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url \
-	  --no-emit-find-links --extra operator -o requirements/operator.lock pyproject.toml
+	  --no-emit-find-links -o requirements/operator.lock operator/pyproject.toml
 	cd requirements && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --no-emit-index-url --no-emit-find-links -o build.lock build.in
 

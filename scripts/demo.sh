@@ -27,7 +27,7 @@ CLUSTER="${CLUSTER:-modelship-demo}"
 export DEMO_HTTP_PORT="${DEMO_HTTP_PORT:-8080}"
 export DEMO_HTTPS_PORT="${DEMO_HTTPS_PORT:-8443}"
 INGRESS_NGINX_VERSION="${INGRESS_NGINX_VERSION:-controller-v1.12.1}"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' operator/pyproject.toml)"
 DEMO_RATE="${DEMO_RATE:-20}"
 DEMO_ROLLOUT_TIMEOUT="${DEMO_ROLLOUT_TIMEOUT:-900}"
 DEMO_POLL_SECONDS="${DEMO_POLL_SECONDS:-10}"
@@ -127,13 +127,15 @@ if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 fi
 kubectl config use-context "kind-$CLUSTER" >/dev/null
 
-say "images modelship-operator:$VERSION and modelship-runtime:$VERSION"
+# The names the chart and the operator default to, so kind's copies are the ones used.
+REGISTRY=ghcr.io/modelship
+say "images $REGISTRY/modelship-operator:$VERSION and $REGISTRY/modelship-runtime:$VERSION"
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 for image in operator runtime; do
-  docker build -q -f "Dockerfile.$image" -t "modelship-$image:$VERSION" \
+  docker build -q -f "Dockerfile.$image" -t "$REGISTRY/modelship-$image:$VERSION" \
     --build-arg VERSION="$VERSION" --build-arg REVISION="$revision" --build-arg CREATED="$created" .
-  kind load docker-image --name "$CLUSTER" "modelship-$image:$VERSION"
+  kind load docker-image --name "$CLUSTER" "$REGISTRY/modelship-$image:$VERSION"
 done
 
 say "ingress-nginx ($INGRESS_NGINX_VERSION)"

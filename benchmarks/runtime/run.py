@@ -50,12 +50,12 @@ SCENARIOS: dict[str, tuple[int, int]] = {
 #: venv name -> packages, as a user would install each server
 VENV_PACKAGES: dict[str, list[str]] = {
     # editable, so the benchmark always serves the runtime as it is in the work tree
-    "modelship": ["-e", f"{REPO}[runtime]"],
+    "modelship": ["-e", f"{REPO}/runtime"],
     "mlserver": ["mlserver==1.7.*", "mlserver-sklearn==1.7.*", "uvloop<0.22"],
     "kserve": ["kserve", "scikit-learn", "joblib"],
     "bare": ["fastapi", "uvicorn[standard]", "scikit-learn", "joblib"],
     # for the installed-size comparison only
-    "size-runtime": [f"{REPO}[runtime]"],
+    "size-runtime": [f"{REPO}/runtime"],
     "size-bare": ["fastapi", "uvicorn", "scikit-learn"],
 }
 SIZE_LABELS = {
@@ -64,7 +64,7 @@ SIZE_LABELS = {
     "mlserver": "mlserver+mlserver-sklearn",
     "kserve": "kserve+scikit-learn",
 }
-VERSIONED = ["modelship", "mlserver", "mlserver-sklearn", "kserve", "fastapi", "uvicorn"]
+VERSIONED = ["modelship-runtime", "mlserver", "mlserver-sklearn", "kserve", "fastapi", "uvicorn"]
 VERSIONED += ["scikit-learn", "numpy", "skops", "pandas"]
 _NOT_SHIPPED = ("pip", "setuptools", "_distutils_hack", "wheel", "pkg_resources", "distutils-")
 

@@ -37,6 +37,8 @@ from modelship_operator import __version__, api
 from modelship_operator.render import RenderError, RolloutState, render
 from modelship_operator.settings import OperatorSettings
 
+#: The distribution on PyPI that ships this package (operator/pyproject.toml).
+DISTRIBUTION = "modelship-operator"
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -49,7 +51,7 @@ def version_string() -> str:
     from importlib import metadata
 
     try:
-        version = metadata.version("modelship")
+        version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = __version__
     return f"modelship {version}"

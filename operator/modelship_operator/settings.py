@@ -23,7 +23,7 @@ class OperatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELSHIP_OPERATOR_", extra="ignore")
 
-    runtime_image: str = "modelship-runtime:0.1.0"
+    runtime_image: str = "ghcr.io/modelship/modelship-runtime:0.1.0"
     """Runtime image for ModelDeployments that set no spec.runtime.image."""
 
     default_tracking_uri: str | None = None

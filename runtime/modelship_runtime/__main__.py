@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelship_runtime")
 
 PROG = "modelship-runtime"
+#: The distribution on PyPI that ships this package (runtime/pyproject.toml).
+DISTRIBUTION = "modelship-runtime"
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_START = 3  # uvicorn's own code when it cannot bind or start the app
@@ -68,7 +70,7 @@ def version_string() -> str:
     from importlib import metadata
 
     try:
-        version = metadata.version("modelship")
+        version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = __version__
     try:

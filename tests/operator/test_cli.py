@@ -253,8 +253,8 @@ def test_version_comes_from_the_installed_distribution() -> None:
 
     result = run("--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"modelship {version('modelship')}\n"
-    assert version("modelship") == modelship_operator.__version__
+    assert result.stdout == f"modelship {version('modelship-operator')}\n"
+    assert version("modelship-operator") == modelship_operator.__version__
 
 
 def test_version_without_distribution_metadata_falls_back_to_the_package(

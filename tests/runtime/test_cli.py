@@ -212,9 +212,9 @@ def test_version_comes_from_the_installed_distribution(sandbox: Sandbox) -> None
 
     r = run("--version", box=sandbox)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (f"modelship-runtime {version('modelship')} (scikit-learn "
+    assert r.stdout == (f"modelship-runtime {version('modelship-runtime')} (scikit-learn "
                         f"{version('scikit-learn')}, Python {platform.python_version()})\n")
-    assert version("modelship") == modelship_runtime.__version__
+    assert version("modelship-runtime") == modelship_runtime.__version__
 
 
 def test_version_without_distribution_metadata_falls_back_to_the_package(
