@@ -64,6 +64,11 @@ def _volume(volume: dict[str, Any], where: Path, secrets: dict[str, dict[str, st
     if "emptyDir" in volume:
         where.mkdir(parents=True)
         return
+    if set(volume) == {"name", "configMap"} and volume["configMap"].get("optional"):
+        # No ConfigMap is made here (the operator makes NAME--shadow during a rollout):
+        # an optional one that does not exist is an empty directory, as the kubelet mounts.
+        where.mkdir(parents=True)
+        return
     if set(volume) != {"name", "secret"}:
         raise NotImplementedError(f"volume {volume}")
     spec = volume["secret"]
