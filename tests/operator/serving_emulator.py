@@ -237,7 +237,7 @@ class Pods:
         ingresses = {i["metadata"]["name"]: i for i in self.cluster.objects("ingresses", self.ns)}
         main = ingresses.get(self.service)
         if main is not None:
-            canary = ingresses.get(f"{self.service}-canary")
+            canary = ingresses.get(f"{self.service}--canary")
             notes = ((canary or {}).get("metadata") or {}).get("annotations") or {}
             if canary is not None and notes.get(CANARY_ANNOTATION) == "true":
                 ingress = (_backend(main), _backend(canary), int(notes.get(WEIGHT_ANNOTATION, 0)))

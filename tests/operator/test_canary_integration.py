@@ -570,7 +570,7 @@ def test_never_ready_canary_rolls_back_at_its_deadline(
     (event,) = events(cluster, "ProgressDeadlineExceeded")
     assert event["type"] == "Warning"
     assert events(cluster, "CanaryWeight") == []  # it never had a single request
-    assert names(cluster, "deployments") == ["iris-v1"]
+    wait_for(lambda: names(cluster, "deployments") == ["iris-v1"], what="iris-v2 retired")
     op.stop()
     assert "Traceback" not in op.output()
 
@@ -656,10 +656,10 @@ def test_iris_and_iris_canary_side_by_side_never_touch_each_other(
             "ownerReferences"][0]["uid"] == iris_uid
         assert (cluster.get("services", NS, "iris-canary") or {})["metadata"][
             "ownerReferences"][0]["uid"] == other_uid
-        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=40, what="weight 100")
+        wait_for(lambda: canary(cluster).get("weight") == 100, timeout=120, what="weight 100")
         cluster.mark_ready(NS, "iris-v2", 2)
         done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
-                        timeout=30, what="promotion")
+                        timeout=120, what="promotion")
     finally:
         load.stop()
     assert done["lastRollout"]["outcome"] == "Promoted"
@@ -673,6 +673,9 @@ def test_iris_and_iris_canary_side_by_side_never_touch_each_other(
     assert after["phase"] == "Ready" and after["stable"]["version"] == "1"
     assert condition(after, "Ready") == condition(settled, "Ready")  # no transition since
     assert condition(after, "ChildrenOwned") == {}
+    # The promoted-away version and the canary routing retire a moment later.
+    wait_for(lambda: "iris-v1" not in names(cluster, "deployments")
+             and cluster.get("services", NS, "iris--canary") is None, what="retirement")
     for (plural, name), uid in other_children.items():
         obj = cluster.get(plural, NS, name) or {}
         assert obj.get("metadata", {}).get("uid") == uid, f"{plural}/{name} was replaced"

@@ -225,7 +225,7 @@ def test_a_restarted_operator_still_retires_on_time(
     assert time.time() >= since + 8
     wait_for(lambda: "retiring" not in status(cluster), what="status.retiring cleared")
     assert [d["metadata"]["name"] for d in cluster.objects("deployments", NS)] == ["iris-v2"]
-    assert cluster.get("services", NS, "iris-canary") is None
+    assert cluster.get("services", NS, "iris--canary") is None
     deleted = [p for m, p, _, agent in cluster.requests()[mark:]
                if m == "DELETE" and p.endswith("/deployments/iris-v1") and agent != "test-user"]
     assert len(deleted) == 1  # by the second operator

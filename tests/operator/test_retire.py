@@ -173,23 +173,23 @@ def test_retiring_deployment_stays_as_it_is_and_traffic_stays_off_it(
     iris = objs[("Service", "iris")]["spec"]["selector"]
     assert iris["modelship.io/model-version"] == stable
     # The former canary's routing stays, at weight 0, selecting what it selected.
-    canary = objs[("Service", "iris-canary")]["spec"]["selector"]
+    canary = objs[("Service", "iris--canary")]["spec"]["selector"]
     assert canary["modelship.io/model-version"] == "4"
     if routing == "ingress":
-        annotations = objs[("Ingress", "iris-canary")]["metadata"]["annotations"]
+        annotations = objs[("Ingress", "iris--canary")]["metadata"]["annotations"]
         assert annotations["nginx.ingress.kubernetes.io/canary-weight"] == "0"
         assert objs[("Ingress", "iris")]["spec"] == rendered(routing, RolloutState(stable))[
             ("Ingress", "iris")]["spec"]
     if routing == "gateway":
         refs = objs[("HTTPRoute", "iris")]["spec"]["rules"][0]["backendRefs"]
-        assert [(r["name"], r["weight"]) for r in refs] == [("iris", 100), ("iris-canary", 0)]
+        assert [(r["name"], r["weight"]) for r in refs] == [("iris", 100), ("iris--canary", 0)]
 
 
 @pytest.mark.parametrize("routing", list(ROUTING))
 def test_once_retired_nothing_of_it_is_left(routing: str) -> None:
     final = rendered(routing, RolloutState("4"))
     assert set(final) == set(rendered(routing, PROMOTED)) - {
-        ("Deployment", "iris-v3"), ("Service", "iris-canary"), ("Ingress", "iris-canary")}
+        ("Deployment", "iris-v3"), ("Service", "iris--canary"), ("Ingress", "iris--canary")}
     if routing == "gateway":
         assert [r["name"] for r in final[("HTTPRoute", "iris")]["spec"]["rules"][0][
             "backendRefs"]] == ["iris"]
@@ -201,8 +201,8 @@ def test_a_new_canary_during_retirement_owns_the_canary_routing() -> None:
     objs = rendered("ingress", state)
     assert {k[1] for k in objs if k[0] == "Deployment"} == {"iris-v3", "iris-v4", "iris-v5"}
     services = [k for k in objs if k[0] == "Service"]
-    assert sorted(services) == [("Service", "iris"), ("Service", "iris-canary")]
-    assert objs[("Service", "iris-canary")]["spec"]["selector"][
+    assert sorted(services) == [("Service", "iris"), ("Service", "iris--canary")]
+    assert objs[("Service", "iris--canary")]["spec"]["selector"][
         "modelship.io/model-version"] == "5"
     # A retiring entry naming a served version renders it once, as served.
     again = RolloutState("4", retiring=(Retiring("4", 1),))
