@@ -325,3 +325,43 @@ def test_a_candidate_failing_the_golden_set_never_receives_traffic(
     assert 1 <= after[0] - before[0] <= 2  # the golden set's batch (or two): nothing else
     op.stop()
     assert "Traceback" not in op.output()
+
+
+def test_webhooks_hear_the_rollout_and_a_refused_confirmation_holds_the_promotion(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer, pods: dict[str, Any],
+) -> None:
+    """A confirm-promotion hook that refuses (403) holds the last step, saying so; once it
+    answers 2xx the canary is promoted. An event hook hears the start and the promotion."""
+    from hook_server import hook_server
+
+    runtimes = pods["runtimes"]
+    with hook_server() as hooks:
+        hooks.answer("/gate", 403, 403, 403)
+        spec = manifest(STABLE, steps=[100], webhooks=[
+            {"name": "chat", "type": "event", "url": f"{hooks.url}/events"},
+            {"name": "gate", "type": "confirm-promotion", "url": f"{hooks.url}/gate"},
+        ])
+        del spec["spec"]["rollout"]["shadow"]
+        op = operator(MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS="0.5",
+                      MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI=mlflow.uri)
+        with Clients(runtimes[SAME]):  # the canary's traffic at 100%
+            serve(cluster, pods, spec, SAME)
+            held = wait_for(lambda: (c := canary(cluster)).get("heldSince") and c,
+                            timeout=120, what="the promotion held")
+            assert "promotion not confirmed" in str(held["lastAnalysis"]["gates"]) or any(
+                "promotion not confirmed" in e["message"]
+                for e in events(cluster, "AnalysisInconclusive"))
+            done = wait_for(lambda: (s := status(cluster)).get("lastRollout") and s,
+                            timeout=120, what="promotion once confirmed")
+        assert done["lastRollout"]["outcome"] == "Promoted"
+        gate = hooks.hits("/gate")
+        assert len(gate) >= 4  # three refusals, then the 2xx that let it through
+        assert gate[0].body["event"] == "ConfirmPromotion" and gate[0].body["canary"] == SAME
+        (inconclusive,) = events(cluster, "AnalysisInconclusive")
+        assert "promotion not confirmed" in inconclusive["message"]
+        wait_for(lambda: {"RolloutStarted", "Promoted"} <= {
+            h.body["event"] for h in hooks.hits("/events")}, what="the event hook's calls")
+        promoted = next(h.body for h in hooks.hits("/events") if h.body["event"] == "Promoted")
+        assert promoted["name"] == "iris" and promoted["canary"] == SAME
+    op.stop()
+    assert "Traceback" not in op.output()
