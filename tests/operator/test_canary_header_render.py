@@ -180,11 +180,21 @@ def test_gateway_mirror_and_header_routing_together() -> None:
 def test_mirror_flag_renders_nothing_unless_shadow_is_via_gateway(
     routing: str, shadow: dict[str, Any] | None
 ) -> None:
+    """No routing object changes; with a shadow via runtime only ConfigMap NAME--shadow
+    does (the stable's pods mirror, tests/operator/test_render.py)."""
     extra = {"shadow": shadow} if shadow else {}
     plain = render(make(spec(routing, **extra)), RolloutState("3", "4", 0), SETTINGS)
     flagged = render(make(spec(routing, **extra)), RolloutState("3", "4", 0, mirror=True),
                      SETTINGS)
-    assert flagged == plain
+
+    def routing_objects(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [o for o in objs if o["kind"] != "ConfigMap"]
+
+    assert routing_objects(flagged) == routing_objects(plain)
+    configs = [(a, b) for a, b in zip(plain, flagged, strict=True) if a["kind"] == "ConfigMap"]
+    runtime_shadow = bool(shadow) and shadow.get("via", "runtime") == "runtime"
+    assert bool(configs) == runtime_shadow
+    assert all(a["data"] != b["data"] for a, b in configs)
 
 
 def test_no_mirror_until_the_flag_is_set() -> None:
