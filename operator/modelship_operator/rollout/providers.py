@@ -142,6 +142,22 @@ DEFAULT_QUERIES = {
         'http_request_duration_seconds_bucket{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
         'route=~"' + PREDICT_ROUTES + '"}[$window]))'
     ),
+    "agree": (
+        'sum(increase(model_shadow_agreement_total{namespace="$namespace",'
+        'pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",result="agree"}[$window]))'
+    ),
+    "disagree": (
+        'sum(increase(model_shadow_agreement_total{namespace="$namespace",'
+        'pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",result="disagree"}[$window]))'
+    ),
+    "absDiffSum": (
+        'sum(increase(model_shadow_abs_diff_sum{namespace="$namespace",'
+        'pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"}[$window]))'
+    ),
+    "absDiffCount": (
+        'sum(increase(model_shadow_abs_diff_count{namespace="$namespace",'
+        'pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"}[$window]))'
+    ),
     "classes": (
         "sum by (class) (increase(model_predicted_class_total"
         '{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"}[$window]))'
@@ -254,6 +270,12 @@ class PrometheusProvider:
         if spec.max_prediction_shift is not None:
             canary_snap.classes = self.classes(canary, window_seconds)
             stable_snap.classes = self.classes(stable, window_seconds)
+        if spec.min_agreement is not None:  # shadow phase, classifiers
+            canary_snap.agree = scalar(DEFAULT_QUERIES["agree"], canary) or 0.0
+            canary_snap.disagree = scalar(DEFAULT_QUERIES["disagree"], canary) or 0.0
+        if spec.max_mean_abs_diff is not None:  # shadow phase, regressors
+            canary_snap.abs_diff_sum = scalar(DEFAULT_QUERIES["absDiffSum"], canary) or 0.0
+            canary_snap.abs_diff_count = scalar(DEFAULT_QUERIES["absDiffCount"], canary) or 0.0
         return Window(
             canary=canary_snap,
             stable=stable_snap,
