@@ -121,6 +121,14 @@ def _queries() -> dict[str, str]:
             assert inner, variable["definition"]
             queries[f"variable {variable['name']}"] = f"{inner.group(1)} by ({inner.group(2)})"
     assert yaml  # the alerts are read from the template, with thresholds filled in
+    # The canary analysis's own PromQL (provider prometheus), its placeholders filled in.
+    from modelship_operator.rollout.providers import DEFAULT_QUERIES
+
+    for name, template in DEFAULT_QUERIES.items():
+        queries[f"analysis {name}"] = (
+            template.replace("$namespace", "ml").replace("$deployment", "iris-v1")
+            .replace("$window", "60000ms")
+        )
     return queries
 
 
