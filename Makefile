@@ -57,7 +57,7 @@ system-deps:
 
 ## test: run the whole test suite
 test: setup
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile $(PYTEST_ARGS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)

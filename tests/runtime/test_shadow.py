@@ -68,7 +68,7 @@ class Pod:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = logs / f"{name}.log"
         self.model_dir = model_dir
-        self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING",
+        self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING", "MODELSHIP_DRAIN_SECONDS": "0",
                     "MODELSHIP_MODEL_NAME": NAME, "MODELSHIP_MODEL_VERSION": version, **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
