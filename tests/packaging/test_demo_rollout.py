@@ -249,7 +249,9 @@ def make_demo(cluster: FakeCluster, runtime: Runtime, timeout: int) -> subproces
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
-    env = {**os.environ, "KUBECTL": str(cluster.kubectl), "DEMO_HTTP_PORT": str(runtime.port),
+    # As a user types it: not as a sub-make of `make test` (make[1], inherited flags).
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env = {**outer, "KUBECTL": str(cluster.kubectl), "DEMO_HTTP_PORT": str(runtime.port),
            "DEMO_ROLLOUT_TIMEOUT": str(timeout), "DEMO_POLL_SECONDS": "0.2"}
     return subprocess.Popen([make, "--no-print-directory", "demo", "DEMO_ARGS=rollout"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
