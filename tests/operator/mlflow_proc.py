@@ -7,6 +7,7 @@ keep pointing at it), stopped by its own process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,6 +67,10 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)
+        # MLflow's job consumers (huey) outlive the server on SIGTERM: end the rest of
+        # the group, so no test run leaves busy processes behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     def client(self) -> Any:
         with warnings.catch_warnings():
