@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
     p.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up per run")
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="MODELSHIP_SHADOW_FRACTION of the `on` server (share mirrored)")
     args = p.parse_args(argv)
     if not RUNTIME.exists():
         raise SystemExit(f"{RUNTIME} is missing (make setup)")
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                              MODELSHIP_MODEL_VERSION="1")
         servers.append(off)
         on, on_url = start("on", model.mlflow_dir, workdir, first, "0",
-                           MODELSHIP_MODEL_VERSION="1", MODELSHIP_SHADOW_URL=canary_url)
+                           MODELSHIP_MODEL_VERSION="1", MODELSHIP_SHADOW_URL=canary_url,
+                           MODELSHIP_SHADOW_FRACTION=str(args.fraction))
         servers.append(on)
         urls = {"off": off_url, "on": on_url}
         pids = {"off": off.pid, "on": on.pid}
@@ -220,7 +223,8 @@ def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> list[dict[str
 
 def render(summary: list[dict[str, Any]], args: argparse.Namespace, load: float) -> str:
     lines = [
-        f"shadow off vs on, model {args.model}, {args.rounds} rounds x {args.duration} s "
+        f"shadow off vs on (fraction {args.fraction:g}), model {args.model}, "
+        f"{args.rounds} rounds x {args.duration} s "
         f"(load average at the end: {load:.1f})",
         "",
         "| scenario | off req/s | on req/s | req/s on/off | off p50 ms | on p50 ms | p50 on/off "
