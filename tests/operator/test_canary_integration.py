@@ -259,9 +259,10 @@ def test_healthy_canary_walks_every_step_and_is_promoted(
                      what="Ready on version 2")
     assert condition(final, "Ready")["status"] == "True"
     # Version 1's Deployment outlives the retarget a while (routers catch up), then goes.
-    wait_for(lambda: names(cluster, "deployments") == ["iris-v2"], what="iris-v1 retired")
-    assert names(cluster, "services") == ["iris"]
-    assert names(cluster, "ingresses") == ["iris"]
+    # (The retiring objects go in one pass, one DELETE after another: wait for all.)
+    wait_for(lambda: names(cluster, "deployments") == ["iris-v2"]
+             and names(cluster, "services") == ["iris"]
+             and names(cluster, "ingresses") == ["iris"], what="iris-v1 and the canary retired")
     service = cluster.get("services", NS, "iris") or {}
     assert service["spec"]["selector"]["modelship.io/model-version"] == "2"
 
@@ -325,9 +326,9 @@ def test_bad_canary_is_rolled_back_and_stable_never_touched(
     assert figure in stalled["message"]
     # The canary's objects are gone (a while after its weight went to 0); 100% is back
     # on version 1.
-    wait_for(lambda: names(cluster, "deployments") == ["iris-v1"], what="canary retired")
-    assert names(cluster, "services") == ["iris"]
-    assert names(cluster, "ingresses") == ["iris"]
+    wait_for(lambda: names(cluster, "deployments") == ["iris-v1"]
+             and names(cluster, "services") == ["iris"]
+             and names(cluster, "ingresses") == ["iris"], what="canary retired")
     (rolled_back,) = events(cluster, "RolledBack")
     assert rolled_back["type"] == "Warning"
     assert figure in rolled_back["message"] and "100% back to version 1" in rolled_back["message"]
@@ -460,8 +461,8 @@ def test_pause_holds_the_weight_and_abort_rolls_back(
     assert done["lastRollout"]["version"] == "2"
     assert "modelship.io/abort annotation" in done["lastRollout"]["reason"]
     assert done["stable"]["version"] == "1" and "canary" not in done
-    wait_for(lambda: names(cluster, "deployments") == ["iris-v1"], what="canary retired")
-    assert names(cluster, "ingresses") == ["iris"]
+    wait_for(lambda: names(cluster, "deployments") == ["iris-v1"]
+             and names(cluster, "ingresses") == ["iris"], what="canary retired")
     op.stop()
     assert "Traceback" not in op.output()
 
