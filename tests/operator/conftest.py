@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from kube_emulator import OPERATOR_AGENT, Cluster
+from mlflow_proc import MlflowServer
 from modelship_operator import rbac
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,3 +118,13 @@ def _free_port() -> int:
 
 
 __all__ = ["OPERATOR_AGENT", "Operator"]
+
+
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` for one test module (a module may override it)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -426,6 +426,24 @@ class Cluster:
             "application/merge-patch+json",
         )
 
+    def publish_endpoint(self, namespace: str, service: str, deployment: str, port: int) -> None:
+        """Play the EndpointSlice controller: one ready pod of `deployment` behind `service`,
+        on 127.0.0.1:`port`, its name as a ReplicaSet gives it."""
+        self.http("POST", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices", {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": f"{service}-x7k2p", "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["127.0.0.1"],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "namespace": namespace,
+                              "name": f"{deployment}-6d4f9c7b8-abc12"},
+            }],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        })
+
     def mark_ready(self, namespace: str, name: str, replicas: int) -> None:
         """Play the kubelet and the Deployment controller: report ready pods."""
         self.http(

@@ -44,15 +44,6 @@ pytestmark = pytest.mark.skipif(
 # --- real parts shared by the module ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def register(server: MlflowServer, estimators: list[Any]) -> None:
     """Versions 1, 2, ... of MODEL, in order (cloudpickle keeps the flaky step by value)."""
     with warnings.catch_warnings():
@@ -112,23 +103,6 @@ def manifest(version: str, **analysis: Any) -> dict[str, Any]:
             "rollout": rollout,
         },
     }
-
-
-def endpoint_slice(cluster: Cluster, service: str, deployment: str, pod: Runtime) -> None:
-    """What the EndpointSlice controller would publish for one ready pod of `deployment`."""
-    cluster.http("POST", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": f"{service}-x7k2p", "namespace": NS,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": [{
-            "addresses": ["127.0.0.1"],
-            "conditions": {"ready": True},
-            "targetRef": {"kind": "Pod", "namespace": NS, "name": f"{deployment}-6d4f9c7b8-abc12"},
-        }],
-        "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
-    })
 
 
 def status(cluster: Cluster) -> dict[str, Any]:
@@ -197,12 +171,12 @@ def serve_stable(cluster: Cluster, pods: dict[str, Runtime], spec: dict[str, Any
     wait_for(lambda: "iris-v1" in names(cluster, "deployments"), what="iris-v1")
     cluster.mark_ready(NS, "iris-v1", 2)
     wait_for(lambda: status(cluster).get("phase") == "Ready", what="version 1 Ready")
-    endpoint_slice(cluster, "iris", "iris-v1", pods[GOOD])
+    cluster.publish_endpoint(NS, "iris", "iris-v1", pods[GOOD].port)
 
 
 def start_canary(cluster: Cluster, pods: dict[str, Runtime], version: str) -> int:
     """Point spec at `version`; returns the request index the rollout starts at."""
-    endpoint_slice(cluster, "iris--canary", f"iris-v{version}", pods[version])
+    cluster.publish_endpoint(NS, "iris--canary", f"iris-v{version}", pods[version].port)
     mark = len(cluster.requests())
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": version}}})
     wait_for(lambda: f"iris-v{version}" in names(cluster, "deployments"),
@@ -617,7 +591,7 @@ def test_iris_and_iris_canary_side_by_side_never_touch_each_other(
     other_uid = cluster.create_md(other)["metadata"]["uid"]
     wait_for(lambda: "iris-canary-v1" in names(cluster, "deployments"), what="iris-canary-v1")
     cluster.mark_ready(NS, "iris-canary-v1", 2)
-    endpoint_slice(cluster, "iris-canary", "iris-canary-v1", pods[GOOD])
+    cluster.publish_endpoint(NS, "iris-canary", "iris-canary-v1", pods[GOOD].port)
     serve_stable(cluster, pods, manifest(GOOD))
     iris_uid = (cluster.get("modeldeployments", NS, "iris") or {})["metadata"]["uid"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,6 @@ SECRET_TOKEN = "tok-5f1c9e0a7b-never-printed"
 pytestmark = pytest.mark.skipif(
     not (BIN / "mlflow").exists(), reason="the mlflow CLI is missing (make setup installs it)"
 )
-
-
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def registry_env(server: MlflowServer) -> dict[str, str]:

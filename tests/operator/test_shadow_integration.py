@@ -37,15 +37,6 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def pods(
     mlflow: MlflowServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
@@ -142,22 +133,6 @@ def manifest(version: str, **rollout: Any) -> dict[str, Any]:
     }
 
 
-def endpoint_slice(cluster: Cluster, service: str, deployment: str, pod: Runtime) -> None:
-    cluster.http("POST", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": f"{service}-x7k2p", "namespace": NS,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": [{
-            "addresses": ["127.0.0.1"], "conditions": {"ready": True},
-            "targetRef": {"kind": "Pod", "namespace": NS,
-                          "name": f"{deployment}-6d4f9c7b8-abc12"},
-        }],
-        "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
-    })
-
-
 def status(cluster: Cluster) -> dict[str, Any]:
     return dict((cluster.get("modeldeployments", NS, "iris") or {}).get("status") or {})
 
@@ -213,8 +188,8 @@ def serve(cluster: Cluster, pods: dict[str, Any], spec: dict[str, Any], version:
     wait_for(lambda: cluster.get("deployments", NS, "iris-v1") is not None, what="iris-v1")
     cluster.mark_ready(NS, "iris-v1", 1)
     wait_for(lambda: status(cluster).get("phase") == "Ready", what="version 1 Ready")
-    endpoint_slice(cluster, "iris", "iris-v1", runtimes[STABLE])
-    endpoint_slice(cluster, "iris--canary", f"iris-v{version}", runtimes[version])
+    cluster.publish_endpoint(NS, "iris", "iris-v1", runtimes[STABLE].port)
+    cluster.publish_endpoint(NS, "iris--canary", f"iris-v{version}", runtimes[version].port)
     cluster.patch_md(NS, "iris", {"spec": {"model": {"version": version}}})
     wait_for(lambda: cluster.get("deployments", NS, f"iris-v{version}") is not None,
              what=f"canary Deployment iris-v{version}")
