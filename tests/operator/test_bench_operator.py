@@ -45,7 +45,8 @@ def test_short_benchmark_brings_every_modeldeployment_to_ready() -> None:
     figures: dict[str, Any] = json.loads(result.stdout)
     assert figures["modeldeployments"] == figures["ready"] == COUNT
     assert 0 < figures["wall_seconds"] < 300
-    assert figures["per_second"] == round(COUNT / figures["wall_seconds"], 1)
+    # both are rounded from the same unrounded wall time: equal within that rounding
+    assert figures["per_second"] == pytest.approx(COUNT / figures["wall_seconds"], abs=0.15)
     # Every ModelDeployment had its six children applied and its status written.
     by_kind = figures["create_requests_per_md_by_kind"]
     for kind in CHILD_KINDS:
