@@ -119,6 +119,10 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     async def health() -> Response:
         return await ping()
 
+    @router.get("/version", tags=["mlflow"], summary="Server version (plain text)")
+    async def version() -> Response:
+        return Response(__version__, media_type="text/plain")
+
     @router.get("/v2", tags=["v2"], summary="V2 server metadata")
     async def v2_server() -> dict[str, Any]:
         return {"name": "modelship-runtime", "version": __version__, "extensions": []}
