@@ -10,7 +10,8 @@ returned (``predict`` or ``predict_proba``); ``"params": {"method": "predict_pro
 asks for probabilities per request.
 
 Everything is parsed without pandas: JSON by orjson, CSV by the standard library's
-``csv`` module, each row checked as the other protocols check theirs. Named columns are
+``csv`` module, each row checked as the other protocols check theirs. Like the other
+routes, a body declared as neither is read as JSON (``curl -d`` declares a form). Named columns are
 matched to the model's input names (the MLmodel signature's, else the estimator's
 ``feature_names_in_``) and put in the model's order; a model without input names takes
 columns by position, as scikit-learn does with an unnamed DataFrame.
@@ -26,7 +27,7 @@ import numpy as np
 import orjson
 
 from .dataplane import Validator, _type_name, loads
-from .errors import BadRequest, ModelshipError, UnsupportedMediaType
+from .errors import BadRequest, ModelshipError, NotJSON, UnsupportedMediaType
 from .model import ModelInfo, Prediction
 from .protocols import named_rows, unknown_or_missing, wants_proba
 
@@ -64,10 +65,14 @@ def parse(raw: bytes, content_type: bytes | None, v: Validator, info: ModelInfo
     if mime == b"text/csv":
         _check_predict_fn(info)
         return csv_rows(raw, v, info), default_proba(info)
-    if mime and mime != b"application/json" and not mime.endswith(b"+json"):
-        raise UnsupportedMediaType(f"Content-Type {mime.decode('latin-1')} is not supported: "
-                                   "send application/json or text/csv")
-    body = loads(raw)
+    try:
+        body = loads(raw)
+    except NotJSON as exc:
+        if mime and mime != b"application/json" and not mime.endswith(b"+json"):
+            raise UnsupportedMediaType(f"the body is sent as {mime.decode('latin-1')} and is "
+                                       f"not JSON ({exc.message}): send application/json or "
+                                       "text/csv") from None
+        raise
     if not isinstance(body, dict):
         raise BadRequest(f"{_REQUIRED}; got {_type_name(body)}")
     present = [k for k in FORMATS if k in body]
