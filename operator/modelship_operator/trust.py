@@ -17,6 +17,7 @@ any text the operator writes (status, Events, logs), in case one got through.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -35,6 +36,27 @@ def redact(text: str) -> str:
     """`text` with the user information of every URL in it (``user:password@``) replaced
     by ``***@``."""
     return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A log filter that passes every record with :func:`redact` applied to its message.
+
+    kopf logs whole objects at debug level (``--verbose``), a URI with a password in an
+    object stored before the CRD refused it included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logs(logger: logging.Logger | None = None) -> None:
+    """Put a :class:`RedactingFilter` on every handler of `logger` (default: the root)."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def tracking_uri(md: api.ModelDeployment, settings: OperatorSettings) -> str | None:
