@@ -57,7 +57,7 @@ class OperatorSettings(BaseSettings):
     /tmp) when spec.runtime.modelStorage.sizeLimit is unset; a pod that writes more is
     evicted by the kubelet instead of filling the node's disk."""
 
-    operator_namespace: str = Field(default="", validate_default=True)
+    namespace: str = Field(default="", validate_default=True)
     """The operator's own namespace (the chart sets it from the pod's): runtime pods admit
     it on their port (analysis scrapes, smoke tests). Empty: the service account's
     namespace file, when the operator runs in a pod."""
@@ -200,7 +200,7 @@ class OperatorSettings(BaseSettings):
                              "a credentialsSecret")
         return uri
 
-    @field_validator("operator_namespace")
+    @field_validator("namespace")
     @classmethod
     def _own_namespace(cls, namespace: str) -> str:
         if not namespace and _SA_NAMESPACE.is_file():

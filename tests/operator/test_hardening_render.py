@@ -20,7 +20,7 @@ from modelship_runtime.settings import RuntimeSettings
 from pydantic import AliasChoices, ValidationError
 
 SETTINGS = OperatorSettings(default_tracking_uri="http://mlflow.mlflow:5000",
-                            operator_namespace="modelship-system")
+                            namespace="modelship-system")
 
 
 def make(name: str = "iris", **spec: Any) -> ModelDeployment:

@@ -67,7 +67,7 @@ def _peers(md: ModelDeployment) -> list[dict[str, Any]]:
 
 def trusted_namespaces(settings: OperatorSettings) -> list[str]:
     """The namespaces every runtime pod admits, in order, without repeats."""
-    names = [*settings.network_policy_namespaces, settings.operator_namespace]
+    names = [*settings.network_policy_namespaces, settings.namespace]
     seen: list[str] = []
     for name in names:
         if name and name not in seen:
