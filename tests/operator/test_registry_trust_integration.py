@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -98,6 +99,9 @@ def test_untrusted_host_gets_a_condition_and_never_the_secret(
     # Give the refused ones more passes (resyncs every second) before counting.
     passes = len(operator_requests(cluster))
     wait_for(lambda: len(operator_requests(cluster)) > passes + 10, what="more passes")
+    with urllib.request.urlopen(op.metrics_url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'reason="TrackingHostNotAllowed"' in metrics
     op.stop()
     secret_reads = {p.rsplit("/", 1)[-1] for m, p, _, _ in operator_requests(cluster)
                     if m == "GET" and "/secrets/" in p}
@@ -110,5 +114,5 @@ def test_untrusted_host_gets_a_condition_and_never_the_secret(
     shown = json.dumps([cluster.objects("events", NS),
                         [o.get("status") for o in cluster.objects("modeldeployments", NS)],
                         [o for o in cluster.objects("deployments", NS)]])
-    assert PASSWORD not in shown and PASSWORD not in op.output()
+    assert PASSWORD not in shown and PASSWORD not in op.output() and PASSWORD not in metrics
     assert TOKEN not in shown and TOKEN not in op.output()
