@@ -44,6 +44,13 @@ class ModelInfo:
     allow_nan: bool = False
     label_datatype: str = "FP64"
     extra: dict[str, Any] = field(default_factory=dict)
+    uri: str | None = None
+    """The ``models:/`` URI it was pulled from, when known."""
+    run_id: str | None = None
+    """The MLflow run that logged it (registry metadata, else the MLmodel's ``run_id``)."""
+    artifact_sha256: str | None = None
+    """SHA-256 of the serialized estimator file: tells two artifacts apart that a
+    re-registered name and version would otherwise confuse."""
 
 
 class Model:
