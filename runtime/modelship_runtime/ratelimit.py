@@ -87,6 +87,7 @@ class RateLimiter:
         self._down_until = 0.0
         self._client: Any = None
         self._script: Any = None
+        self._where = redact(redis_url or "")
         self.backend = ""
         if redis_url:
             import redis.asyncio as aioredis
@@ -122,7 +123,7 @@ class RateLimiter:
                                  args=[self.period * 1000]), self.timeout)
             except Exception as exc:  # any failure: count locally for a while
                 self._down_until = time.monotonic() + self.retry_seconds
-                self._use("local", "Redis unavailable (" + redact(
+                self._use("local", f"Redis at {self._where} unavailable (" + redact(
                     str(exc) or type(exc).__name__)[:200] + "); rate limits are counted "
                     f"per pod, Redis tried again in {self.retry_seconds:g}s")
             else:

@@ -230,12 +230,11 @@ def test_types_are_trusted_by_the_runtime_settings_only(tmp_path: Path) -> None:
     import operator
 
     import numpy as np
+    from modelship_runtime.errors import UntrustedArtifact
+    from modelship_runtime.sklearn import SKLearnModel
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
-
-    from modelship_runtime.errors import UntrustedArtifact
-    from modelship_runtime.sklearn import SKLearnModel
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
