@@ -122,7 +122,9 @@ def _classify(exc: Exception, what: str, where: str) -> PullError:
     code = str(getattr(exc, "error_code", "") or "")
     text = redact(str(exc))
     where = redact(where)
-    if "outside the artifact directory" in text:  # MLflow refused a hostile listing
+    if "outside the artifact directory" in text or (
+            code == "INVALID_PARAMETER_VALUE" and text.startswith("Invalid path")):
+        # MLflow refused a listing naming a path with '..', an absolute path or a link out
         return PullError(f"untrusted: the registry at {where} lists a path outside the "
                          f"download directory for {what}; nothing was kept", kind="untrusted")
     missing_alias = code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()

@@ -18,11 +18,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -301,3 +305,81 @@ def test_pull_refuses_an_mlmodel_naming_a_path_outside(registry: Any, tmp_path: 
         assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert "untrusted" in r.stderr and "leaves the model directory" in r.stderr, r.stderr
     assert not dest.exists() or sorted(p.name for p in dest.iterdir()) == []
+
+
+class HostileRegistry(BaseHTTPRequestHandler):
+    """The REST calls a pull makes, answered as a hostile MLflow server would: version 1
+    of ``evil`` lists an MLmodel and a file whose path leaves the download directory."""
+
+    listed = ""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        body: Any
+        if url.path == "/api/2.0/mlflow/model-versions/get":
+            body = {"model_version": {"name": "evil", "version": "1", "status": "READY",
+                                      "source": "mlflow-artifacts:/m", "run_id": "r1"}}
+        elif url.path == "/api/2.0/mlflow/registered-models/get":
+            body = {"registered_model": {"name": "evil"}}
+        elif url.path == "/api/2.0/mlflow/model-versions/get-download-uri":
+            body = {"artifact_uri": "mlflow-artifacts:/m"}
+        elif url.path == "/api/2.0/mlflow-artifacts/artifacts" and query.get("path") == ["m"]:
+            body = {"files": [{"path": "MLmodel", "is_dir": False, "file_size": 5},
+                              {"path": self.listed, "is_dir": False, "file_size": 5}]}
+        elif url.path.startswith("/api/2.0/mlflow-artifacts/artifacts/"):
+            return self._send(200, b"owned")
+        else:
+            return self._send(404, json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST",
+                                               "message": url.path}).encode())
+        self._send(200, json.dumps(body).encode())
+
+    def _send(self, code: int, data: bytes) -> None:
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile_registries(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """One hostile registry per listed path, by name: its tracking URI."""
+    listed = {"dotdot": "sub/../../../escape.txt", "absolute": str(tmp_path / "abs-escape.txt")}
+    servers = []
+    for name, path in listed.items():
+        handler = type(f"Hostile_{name}", (HostileRegistry,), {"listed": path})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        yield {name: f"http://127.0.0.1:{s.server_address[1]}"
+               for name, s in zip(listed, servers, strict=True)}
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_pull_refuses_a_registry_listing_paths_out_of_the_destination(
+        hostile_registries: dict[str, str], tmp_path: Path) -> None:
+    """``..`` and an absolute path: exit 8 at once (no retries),
+    one line, nothing written outside ``--dest`` and nothing kept in it."""
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    results = run_all({name: (["pull", "--model-uri", "models:/evil/1", "--dest",
+                               str(work / name)],
+                              {"MLFLOW_TRACKING_URI": uri, "MODELSHIP_PULL_ATTEMPTS": "5",
+                               "MODELSHIP_PULL_BACKOFF_SECONDS": "30"})
+                       for name, uri in hostile_registries.items()}, work, timeout=100)
+    for name, r in results.items():
+        assert r.returncode == EXIT_UNTRUSTED, (name, r.stdout + r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("modelship-runtime: pull failed: untrusted: the registry "
+                                   "at http://127.0.0.1:"), r.stderr
+        assert "lists a path outside the download directory" in r.stderr, r.stderr
+        assert sorted(p.name for p in (work / name).iterdir()) == [], name
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*escape*")) == []
