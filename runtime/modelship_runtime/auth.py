@@ -115,11 +115,11 @@ class KeyRing:
 
     def _set(self, keys: list[bytes]) -> None:
         digests = sorted({_digest(k) for k in keys})
-        self._digests = digests
-        self._ids = [d[:8].hex() for d in digests]
+        # One assignment: a request on the event loop never sees half a reload.
+        self._ring = tuple((d, d[:8].hex()) for d in digests)
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._ring)
 
     def match(self, given: bytes) -> str | None:
         """The id of the key ``given`` is (a short digest, never the key), or None. Every
@@ -127,11 +127,11 @@ class KeyRing:
         if not given:
             return None
         d = _digest(given)
-        found = -1
-        for i, key in enumerate(self._digests):  # no early exit
+        found = None
+        for key, key_id in self._ring:  # no early exit
             if hmac.compare_digest(d, key):
-                found = i
-        return self._ids[found] if found >= 0 else None
+                found = key_id
+        return found
 
     def reload_if_changed(self) -> bool | None:
         """Re-read the keys when the files changed (call from a thread: it reads files).
@@ -144,14 +144,14 @@ class KeyRing:
             keys = self._read()
         except KeyFileError as exc:
             logger.error("API keys not reloaded; the previous keys stay in force: %s", exc,
-                         extra={"keys": len(self._digests)})
+                         extra={"keys": len(self._ring)})
             if self._on_reload:
-                self._on_reload(False, len(self._digests))
+                self._on_reload(False, len(self._ring))
             return False
         self._set(keys)
-        logger.info("API keys reloaded", extra={"keys": len(self._digests)})
+        logger.info("API keys reloaded", extra={"keys": len(self._ring)})
         if self._on_reload:
-            self._on_reload(True, len(self._digests))
+            self._on_reload(True, len(self._ring))
         return True
 
     async def watch(self, interval: float = POLL_SECONDS) -> None:

@@ -24,8 +24,10 @@ from pathlib import Path
 
 from .errors import UntrustedArtifact
 
-#: Modules whose classes are never trusted by default, though they live under sklearn.
-_NOT_TRUSTED_PARTS = ("tests", "_testing", "externals")
+#: Module name parts never imported or trusted by default, though under sklearn or numpy:
+#: test code (importing a conftest runs it), vendored code and build tools.
+_NOT_TRUSTED_PARTS = frozenset({"tests", "testing", "_testing", "conftest", "externals",
+                                "distutils", "f2py", "_pytesttester"})
 
 
 def inside(root: Path, relative: str | os.PathLike[str], what: str) -> Path:

@@ -383,3 +383,20 @@ def test_pull_refuses_a_registry_listing_paths_out_of_the_destination(
         assert "lists a path outside the download directory" in r.stderr, r.stderr
         assert sorted(p.name for p in (work / name).iterdir()) == [], name
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*escape*")) == []
+
+
+def test_the_default_trust_is_scikit_learn_classes_and_numpy_types_only() -> None:
+    import sys as _sys
+
+    from modelship_runtime.trust import split_types
+
+    asked = ["sklearn.tree._tree.Tree", "sklearn.neighbors._kd_tree.KDTree",
+             "numpy.dtype", "numpy.float64", "numpy.log1p",
+             "numpy.memmap", "numpy.load", "numpy.lib.npyio.NpzFile", "sklearn.conftest.x",
+             "sklearn.utils._testing.TempMemmap", "sklearn.base.clone", "os.system",
+             "builtins.exec", "scipy.special.expit", "mypkg.Thing", "sklearn", "sklearn.Nope"]
+    trusted, refused = split_types(asked, ["mypkg.Thing"])
+    assert trusted == ["sklearn.tree._tree.Tree", "sklearn.neighbors._kd_tree.KDTree",
+                       "numpy.dtype", "numpy.float64", "numpy.log1p", "mypkg.Thing"]
+    assert "sklearn.conftest" not in _sys.modules  # refused without being imported
+    assert refused == [n for n in asked if n not in trusted]
