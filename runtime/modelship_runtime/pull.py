@@ -200,7 +200,7 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetad
         version=version,
         alias=ref.alias,
         uri=uri,
-        source=str(getattr(mv, "source", "") or "") or None,
+        source=redact(str(getattr(mv, "source", "") or "")) or None,  # no credentials
         run_id=str(getattr(mv, "run_id", "") or "") or None,
     )
     (dest / METADATA_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")

@@ -186,6 +186,9 @@ def _load(model_dir: Path, *, allow_pickle: bool, trusted_types: Sequence[str]
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(data).hexdigest()
+    if fmt != "skops":
+        logger.info(f"loading {path.name}, a {fmt} file: it runs code from the artifact; "
+                    "allowed by MODELSHIP_ALLOW_PICKLE=true", extra={"format": fmt})
     try:
         if fmt == "skops":
             return _load_skops(path.name, data, trusted_types), fmt, digest
