@@ -382,6 +382,23 @@ def test_signature_columns(inputs: Any, columns: list[str] | None) -> None:
     assert signature_columns(inputs) == columns
 
 
+@pytest.mark.parametrize(("signature", "fitted", "n", "columns", "warns"), [
+    (["b", "a"], None, 2, ["b", "a"], False),
+    (None, ["x", "y"], 2, ["x", "y"], False),
+    (["b", "a"], ["a", "b"], 2, ["a", "b"], False),  # the estimator's order is the positions
+    (["b", "a", "c"], None, 2, None, True),
+    (["p", "q"], ["a", "b"], 2, ["a", "b"], True),
+    (None, None, None, None, False),
+])
+def test_input_names_follow_the_estimator(signature: list[str] | None,
+                                          fitted: list[str] | None, n: int | None,
+                                          columns: list[str] | None, warns: bool) -> None:
+    from modelship_runtime.signature import choose_columns
+
+    got, problem = choose_columns(signature, fitted, n)
+    assert got == columns and (problem is not None) == warns
+
+
 def test_invocations_refuses_a_predict_fn_it_does_not_serve() -> None:
     from modelship_runtime.dataplane import Validator
     from modelship_runtime.errors import BadRequest
