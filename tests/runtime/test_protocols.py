@@ -68,15 +68,17 @@ def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: a busy CI machine starts slowly
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(log.read_text())
+            why = "not ready after 300 s" if proc.returncode is None \
+                else f"exited with {proc.returncode}"
+            raise RuntimeError(f"{url}: {why}\n{log.read_text()}")
         time.sleep(0.1)
 
 
