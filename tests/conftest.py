@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
 
 import pytest
+
+
+# The registry servers the tests start serve models only: MLflow's job execution (a pool
+# of huey consumer processes per server, ~1 GB each server) has nothing to do there.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -308,6 +308,20 @@ def test_networkpolicy_egress_is_dns_mirror_registry_and_redis(
     ]
 
 
+def test_networkpolicy_ports_are_the_deployments_container_ports() -> None:
+    from modelship_operator.reconcilers import networkpolicy
+
+    objs = children(make(), SETTINGS.model_copy(update={"runtime_port": 9100}))
+    ports = networkpolicy.serving_ports(kind(objs, "Deployment"))
+    assert ports == [{"protocol": "TCP", "port": 9100}]
+    spec = kind(objs, "NetworkPolicy")["spec"]
+    assert all(rule["ports"] == ports for rule in spec["ingress"])
+    deployment = kind(objs, "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"name": "grpc", "containerPort": 9101, "protocol": "TCP"})
+    assert networkpolicy.serving_ports(deployment)[-1] == {"protocol": "TCP", "port": 9101}
+
+
 def test_networkpolicy_egress_cidrs_narrow_the_outward_rule() -> None:
     spec = _policy(make(), network_policy_egress_cidrs=["10.0.0.0/8", "192.168.1.0/24"])
     assert spec["egress"][2] == {
