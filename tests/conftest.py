@@ -9,7 +9,6 @@ from types import FrameType
 
 import pytest
 
-
 # The registry servers the tests start serve models only: MLflow's job execution (a pool
 # of huey consumer processes per server, ~1 GB each server) has nothing to do there.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
