@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from . import __version__, protocols
+from . import __version__, binary, protocols
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext, loads
 from .drain import Drain
 from .errors import ModelNotFound, ModelNotReady
@@ -108,7 +108,8 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
 
     @router.get("/v2", tags=["v2"], summary="V2 server metadata")
     async def v2_server() -> dict[str, Any]:
-        return {"name": "modelship-runtime", "version": __version__, "extensions": []}
+        return {"name": "modelship-runtime", "version": __version__,
+                "extensions": list(binary.EXTENSIONS)}
 
     @router.get("/v2/health/live", tags=["v2"], summary="V2 server live")
     async def v2_live() -> dict[str, Any]:
@@ -150,12 +151,20 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     async def infer(request: Request) -> Response:
         batcher.arriving += 1
         try:
-            body = loads(await request.body())
+            raw = await request.body()
             plane.check_ready()
-            rows, req = protocols.v2_rows(body, plane.validator)
+            json_length = binary.header_length(request.headers.get(binary.HEADER), len(raw))
+            if json_length is not None:  # the binary tensor extension
+                rows, req = binary.parse(raw, json_length, plane.validator)
+            else:
+                rows, req = protocols.v2_rows(loads(raw), plane.validator)
+            as_binary = binary.wants_binary(req)
         finally:
             batcher.arriving -= 1
         result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
+        if as_binary:
+            body, length = binary.render(result.prediction, info, req)
+            return Response(body, headers=binary.response_headers(length))
         return Response(protocols.v2_response(result.prediction, info, req), media_type=JSON)
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_ERRORS,

@@ -47,6 +47,10 @@ class RuntimeSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     """TCP port to listen on."""
 
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol V2 over gRPC (same host, same process and
+    data plane as HTTP); 0: no gRPC server (and grpc is not even imported)."""
+
     allow_pickle: bool = True
     """Load models serialized with pickle or cloudpickle (unpickling runs code from the
     artifact). Set false to accept only skops models (and refuse joblib/pickle files)."""
