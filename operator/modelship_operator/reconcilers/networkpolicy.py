@@ -1,12 +1,12 @@
 """The NetworkPolicy ``NAME`` around every runtime pod of the ModelDeployment.
 
-Ingress: the runtime port only, from any source. The ingress controller, the Gateway's
-data plane and Prometheus live in namespaces this operator cannot know, so narrowing
-the sources is left to the cluster's own policies; what this policy closes is every
-other port. Egress: DNS (UDP and TCP 53) and TCP to anywhere, because the MLflow
-registry, its artifact store and Redis may be inside or outside the cluster on any
-port. Everything else (other UDP, SCTP, ICMP) is denied. Policies are additive, so a
-platform team can still layer stricter ones.
+Ingress: the runtime's ports only (HTTP and gRPC), from any source. The ingress
+controller, the Gateway's data plane and Prometheus live in namespaces this operator
+cannot know, so narrowing the sources is left to the cluster's own policies; what this
+policy closes is every other port. Egress: DNS (UDP and TCP 53) and TCP to anywhere,
+because the MLflow registry, its artifact store and Redis may be inside or outside the
+cluster on any port. Everything else (other UDP, SCTP, ICMP) is denied. Policies are
+additive, so a platform team can still layer stricter ones.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def render(md: ModelDeployment, settings: OperatorSettings) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": labels.deployment_selector(md.metadata.name)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": settings.runtime_port}]}],
+            "ingress": [{"ports": [
+                {"protocol": "TCP", "port": port}
+                for port in (settings.runtime_port, settings.runtime_grpc_port) if port
+            ]}],
             "egress": [
                 {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
                 {"ports": [{"protocol": "TCP"}]},
