@@ -162,11 +162,11 @@ def serve(settings: RuntimeSettings, model: Model | None = None) -> int:
                             http=http, loop=loop)
     if settings.grpc_port:  # gRPC on the same loop, drained with HTTP
         from .app import load_api_keys
-        from .grpc_server import GrpcDrainingServer, GrpcServer
+        from .grpc_lifecycle import GrpcDrainingServer
 
         keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
-        server: DrainingServer = GrpcDrainingServer(config, app.state.drain,
-                                                    GrpcServer(app, settings, keys))
+        server: DrainingServer = GrpcDrainingServer(config, app.state.drain, app, settings,
+                                                    keys)
     else:
         server = DrainingServer(config, app.state.drain)  # SIGTERM: drain, then shut down
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to

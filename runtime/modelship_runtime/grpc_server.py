@@ -30,21 +30,19 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import uvicorn
 from fastapi import FastAPI
 
 from . import __version__, binary, protocols
 from ._proto import grpc_predict_v2_pb2 as pb
 from ._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .dataplane import DataPlane
-from .drain import Drain, DrainingServer
+from .drain import Drain
 from .errors import BadRequest, ModelNotFound, ModelshipError, Unauthorized
 from .metrics import Metrics
 from .settings import RuntimeSettings
@@ -307,51 +305,3 @@ class GrpcServer:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
-
-
-class _AfterGrpc:
-    """uvicorn's lifespan, whose shutdown (which releases the model) waits for gRPC."""
-
-    def __init__(self, lifespan: Any, stopping: Awaitable[None]) -> None:
-        self._lifespan = lifespan
-        self._stopping = stopping
-
-    async def shutdown(self) -> None:
-        await self._stopping
-        await self._lifespan.shutdown()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._lifespan, name)
-
-
-class GrpcDrainingServer(DrainingServer):
-    """uvicorn with the drain, and the gRPC server on the same loop: started once HTTP
-    listens, stopped together with it when the drain ends."""
-
-    def __init__(self, config: uvicorn.Config, drain: Drain, grpc_server: GrpcServer) -> None:
-        super().__init__(config, drain)
-        self.grpc = grpc_server
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.started:
-            return
-        try:
-            await self.grpc.start()
-        except RuntimeError as exc:
-            logger.error("%s", exc)
-            self.should_exit = True
-            self.grpc_failed = True
-
-    grpc_failed = False
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        import asyncio
-
-        grace = float(self.config.timeout_graceful_shutdown or 0)
-        stopping = asyncio.ensure_future(self.grpc.stop(grace))
-        self.lifespan = _AfterGrpc(self.lifespan, stopping)
-        try:
-            await super().shutdown(sockets)
-        finally:
-            await stopping
