@@ -20,7 +20,8 @@ agree, or one that runs past the body, is a 400 naming the input.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -28,6 +29,10 @@ import orjson
 from .dataplane import Validator, _type_name
 from .errors import BadRequest
 from .model import ModelInfo, Prediction
+from .protocols import v2_response
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane, ShadowContext
 
 HEADER = "inference-header-content-length"
 #: The V2 extensions this runtime implements (server metadata lists them).
@@ -170,7 +175,7 @@ def _flag(params: object, key: str, where: str) -> bool:
     return value
 
 
-def parse(body: bytes, json_length: int | None, v: Validator
+def parse(body: bytes, json_length: int | None, v: Validator, info: ModelInfo
           ) -> tuple[np.ndarray, dict[str, Any]]:
     """Rows of a V2 request whose input is raw bytes after a JSON header of
     ``json_length`` bytes (None: the whole body is JSON, with binary outputs asked for),
@@ -193,12 +198,12 @@ def parse(body: bytes, json_length: int | None, v: Validator
         raise BadRequest(f"inputs[0] must be an object, got {_type_name(t)}")
     params = t.get("parameters")
     size = params.get("binary_data_size") if isinstance(params, dict) else None
-    _check_outputs(obj)
+    _check_outputs(obj, info)
     if size is None:
         if len(tail):
             raise BadRequest(f"the body has {len(tail)} bytes after the inference header but "
                              "no input declares parameters.binary_data_size")
-        rows, _ = v2_rows({k: val for k, val in obj.items() if k != "outputs"}, v)
+        rows, _ = v2_rows({k: val for k, val in obj.items() if k != "outputs"}, v, info)
         return rows, obj
     if type(size) is not int or size < 0:
         raise BadRequest("inputs[0].parameters.binary_data_size must be a non-negative integer")
@@ -221,14 +226,16 @@ def parse(body: bytes, json_length: int | None, v: Validator
                            "inputs[0].parameters.binary_data_size"), obj
 
 
-def _check_outputs(obj: dict[str, Any]) -> None:
+def _check_outputs(obj: dict[str, Any], info: ModelInfo) -> None:
     wanted = obj.get("outputs")
     if wanted is None:
         return
     if not isinstance(wanted, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise BadRequest('"outputs" must be an array of {"name": ...} objects')
-    wanted_outputs([o["name"] for o in wanted])
+    names = wanted_outputs([o["name"] for o in wanted])
+    if "predict_proba" in names and not info.has_proba:
+        raise BadRequest("output predict_proba: this model has no probabilities")
     for i, o in enumerate(wanted):
         _flag(o.get("parameters"), "binary_data", f"outputs[{i}]")
 
@@ -277,6 +284,43 @@ def render(pred: Prediction, info: ModelInfo, obj: dict[str, Any]) -> tuple[byte
 OCTET_STREAM = "application/octet-stream"
 
 
-def response_headers(json_length: int) -> dict[str, str]:
-    """Headers of a binary answer (with its content type)."""
-    return {"Inference-Header-Content-Length": str(json_length), "Content-Type": OCTET_STREAM}
+@dataclass(frozen=True)
+class Answer:
+    """A V2 answer with binary outputs: the body and the length of its JSON header."""
+
+    body: bytes
+    json_length: int
+
+    def headers(self) -> dict[str, str]:
+        """Its HTTP headers (content type included)."""
+        return {"Inference-Header-Content-Length": str(self.json_length),
+                "Content-Type": OCTET_STREAM}
+
+    def asgi_headers(self) -> list[tuple[bytes, bytes]]:
+        """Its headers as ASGI sends them (content length excluded)."""
+        return [(b"content-type", OCTET_STREAM.encode()),
+                (HEADER.encode(), str(self.json_length).encode())]
+
+
+def answer(pred: Prediction, info: ModelInfo, obj: dict[str, Any]) -> Answer:
+    """The binary answer to request ``obj`` (which :func:`wants_binary`)."""
+    return Answer(*render(pred, info, obj))
+
+
+async def v2_infer(plane: DataPlane, raw: bytes, header: str,
+                   shadow: ShadowContext | None = None) -> bytes | Answer:
+    """``POST .../infer`` with an ``Inference-Header-Content-Length`` header, after the
+    body is read (and the model name checked): a JSON answer, or a binary one when asked."""
+    batcher = plane.batcher
+    batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
+    try:
+        plane.check_ready()
+        info = plane.model.info
+        rows, obj = parse(raw, header_length(header, len(raw)), plane.validator, info)
+        as_binary = wants_binary(obj)
+    finally:
+        batcher.arriving -= 1
+    result = await plane.infer(rows, shadow)
+    if as_binary:
+        return answer(result.prediction, info, obj)
+    return v2_response(result.prediction, info, obj)
