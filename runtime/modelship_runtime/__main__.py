@@ -162,12 +162,9 @@ def serve(settings: RuntimeSettings, model: Model | None = None) -> int:
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
                             http=http, loop=loop)
     if settings.grpc_port:  # gRPC on the same loop, drained with HTTP
-        from .app import load_api_keys
         from .grpc_lifecycle import GrpcDrainingServer
 
-        keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
-        server: DrainingServer = GrpcDrainingServer(config, app.state.drain, app, settings,
-                                                    keys)
+        server: DrainingServer = GrpcDrainingServer(config, app.state.drain, app, settings)
     else:
         server = DrainingServer(config, app.state.drain)  # SIGTERM: drain, then shut down
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to

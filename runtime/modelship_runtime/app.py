@@ -460,6 +460,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.plane = plane
     app.state.settings = settings
     app.state.drain = drain
+    app.state.api_keys = keys  # the gRPC server checks keys and rate limits with these too
+    app.state.limiter = limiter
     app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)

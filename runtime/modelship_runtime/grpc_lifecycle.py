@@ -48,11 +48,10 @@ class GrpcDrainingServer(DrainingServer):
     """True when the gRPC port could not be bound (the server then stops; exit 3)."""
 
     def __init__(self, config: uvicorn.Config, drain: Drain, app: FastAPI,
-                 settings: RuntimeSettings, api_keys: list[bytes] | None) -> None:
+                 settings: RuntimeSettings) -> None:
         super().__init__(config, drain)
         self._app = app
         self._settings = settings
-        self._api_keys = api_keys
         self.grpc: GrpcServer | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -61,7 +60,7 @@ class GrpcDrainingServer(DrainingServer):
             return
         from .grpc_server import GrpcServer
 
-        self.grpc = GrpcServer(self._app, self._settings, self._api_keys)
+        self.grpc = GrpcServer(self._app, self._settings)
         try:
             await self.grpc.start()
         except RuntimeError as exc:

@@ -10,7 +10,8 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inpu
 
 Errors are gRPC status codes with the HTTP route's message: INVALID_ARGUMENT (400),
 UNAUTHENTICATED (401: API keys are configured and neither ``authorization: Bearer KEY``
-nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model), UNAVAILABLE
+nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model),
+RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key), UNAVAILABLE
 (503: not loaded yet), INTERNAL (500). Each call is counted in ``http_requests_total``
 and ``http_request_duration_seconds`` with ``method="GRPC"``, ``route="grpc:<Method>"``
 and the HTTP status its code maps to (:data:`HTTP_STATUS`), so the rollout's error-rate
@@ -27,12 +28,11 @@ process (the runtime imports only its own; tests drive it from another process).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -45,7 +45,12 @@ from .dataplane import DataPlane
 from .drain import Drain
 from .errors import BadRequest, ModelNotFound, ModelshipError, Unauthorized
 from .metrics import Metrics
+from .ratelimit import ANONYMOUS
 from .settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from .auth import KeyRing
+    from .ratelimit import RateLimiter
 
 logger = logging.getLogger("modelship_runtime")
 
@@ -55,7 +60,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -63,12 +68,18 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 _CODE_OF: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
 }
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
              "INT64": "int64_contents"}
 _OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
+
+class RateLimited(ModelshipError):
+    """Over the rate limit (RESOURCE_EXHAUSTED; 429 in the metrics, as over HTTP)."""
+
+    status_code = 429
+
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -86,12 +97,15 @@ def _given_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The V2 gRPC service over one data plane."""
+    """The V2 gRPC service over one data plane; the HTTP side's API keys (reloaded as
+    they change) and rate limiter, when set."""
 
-    def __init__(self, plane: DataPlane, drain: Drain, api_keys: list[bytes] | None) -> None:
+    def __init__(self, plane: DataPlane, drain: Drain, api_keys: KeyRing | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         self.plane = plane
         self.drain = drain
         self.api_keys = api_keys
+        self.limiter = limiter
         self.metrics: Metrics = plane.metrics
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
@@ -221,8 +235,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            if guarded and self.api_keys is not None:
-                self._authorize(context.invocation_metadata())
+            if guarded:
+                bucket = ANONYMOUS
+                if self.api_keys is not None:
+                    bucket = self._authorize(context.invocation_metadata())
+                if self.limiter is not None:
+                    await self._limit(bucket)
             return await call()
         except ModelshipError as exc:
             code = _CODE_OF.get(exc.status_code, grpc.StatusCode.INTERNAL)
@@ -240,14 +258,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 code = grpc.StatusCode.CANCELLED
             self._observe(method, HTTP_STATUS.get(code, 500), time.perf_counter() - start)
 
-    def _authorize(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> None:
-        given = _given_key(metadata)
-        ok = False
-        for key in self.api_keys or ():  # compare against every key: no early exit
-            ok |= hmac.compare_digest(given, key)
-        if not (ok and given):
+    def _authorize(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+        """The key's id (the rate limit's bucket), or Unauthorized."""
+        assert self.api_keys is not None
+        found = self.api_keys.match(_given_key(metadata))  # constant time over every key
+        if found is None:
             raise Unauthorized("missing or invalid API key: send metadata authorization: "
                                "Bearer KEY or x-api-key: KEY")
+        return found
+
+    async def _limit(self, bucket: str) -> None:
+        assert self.limiter is not None
+        wait = await self.limiter.check(bucket)
+        if wait is not None:
+            self.metrics.rate_limited.inc()
+            raise RateLimited(f"rate limit exceeded: {self.limiter.limit} requests per "
+                              f"{self.limiter.period} s; retry in "
+                              f"{self.limiter.retry_after(wait)} s")
 
     def _observe(self, method: str, status: int, seconds: float) -> None:
         key = (method, status)
@@ -271,10 +298,10 @@ def address(host: str, port: int) -> str:
 class GrpcServer:
     """The gRPC listener of one app: started on the running loop, stopped gracefully."""
 
-    def __init__(self, app: FastAPI, settings: RuntimeSettings,
-                 api_keys: list[bytes] | None) -> None:
+    def __init__(self, app: FastAPI, settings: RuntimeSettings) -> None:
         self.settings = settings
-        self.servicer = InferenceServicer(app.state.plane, app.state.drain, api_keys)
+        self.servicer = InferenceServicer(app.state.plane, app.state.drain,
+                                          app.state.api_keys, app.state.limiter)
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
