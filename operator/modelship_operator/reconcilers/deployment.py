@@ -58,6 +58,8 @@ ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
     "header_timeout_seconds": "MODELSHIP_HEADER_TIMEOUT_SECONDS",
     "keep_alive_timeout_seconds": "MODELSHIP_KEEPALIVE_TIMEOUT_SECONDS",
 }
+ENV_MAX_BATCH_SIZE = "MODELSHIP_MAX_BATCH_SIZE"
+ENV_TRUSTED_TYPES = "MODELSHIP_TRUSTED_TYPES"
 ENV_MICROBATCH = "MODELSHIP_MICROBATCH"
 ENV_MICROBATCH_MAX_SIZE = "MODELSHIP_MICROBATCH_MAX_SIZE"
 ENV_MICROBATCH_MAX_WAIT_MS = "MODELSHIP_MICROBATCH_MAX_WAIT_MS"
@@ -144,6 +146,8 @@ def tuning_env(md: ModelDeployment, settings: OperatorSettings) -> list[dict[str
         for field, env in ENV_LIMITS.items():
             if limits[field] is not None:
                 values[env] = _number(limits[field])
+        if runtime.limits.max_rows is not None:  # the runtime's older name of the bound
+            values[ENV_MAX_BATCH_SIZE] = str(runtime.limits.max_rows)
     batch = runtime.microbatch
     if batch is not None:
         if batch.enabled is not None:
@@ -160,6 +164,8 @@ def tuning_env(md: ModelDeployment, settings: OperatorSettings) -> list[dict[str
             values[ENV_LOG_JSON] = _flag(logs.json_lines)
         if logs.access_log is not None:
             values[ENV_ACCESS_LOG] = _flag(logs.access_log)
+    if runtime.trusted_types:
+        values[ENV_TRUSTED_TYPES] = ",".join(runtime.trusted_types)
     if runtime.rate_limit is not None:
         values[ENV_RATE_LIMIT_REQUESTS] = str(runtime.rate_limit.requests)
         values[ENV_RATE_LIMIT_PERIOD] = str(runtime.rate_limit.period_seconds)
