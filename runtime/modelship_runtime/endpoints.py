@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from . import __version__, protocols
-from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext, loads
+from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
 from .drain import Drain
 from .errors import ModelNotFound, ModelNotReady
 from .metrics import CONTENT_TYPE
@@ -42,9 +42,7 @@ async def seed_predict(plane: DataPlane, raw: bytes, t0: float,
     batcher = plane.batcher
     batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
     try:
-        body = loads(raw)
-        plane.check_ready()
-        rows, single = protocols.seed_rows(body, plane.validator)
+        rows, single = await plane.parse(raw, protocols.seed_rows)
     finally:
         batcher.arriving -= 1
     result = await plane.infer(rows, shadow)
@@ -92,9 +90,7 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
         check_name(name)
         batcher.arriving += 1
         try:
-            body = loads(await request.body())
-            plane.check_ready()
-            rows = protocols.v1_rows(body, plane.validator)
+            rows = await plane.parse(await request.body(), protocols.v1_rows)
         finally:
             batcher.arriving -= 1
         result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
@@ -150,9 +146,7 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     async def infer(request: Request) -> Response:
         batcher.arriving += 1
         try:
-            body = loads(await request.body())
-            plane.check_ready()
-            rows, req = protocols.v2_rows(body, plane.validator)
+            rows, req = await plane.parse(await request.body(), protocols.v2_rows)
         finally:
             batcher.arriving -= 1
         result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
