@@ -449,7 +449,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.plane = plane
     app.state.settings = settings
     app.state.drain = drain
-    app.include_router(build_router(plane, drain))
+    router = build_router(plane, drain)
+    app.include_router(router)
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
@@ -485,5 +486,5 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
                        access_log=settings.access_log, plane=plane, drain=drain,
                        mirror=mirror, judge=judge, max_concurrency=settings.max_concurrency,
-                       routes=app.router.routes)
+                       routes=router.routes)
     return app
