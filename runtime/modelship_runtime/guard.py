@@ -200,8 +200,10 @@ def guarded_protocol(limits: Limits) -> type[GuardedProtocol]:
 def raise_fd_limit() -> int:
     """Raise the soft limit on open files to the hard limit; the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target

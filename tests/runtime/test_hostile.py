@@ -512,3 +512,24 @@ def test_at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() -
             s.close()
         server.should_exit = True
         thread.join(10)
+
+
+def test_the_open_file_limit_is_raised_and_the_connection_cap_kept_under_it() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the open-file hard limit is {hard}")
+    code = (
+        "import resource\n"
+        "from modelship_runtime.guard import raise_fd_limit, connection_cap\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "limit = raise_fd_limit()\n"
+        "print(limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard,"
+        " connection_cap(1024, 256), connection_cap(1024, limit))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    limit, now, hard_seen, low_cap, cap = (int(x) for x in out)
+    assert limit == now > 256
+    assert now == hard_seen or hard_seen == resource.RLIM_INFINITY
+    assert low_cap == 256 - 128
+    assert cap == min(1024, limit - 128)
