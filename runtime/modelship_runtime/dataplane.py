@@ -376,18 +376,16 @@ class DataPlane:
         self.metrics.prediction_duration.observe(elapsed)
         self.metrics.batch_size.observe(n_rows)
 
-    async def parse(self, raw: bytes, read: Callable[[Any, Validator], T]) -> T:
-        """A request body bounded (:func:`.bounds.precheck`), parsed, then turned into
-        rows by ``read`` (a protocol's parse function); large bodies off the event loop.
-        NotJSON, BadRequest, or ModelNotReady before the model is loaded."""
-        return await self.decoder.run(raw, self._parse, read)
+    async def parse(self, raw: bytes, read: Callable[..., T], *args: Any) -> T:
+        """``read(raw, *args)`` (a protocol's parse of a body into rows) once the body is
+        bounded (:func:`.bounds.precheck`: BadRequest when it holds more rows or values
+        than allowed); large bodies are parsed off the event loop."""
+        return await self.decoder.run(raw, self._bounded, read, args)
 
-    def _parse(self, raw: bytes, read: Callable[[Any, Validator], T]) -> T:
+    def _bounded(self, raw: bytes, read: Callable[..., T], args: tuple[Any, ...]) -> T:
         v = self.validator
         precheck(raw, v.max_rows, v.n_features or v.max_columns)
-        body = loads(raw)
-        self.check_ready()
-        return read(body, v)
+        return read(raw, *args)
 
     def check_ready(self) -> None:
         """Raise ModelNotReady (503) until the model is loaded."""
