@@ -4,9 +4,12 @@ One process for the module, with small limits so the attacks are cheap: 50 conne
 4 requests in flight, 8 KiB of headers, 1 s to send headers (and as much for the body),
 1 s of keep-alive, 100 rows of at most 64 values. Health is probed over a fresh
 connection while each attack runs, as a kubelet does, and the slowest probe must come
-back within PROBE_BOUND (100 ms; on the shared 2-core development machine at a load
-average near 20, the slowest probes measured 30-70 ms; without these defences the body
-attacks alone held the event loop for 0.35-0.4 s per request).
+back within PROBE_BOUND (100 ms) of the slowest of ten probes of the server at rest,
+taken just before: on a busy machine, scheduling alone delays a probe, attack or not.
+On the shared 2-core development machine at a load average near 20, the slowest probes
+under attack measured 30-70 ms (at rest: 5-40 ms); without these defences the body
+attacks alone held the event loop for 0.35-0.4 s per request, and the fuzzed requests
+are held to the same bound.
 """
 
 from __future__ import annotations
@@ -134,32 +137,59 @@ def probe(port: int, path: str = "/healthz") -> tuple[int, float]:
     return int(data[9:12]), time.perf_counter() - t0
 
 
+_PROBER = """
+import select, socket, sys, time
+port = int(sys.argv[1])
+paths = ("/healthz", "/readyz")
+n = 0
+while not select.select([sys.stdin], [], [], 0.01)[0]:
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {paths[n % 2]} HTTP/1.1\\r\\nHost: probe\\r\\n"
+                  "Connection: close\\r\\n\\r\\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    print(int(data[9:12]), time.perf_counter() - t0, flush=True)
+    n += 1
+"""
+
+
 @contextmanager
 def probing(port: int) -> Iterator[list[tuple[int, float]]]:
-    """Probe /healthz and /readyz in turn from a thread while the block runs."""
+    """Probe /healthz and /readyz in turn while the block runs, from a process of its own
+    (so the attacking threads of this one cannot delay the probes)."""
     results: list[tuple[int, float]] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        paths = ("/healthz", "/readyz")
-        while not stop.is_set():
-            results.append(probe(port, paths[len(results) % 2]))
-            stop.wait(0.01)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    proc = subprocess.Popen([sys.executable, "-c", _PROBER, str(port)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # probing has begun
         yield results
     finally:
-        stop.set()
-        thread.join(30)
+        assert proc.stdin is not None
+        out, _ = proc.communicate("stop\n", timeout=60)
+    for line in [first, *out.splitlines()]:
+        if line.strip():
+            status, seconds = line.split()
+            results.append((int(status), float(seconds)))
 
 
-def assert_probes_fast(results: list[tuple[int, float]], at_least: int = 3) -> None:
+def quiet_slowest(port: int) -> float:
+    """The slowest of ten probes of the server at rest: what the machine itself adds to a
+    probe right now (about 1 ms on a quiet machine; tens of ms on a saturated one)."""
+    return max(probe(port, path)[1] for path in ("/healthz", "/readyz") * 5)
+
+
+def assert_probes_fast(results: list[tuple[int, float]], at_rest: float,
+                       at_least: int = 3) -> None:
+    """Every probe answered 200, the slowest within PROBE_BOUND of the slowest at rest."""
     assert len(results) >= at_least, results
     assert {status for status, _ in results} == {200}, results
     slowest = max(seconds for _, seconds in results)
-    assert slowest < PROBE_BOUND, f"slowest probe {slowest * 1000:.1f} ms of {len(results)}"
+    assert slowest < PROBE_BOUND + at_rest, (
+        f"slowest probe {slowest * 1000:.1f} ms of {len(results)}; "
+        f"{at_rest * 1000:.1f} ms at rest")
 
 
 def closed_within(sock: socket.socket, timeout: float) -> float | None:
@@ -190,12 +220,13 @@ def test_idle_connections_cannot_starve_health_checks(server: Server) -> None:
     raise_own_fd_limit(1400)
     evicted = server.metric("modelship_connections_closed_total", reason="evicted")
     fds_before = server.fds()
+    at_rest = quiet_slowest(server.port)
     sockets = []
     try:
         for _ in range(1200):
             sockets.append(socket.create_connection(("127.0.0.1", server.port)))
         results = [probe(server.port, path) for path in ("/healthz", "/readyz") * 5]
-        assert_probes_fast(results)
+        assert_probes_fast(results, at_rest)
         # The server holds at most its cap of client connections, not 1,200.
         assert server.fds() <= fds_before + MAX_CONNECTIONS
     finally:
@@ -264,6 +295,7 @@ def test_huge_headers_are_refused_with_431_and_not_kept(server: Server) -> None:
     assert r.status_code == 431
     assert "MODELSHIP_MAX_HEADER_BYTES" in r.json()["error"]
     rss_before = server.rss()
+    at_rest = quiet_slowest(server.port)
     sockets = []
     try:  # twenty 2 MB headers that never end, at once
         for _ in range(20):
@@ -279,7 +311,7 @@ def test_huge_headers_are_refused_with_431_and_not_kept(server: Server) -> None:
                     pass
             answers = [s.recv(65536) for s in sockets]
         assert all(a.startswith(b"HTTP/1.1 431") for a in answers), answers
-        assert_probes_fast(results, at_least=1)
+        assert_probes_fast(results, at_rest, at_least=1)
         grown = server.rss() - rss_before
         assert grown < 8 * MB, f"RSS grew by {grown / MB:.1f} MiB"
     finally:
@@ -333,6 +365,7 @@ def test_pathological_bodies_are_refused_without_stalling_health(
                 answers.append((r.status_code, r.text[:300]))
 
     threads = [threading.Thread(target=attack) for _ in range(3)]
+    at_rest = quiet_slowest(server.port)
     with probing(server.port) as results:
         for t in threads:
             t.start()
@@ -342,7 +375,7 @@ def test_pathological_bodies_are_refused_without_stalling_health(
     for code, text in answers:
         assert code == status, text
         assert fragment in text
-    assert_probes_fast(results)
+    assert_probes_fast(results, at_rest)
 
 
 def test_bounded_bodies_cost_nothing_of_the_small_requests(server: Server) -> None:
@@ -447,6 +480,7 @@ ROUTES = ["/predict", "/v1/models/lr:predict", "/v2/models/lr/infer",
 def test_fuzzed_prediction_requests_get_no_5xx_and_no_slow_answer(server: Server) -> None:
     slowest: list[tuple[float, str, bytes]] = []
     errors = server.server_errors()
+    at_rest = quiet_slowest(server.port)
     with httpx.Client(base_url=server.url, timeout=10) as client:
 
         @given(path=st.sampled_from(ROUTES), body=_raw, headers=_headers)
@@ -463,7 +497,7 @@ def test_fuzzed_prediction_requests_get_no_5xx_and_no_slow_answer(server: Server
         check()
     slowest.sort(reverse=True)
     assert len(slowest) >= 200
-    assert slowest[0][0] < PROBE_BOUND, slowest[:3]
+    assert slowest[0][0] < PROBE_BOUND + at_rest, (slowest[:3], at_rest)
     assert server.server_errors() == errors
 
 
