@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from .bounds import Decoder, precheck
-from .cache import Cache, CacheError, cache_key
+from .cache import Cache, CacheError, artifact_tag, cache_key
 from .errors import BadRequest, ModelNotReady, NotJSON
 from .metrics import Metrics
 from .model import Model, Prediction
@@ -357,6 +357,7 @@ class DataPlane:
         self.max_columns = max_columns
         self.validator = Validator(None, False, max_batch_size, max_columns)
         self.decoder = Decoder()
+        self._artifact = ""
         self._background: set[asyncio.Task[None]] = set()
         self.batcher = Batcher(
             model.predict,
@@ -371,6 +372,7 @@ class DataPlane:
         info = self.model.info
         self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size,
                                    self.max_columns)
+        self._artifact = artifact_tag(info.uri, info.run_id, info.artifact_sha256)
 
     def _on_call(self, n_rows: int, elapsed: float) -> None:
         self.metrics.prediction_duration.observe(elapsed)
@@ -398,7 +400,7 @@ class DataPlane:
         self.check_ready()
         key = None
         if self.cache is not None and (shadow is None or shadow.cacheable):
-            key = cache_key(self.model.name, self.model.version, rows)
+            key = cache_key(self.model.name, self.model.version, rows, self._artifact)
             hit = await self._cache_get(key)
             if hit is not None:
                 self._count(hit)

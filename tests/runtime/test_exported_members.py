@@ -20,7 +20,8 @@ def test_exported_names() -> None:
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
         "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
         "settings",
-        "shadow", "sklearn", "fastpath", "invocations", "signature", "bounds", "guard"}
+        "shadow", "sklearn", "fastpath", "invocations", "signature", "auth", "ratelimit",
+        "redact", "trust", "bounds", "guard"}
 
 
 def test_exports_are_defined_in_the_package() -> None:
