@@ -3,13 +3,16 @@
 One process for the module, with small limits so the attacks are cheap: 50 connections,
 4 requests in flight, 8 KiB of headers, 1 s to send headers (and as much for the body),
 1 s of keep-alive, 100 rows of at most 64 values. Health is probed over a fresh
-connection while each attack runs, as a kubelet does, and the slowest probe must come
-back within PROBE_BOUND (100 ms) of the slowest of ten probes of the server at rest,
-taken just before: on a busy machine, scheduling alone delays a probe, attack or not.
-On the shared 2-core development machine at a load average near 20, the slowest probes
-under attack measured 30-70 ms (at rest: 5-40 ms); without these defences the body
-attacks alone held the event loop for 0.35-0.4 s per request, and the fuzzed requests
-are held to the same bound.
+connection while each attack runs, as a kubelet does, each probe followed by one of a
+trivial peer server in a process of its own: what the machine's load adds to a probe
+shows in both. The aim is a probe answered within 100 ms; the test holds the slowest
+probe to PROBE_BOUND (250 ms) more than the peer's beside it, generous enough for a
+saturated CI machine (at a load average of 20-50 on the 2-core development machine,
+with other suites running, the worst probe came to 160 ms over its peer; on its own,
+30-70 ms) and still far under what the attacks did without these defences: the body
+attacks held the event loop 0.35-0.4 s per request, so three at once kept probes waiting
+over a second, and idle connections or huge headers made them fail outright. Fuzzed
+prediction requests are held to the same bound.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
-PROBE_BOUND = 0.100
+PROBE_BOUND = 0.250
 MAX_CONNECTIONS = 50
 MAX_CONCURRENCY = 4
 MAX_HEADER_BYTES = 8192
