@@ -29,12 +29,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+<<<<<<< HEAD
 from . import __version__, protocols
 from .agreement import Judge
+=======
+from . import __version__, fastpath, protocols
+from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
+>>>>>>> main
 from .cache import Cache, RedisCache
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
 from .drain import CONNECTION_CLOSE, Drain
-from .endpoints import build_router, seed_predict
+from .endpoints import build_router
 from .errors import ModelshipError, NotJSON, PayloadTooLarge
 from .logging import model_version_var, request_id_var
 from .metrics import Metrics
@@ -56,12 +61,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class _Route:
-    path = "/predict"
-
-
-_PREDICT_ROUTE = _Route()
-
 class _Unjudged:
     """A mirrored request where nothing compares predictions: still no cache, no mirror."""
 
@@ -73,8 +72,9 @@ class _Unjudged:
 
 _UNJUDGED = _Unjudged()
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
-                        "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v2/health/live",
+                        "/v2/health/ready", "/ping", "/health", "/docs", "/openapi.json",
+                        "/docs/oauth2-redirect"})
 
 
 def load_api_keys(path: Path) -> list[bytes]:
@@ -198,11 +198,12 @@ class ServingMiddleware:
                 if outgoing is not None:
                     scope[SHADOW_SCOPE_KEY] = shadow = outgoing
                     receive = outgoing.capture(receive)
-            if self.plane is not None and scope["path"] == "/predict" \
-                    and scope["method"] == "POST":
-                await self._fast_predict(self.plane, scope, start, receive, send_wrapper,
-                                         shadow)
-                scope["route"] = _PREDICT_ROUTE
+            fast = fastpath.match(scope["path"], headers) \
+                if self.plane is not None and scope["method"] == "POST" else None
+            if fast is not None and self.plane is not None:
+                await self._fast_predict(self.plane, fast, scope, start, receive,
+                                         send_wrapper, shadow)
+                scope["route"] = fast
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         finally:
@@ -219,10 +220,11 @@ class ServingMiddleware:
                                               "duration_ms": round(
                                                   (time.perf_counter() - start) * 1000, 3)})
 
-    async def _fast_predict(self, plane: DataPlane, scope: Scope, start: float,
-                            receive: Receive, send: Send,
+    async def _fast_predict(self, plane: DataPlane, route: fastpath.Match, scope: Scope,
+                            start: float, receive: Receive, send: Send,
                             shadow: ShadowContext | None) -> None:
-        """``POST /predict`` without routing or per-request Request objects: the hot path."""
+        """A prediction (``/predict``, V1, V2 JSON, ``/invocations``) without routing or
+        per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
         try:
             chunks: list[bytes] = []
@@ -243,15 +245,17 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            body = await seed_predict(plane, raw, start, shadow)
-        except NotJSON as exc:
-            error = explain_not_json(exc, scope, plane)
-            status, body = error.status_code, error_body(error.message)
+            body = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
         except ModelshipError as exc:
-            status, body = exc.status_code, error_body(exc.message)
+            if isinstance(exc, NotJSON) and route.kind != fastpath.INVOCATIONS:
+                exc = explain_not_json(exc, scope, plane)
+            status = exc.status_code
+            body = fastpath.error_body(route, exc) or error_body(exc.message)
         except Exception:
             logger.exception("unexpected error")
-            status, body = 500, error_body("internal error")
+            status = 500
+            body = fastpath.error_body(route, ModelshipError("internal error")) \
+                or error_body("internal error")
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

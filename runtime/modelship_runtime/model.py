@@ -43,6 +43,11 @@ class ModelInfo:
     has_proba: bool = False
     allow_nan: bool = False
     label_datatype: str = "FP64"
+    input_columns: list[str] | None = None
+    """Names requests may give the features by, in the order the model takes them: the
+    MLmodel signature's input columns, else the estimator's ``feature_names_in_``."""
+    predict_fn: str = "predict"
+    """The MLmodel pyfunc ``predict_fn``: what ``/invocations`` answers by default."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from .errors import ModelLoadError
 from .model import Model, Prediction
+from .signature import read_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,16 @@ class SKLearnModel(Model):
         self.use(estimator, fmt)
         if saved is not None:
             self.info.extra["sklearn_version"] = saved
+        if self.model_dir.is_dir():
+            inputs = read_inputs(self.model_dir)
+            self.info.predict_fn = inputs.predict_fn
+            n = self.info.n_features
+            if inputs.columns is not None and n is not None and len(inputs.columns) != n:
+                logger.warning(f"the MLmodel signature of {self.name} names "
+                               f"{len(inputs.columns)} inputs but the estimator takes {n} "
+                               "features: requests cannot name features by the signature")
+            elif inputs.columns is not None:
+                self.info.input_columns = inputs.columns
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""
@@ -229,6 +240,7 @@ class SKLearnModel(Model):
         info.n_features = int(n) if n is not None else None
         names = getattr(estimator, "feature_names_in_", None)
         info.feature_names = [str(x) for x in names] if names is not None else None
+        info.input_columns = info.feature_names
         classes = getattr(estimator, "classes_", None)
         self._classes = np.asarray(classes) if classes is not None else None
         info.classes = self._classes.tolist() if self._classes is not None else None

@@ -20,7 +20,7 @@ def test_exported_names() -> None:
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
         "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
         "settings",
-        "shadow", "shadow_sender", "sklearn"}
+        "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature"}
 
 
 def test_exports_are_defined_in_the_package() -> None:
