@@ -29,13 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-<<<<<<< HEAD
-from . import __version__, protocols
-from .agreement import Judge
-=======
 from . import __version__, fastpath, protocols
-from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
->>>>>>> main
+from .agreement import Judge
 from .cache import Cache, RedisCache
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
 from .drain import CONNECTION_CLOSE, Drain
