@@ -289,9 +289,10 @@ def render(
     if not version:
         raise RenderError("spec.model.version", "no model version to serve")
     spec = md.spec
+    stable = deployment.render(md, version, settings)
     children: list[dict[str, Any]] = [
         serviceaccount.render(md),
-        deployment.render(md, version, settings),
+        stable,
         service.render(md, version),
     ]
     if shadowconfig.wanted(md):
@@ -302,7 +303,7 @@ def render(
     if spec.autoscaling is not None:
         children.append(hpa.render(md, version, spec.autoscaling))
     children.append(pdb.render(md))
-    children.append(networkpolicy.render(md, settings))
+    children.append(networkpolicy.render(md, settings, networkpolicy.serving_ports(stable)))
     if spec.ingress is not None:
         children.append(ingress.render(md, spec.ingress))
     if spec.gateway is not None:

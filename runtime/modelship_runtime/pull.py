@@ -11,7 +11,10 @@ version without asking the registry. ``modelship.json`` is written last: its pre
 means the pull completed.
 
 Transient failures (registry unreachable, 5xx) are retried with exponential backoff;
-a missing model or refused credentials fail at once, with a message saying which.
+a missing model or refused credentials fail at once, with a message saying which. The
+registry is not trusted: a listing that would write outside the destination, a symlink
+out of the download or an MLmodel naming a path outside it fails the pull at once
+(``untrusted``) and nothing is kept. Credentials in URIs never reach a message.
 
 The registry is always named: with neither ``MLFLOW_TRACKING_URI`` nor
 ``MLFLOW_REGISTRY_URI`` set, MLflow would fall back to ``sqlite:///mlflow.db`` and create
@@ -32,7 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, PullError
+from .errors import ModelLoadError, PullError, UntrustedArtifact
+from .redact import redact
+from .trust import inside
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +78,9 @@ def parse_model_uri(uri: str) -> ModelRef:
 def read_metadata(model_dir: Path) -> ModelMetadata | None:
     """The metadata a pull left in ``model_dir``, or None when there is none; a file that
     cannot be read is a ModelLoadError."""
-    path = model_dir / METADATA_FILE
-    if not path.is_file():
+    if not (model_dir / METADATA_FILE).is_file():
         return None
+    path = inside(model_dir, METADATA_FILE, METADATA_FILE)
     try:
         data: Any = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -115,7 +120,13 @@ def registry_from_env() -> Registry:
 
 def _classify(exc: Exception, what: str, where: str) -> PullError:
     code = str(getattr(exc, "error_code", "") or "")
-    text = str(exc)
+    text = redact(str(exc))
+    where = redact(where)
+    if "outside the artifact directory" in text or (
+            code == "INVALID_PARAMETER_VALUE" and text.startswith("Invalid path")):
+        # MLflow refused a listing naming a path with '..', an absolute path or a link out
+        return PullError(f"untrusted: the registry at {where} lists a path outside the "
+                         f"download directory for {what}; nothing was kept", kind="untrusted")
     missing_alias = code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()
     if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
         return PullError(f"not found: {what} does not exist in the registry at {where}",
@@ -130,6 +141,20 @@ def _classify(exc: Exception, what: str, where: str) -> PullError:
         f"unreachable: could not fetch {what} from {where}: {first_line[:300]}",
         kind="unreachable",
     )
+
+
+def _check_download(local: Path, tmp: Path, name: str, version: str) -> None:
+    """Refuse a download that left its directory, holds a symlink out of it or whose
+    MLmodel names a path outside it (a hostile registry); PullError (untrusted)."""
+    from .sklearn import check_model_dir
+
+    try:
+        if not local.resolve().is_relative_to(tmp.resolve()):
+            raise UntrustedArtifact(f"the download landed in {local}, outside {tmp}")
+        check_model_dir(local)
+    except UntrustedArtifact as exc:
+        raise PullError(f"untrusted: model {name!r} version {version}: {exc.message}; "
+                        "nothing was kept", kind="untrusted") from None
 
 
 def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetadata:
@@ -159,6 +184,7 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetad
         except Exception as exc:
             raise _classify(exc, f"artifacts of model {ref.name!r} version {version}",
                             where) from exc
+        _check_download(local, tmp, ref.name, version)
         (dest / METADATA_FILE).unlink(missing_ok=True)
         for entry in local.iterdir():
             target = dest / entry.name
@@ -174,7 +200,7 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetad
         version=version,
         alias=ref.alias,
         uri=uri,
-        source=str(getattr(mv, "source", "") or "") or None,
+        source=redact(str(getattr(mv, "source", "") or "")) or None,  # no credentials
         run_id=str(getattr(mv, "run_id", "") or "") or None,
     )
     (dest / METADATA_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from .errors import UntrustedArtifact
+from .trust import inside
+
 logger = logging.getLogger(__name__)
 
 MLMODEL = "MLmodel"
@@ -59,8 +62,11 @@ def signature_columns(inputs: object) -> list[str] | None:
 def read_inputs(model_dir: Path) -> MLmodelInputs:
     """The signature's input columns and the pyfunc ``predict_fn`` of a model directory
     (no MLmodel, or one that cannot be read: no columns and ``predict``)."""
-    path = model_dir / MLMODEL
-    if not path.is_file():
+    if not (model_dir / MLMODEL).is_file():
+        return MLmodelInputs(None, "predict")
+    try:
+        path = inside(model_dir, MLMODEL, MLMODEL)  # the artifact is untrusted input
+    except UntrustedArtifact:
         return MLmodelInputs(None, "predict")
     try:
         spec: Any = yaml.safe_load(path.read_text())

@@ -20,7 +20,8 @@ def test_exported_names() -> None:
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
         "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
         "settings",
-        "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature"}
+        "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature", "auth",
+        "ratelimit", "redact", "trust"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

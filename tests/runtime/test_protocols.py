@@ -365,3 +365,40 @@ def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str, model:
     else:
         r = httpx.post(url, json=body)
     check(r)
+
+
+@pytest.mark.parametrize(("inputs", "columns"), [
+    ('[{"type": "double", "name": "b", "required": true}, {"type": "long", "name": "a"}]',
+     ["b", "a"]),
+    ('[{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 4]}}]', None),
+    ('[{"type": "double"}, {"type": "double"}]', None),  # unnamed columns
+    ('[{"type": "double", "name": "a"}, {"type": "double", "name": "a"}]', None),
+    ("not json", None),
+    (None, None),
+])
+def test_signature_columns(inputs: Any, columns: list[str] | None) -> None:
+    from modelship_runtime.signature import signature_columns
+
+    assert signature_columns(inputs) == columns
+
+
+def test_invocations_refuses_a_predict_fn_it_does_not_serve() -> None:
+    from modelship_runtime.dataplane import Validator
+    from modelship_runtime.errors import BadRequest
+    from modelship_runtime.invocations import parse
+    from modelship_runtime.model import ModelInfo
+
+    info = ModelInfo("m", "1", estimator="LogisticRegression", n_features=2, has_proba=True,
+                     predict_fn="predict_log_proba")
+    v = Validator(2, False, 10)
+    with pytest.raises(BadRequest, match="predict_fn 'predict_log_proba'"):
+        parse(b'{"inputs": [[1, 2]]}', b"application/json", v, info)
+    with pytest.raises(BadRequest, match="predict_fn 'predict_log_proba'"):
+        parse(b"a,b\n1,2\n", b"text/csv", v, info)
+    rows, proba = parse(b'{"inputs": [[1, 2]], "params": {"method": "predict_proba"}}',
+                        None, v, info)
+    assert rows.tolist() == [[1.0, 2.0]] and proba
+    # no input names: columns go by position, whatever they are called
+    rows, proba = parse(b'{"dataframe_split": {"columns": ["x", "y"], "data": [[3, 4]]}}',
+                        b"application/json; charset=utf-8", v, ModelInfo("m", "1"))
+    assert rows.tolist() == [[3.0, 4.0]] and not proba
