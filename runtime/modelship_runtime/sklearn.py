@@ -39,7 +39,7 @@ import yaml
 
 from .errors import ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
-from .signature import read_inputs
+from .signature import choose_columns, read_inputs
 from .trust import check_tree, inside, split_types
 
 logger = logging.getLogger(__name__)
@@ -294,13 +294,11 @@ class SKLearnModel(Model):
         if self.model_dir.is_dir():
             inputs = read_inputs(self.model_dir)
             self.info.predict_fn = inputs.predict_fn
-            n = self.info.n_features
-            if inputs.columns is not None and n is not None and len(inputs.columns) != n:
-                logger.warning(f"the MLmodel signature of {self.name} names "
-                               f"{len(inputs.columns)} inputs but the estimator takes {n} "
-                               "features: requests cannot name features by the signature")
-            elif inputs.columns is not None:
-                self.info.input_columns = inputs.columns
+            columns, problem = choose_columns(inputs.columns, self.info.feature_names,
+                                              self.info.n_features)
+            self.info.input_columns = columns
+            if problem is not None:
+                logger.warning(f"model {self.name}: {problem}")
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""

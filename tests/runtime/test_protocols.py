@@ -68,15 +68,17 @@ def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: a busy CI machine starts slowly
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(log.read_text())
+            why = "not ready after 300 s" if proc.returncode is None \
+                else f"exited with {proc.returncode}"
+            raise RuntimeError(f"{url}: {why}\n{log.read_text()}")
         time.sleep(0.1)
 
 
@@ -380,6 +382,23 @@ def test_signature_columns(inputs: Any, columns: list[str] | None) -> None:
     from modelship_runtime.signature import signature_columns
 
     assert signature_columns(inputs) == columns
+
+
+@pytest.mark.parametrize(("signature", "fitted", "n", "columns", "warns"), [
+    (["b", "a"], None, 2, ["b", "a"], False),
+    (None, ["x", "y"], 2, ["x", "y"], False),
+    (["b", "a"], ["a", "b"], 2, ["a", "b"], False),  # the estimator's order is the positions
+    (["b", "a", "c"], None, 2, None, True),
+    (["p", "q"], ["a", "b"], 2, ["a", "b"], True),
+    (None, None, None, None, False),
+])
+def test_input_names_follow_the_estimator(signature: list[str] | None,
+                                          fitted: list[str] | None, n: int | None,
+                                          columns: list[str] | None, warns: bool) -> None:
+    from modelship_runtime.signature import choose_columns
+
+    got, problem = choose_columns(signature, fitted, n)
+    assert got == columns and (problem is not None) == warns
 
 
 def test_invocations_refuses_a_predict_fn_it_does_not_serve() -> None:
