@@ -1,4 +1,10 @@
-"""Settings shared by every test directory."""
+"""Settings shared by every test directory.
+
+The runtime serves gRPC on port 8081 by default; runtimes that tests start (and the
+helpers under tests/operator and tests/packaging start several at once, in parallel
+pytest processes) would all want that one port. Tests that exercise gRPC give each
+runtime a free port of its own; every other runtime a test starts has none.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import threading
 from types import FrameType
 
 import pytest
+
+os.environ.setdefault("MODELSHIP_GRPC_PORT", "0")
 
 # The registry servers the tests start serve models only: MLflow's job execution (a pool
 # of huey consumer processes per server, ~1 GB each server) has nothing to do there.

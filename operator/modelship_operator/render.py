@@ -206,7 +206,8 @@ def _with_canary(
         if kind == "Deployment":
             result.append(canary_deployment)
         if kind == "Service":
-            result.append(service.render(md, canary, name=canary_service))
+            result.append(service.render(md, canary, name=canary_service,
+                                         grpc=settings.runtime_grpc_port > 0))
         if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None:
             auto = spec.autoscaling
             result.append(
@@ -265,7 +266,8 @@ def _with_retiring(
                     kept["spec"]["replicas"] = old.replicas
                 result.append(kept)
         if kind == "Service" and former is not None:
-            result.append(service.render(md, former, name=canary_service))
+            result.append(service.render(md, former, name=canary_service,
+                                         grpc=settings.runtime_grpc_port > 0))
         if kind == "Ingress" and former is not None and spec.ingress is not None:
             result.append(
                 ingress.render(
@@ -293,7 +295,7 @@ def render(
     children: list[dict[str, Any]] = [
         serviceaccount.render(md),
         stable,
-        service.render(md, version),
+        service.render(md, version, grpc=settings.runtime_grpc_port > 0),
     ]
     if shadowconfig.wanted(md):
         mirroring = state.mirror and state.canary_version not in (None, version)

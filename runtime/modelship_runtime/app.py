@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, fastpath, protocols
+from . import __version__, binary, fastpath, protocols
 from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
 from .auth import KeyRing
 from .cache import Cache, RedisCache
@@ -235,7 +235,11 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            body = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
+            answer = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
+            if isinstance(answer, binary.Answer):  # V2 binary outputs asked for
+                body, headers = answer.body, answer.asgi_headers()
+            else:
+                body = answer
         except ModelshipError as exc:
             if isinstance(exc, NotJSON) and route.kind != fastpath.INVOCATIONS:
                 exc = explain_not_json(exc, scope, plane)
@@ -456,6 +460,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.plane = plane
     app.state.settings = settings
     app.state.drain = drain
+    app.state.api_keys = keys  # the gRPC server checks keys and rate limits with these too
+    app.state.limiter = limiter
     app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)

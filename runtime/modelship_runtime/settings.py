@@ -49,6 +49,10 @@ class RuntimeSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     """TCP port to listen on."""
 
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol V2 over gRPC (same host, same process and
+    data plane as HTTP); 0: no gRPC server (and grpc is not even imported)."""
+
     allow_pickle: bool = True
     """Load models serialized with pickle, cloudpickle or joblib: unpickling runs code
     from the artifact, so this trusts whoever can write to the registry. On by default

@@ -277,7 +277,7 @@ def _policy(md: ModelDeployment, **settings: Any) -> dict[str, Any]:
 
 
 OWN = {"podSelector": {"matchLabels": {"modelship.io/deployment": "iris"}}}
-PORT = [{"protocol": "TCP", "port": 8080}]
+PORT = [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8081}]  # HTTP, gRPC
 
 
 def test_networkpolicy_admits_named_sources_only() -> None:
@@ -328,12 +328,12 @@ def test_networkpolicy_ports_are_the_deployments_container_ports() -> None:
 
     objs = children(make(), SETTINGS.model_copy(update={"runtime_port": 9100}))
     ports = networkpolicy.serving_ports(kind(objs, "Deployment"))
-    assert ports == [{"protocol": "TCP", "port": 9100}]
+    assert ports == [{"protocol": "TCP", "port": 9100}, {"protocol": "TCP", "port": 8081}]
     spec = kind(objs, "NetworkPolicy")["spec"]
     assert all(rule["ports"] == ports for rule in spec["ingress"])
     deployment = kind(objs, "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"].append(
-        {"name": "grpc", "containerPort": 9101, "protocol": "TCP"})
+        {"name": "other", "containerPort": 9101, "protocol": "TCP"})
     assert networkpolicy.serving_ports(deployment)[-1] == {"protocol": "TCP", "port": 9101}
 
 

@@ -80,6 +80,8 @@ TMP_DIR = "/tmp"
 RUNTIME_COMMAND = "modelship-runtime"
 PYTHON_COMMAND = "python3"  # the runtime is a Python console script: its image has one
 PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
+ENV_GRPC_PORT = "MODELSHIP_GRPC_PORT"
 READINESS_PATH = "/readyz"
 LIVENESS_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -257,6 +259,8 @@ def render(
         {"name": ENV_MODEL_VERSION, "value": version},
         {"name": ENV_DRAIN, "value": str(settings.runtime_drain_seconds)},
         {"name": ENV_SHUTDOWN_TIMEOUT, "value": str(settings.runtime_shutdown_timeout_seconds)},
+        # in the environment, not a flag: a runtime image from before gRPC ignores it
+        {"name": ENV_GRPC_PORT, "value": str(settings.runtime_grpc_port)},
     ]
     serve_env += tuning_env(md, settings)
     size = storage_limit(md, settings)
@@ -325,7 +329,9 @@ def render(
         "command": [
             RUNTIME_COMMAND, "serve", "--model-dir", MODEL_DIR, "--port", str(port),
         ],
-        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}] + (
+            [{"name": GRPC_PORT_NAME, "containerPort": settings.runtime_grpc_port,
+              "protocol": "TCP"}] if settings.runtime_grpc_port else []),
         "env": _merge_env(common_env + serve_env, user_env),
         "resources": resources,
         "securityContext": _security_context(settings.runtime_user_id),
