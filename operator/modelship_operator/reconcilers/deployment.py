@@ -47,6 +47,8 @@ ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
 ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
 ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+ENV_SHADOW_TOKEN = "MODELSHIP_SHADOW_TOKEN"
+SHADOW_TOKEN_KEY = "token"
 ENV_ALLOW_PICKLE = "MODELSHIP_ALLOW_PICKLE"
 ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
     "max_concurrency": "MODELSHIP_MAX_CONCURRENCY",
@@ -115,6 +117,17 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def literal(text: str) -> str:
+    """``text`` as the kubelet must pass it on: it expands ``$(NAME)`` in a container's
+    command, args and env values to other variables of the container (a Secret's among
+    them), and ``$$`` is its escape for one ``$``."""
+    return text.replace("$", "$$")
+
+
+def _literal_env(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**e, "value": literal(e["value"])} if "value" in e else e for e in entries]
+
+
 def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours, then the user's. The API refuses a user entry naming a variable the operator
     owns (:func:`modelship_operator.api.operator_env_problem`); should one get here all
@@ -122,7 +135,7 @@ def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[
 
     Server-side apply treats ``env`` as a map keyed by name, so a name may occur once.
     """
-    merged: dict[str, dict[str, Any]] = {e["name"]: e for e in ours}
+    merged: dict[str, dict[str, Any]] = {e["name"]: e for e in _literal_env(ours)}
     for entry in users:
         merged.setdefault(entry["name"], entry)
     return list(merged.values())
@@ -270,6 +283,11 @@ def render(
     if spec.rollout.shadow is not None and spec.rollout.shadow.via == "runtime":
         # Mounted, not in env: a shadow phase starts and ends without restarting a pod.
         serve_env.append({"name": ENV_SHADOW_FILE, "value": SHADOW_FILE})
+        # Stable and canary pods share a token (the Secret the operator creates): mirrored
+        # requests carry it, and the canary compares only those, so a client reaching
+        # the canary's pods directly cannot sway the agreement it is judged on.
+        serve_env.append(_secret_env(ENV_SHADOW_TOKEN, naming.shadow_token_name(name),
+                                     SHADOW_TOKEN_KEY, optional=False))
         volumes.append({"name": "shadow", "configMap": {
             "name": naming.shadow_config_name(name), "optional": True}})
         mounts.append({"name": "shadow", "mountPath": SHADOW_MOUNT, "readOnly": True})
@@ -303,7 +321,7 @@ def render(
         "image": image,
         **pull_policy,
         "command": [
-            RUNTIME_COMMAND, "pull", "--model-uri", model_uri(model.name, version),
+            RUNTIME_COMMAND, "pull", "--model-uri", literal(model_uri(model.name, version)),
             "--dest", MODEL_DIR,
         ],
         "env": _merge_env(common_env + registry_env, user_env),
