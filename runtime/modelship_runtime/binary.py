@@ -109,6 +109,9 @@ def wanted_outputs(names: list[str], where: str = "outputs") -> list[str]:
         if name not in OUTPUT_NAMES:
             raise BadRequest(f"{where}[{i}].name {name!r} is not an output of this model; "
                              "outputs are predict, predict_proba")
+        if name in names[:i]:
+            raise BadRequest(f"{where}[{i}].name {name!r} is asked for twice; ask for each "
+                             "output once")
     return names
 
 

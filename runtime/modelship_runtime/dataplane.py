@@ -21,6 +21,7 @@ has its predictions compared with the stable's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -34,7 +35,7 @@ import orjson
 
 from .bounds import Decoder, precheck
 from .cache import Cache, CacheError, artifact_tag, cache_key
-from .errors import BadRequest, ModelNotReady, NotJSON
+from .errors import BadRequest, ModelNotReady, NotJSON, OutputNotFinite
 from .metrics import Metrics
 from .model import Model, Prediction
 
@@ -408,12 +409,26 @@ class DataPlane:
                     shadow.observe(hit)
                 return Result(hit, True, 0.0)
         pred, elapsed = await self.batcher.predict(rows)
+        self._check_finite(pred)
         self._count(pred)
         if key is not None:
             self._spawn(self._cache_set(key, pred))
         if shadow is not None:
             shadow.observe(pred)
         return Result(pred, False, elapsed)
+
+    def _check_finite(self, pred: Prediction) -> None:
+        values: Any = ()
+        if pred.probabilities is not None:
+            values = itertools.chain.from_iterable(pred.probabilities)
+        elif self.model.info.classes is None:
+            values = pred.labels
+        for i, value in enumerate(values):
+            if isinstance(value, float) and not math.isfinite(value):
+                width = len(pred.probabilities[0]) if pred.probabilities else 1
+                raise OutputNotFinite(
+                    f"the model's answer for row {i // width} is {value} (an input too large "
+                    "for it?): not sent as a number")
 
     def _count(self, pred: Prediction) -> None:
         self.metrics.predictions.inc(len(pred.labels))

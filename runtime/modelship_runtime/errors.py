@@ -73,6 +73,13 @@ class UnsupportedMediaType(ModelshipError):
     status_code = 415
 
 
+class OutputNotFinite(ModelshipError):
+    """The inputs were valid finite numbers, yet the model's answer for them is not (an
+    overflow inside the estimator): refused rather than sent as ``null``."""
+
+    status_code = 422
+
+
 class ModelNotReady(ModelshipError):
     """The model is not loaded (yet)."""
 

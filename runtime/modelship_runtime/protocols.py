@@ -253,10 +253,14 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
         ):
             raise BadRequest('"outputs" must be an array of {"name": ...} objects')
-        for o in wanted:
+        for i, o in enumerate(wanted):
             if o["name"] not in V2_OUTPUTS:
                 raise BadRequest(f"unknown output {o['name']!r}; outputs are predict, "
                                  "predict_proba")
+            if any(o["name"] == earlier["name"] for earlier in wanted[:i]):
+                # Each copy would be the whole answer again: one small request, a huge reply.
+                raise BadRequest(f"outputs[{i}]: output {o['name']!r} is asked for twice; "
+                                 "ask for each output once")
             if o["name"] == "predict_proba" and not info.has_proba:
                 raise no_proba(info, "outputs predict_proba")
     return rows, obj

@@ -350,7 +350,13 @@ class SKLearnModel(Model):
             return False
 
     def predict(self, rows: np.ndarray) -> Prediction:
-        """Labels and (for classifiers) probabilities of validated float64 rows."""
+        """Labels and (for classifiers) probabilities of validated float64 rows. An overflow
+        inside the estimator is not a warning per request: its non-finite answer is
+        refused by the dataplane (OutputNotFinite)."""
+        with np.errstate(all="ignore"):
+            return self._predict(rows)
+
+    def _predict(self, rows: np.ndarray) -> Prediction:
         est = self.estimator
         if self.info.has_proba:
             proba = self._forest_proba(rows) if self._forest else est.predict_proba(rows)
