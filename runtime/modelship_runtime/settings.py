@@ -157,13 +157,15 @@ class RuntimeSettings(BaseSettings):
     """Share of the successful prediction requests that are mirrored (sampled at random)."""
 
     shadow_queue: int = Field(default=256, ge=1, le=100_000)
-    """Mirrored requests waiting to be sent; when full, more are dropped (and counted)."""
+    """Mirrored requests waiting in the sender process; when full, more are dropped (and
+    counted)."""
 
     shadow_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
     """Longest wait for the canary to answer one mirrored request (connect included)."""
 
     shadow_concurrency: int = Field(default=4, ge=1, le=64)
-    """Mirrored requests in flight at once (one kept-alive connection each)."""
+    """Mirrored requests in flight at once from the sender process (one kept-alive
+    connection each)."""
 
     shadow_max_prediction_bytes: int = Field(default=8192, ge=64, le=65536)
     """Largest X-Modelship-Stable-Prediction header; a request whose predictions encode

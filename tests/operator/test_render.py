@@ -683,6 +683,11 @@ def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart()
             pod["volumes"])
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["MODELSHIP_SHADOW_CONFIG_FILE"] == "/etc/modelship/shadow/shadow.json"
+        # Stable and canary read the same shadow token, from the Secret the operator makes.
+        (token,) = [e for e in pod["containers"][0]["env"]
+                    if e["name"] == "MODELSHIP_SHADOW_TOKEN"]
+        assert token["valueFrom"] == {"secretKeyRef": {"name": "iris--shadow-token",
+                                                       "key": "token"}}
     assert json.loads(by(quiet, "ConfigMap", "iris--shadow")["data"]["shadow.json"]) == {}
     config = json.loads(by(shadowing, "ConfigMap", "iris--shadow")["data"]["shadow.json"])
     assert config == {"mirrorFrom": "3", "mirrorTo": "4", "fraction": 0.25,
@@ -690,3 +695,4 @@ def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart()
     # Without a shadow phase in the spec: no ConfigMap, no mount.
     plain = render.render(make(), RolloutState("3", canary_version="4", mirror=True), SETTINGS)
     assert not [o for o in plain if o["kind"] == "ConfigMap"]
+    assert "MODELSHIP_SHADOW_TOKEN" not in str(plain)

@@ -22,8 +22,8 @@ def test_exported_names() -> None:
         "logging", "metrics",
         "model", "protocols", "pull",
         "settings",
-        "shadow", "sklearn", "fastpath", "invocations", "signature", "auth", "ratelimit",
-        "redact", "trust"}
+        "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature", "auth",
+        "ratelimit", "redact", "trust"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

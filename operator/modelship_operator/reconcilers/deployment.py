@@ -47,6 +47,8 @@ ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
 ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
 ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+ENV_SHADOW_TOKEN = "MODELSHIP_SHADOW_TOKEN"
+SHADOW_TOKEN_KEY = "token"
 ENV_ALLOW_PICKLE = "MODELSHIP_ALLOW_PICKLE"
 ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
     "max_concurrency": "MODELSHIP_MAX_CONCURRENCY",
@@ -270,6 +272,11 @@ def render(
     if spec.rollout.shadow is not None and spec.rollout.shadow.via == "runtime":
         # Mounted, not in env: a shadow phase starts and ends without restarting a pod.
         serve_env.append({"name": ENV_SHADOW_FILE, "value": SHADOW_FILE})
+        # Stable and canary pods share a token (the Secret the operator creates): mirrored
+        # requests carry it, and the canary compares only those, so a client reaching
+        # the canary's pods directly cannot sway the agreement it is judged on.
+        serve_env.append(_secret_env(ENV_SHADOW_TOKEN, naming.shadow_token_name(name),
+                                     SHADOW_TOKEN_KEY, optional=False))
         volumes.append({"name": "shadow", "configMap": {
             "name": naming.shadow_config_name(name), "optional": True}})
         mounts.append({"name": "shadow", "mountPath": SHADOW_MOUNT, "readOnly": True})
