@@ -5,7 +5,8 @@ uvicorn with httptools and uvloop on one model directory, pulling first when giv
 URI. Command-line flags override the ``MODELSHIP_`` environment.
 
 Every expected failure (bad arguments or settings, no registry, model not found, refused
-credentials, unreachable registry, a model that does not load, a port in use) ends with
+credentials, unreachable registry, artifacts the runtime will not fetch, a model that does
+not load, a port in use) ends with
 one line on stderr, no traceback, and its own exit code: the table in docs/cli.md, which
 ``EXIT_*`` below follow (a test holds them together). Logs go to stdout.
 
@@ -49,6 +50,7 @@ EXIT_NOT_FOUND = 4
 EXIT_AUTH = 5
 EXIT_UNREACHABLE = 6
 EXIT_LOAD = 7
+EXIT_REFUSED = 8
 EXIT_SIGNAL_BASE = 128  # stopped by signal N before serving: 128 + N (SIGTERM: 143)
 
 
@@ -61,7 +63,7 @@ class _CannotStart(Exception):
 
 
 _PULL_EXIT = {"usage": EXIT_USAGE, "not_found": EXIT_NOT_FOUND, "auth": EXIT_AUTH,
-              "unreachable": EXIT_UNREACHABLE}
+              "unreachable": EXIT_UNREACHABLE, "refused": EXIT_REFUSED}
 
 
 def version_string() -> str:
@@ -108,10 +110,11 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Pull and serve one MLflow scikit-learn model.",
                                 epilog="Exit codes: docs/cli.md (0 ok, 2 usage, 3 cannot "
                                 "start, 4 not found, 5 unauthorized, 6 registry unreachable, "
-                                "7 model does not load).")
+                                "7 model does not load, 8 artifacts refused).")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
-    pull = sub.add_parser("pull", help="pull models:/NAME/VERSION or models:/NAME@ALIAS to DIR")
+    pull = sub.add_parser("pull", help="pull models:/NAME/VERSION, models:/NAME@ALIAS or "
+                          "runs:/RUN_ID/PATH to DIR")
     pull.add_argument("--model-uri", required=True)
     pull.add_argument("--dest", required=True, type=Path)
     serve = sub.add_parser("serve", help="serve a pulled directory (or pull a URI first)")

@@ -17,8 +17,9 @@ accident. The tree:
   * UnsupportedMediaType (415): a body declared as another type that is not JSON either
   * ModelNotReady (503): the model is not loaded yet
   * ModelLoadError: the model directory cannot be loaded (startup, not HTTP)
-  * PullError: the registry refused or could not be reached (CLI, not HTTP); ``kind``
-    says which, and the console script's exit code follows it (docs/cli.md)
+  * PullError: the registry refused or could not be reached, or the model's artifacts
+    cannot be fetched as they are (CLI, not HTTP); ``kind`` says which, and the console
+    script's exit code follows it (docs/cli.md)
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class ModelLoadError(ModelshipError):
     """A model directory that cannot be loaded (missing file, refused format)."""
 
 
-PullKind = Literal["usage", "not_found", "auth", "unreachable"]
+PullKind = Literal["usage", "not_found", "auth", "unreachable", "refused"]
 
 
 class PullError(ModelshipError):
