@@ -45,10 +45,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, PullError
-from .mlflow_rest import Client
+
+if TYPE_CHECKING:
+    from .mlflow_rest import Client
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +222,8 @@ def _resolve(ref: ModelRef, client: Client) -> tuple[str, ModelMetadata]:
 
 
 def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetadata:
+    from .mlflow_rest import Client  # urllib, ssl, http.client: not at serve time
+
     client = Client(reg.tracking_uri, reg.registry_uri)
     location, meta = _resolve(ref, client)
     meta = ModelMetadata(**{**asdict(meta), "uri": uri})

@@ -1,7 +1,7 @@
 """scikit-learn models as MLflow writes them, or as plain joblib files, without MLflow.
 
-The runtime image carries mlflow-skinny for pulling, but loading must not need MLflow at
-all (it is slow to import and the sklearn flavour lives in full MLflow), so this module
+The runtime image carries no MLflow package (the pull speaks MLflow's REST API), and
+loading must not need MLflow at all (it is slow to import), so this module
 reads the ``MLmodel`` file itself: the sklearn flavour names the serialized file
 (``pickled_model``) and its ``serialization_format``. skops files are loaded with exactly
 the trusted types the MLmodel records (``skops_trusted_types``) on top of skops' own safe
