@@ -15,6 +15,10 @@ from typing import Any
 
 PEERS = ("mlserver", "kserve")
 RUNTIME = "modelship"
+PROTOCOLS = ("modelship-v1", "modelship-v2")
+"""The runtime's other protocols, compared with its `/predict` (RUNTIME) in each round."""
+PROTOCOL_LABELS = {"modelship-v1": "KServe V1", "modelship-v2": "V2 (OIP) HTTP"}
+PROTOCOL_NEED = 0.8
 SCENARIOS = ("single-c1", "single-c8", "single-c32", "batch100-c8")
 
 Record = dict[str, Any]
@@ -46,6 +50,9 @@ def summarise(runs: list[Record], starts: list[Record]) -> dict[str, Any]:
             }
         )
     for row in rows:
+        if row["server"] in PROTOCOLS:
+            row["rps_x_predict"] = _within(runs, row, row["server"], RUNTIME, "rps")
+            row["p99_x_predict"] = _within(runs, row, row["server"], RUNTIME, "p99_ms")
         if row["server"] != RUNTIME:
             continue
         for peer in PEERS:
@@ -85,15 +92,21 @@ def summarise(runs: list[Record], starts: list[Record]) -> dict[str, Any]:
 
 def _ratio(runs: list[Record], row: Record, peer: str, metric: str) -> float | None:
     """Median over rounds of modelship's metric divided by the peer's in the same round."""
+    return _within(runs, row, RUNTIME, peer, metric)
+
+
+def _within(runs: list[Record], row: Record, a: str, b: str, metric: str) -> float | None:
+    """Median over rounds of server a's metric divided by server b's in the same round
+    (same model and scenario as ``row``)."""
     mine = {
         r["round"]: r[metric]
         for r in runs
-        if (r["model"], r["server"], r["scenario"]) == (row["model"], RUNTIME, row["scenario"])
+        if (r["model"], r["server"], r["scenario"]) == (row["model"], a, row["scenario"])
     }
     theirs = {
         r["round"]: r[metric]
         for r in runs
-        if (r["model"], r["server"], r["scenario"]) == (row["model"], peer, row["scenario"])
+        if (r["model"], r["server"], r["scenario"]) == (row["model"], b, row["scenario"])
     }
     ratios: list[float | None] = [
         mine[k] / theirs[k] for k in mine if mine[k] is not None and theirs.get(k)
@@ -170,6 +183,20 @@ def targets(summary: dict[str, Any], sizes: dict[str, float]) -> list[Record]:
                 "met": None if got is None else got <= 0.5,
             }
         )
+    for server in PROTOCOLS:
+        for model in ("light", "heavy"):
+            for scenario in ("single-c1", "single-c8", "single-c32"):
+                me = _find(rows, model=model, server=server, scenario=scenario)
+                got = me.get("rps_x_predict") if me else None
+                out.append(
+                    {
+                        "target": f"{PROTOCOL_LABELS[server]}, {model}, {scenario}: req/s",
+                        "peer": "/predict",
+                        "need": f">= {PROTOCOL_NEED:g}x",
+                        "got": got,
+                        "met": None if got is None else got >= PROTOCOL_NEED,
+                    }
+                )
     rt, bare = sizes.get("modelship-runtime-deps"), sizes.get("fastapi+uvicorn+scikit-learn")
     got = rt / bare if rt and bare else None
     out.append(
@@ -199,14 +226,23 @@ def markdown(
         "warm-up · servers on core 0, wrk on core 1 · medians of rounds",
         "",
         "| model | scenario | server | req/s | p50 ms | p99 ms | non-2xx | sock err "
-        "| req/s x MLServer | req/s x KServe | p99 x MLServer | p99 x KServe |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| req/s x MLServer | req/s x KServe | p99 x MLServer | p99 x KServe "
+        "| req/s x /predict | p99 x /predict |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     order = {s: i for i, s in enumerate(SCENARIOS)}
     srv_order = {
         s: i
         for i, s in enumerate(
-            ("modelship", "mlserver", "kserve", "fastapi-bare", "fastapi-constant")
+            (
+                "modelship",
+                "modelship-v1",
+                "modelship-v2",
+                "mlserver",
+                "kserve",
+                "fastapi-bare",
+                "fastapi-constant",
+            )
         )
     }
     rows = sorted(
@@ -220,7 +256,14 @@ def markdown(
     for r in rows:
         ratios = [
             _f(r.get(k), ".2f")
-            for k in ("rps_x_mlserver", "rps_x_kserve", "p99_x_mlserver", "p99_x_kserve")
+            for k in (
+                "rps_x_mlserver",
+                "rps_x_kserve",
+                "p99_x_mlserver",
+                "p99_x_kserve",
+                "rps_x_predict",
+                "p99_x_predict",
+            )
         ]
         lines.append(
             f"| {r['model']} | {r['scenario']} | {r['server']} | {_f(r['rps'], '.0f')} "

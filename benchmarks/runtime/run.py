@@ -298,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=6, help="seconds per measured wrk run")
     p.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up before each run")
-    p.add_argument("--servers", default="modelship,mlserver,kserve,fastapi-bare,fastapi-constant")
+    p.add_argument(
+        "--servers",
+        default="modelship,modelship-v1,modelship-v2,mlserver,kserve,fastapi-bare,fastapi-constant",
+    )
     p.add_argument("--models", default="light,heavy")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="subset, for a quick look")
     p.add_argument("--ready-timeout", type=float, default=90.0)
@@ -321,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
 
     names = [n for n in args.servers.split(",") if n]
-    if "modelship" in names and not runtime_usable():
+    if any(n.startswith("modelship") for n in names) and not runtime_usable():
         log("modelship-runtime is not usable yet (`serve --help` fails): running without it")
-        names.remove("modelship")
+        names = [n for n in names if not n.startswith("modelship")]
     targets = [TARGETS[n] for n in names]
     for venv in sorted({t.venv for t in targets if t.venv}):
         ensure_venv(venv, args.fresh_venvs)

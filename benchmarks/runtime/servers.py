@@ -1,7 +1,9 @@
 """The servers under test: how each starts, where it predicts, what body it takes.
 
 Each server speaks its own default protocol, the one its users would send:
-modelship-runtime its `/predict` (seed format, which also returns probabilities),
+modelship-runtime its `/predict` (seed format, which also returns probabilities; the
+`modelship-v1` and `modelship-v2` targets are the same runtime sent KServe V1 and Open
+Inference V2 requests, to compare its protocols with each other),
 MLServer the Open Inference Protocol V2 (`/v2/models/{name}/infer`, FP64 tensor),
 KServe its V1 `/v1/models/{name}:predict`, and the bare FastAPI baseline a plain
 `{"instances": ...}` POST. Bodies carry the same rows, serialised by `json.dumps`.
@@ -101,6 +103,37 @@ class Modelship(Target):
         return json.dumps({"instances": rows})
 
 
+class ModelshipV1(Modelship):
+    """The same runtime answering KServe V1 `POST /v1/models/NAME:predict`."""
+
+    name = "modelship-v1"
+    role = "protocol"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        launch = super().launch(model, workdir)
+        url = launch.predict_url.replace("/predict", f"/v1/models/{model.name}:predict")
+        return Launch(launch.argv, launch.env, url)
+
+    def body(self, rows: list[list[float]], single: bool) -> str:
+        return json.dumps({"instances": rows})
+
+
+class ModelshipV2(Modelship):
+    """The same runtime answering Open Inference V2 `POST /v2/models/NAME/infer` with the
+    body MLServer is sent (one FP64 tensor)."""
+
+    name = "modelship-v2"
+    role = "protocol"
+
+    def launch(self, model: ModelFiles, workdir: Path) -> Launch:
+        launch = super().launch(model, workdir)
+        url = launch.predict_url.replace("/predict", f"/v2/models/{model.name}/infer")
+        return Launch(launch.argv, launch.env, url)
+
+    def body(self, rows: list[list[float]], single: bool) -> str:
+        return MLServer().body(rows, single)
+
+
 class MLServer(Target):
     name = "mlserver"
     venv = "mlserver"
@@ -188,6 +221,15 @@ class ConstantFastAPI(BareFastAPI):
 
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (Modelship(), MLServer(), KServe(), BareFastAPI(), ConstantFastAPI())
+    t.name: t
+    for t in (
+        Modelship(),
+        ModelshipV1(),
+        ModelshipV2(),
+        MLServer(),
+        KServe(),
+        BareFastAPI(),
+        ConstantFastAPI(),
+    )
 }
 PEER_NAMES = ("mlserver", "kserve")

@@ -57,6 +57,9 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+# A URI whose authority holds user information (user:password@); the CRD's CEL rule too.
+USERINFO_PATTERN = r"^[A-Za-z][-+.A-Za-z0-9]*://[^/?#]*@"
+
 # The name of a Kubernetes object (a Secret, an IngressClass, a Gateway).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 SecretName = ObjectName
@@ -102,8 +105,17 @@ class RegistrySpec(_Model):
     tracking_uri: str | None = Field(
         default=None,
         min_length=1,
+        max_length=2048,
         description="MLflow tracking server URI; defaults to the operator's setting.",
     )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_userinfo(cls, uri: str | None) -> str | None:
+        if uri is not None and re.match(USERINFO_PATTERN, uri):
+            raise ValueError("spec.model.registry.trackingUri: no user or password in the URI; "
+                             "put them in credentialsSecret")
+        return uri
     credentials_secret: SecretName | None = Field(
         default=None,
         description="Secret with MLFLOW_TRACKING_TOKEN or "
@@ -139,18 +151,77 @@ class ModelSpec(_Model):
         return self
 
 
+# Variables the operator sets, or the runtime and MLflow read for configuration the
+# operator owns: spec.runtime.env may not name them (any case: pydantic-settings matches
+# MODELSHIP_* and REDIS_URL case-insensitively). The same expression is the CRD's CEL rule.
+OPERATOR_ENV_PATTERN = (
+    r"(?i)^(MODELSHIP_.*|REDIS_URL|MLFLOW_TRACKING_.*|MLFLOW_REGISTRY_URI|HOME)$"
+)
+OPERATOR_ENV_SUMMARY = "MODELSHIP_*, REDIS_URL, MLFLOW_TRACKING_*, MLFLOW_REGISTRY_URI, HOME"
+
+
+def operator_env_problem(name: str) -> str | None:
+    """Why spec.runtime.env may not set `name`, or None when it may."""
+    if re.match(OPERATOR_ENV_PATTERN, name):
+        return (f"spec.runtime.env: {name} is set by the operator ({OPERATOR_ENV_SUMMARY}); "
+                "use the fields of spec.runtime instead")
+    return None
+
+
 class EnvVar(_Model):
     """A core/v1 EnvVar; ``valueFrom`` is passed through to the container unchecked."""
 
-    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str | None = None
     value_from: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_operators(cls, name: str) -> str:
+        problem = operator_env_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _value_or_value_from(self) -> EnvVar:
         if self.value is not None and self.value_from is not None:
             raise ValueError("spec.runtime.env: set at most one of value and valueFrom")
         return self
+
+
+class RuntimeLimits(_Model):
+    """Bounds the runtime puts on clients (MODELSHIP_MAX_* and timeouts); unset: its own."""
+
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1_073_741_824)] | None = None
+    max_rows: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    max_columns: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] | None = None
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    keep_alive_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
+class MicrobatchSpec(_Model):
+    enabled: bool | None = None
+    max_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    max_wait_ms: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+class LoggingSpec(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    json_lines: bool | None = Field(default=None, alias="json")
+    access_log: bool | None = None
+
+
+class ModelStorageSpec(_Model):
+    size_limit: Annotated[str, Field(pattern=QUANTITY_PATTERN)] | None = None
+
+
+class RuntimeRateLimit(_Model):
+    requests: Annotated[int, Field(ge=1, le=1_000_000_000)]
+    period_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
 
 
 class ResourceRequirements(_Model):
@@ -163,6 +234,12 @@ class RuntimeSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: ResourceRequirements | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    limits: RuntimeLimits | None = None
+    microbatch: MicrobatchSpec | None = None
+    logging: LoggingSpec | None = None
+    allow_pickle: bool | None = None
+    model_storage: ModelStorageSpec | None = None
+    rate_limit: RuntimeRateLimit | None = None
 
 
 class AutoscalingSpec(_Model):
@@ -182,6 +259,13 @@ class AutoscalingSpec(_Model):
         return self
 
 
+class IngressRateLimit(_Model):
+    """Per-client-IP limits that ingress-nginx enforces (limit-rps, limit-connections)."""
+
+    requests_per_second: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    connections: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
 class IngressSpec(_Model):
     host: str = Field(
         min_length=1,
@@ -192,6 +276,7 @@ class IngressSpec(_Model):
     class_name: ObjectName | None = None
     tls_secret: SecretName | None = None
     annotations: Annotated[dict[str, str], BeforeValidator(_without_nulls)] | None = None
+    rate_limit: IngressRateLimit | None = None
 
 
 class ParentRef(_Model):
@@ -339,6 +424,32 @@ class DisruptionBudgetSpec(_Model):
         return self
 
 
+LabelValue = Annotated[str, Field(max_length=63,
+                                  pattern=r"^([A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?)?$")]
+
+
+class LabelSelector(_Model):
+    match_labels: Annotated[dict[str, LabelValue], BeforeValidator(_without_nulls),
+                            Field(max_length=16)] = Field(default_factory=dict)
+
+
+class NetworkPeer(_Model):
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+
+    @model_validator(mode="after")
+    def _some_selector(self) -> NetworkPeer:
+        if self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError(
+                "spec.networkPolicy.allowFrom: set namespaceSelector, podSelector or both"
+            )
+        return self
+
+
+class NetworkPolicySpec(_Model):
+    allow_from: list[NetworkPeer] = Field(default_factory=list, max_length=16)
+
+
 class ModelDeploymentSpec(_Model):
     model: ModelSpec
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -350,6 +461,7 @@ class ModelDeploymentSpec(_Model):
     cache: CacheSpec | None = None
     auth: AuthSpec | None = None
     disruption_budget: DisruptionBudgetSpec | None = None
+    network_policy: NetworkPolicySpec | None = None
 
     @model_validator(mode="after")
     def _ingress_or_gateway(self) -> ModelDeploymentSpec:

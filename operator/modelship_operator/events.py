@@ -14,6 +14,7 @@ from typing import Any
 
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.status import now_iso
+from modelship_operator.trust import redact
 
 EVENT_KIND = kind_of("v1", "Event")
 _log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def post(
             "uid": meta.get("uid"),
         },
         "reason": reason,
-        "message": message[:1024],
+        "message": redact(message)[:1024],
         "type": "Warning" if warning else "Normal",
         "source": {"component": "modelship-operator"},
         "reportingComponent": "modelship.io/operator",

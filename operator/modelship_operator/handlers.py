@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from modelship_operator import api, metrics, reconcile
+from modelship_operator import api, metrics, reconcile, trust
 from modelship_operator.k8s import KubeClient
 from modelship_operator.settings import OperatorSettings
 
@@ -25,6 +25,7 @@ _MANAGED = {"app.kubernetes.io/managed-by": "modelship"}
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Turn our settings into kopf's, and build the shared clients once."""
     ours = OperatorSettings()
+    trust.redact_logs()  # no user:password@ of a URL reaches the log
     # Keep kopf's bookkeeping in annotations under our prefix, never in status or spec.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelship.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

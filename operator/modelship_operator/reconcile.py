@@ -18,12 +18,22 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelship_operator import api, events, metrics, naming, retire, smoke, status, webhooks
+from modelship_operator import (
+    api,
+    events,
+    metrics,
+    naming,
+    retire,
+    smoke,
+    status,
+    trust,
+    webhooks,
+)
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import RenderError, Retiring, RolloutState, desired_kinds, render
-from modelship_operator.resolve import Resolution, Resolver
+from modelship_operator.resolve import MODEL_RESOLVED, Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.gates import Outcome
 from modelship_operator.rollout.providers import AnalysisError, endpoints
@@ -145,6 +155,17 @@ class Reconciler:
             md = api.ModelDeployment.from_body(_plain(body))
         except ValidationError as exc:
             self._stall(body, patch, current, "InvalidSpec", validation_message(exc), generation)
+            return
+        untrusted = trust.registry_problem(md, self.settings)
+        if untrusted is not None:
+            # Before any Secret is read, any registry called or any child rendered.
+            logger.warning(untrusted)
+            self._stall(
+                body, patch, current, trust.HOST_NOT_ALLOWED, untrusted, generation,
+                extra=[status.condition(
+                    MODEL_RESOLVED, False, trust.HOST_NOT_ALLOWED, untrusted, generation
+                )],
+            )
             return
 
         registry = self._registry_factory(md)
@@ -473,6 +494,9 @@ class Reconciler:
                 "RegistryUnavailable",
                 "spec.model.registry.trackingUri: not set, and the operator has no default",
             )
+        untrusted = trust.host_problem(uri, trust.allowed_hosts(self.settings))
+        if untrusted is not None:
+            raise RegistryError(trust.HOST_NOT_ALLOWED, untrusted)
         credentials = None
         secret_name = md.spec.model.registry.credentials_secret
         if secret_name:
@@ -536,13 +560,15 @@ class Reconciler:
         reason: str,
         message: str,
         generation: int | None,
+        extra: list[dict[str, Any]] | None = None,
     ) -> None:
+        message = trust.redact(message)
         desired: dict[str, Any] = {
             "observedGeneration": generation,
             "phase": "Failed",
             "conditions": status.merge_conditions(
                 current.get("conditions"),
-                status.stalled(message, reason, generation),
+                [*status.stalled(message, reason, generation), *(extra or [])],
                 status.now_iso(),
             ),
         }

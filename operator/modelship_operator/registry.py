@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 import requests
 
+from modelship_operator.trust import redact
+
 
 class RegistryError(Exception):
     """The registry did not give an answer the operator can use.
@@ -21,6 +23,7 @@ class RegistryError(Exception):
     """
 
     def __init__(self, reason: str, message: str) -> None:
+        message = redact(message)  # a URL's user:password@ never reaches status or a log
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -7,11 +7,16 @@ has its default here, so a cluster's platform engineer sets it once.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _default_resources() -> dict[str, Any]:
@@ -28,7 +33,55 @@ class OperatorSettings(BaseSettings):
 
     default_tracking_uri: str | None = None
     """MLflow tracking URI used when spec.model.registry.trackingUri is unset. Unset (or
-    empty) here too: such a ModelDeployment is Stalled with a message naming the field."""
+    empty) here too: such a ModelDeployment is Stalled with a message naming the field.
+    No user or password in it (they would be rendered into every namespace's pods): the
+    operator refuses to start with one."""
+
+    allowed_tracking_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts a ModelDeployment's tracking URI may name (the operator reads the Secret
+    spec.model.registry.credentialsSecret names and sends it there; the pods pull from
+    there): patterns of host names or IP addresses, ``*`` matching any run of characters,
+    optionally with ``:PORT``; a comma-separated list or a JSON array. Empty (the default):
+    only the host of default_tracking_uri. ``*`` alone trusts every host (any namespace's
+    author can then make the operator send that namespace's Secrets anywhere)."""
+
+    runtime_allow_pickle: bool | None = None
+    """MODELSHIP_ALLOW_PICKLE of every runtime pod: false refuses pickled (joblib) models
+    cluster-wide, and spec.runtime.allowPickle true is then refused; true or unset lets a
+    ModelDeployment choose (unset and not chosen: the runtime's own default)."""
+
+    runtime_model_storage_limit: str = Field(
+        default="2Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$"
+    )
+    """sizeLimit of the runtime pods' emptyDirs (/models, where the model is pulled, and
+    /tmp) when spec.runtime.modelStorage.sizeLimit is unset; a pod that writes more is
+    evicted by the kubelet instead of filling the node's disk."""
+
+    namespace: str = Field(default="", validate_default=True)
+    """The operator's own namespace (the chart sets it from the pod's): runtime pods admit
+    it on their port (analysis scrapes, smoke tests). Empty: the service account's
+    namespace file, when the operator runs in a pod."""
+
+    network_policy_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ingress-nginx", "monitoring"]
+    )
+    """Namespaces (by name) whose pods may reach every runtime pod's port, besides the
+    operator's own: the ingress controller's or Gateway data plane's, and Prometheus'.
+    A ModelDeployment adds more with spec.networkPolicy.allowFrom."""
+
+    network_policy_egress_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Where runtime pods may open connections to the registry, Redis and
+    network_policy_egress_ports (ipBlock CIDRs, e.g. 10.0.0.0/8). Empty: any address, on
+    those ports only (a NetworkPolicy cannot name a host)."""
+
+    network_policy_egress_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """More TCP ports runtime pods may connect to, e.g. an artifact store the tracking
+    server does not proxy (S3 443, MinIO 9000)."""
+
+    network_policy_redis_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [6379]
+    )
+    """TCP ports of Redis (spec.cache), which runtime pods may connect to."""
 
     field_manager: str = "modelship-operator"
     """Server-side apply field manager of every write the operator makes."""
@@ -109,7 +162,11 @@ class OperatorSettings(BaseSettings):
     lets that namespace reach (server-side request forgery). Set this on any cluster
     whose namespaces are not all equally trusted. Redirects are never followed."""
 
-    @field_validator("webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "webhook_allowed_hosts", "allowed_tracking_hosts", "network_policy_namespaces",
+        "network_policy_egress_cidrs", "network_policy_egress_ports",
+        "network_policy_redis_ports", mode="before",
+    )
     @classmethod
     def _host_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -118,6 +175,37 @@ class OperatorSettings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("network_policy_egress_ports", "network_policy_redis_ports")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        bad = [p for p in ports if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"not TCP ports: {bad}")
+        return ports
+
+    @field_validator("network_policy_egress_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
+        return cidrs
+
+    @field_validator("default_tracking_uri")
+    @classmethod
+    def _no_userinfo(cls, uri: str | None) -> str | None:
+        if uri and urlsplit(uri.strip()).username is not None:
+            raise ValueError("no user or password in the default tracking URI: every "
+                             "namespace's pods would get them; give each ModelDeployment "
+                             "a credentialsSecret")
+        return uri
+
+    @field_validator("namespace")
+    @classmethod
+    def _own_namespace(cls, namespace: str) -> str:
+        if not namespace and _SA_NAMESPACE.is_file():
+            return _SA_NAMESPACE.read_text().strip()
+        return namespace
 
     standalone: bool = True
     """Run without kopf peering (one operator replica). False: peer through KopfPeering."""

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import ModelLoadError, PullError
+from .errors import ModelLoadError, PullError, UntrustedArtifact
 from .logging import configure_logging
 from .settings import RuntimeSettings
 
@@ -50,7 +50,7 @@ EXIT_NOT_FOUND = 4
 EXIT_AUTH = 5
 EXIT_UNREACHABLE = 6
 EXIT_LOAD = 7
-EXIT_REFUSED = 8
+EXIT_UNTRUSTED = 8  # the artifact is refused by the runtime's trust settings
 EXIT_SIGNAL_BASE = 128  # stopped by signal N before serving: 128 + N (SIGTERM: 143)
 
 
@@ -63,7 +63,7 @@ class _CannotStart(Exception):
 
 
 _PULL_EXIT = {"usage": EXIT_USAGE, "not_found": EXIT_NOT_FOUND, "auth": EXIT_AUTH,
-              "unreachable": EXIT_UNREACHABLE, "refused": EXIT_REFUSED}
+              "unreachable": EXIT_UNREACHABLE, "untrusted": EXIT_UNTRUSTED}
 
 
 def version_string() -> str:
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Pull and serve one MLflow scikit-learn model.",
                                 epilog="Exit codes: docs/cli.md (0 ok, 2 usage, 3 cannot "
                                 "start, 4 not found, 5 unauthorized, 6 registry unreachable, "
-                                "7 model does not load, 8 artifacts refused).")
+                                "7 model does not load, 8 model refused as untrusted).")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
     pull = sub.add_parser("pull", help="pull models:/NAME/VERSION, models:/NAME@ALIAS or "
@@ -199,8 +199,11 @@ def _scratch() -> Iterator[list[Path]]:
 
 
 def _say(message: str) -> None:
-    """One line on stderr, prefixed with the program's name."""
-    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    """One line on stderr, prefixed with the program's name (credentials in URIs
+    redacted)."""
+    from .redact import redact
+
+    print(f"{PROG}: {redact(' '.join(message.split()))}", file=sys.stderr)
 
 
 def _settings() -> RuntimeSettings:
@@ -253,17 +256,12 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
         raise _Usage("serve: give --model-dir or --model-uri "
                      "(or MODELSHIP_MODEL_DIR / MODELSHIP_MODEL_URI)")
     if settings.api_keys_file is not None:
-        from .app import load_api_keys
+        from .auth import KeyFileError, KeyRing
 
-        try:
-            keys = load_api_keys(settings.api_keys_file)
-        except OSError as exc:
-            raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: "
-                         f"{exc.strerror or exc}") from None
-        if not keys:  # auth on with no key would refuse every request
-            raise _Usage(f"MODELSHIP_API_KEYS_FILE {settings.api_keys_file}: holds no API key "
-                         "(one key per line; a directory: every file in it, e.g. each key "
-                         "of a mounted Secret)")
+        try:  # auth on with no usable key would refuse every request
+            KeyRing(settings.api_keys_file)
+        except KeyFileError as exc:
+            raise _Usage(str(exc)) from None
     _check_port(settings.host, settings.port)
     if uri:
         dest = Path(tempfile.mkdtemp(prefix="modelship-model-"))
@@ -308,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("pull failed: %s", exc.message)
         _say(exc.message if exc.kind == "usage" else f"pull failed: {exc.message}")
         return _PULL_EXIT[exc.kind]
+    except UntrustedArtifact as exc:
+        logger.error("model refused: %s", exc.message)
+        _say(f"model refused: {exc.message}")
+        return EXIT_UNTRUSTED
     except ModelLoadError as exc:
         logger.error("model load failed: %s", exc.message)
         _say(f"cannot load model: {exc.message}")

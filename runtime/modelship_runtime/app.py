@@ -3,24 +3,25 @@
 ``create_app(settings)`` builds the model, metrics, cache and data plane; the lifespan
 loads the model (in a thread) before the server accepts traffic and drains background
 work at shutdown. Cross-cutting work (request ids, the model-version header, the body-size
-limit, API keys, request metrics, shadow traffic) lives in :class:`ServingMiddleware`, a
-plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs several times more per
-request and the hot path is what this runtime is for. ``app.state.drain`` is the SIGTERM
-drain state (:mod:`modelship_runtime.drain`) that readiness and the response headers
-follow.
+limit, API keys (:mod:`modelship_runtime.auth`), rate limits
+(:mod:`modelship_runtime.ratelimit`), request metrics, shadow traffic) lives in
+:class:`ServingMiddleware`, a plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
+costs several times more per request and the hot path is what this runtime is for.
+``app.state.drain`` is the SIGTERM drain state (:mod:`modelship_runtime.drain`) that
+readiness and the response headers follow.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
-import hmac
 import logging
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,17 +30,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, protocols
+from . import __version__, fastpath, protocols
 from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
+from .auth import KeyRing
 from .cache import Cache, RedisCache
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
 from .drain import CONNECTION_CLOSE, Drain
-from .endpoints import build_router, seed_predict
+from .endpoints import build_router
 from .errors import ModelshipError, NotJSON, PayloadTooLarge
 from .logging import model_version_var, request_id_var
 from .metrics import Metrics
 from .model import Model
 from .pull import read_metadata
+from .ratelimit import ANONYMOUS, RateLimiter
 from .settings import RuntimeSettings
 from .shadow import Mirror, MirrorSwitch, Outgoing
 from .sklearn import SKLearnModel
@@ -55,12 +58,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class _Route:
-    path = "/predict"
-
-
-_PREDICT_ROUTE = _Route()
-
 class _Unjudged:
     """A mirrored request where nothing compares predictions: still no cache, no mirror."""
 
@@ -72,19 +69,9 @@ class _Unjudged:
 
 _UNJUDGED = _Unjudged()
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
-                        "/v2/health/ready", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
-
-
-def load_api_keys(path: Path) -> list[bytes]:
-    """API keys from a file (one per line) or a directory of such files: a mounted
-    Secret, whose every key is a file (kubelet's ``..data`` entries are skipped)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
-        if path.is_dir() else [path]
-    keys: list[bytes] = []
-    for f in files:
-        keys.extend(line.strip().encode() for line in f.read_text().splitlines() if line.strip())
-    return keys
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v2/health/live",
+                        "/v2/health/ready", "/ping", "/health", "/docs", "/openapi.json",
+                        "/docs/oauth2-redirect"})
 
 
 def error_body(message: str) -> bytes:
@@ -116,9 +103,10 @@ class ServingMiddleware:
     requests are mirrored, which arrive mirrored), in one ASGI layer."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
-                 api_keys: list[bytes] | None, access_log: bool,
+                 api_keys: KeyRing | None, access_log: bool,
                  plane: DataPlane | None = None, drain: Drain | None = None,
-                 mirror: MirrorSwitch | None = None, judge: Judge | None = None) -> None:
+                 mirror: MirrorSwitch | None = None, judge: Judge | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         self.app = app
         self.plane = plane
         self.drain = drain
@@ -129,6 +117,7 @@ class ServingMiddleware:
         self.version = version
         self.max_body = max_body_bytes
         self.api_keys = api_keys
+        self.limiter = limiter
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
@@ -186,7 +175,9 @@ class ServingMiddleware:
             await send(message)
 
         try:
-            rejection = self._reject(scope, headers)
+            rejection, bucket = self._reject(scope, headers)
+            if rejection is None and self.limiter is not None and bucket is not None:
+                rejection = await self._limit(bucket)
             if rejection is not None:
                 code, text, more = rejection
                 await self._send_error(send_wrapper, code, text, more)
@@ -197,11 +188,12 @@ class ServingMiddleware:
                 if outgoing is not None:
                     scope[SHADOW_SCOPE_KEY] = shadow = outgoing
                     receive = outgoing.capture(receive)
-            if self.plane is not None and scope["path"] == "/predict" \
-                    and scope["method"] == "POST":
-                await self._fast_predict(self.plane, scope, start, receive, send_wrapper,
-                                         shadow)
-                scope["route"] = _PREDICT_ROUTE
+            fast = fastpath.match(scope["path"], headers) \
+                if self.plane is not None and scope["method"] == "POST" else None
+            if fast is not None and self.plane is not None:
+                await self._fast_predict(self.plane, fast, scope, start, receive,
+                                         send_wrapper, shadow)
+                scope["route"] = fast
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         finally:
@@ -218,10 +210,11 @@ class ServingMiddleware:
                                               "duration_ms": round(
                                                   (time.perf_counter() - start) * 1000, 3)})
 
-    async def _fast_predict(self, plane: DataPlane, scope: Scope, start: float,
-                            receive: Receive, send: Send,
+    async def _fast_predict(self, plane: DataPlane, route: fastpath.Match, scope: Scope,
+                            start: float, receive: Receive, send: Send,
                             shadow: ShadowContext | None) -> None:
-        """``POST /predict`` without routing or per-request Request objects: the hot path."""
+        """A prediction (``/predict``, V1, V2 JSON, ``/invocations``) without routing or
+        per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
         try:
             chunks: list[bytes] = []
@@ -242,48 +235,70 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            body = await seed_predict(plane, raw, start, shadow)
-        except NotJSON as exc:
-            error = explain_not_json(exc, scope, plane)
-            status, body = error.status_code, error_body(error.message)
+            body = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
         except ModelshipError as exc:
-            status, body = exc.status_code, error_body(exc.message)
+            if isinstance(exc, NotJSON) and route.kind != fastpath.INVOCATIONS:
+                exc = explain_not_json(exc, scope, plane)
+            status = exc.status_code
+            body = fastpath.error_body(route, exc) or error_body(exc.message)
         except Exception:
             logger.exception("unexpected error")
-            status, body = 500, error_body("internal error")
+            status = 500
+            body = fastpath.error_body(route, ModelshipError("internal error")) \
+                or error_body("internal error")
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     def _reject(self, scope: Scope, headers: list[tuple[bytes, bytes]]
-                ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+                ) -> tuple[tuple[int, str, list[tuple[bytes, bytes]]] | None, str | None]:
+        """(The refusal, if any; the rate limit bucket: the API key's id, ``anonymous``
+        without keys, None for the open paths)."""
         path: str = scope["path"]
-        if self.api_keys is not None and path not in OPEN_PATHS and not self._authorized(headers):
-            return 401, "missing or invalid API key: send Authorization: Bearer KEY or " \
-                "X-API-Key: KEY", [(b"www-authenticate", b'Bearer realm="modelship"')]
+        bucket = None
+        if path not in OPEN_PATHS:
+            if self.api_keys is None:
+                bucket = ANONYMOUS
+            else:
+                bucket = self._authorized(headers)
+                if bucket is None:
+                    return (401, "missing or invalid API key: send Authorization: Bearer KEY "
+                            "or X-API-Key: KEY",
+                            [(b"www-authenticate", b'Bearer realm="modelship"')]), None
         if scope["method"] == "POST":
             for k, v in headers:
                 if k == b"content-length":
                     try:
                         length = int(v)
                     except ValueError:
-                        return 400, "invalid Content-Length", []
+                        return (400, "invalid Content-Length", []), bucket
                     if length > self.max_body:
-                        return 413, f"body of {length} bytes is over the {self.max_body} " \
-                            "byte limit", []
-        return None
+                        return (413, f"body of {length} bytes is over the {self.max_body} "
+                                "byte limit", []), bucket
+        return None, bucket
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        assert self.api_keys is not None
         given = b""
         for k, v in headers:
             if k == b"authorization" and v[:7].lower() == b"bearer ":
                 given = v[7:].strip()
             elif k == b"x-api-key":
                 given = v.strip()
-        ok = False
-        for key in self.api_keys or ():  # compare against every key: no early exit
-            ok |= hmac.compare_digest(given, key)
-        return ok and bool(given)
+        return self.api_keys.match(given)  # constant time over every key
+
+    async def _limit(self, bucket: str) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        assert self.limiter is not None
+        wait = await self.limiter.check(bucket)
+        if wait is None:
+            return None
+        self.metrics.rate_limited.inc()
+        retry = self.limiter.retry_after(wait)
+        who = "without API keys, all clients together" if bucket == ANONYMOUS \
+            else "this API key"
+        return 429, (f"rate limit exceeded: {self.limiter.limit} requests per "
+                     f"{self.limiter.period} s for {who}; retry in {retry} s"), \
+            [(b"retry-after", retry.encode())]
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
@@ -340,7 +355,11 @@ def make_model(settings: RuntimeSettings) -> Model:
     meta = read_metadata(model_dir) if model_dir.is_dir() else None
     name = settings.model_name or (meta.name if meta else None) or model_dir.stem or "model"
     version = settings.model_version or (meta.version if meta else None) or "0"
-    return SKLearnModel(name, version, model_dir, allow_pickle=settings.allow_pickle)
+    model = SKLearnModel(name, version, model_dir, allow_pickle=settings.allow_pickle,
+                         trusted_types=settings.trusted_types)
+    if meta is not None:
+        model.info.uri, model.info.run_id = meta.uri, meta.run_id
+    return model
 
 
 async def load_model(model: Model) -> None:
@@ -381,8 +400,31 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     if settings.shadow_url and settings.shadow_fraction > 0:
         mirror.fixed(settings.shadow_url, settings.shadow_fraction)
 
+    keys = None
+    if settings.api_keys_file is not None:
+        def reloaded(ok: bool, n: int) -> None:
+            metrics.api_key_reloads.labels("ok" if ok else "error").inc()
+            metrics.api_keys.set(n)
+
+        keys = KeyRing(settings.api_keys_file, on_reload=reloaded)
+        metrics.api_keys.set(len(keys))
+        for result in ("ok", "error"):
+            metrics.api_key_reloads.labels(result)
+    limiter = None
+    if settings.rate_limit_requests > 0:
+        def backend(name: str) -> None:
+            for b in ("redis", "local"):
+                metrics.rate_limit_backend.labels(b).set(1 if b == name else 0)
+
+        limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_period_seconds,
+                              prefix=f"modelship:ratelimit:{model.name}",
+                              redis_url=settings.redis_url,
+                              timeout_seconds=settings.cache_timeout_ms / 1000.0,
+                              retry_seconds=settings.cache_retry_seconds, on_backend=backend)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.get_running_loop().create_task(keys.watch()) if keys else None
         if not model.ready:
             await load_model(model)
         plane.model_loaded()
@@ -399,6 +441,12 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
             yield
         finally:
             metrics.model_ready.set(0)
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if limiter is not None:
+                await limiter.close()
             await mirror.close()
             await plane.close()
 
@@ -435,9 +483,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
         return Response(error_body("internal error"), status_code=500,
                         media_type="application/json")
 
-    keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
                        access_log=settings.access_log, plane=plane, drain=drain,
-                       mirror=mirror, judge=judge)
+                       mirror=mirror, judge=judge, limiter=limiter)
     return app

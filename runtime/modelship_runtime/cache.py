@@ -1,10 +1,12 @@
 """Prediction cache behind a small interface: Redis in production, a dict in tests.
 
-The key is the model name, the model version and a hash of the canonical input (the
-validated float64 rows, so ``1`` and ``1.0`` share an entry), so two versions of a model
-never share an answer. A cache must never fail a request: Redis errors and calls slower
-than the configured timeout are counted, the request is served without the cache, and
-Redis is left alone for a short while so a dead server costs nothing per request.
+The key is the model name, the model version, the artifact's identity (its URI, run id
+and the SHA-256 of its estimator file: a name and version deleted and registered again
+names another artifact) and a hash of the canonical input (the validated float64 rows,
+so ``1`` and ``1.0`` share an entry), so two artifacts never share an answer. A cache
+must never fail a request: Redis errors and calls slower than the configured timeout are
+counted, the request is served without the cache, and Redis is left alone for a short
+while so a dead server costs nothing per request.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def cache_key(model: str, version: str, rows: np.ndarray) -> str:
-    """Key of a prediction: model, version and a BLAKE2 hash of the canonical rows."""
+def artifact_tag(uri: str | None, run_id: str | None, sha256: str | None) -> str:
+    """A short tag naming one artifact: a hash of its URI, run id and file digest."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in (uri, run_id, sha256):
+        h.update((part or "").encode() + b"\x00")
+    return h.hexdigest()
+
+
+def cache_key(model: str, version: str, rows: np.ndarray, artifact: str = "") -> str:
+    """Key of a prediction: model, version, artifact tag (:func:`artifact_tag`) and a
+    BLAKE2 hash of the canonical rows."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str(rows.shape).encode())
     h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
-    return f"modelship:{model}:{version}:{h.hexdigest()}"
+    return f"modelship:{model}:{version}:{artifact}:{h.hexdigest()}"
 
 
 class CacheError(Exception):

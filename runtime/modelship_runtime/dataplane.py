@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from .cache import Cache, CacheError, cache_key
+from .cache import Cache, CacheError, artifact_tag, cache_key
 from .errors import BadRequest, ModelNotReady, NotJSON
 from .metrics import Metrics
 from .model import Model, Prediction
@@ -345,6 +345,7 @@ class DataPlane:
         self.cache = cache
         self.max_batch_size = max_batch_size
         self.validator = Validator(None, False, max_batch_size)
+        self._artifact = ""
         self._background: set[asyncio.Task[None]] = set()
         self.batcher = Batcher(
             model.predict,
@@ -358,6 +359,7 @@ class DataPlane:
         """Read the loaded model's shape into the validator; call once after load."""
         info = self.model.info
         self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size)
+        self._artifact = artifact_tag(info.uri, info.run_id, info.artifact_sha256)
 
     def _on_call(self, n_rows: int, elapsed: float) -> None:
         self.metrics.prediction_duration.observe(elapsed)
@@ -374,7 +376,7 @@ class DataPlane:
         self.check_ready()
         key = None
         if self.cache is not None and (shadow is None or shadow.cacheable):
-            key = cache_key(self.model.name, self.model.version, rows)
+            key = cache_key(self.model.name, self.model.version, rows, self._artifact)
             hit = await self._cache_get(key)
             if hit is not None:
                 self._count(hit)

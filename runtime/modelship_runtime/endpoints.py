@@ -13,10 +13,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from . import __version__, protocols
-from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext, loads
+from . import __version__, fastpath, invocations, protocols
+from .dataplane import SHADOW_SCOPE_KEY, DataPlane
 from .drain import Drain
-from .errors import ModelNotFound, ModelNotReady
+from .errors import ModelNotReady, ModelshipError
+from .fastpath import seed_predict
 from .metrics import CONTENT_TYPE
 
 JSON = "application/json"
@@ -36,22 +37,6 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _ERRORS = _responses(400, 401, 404, 413, 415, 503)
 
 
-async def seed_predict(plane: DataPlane, raw: bytes, t0: float,
-                       shadow: ShadowContext | None = None) -> bytes:
-    """The whole of ``POST /predict`` after the body is read: parse, validate, infer."""
-    batcher = plane.batcher
-    batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
-    try:
-        body = loads(raw)
-        plane.check_ready()
-        rows, single = protocols.seed_rows(body, plane.validator)
-    finally:
-        batcher.arriving -= 1
-    result = await plane.infer(rows, shadow)
-    ms = (time.perf_counter() - t0) * 1000.0
-    return protocols.seed_response(result.prediction, single, result.cache_hit, ms)
-
-
 def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     """All routes of the runtime, bound to one data plane; readiness fails while `drain`
     drains."""
@@ -66,45 +51,77 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     batcher = plane.batcher
 
     def check_name(name: str, version: str | None = None) -> None:
-        if name != info.name:
-            raise ModelNotFound(f"model {name!r} is not served here; this server serves "
-                                f"{info.name!r}")
-        if version is not None and version != info.version:
-            raise ModelNotFound(f"model {name!r} version {version!r} is not served here; this "
-                                f"server serves version {info.version}")
+        fastpath.check_name(plane, name, version)
+
+    async def body(request: Request) -> bytes:
+        batcher.arriving += 1  # lets a micro-batch wait for requests still being read
+        try:
+            return await request.body()
+        finally:
+            batcher.arriving -= 1
 
     @router.post("/predict", tags=["predict"], openapi_extra=_json_body(protocols.PREDICT_BODY),
                  responses=_ERRORS, summary="Predict one row or a batch (seed format)")
     async def predict(request: Request) -> Response:
         # Normally answered by ServingMiddleware's fast path (same function, no routing).
         t0 = time.perf_counter()
-        batcher.arriving += 1
-        try:
-            raw = await request.body()
-        finally:
-            batcher.arriving -= 1
+        raw = await body(request)
         return Response(await seed_predict(plane, raw, t0, request.scope.get(SHADOW_SCOPE_KEY)),
                         media_type=JSON)
 
     @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V1_BODY), summary="KServe V1 predict")
     async def v1_predict(name: str, request: Request) -> Response:
-        check_name(name)
-        batcher.arriving += 1
-        try:
-            body = loads(await request.body())
-            plane.check_ready()
-            rows = protocols.v1_rows(body, plane.validator)
-        finally:
-            batcher.arriving -= 1
-        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
-        return Response(protocols.v1_response(result.prediction), media_type=JSON)
+        # Normally answered by ServingMiddleware's fast path (same function, no routing).
+        raw = await body(request)
+        return Response(await fastpath.v1_predict(plane, raw, name,
+                                                  request.scope.get(SHADOW_SCOPE_KEY)),
+                        media_type=JSON)
+
+    @router.get("/", tags=["kserve-v1"], summary="KServe V1 server liveness")
+    async def v1_live() -> dict[str, Any]:
+        return {"status": "alive"}
+
+    @router.get("/v1/models", tags=["kserve-v1"], summary="KServe V1 model list")
+    async def v1_models() -> dict[str, Any]:
+        return {"models": [info.name]}
 
     @router.get("/v1/models/{name}", tags=["kserve-v1"], responses=_ERRORS,
-                summary="KServe V1 model status")
+                summary="KServe V1 model readiness (503 until loaded)")
     async def v1_model(name: str) -> dict[str, Any]:
         check_name(name)
-        return {"name": info.name, "version": info.version, "ready": model.ready}
+        plane.check_ready()
+        return {"name": info.name, "version": info.version, "ready": True}
+
+    @router.post("/invocations", tags=["mlflow"], responses=_ERRORS,
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     JSON: {"schema": protocols.INVOCATIONS_BODY},
+                     "text/csv": {"schema": {"type": "string"}}}}},
+                 summary="MLflow scoring protocol (mlflow models serve)")
+    async def mlflow_invocations(request: Request) -> Response:
+        # Normally answered by ServingMiddleware's fast path (same function, no routing).
+        try:
+            raw = await body(request)
+            answer = await fastpath.invocations_predict(
+                plane, raw, request.headers.get("content-type", "").encode("latin-1") or None,
+                request.scope.get(SHADOW_SCOPE_KEY))
+        except ModelshipError as exc:
+            return Response(invocations.error_body(exc), status_code=exc.status_code,
+                            media_type=JSON)
+        return Response(answer, media_type=JSON)
+
+    @router.get("/ping", tags=["mlflow"], summary="MLflow scoring server health")
+    async def ping() -> Response:
+        return Response(b"\n", status_code=200 if model.ready else 503,
+                        media_type="application/json")
+
+    @router.get("/health", tags=["mlflow"], summary="MLflow scoring server health")
+    async def health() -> Response:
+        return await ping()
+
+    @router.get("/version", tags=["mlflow"], summary="Server version (plain text)")
+    async def version() -> Response:
+        return Response(__version__, media_type="text/plain")
 
     @router.get("/v2", tags=["v2"], summary="V2 server metadata")
     async def v2_server() -> dict[str, Any]:
@@ -147,28 +164,23 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
         plane.check_ready()
         return {"name": info.name, "ready": True}
 
-    async def infer(request: Request) -> Response:
-        batcher.arriving += 1
-        try:
-            body = loads(await request.body())
-            plane.check_ready()
-            rows, req = protocols.v2_rows(body, plane.validator)
-        finally:
-            batcher.arriving -= 1
-        result = await plane.infer(rows, request.scope.get(SHADOW_SCOPE_KEY))
-        return Response(protocols.v2_response(result.prediction, info, req), media_type=JSON)
+    # The binary tensor extension (Inference-Header-Content-Length) goes through these
+    # routes; JSON bodies are normally answered by ServingMiddleware's fast path.
+    async def infer(request: Request, name: str, version: str | None) -> Response:
+        raw = await body(request)
+        return Response(await fastpath.v2_infer(plane, raw, name, version,
+                                                request.scope.get(SHADOW_SCOPE_KEY)),
+                        media_type=JSON)
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V2_BODY), summary="V2 inference")
     async def v2_infer(name: str, request: Request) -> Response:
-        check_name(name)
-        return await infer(request)
+        return await infer(request, name, None)
 
     @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V2_BODY), summary="V2 inference (versioned)")
     async def v2_infer_version(name: str, version: str, request: Request) -> Response:
-        check_name(name, version)
-        return await infer(request)
+        return await infer(request, name, version)
 
     @router.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, Any]:

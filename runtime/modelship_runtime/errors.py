@@ -17,9 +17,11 @@ accident. The tree:
   * UnsupportedMediaType (415): a body declared as another type that is not JSON either
   * ModelNotReady (503): the model is not loaded yet
   * ModelLoadError: the model directory cannot be loaded (startup, not HTTP)
-  * PullError: the registry refused or could not be reached, or the model's artifacts
-    cannot be fetched as they are (CLI, not HTTP); ``kind`` says which, and the console
-    script's exit code follows it (docs/cli.md)
+    * UntrustedArtifact: the artifact is refused by the runtime's trust settings (a
+      pickle with ``allow_pickle`` off, skops types it does not trust, a path that leaves
+      the model directory); the console script exits 8 (docs/cli.md)
+  * PullError: the registry refused or could not be reached (CLI, not HTTP); ``kind``
+    says which, and the console script's exit code follows it (docs/cli.md)
 """
 
 from __future__ import annotations
@@ -81,7 +83,12 @@ class ModelLoadError(ModelshipError):
     """A model directory that cannot be loaded (missing file, refused format)."""
 
 
-PullKind = Literal["usage", "not_found", "auth", "unreachable", "refused"]
+class UntrustedArtifact(ModelLoadError):
+    """The artifact asks for something the runtime does not trust; the message says what
+    and which setting would trust it."""
+
+
+PullKind = Literal["usage", "not_found", "auth", "unreachable", "untrusted"]
 
 
 class PullError(ModelshipError):

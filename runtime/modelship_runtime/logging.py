@@ -3,7 +3,8 @@
 Pods log to stdout and a collector parses the lines, so each record is a JSON object.
 The request id and model version live in context variables that the HTTP layer sets, so
 any log line written while a request is handled carries them without being passed
-around. API keys are never put in a record.
+around. API keys are never put in a record, and the ``user:password@`` of any URI in a
+line is redacted (:mod:`modelship_runtime.redact`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from typing import Any
 
 import orjson
+
+from .redact import RedactingFormatter
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "modelship_request_id", default=None
@@ -58,10 +61,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Send the runtime's and uvicorn's logs to stdout, as JSON lines or plain text."""
     handler = logging.StreamHandler(sys.stdout)
-    if json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    inner = JsonFormatter() if json else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(RedactingFormatter(inner))  # no user:password@ in any line
     for name in ("modelship_runtime", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

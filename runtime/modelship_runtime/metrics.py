@@ -4,7 +4,8 @@ The rollout's analysis scrapes these from canary and stable pods, so the names a
 of the contract with the operator: request counts and latency by route template (never a
 raw path, so a client cannot blow up the series count), prediction latency and counts,
 predicted-class counts (the model-aware gate compares their distribution), a
-model-version info gauge and the cache's hits, misses and errors. The ``shadow`` metrics
+model-version info gauge, the cache's hits, misses and errors, the API keys in force and
+their reloads, and the rate limit's refusals and backend. The ``shadow`` metrics
 judge a canary on mirrored traffic: the stable side counts what became of each request it
 chose to mirror, the canary side counts the mirrored requests it answered and how its
 predictions compare with the stable's, row by row. Each app gets its own registry so
@@ -150,6 +151,24 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.api_keys = Gauge(
+            "modelship_api_keys", "API keys in force (0 when API keys are off).", registry=r)
+        self.api_key_reloads = Counter(
+            "modelship_api_key_reloads_total",
+            "Reloads of the API key file after it changed, by result: ok, or error (the "
+            "file could not be used and the previous keys stayed in force).",
+            ["result"], registry=r)
+        self.rate_limit_backend = Gauge(
+            "modelship_rate_limit_backend",
+            "1 for the backend the rate limit counts in: redis (shared by all replicas) or "
+            "local (this pod alone: no Redis, or Redis failing); absent when there is no "
+            "rate limit.",
+            ["backend"], registry=r)
+        self.rate_limited = Counter(
+            "modelship_rate_limited_total",
+            "Requests refused with 429 because their API key (or, without keys, all clients "
+            "together) was over the rate limit.",
+            ["model", "version"], registry=r).labels(model, version)
         # Zero series from the start, so a delta (or increase()) sees the first increment.
         self.mirrored = {o: self.shadow_mirrored.labels(model, version, o)
                          for o in MIRROR_OUTCOMES}

@@ -16,9 +16,10 @@ sent only to the server they were given for: a redirect to another host drops th
 Every failure is a :class:`~modelship_runtime.errors.PullError` whose ``kind`` says what
 the console script exits with: ``not_found`` (404, MLflow's ``RESOURCE_DOES_NOT_EXIST``,
 an unknown alias), ``auth`` (401/403), ``unreachable`` (no connection, timeout, 5xx,
-429, a truncated download: retried by the caller) and ``refused`` (any other 4xx, an
-artifact location the runtime cannot read through the proxy, a listing naming a path
-outside the model's directory).
+429, a truncated download: retried by the caller; any other 4xx counts as not found) and
+``untrusted`` (an artifact location the runtime does not read, anywhere but the proxy; a
+listing naming a path outside the model's directory). URI credentials never reach a
+message.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PullError
+from .redact import redact
 
 #: The tracking server's artifact proxy, relative to its base URL.
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
@@ -94,6 +96,17 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def _split_userinfo(url: str) -> tuple[str, str]:
+    """(the URL without ``user:password@``, that userinfo unquoted, or "")."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, ""
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return (urllib.parse.urlunsplit(parts._replace(netloc=host)),
+            f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}")
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc.lower()
@@ -114,9 +127,14 @@ class Client:
     """One tracking server (and its model registry, when that is another URL)."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
-        self.tracking_uri = tracking_uri.rstrip("/")
-        self.registry_uri = (registry_uri or tracking_uri).rstrip("/")
+        tracking, userinfo = _split_userinfo(tracking_uri.rstrip("/"))
+        registry, registry_userinfo = _split_userinfo((registry_uri or tracking_uri).rstrip("/"))
+        self.tracking_uri, self.registry_uri = tracking, registry
         self._auth = Auth.from_env()
+        if self._auth.header is None and (userinfo or registry_userinfo):
+            # user:password@ in the URI, as MLflow's client (requests) takes it
+            pair = base64.b64encode((userinfo or registry_userinfo).encode()).decode("ascii")
+            self._auth = Auth(f"Basic {pair}")
         try:
             self._timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 30)
         except ValueError:
@@ -137,17 +155,20 @@ class Client:
             request.add_header("Content-Type", "application/json")
         if self._auth.header:
             request.add_header("Authorization", self._auth.header)
-        where = f"{_origin(url)[0]}://{_origin(url)[1]}"
+        where = redact(f"{_origin(url)[0]}://{_origin(url)[1]}")
         try:
             return self._opener.open(request, timeout=self._timeout)
         except urllib.error.HTTPError as exc:
             code, message = _error_body(exc)
             exc.close()
             raise _classify(exc.code, code, message, what, where) from None
+        except ValueError as exc:  # http.client.InvalidURL: a port that is no number ...
+            raise PullError(f"the registry URL {redact(url)} is not usable: "
+                            f"{redact(str(exc))[:200]}", kind="usage") from None
         except (OSError, ssl.SSLError) as exc:  # URLError, timeouts, refused connections
             reason = getattr(exc, "reason", exc)
             raise PullError(f"unreachable: could not fetch {what} from {where}: "
-                            f"{str(reason)[:300] or type(exc).__name__}",
+                            f"{redact(str(reason))[:300] or type(exc).__name__}",
                             kind="unreachable") from None
 
     def _json(self, base: str, path: str, what: str, params: dict[str, str] | None = None,
@@ -215,7 +236,7 @@ class Client:
     # -- artifacts ---------------------------------------------------------------------
 
     def artifact_base(self, artifact_uri: str, what: str) -> str:
-        """The proxy URL of an ``mlflow-artifacts:`` location; PullError (refused) for
+        """The proxy URL of an ``mlflow-artifacts:`` location; PullError (untrusted) for
         anywhere else (the runtime reads artifacts through the tracking server only)."""
         parts = urllib.parse.urlsplit(artifact_uri)
         path = parts.path.strip("/")
@@ -227,10 +248,10 @@ class Client:
         if parts.scheme in ("http", "https") and ARTIFACTS_API in parts.path:
             return artifact_uri.rstrip("/")
         raise PullError(
-            f"refused: {what} are stored at {artifact_uri}, which the runtime does not read; "
-            "it downloads artifacts through the tracking server's proxy only (run `mlflow "
-            "server` with --serve-artifacts, so artifact locations are mlflow-artifacts:/)",
-            kind="refused")
+            f"untrusted: {what} are stored at {redact(artifact_uri)}, which the runtime does "
+            "not read; it downloads artifacts through the tracking server's proxy only (run "
+            "`mlflow server` with --serve-artifacts, so artifact locations are "
+            "mlflow-artifacts:/)", kind="untrusted")
 
     def _list(self, base: str, rel: str, what: str) -> list[tuple[str, bool, int | None]]:
         """(name, is_dir, size) of the entries directly under ``rel``."""
@@ -246,11 +267,13 @@ class Client:
                             kind="unreachable") from None
         entries = []
         for f in files:
-            name = posixpath.basename(str(f.get("path", "")).rstrip("/"))
-            if name in ("", ".", "..") or "\\" in name or "\x00" in name:
-                raise PullError(f"refused: the artifact listing of {what} names "
-                                f"{f.get('path')!r}, not a file inside the model's directory",
-                                kind="refused")
+            # the proxy lists the names directly under the path asked for: anything else
+            # ('..', a path with a '/', an absolute path) would write outside the download
+            name = str(f.get("path", "")).rstrip("/") if isinstance(f, dict) else ""
+            if name in ("", ".", "..") or any(c in name for c in "/\\\x00"):
+                raise PullError(f"untrusted: the registry at {redact(origin)} lists a path "
+                                f"outside the download directory for {what} ({name!r}); "
+                                "nothing was kept", kind="untrusted")
             size = f.get("file_size")
             entries.append((name, bool(f.get("is_dir")), int(size) if size is not None else None))
         return entries
@@ -271,20 +294,21 @@ class Client:
                 child = posixpath.join(rel, name) if rel else name
                 target = (root / child).resolve()
                 if not target.is_relative_to(root) or depth >= _MAX_DEPTH:
-                    raise PullError(f"refused: {what} hold {child!r}, outside the model's "
-                                    "directory or nested too deep", kind="refused")
+                    raise PullError(f"untrusted: {what} hold {child!r}, outside the model's "
+                                    "directory or nested too deep; nothing was kept",
+                                    kind="untrusted")
                 if is_dir:
                     target.mkdir(parents=True, exist_ok=True)
                     pending.append((child, depth + 1))
                     continue
                 count += 1
                 if count > _MAX_FILES:
-                    raise PullError(f"refused: {what} hold more than {_MAX_FILES} files",
-                                    kind="refused")
+                    raise PullError(f"untrusted: {what} hold more than {_MAX_FILES} files",
+                                    kind="untrusted")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._fetch(f"{base}/{urllib.parse.quote(child)}", target, size, what)
         if count == 0:
-            raise PullError(f"not found: {what} hold no files ({artifact_uri})",
+            raise PullError(f"not found: {what} hold no files ({redact(artifact_uri)})",
                             kind="not_found")
         return count
 
@@ -332,6 +356,6 @@ def _classify(status: int, code: str, message: str, what: str, where: str) -> Pu
     if status >= 500 or status in (408, 429):
         return PullError(f"unreachable: could not fetch {what} from {where}: HTTP {status}"
                          f"{detail}", kind="unreachable")
-    return PullError(f"refused: the registry at {where} answered HTTP {status} "
+    return PullError(f"not found: the registry at {where} answered HTTP {status} "
                      f"{code or ''} to the request for {what}{detail}".replace("  ", " "),
-                     kind="refused")
+                     kind="not_found")

@@ -43,7 +43,19 @@ class ModelInfo:
     has_proba: bool = False
     allow_nan: bool = False
     label_datatype: str = "FP64"
+    input_columns: list[str] | None = None
+    """Names requests may give the features by, in the order the model takes them: the
+    MLmodel signature's input columns, else the estimator's ``feature_names_in_``."""
+    predict_fn: str = "predict"
+    """The MLmodel pyfunc ``predict_fn``: what ``/invocations`` answers by default."""
     extra: dict[str, Any] = field(default_factory=dict)
+    uri: str | None = None
+    """The ``models:/`` URI it was pulled from, when known."""
+    run_id: str | None = None
+    """The MLflow run that logged it (registry metadata, else the MLmodel's ``run_id``)."""
+    artifact_sha256: str | None = None
+    """SHA-256 of the serialized estimator file: tells two artifacts apart that a
+    re-registered name and version would otherwise confuse."""
 
 
 class Model:

@@ -73,19 +73,100 @@ def seed_response(pred: Prediction, single: bool, cache_hit: bool, latency_ms: f
     })
 
 
-def v1_rows(body: object, v: Validator) -> np.ndarray:
-    """Rows of a KServe V1 request: ``{"instances": [[...], ...]}`` (or ``"inputs"``)."""
+METHODS = ("predict", "predict_proba")
+"""What a request may ask a model for (V1 ``parameters.method``, MLflow ``params.method``)."""
+
+
+def no_proba(info: ModelInfo, where: str) -> BadRequest:
+    """The 400 for probabilities asked of a model without them (a regressor)."""
+    return BadRequest(f"{where}: model {info.name} ({info.estimator or 'estimator'}) has no "
+                      "predict_proba: probabilities exist for classifiers only")
+
+
+def wants_proba(params: object, where: str, info: ModelInfo, default: bool = False) -> bool:
+    """Whether ``params`` (a request's ``parameters``/``params`` object, or None) asks for
+    probabilities with ``"method": "predict_proba"``; 400 for another method, or for
+    probabilities of a model that has none."""
+    if params is None:
+        method: object = None
+    elif isinstance(params, dict):
+        method = params.get("method")
+    else:
+        raise BadRequest(f"{where} must be an object, got {_type_name(params)}")
+    if method is None:
+        proba = default
+    elif method == "predict_proba":
+        proba = True
+    elif method == "predict":
+        proba = False
+    else:
+        raise BadRequest(f"{where}.method {method!r} is not one of {', '.join(METHODS)}")
+    if proba and not info.has_proba:
+        raise no_proba(info, f"{where}.method predict_proba")
+    return proba
+
+
+def named_rows(records: list[Any], info: ModelInfo, where: str) -> list[list[Any]]:
+    """Rows of feature objects (``{"name": value, ...}``), in the order the model takes
+    its inputs: the keys must be exactly the model's input names."""
+    columns = info.input_columns
+    if columns is None:
+        raise BadRequest(f"{where}[0] names its features, but this model's inputs have no "
+                         "names (no MLmodel signature, no feature_names_in_): send each row "
+                         "as an array of numbers")
+    known = set(columns)
+    out: list[list[Any]] = []
+    for r, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BadRequest(f"{where}[{r}] must be an object of named features like "
+                             f"{where}[0], got {_type_name(record)}")
+        if len(record) != len(columns) or not known.issuperset(record):
+            raise unknown_or_missing(list(record), columns, f"{where}[{r}]")
+        row = [record[c] for c in columns]
+        for c, x in zip(columns, row, strict=True):
+            if type(x) is not float and type(x) is not int:
+                raise BadRequest(f"{where}[{r}][{c!r}] must be a number, got {_type_name(x)}")
+        out.append(row)
+    return out
+
+
+def unknown_or_missing(given: list[str], columns: list[str], where: str) -> BadRequest:
+    """The 400 for feature names that are not exactly the model's inputs."""
+    unknown = [k for k in given if k not in set(columns)]
+    missing = [c for c in columns if c not in set(given)]
+    parts = []
+    if unknown:
+        parts.append(f"unknown feature names {unknown}")
+    if missing:
+        parts.append(f"missing feature names {missing}")
+    if not parts:
+        parts.append("repeated feature names")
+    return BadRequest(f"{where}: {'; '.join(parts)}; the model takes {columns}")
+
+
+def v1_rows(body: object, v: Validator, info: ModelInfo) -> tuple[np.ndarray, bool]:
+    """Rows of a KServe V1 request, ``{"instances": [...]}`` or ``{"inputs": [...]}``,
+    each row an array of numbers or an object of named features; True when its
+    ``parameters`` ask for probabilities (``{"method": "predict_proba"}``)."""
     obj = _object(body, '{"instances": [[...]]}')
-    if "instances" in obj:
-        return v.rows(obj["instances"], "instances")
-    if "inputs" in obj:
-        return v.rows(obj["inputs"], "inputs")
-    raise BadRequest('missing field: a V1 request is {"instances": [[...], ...]}')
+    instances = obj.get("instances")
+    inputs = obj.get("inputs")
+    if instances is not None and inputs is not None:
+        raise BadRequest('send either "instances" or "inputs", not both')
+    where = "instances" if instances is not None else "inputs"
+    data = instances if instances is not None else inputs
+    if data is None:
+        raise BadRequest('missing field: a V1 request is {"instances": [[...], ...]}')
+    if type(data) is list and data and type(data[0]) is dict:
+        data = named_rows(data, info, where)
+    proba = wants_proba(obj.get("parameters"), "parameters", info) if "parameters" in obj \
+        else False
+    return v.rows(data, where), proba
 
 
-def v1_response(pred: Prediction) -> bytes:
-    """KServe V1 answer: ``{"predictions": [...]}``."""
-    return orjson.dumps({"predictions": pred.labels})
+def v1_response(pred: Prediction, proba: bool = False) -> bytes:
+    """KServe V1 answer: ``{"predictions": [...]}``, labels or (``proba``) probabilities."""
+    return orjson.dumps({"predictions": pred.probabilities if proba else pred.labels})
 
 
 def _flatten(data: list[Any], depth: int = 0) -> list[Any]:
@@ -101,7 +182,8 @@ def _flatten(data: list[Any], depth: int = 0) -> list[Any]:
     return data
 
 
-def v2_rows(body: object, v: Validator) -> tuple[np.ndarray, dict[str, Any]]:
+def v2_rows(body: object, v: Validator, info: ModelInfo
+            ) -> tuple[np.ndarray, dict[str, Any]]:
     """Rows of an Open Inference V2 request, and the request object."""
     obj = _object(body, '{"inputs": [{"name", "shape", "datatype", "data"}]}')
     inputs = obj.get("inputs")
@@ -171,6 +253,8 @@ def v2_rows(body: object, v: Validator) -> tuple[np.ndarray, dict[str, Any]]:
             if o["name"] not in V2_OUTPUTS:
                 raise BadRequest(f"unknown output {o['name']!r}; outputs are predict, "
                                  "predict_proba")
+            if o["name"] == "predict_proba" and not info.has_proba:
+                raise no_proba(info, "outputs predict_proba")
     return rows, obj
 
 
@@ -271,8 +355,12 @@ PREDICT_BODY = {
          "properties": {"instances": {"type": "array", "items": _NUMBERS}}},
     ]
 }
-V1_BODY = {"type": "object", "required": ["instances"],
-           "properties": {"instances": {"type": "array", "items": _NUMBERS}}}
+_ROWS = {"type": "array", "items": {"oneOf": [
+    _NUMBERS, {"type": "object", "title": "Named features",
+               "additionalProperties": {"type": "number"}}]}}
+V1_BODY = {"type": "object",
+           "properties": {"instances": _ROWS, "inputs": _ROWS, "parameters": {
+               "type": "object", "properties": {"method": {"enum": list(METHODS)}}}}}
 V2_BODY = {
     "type": "object",
     "required": ["inputs"],
@@ -292,5 +380,19 @@ V2_BODY = {
             "type": "object", "required": ["name"],
             "properties": {"name": {"type": "string", "enum": list(V2_OUTPUTS)}},
         }},
+    },
+}
+INVOCATIONS_BODY = {
+    "type": "object",
+    "description": "exactly one of dataframe_split, dataframe_records, instances, inputs",
+    "properties": {
+        "dataframe_split": {"type": "object", "properties": {
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "data": {"type": "array", "items": _NUMBERS}}},
+        "dataframe_records": {"type": "array", "items": {
+            "type": "object", "additionalProperties": {"type": "number"}}},
+        "instances": _ROWS,
+        "inputs": {"oneOf": [_ROWS, {"type": "object", "additionalProperties": _NUMBERS}]},
+        "params": {"type": "object", "properties": {"method": {"enum": list(METHODS)}}},
     },
 }

@@ -27,7 +27,10 @@ registry. ``modelship.json`` is written last: its presence means the pull comple
 model id), and its name the last part of its path (or the logged model's name).
 
 Transient failures (registry unreachable, 5xx) are retried with exponential backoff;
-a missing model or refused credentials fail at once, with a message saying which.
+a missing model or refused credentials fail at once, with a message saying which. The
+registry is not trusted: a listing that would write outside the destination, a symlink
+out of the download or an MLmodel naming a path outside it fails the pull at once
+(``untrusted``) and nothing is kept. Credentials in URIs never reach a message.
 
 The registry is always named: with neither ``MLFLOW_TRACKING_URI`` nor
 ``MLFLOW_REGISTRY_URI`` set, the pull is refused (MLflow's client would fall back to a
@@ -47,7 +50,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelLoadError, PullError
+from .errors import ModelLoadError, PullError, UntrustedArtifact
+from .redact import redact
+from .trust import inside
 
 if TYPE_CHECKING:
     from .mlflow_rest import Client
@@ -133,9 +138,9 @@ def parse_model_uri(uri: str) -> ModelRef:
 def read_metadata(model_dir: Path) -> ModelMetadata | None:
     """The metadata a pull left in ``model_dir``, or None when there is none; a file that
     cannot be read is a ModelLoadError."""
-    path = model_dir / METADATA_FILE
-    if not path.is_file():
+    if not (model_dir / METADATA_FILE).is_file():
         return None
+    path = inside(model_dir, METADATA_FILE, METADATA_FILE)
     try:
         data: Any = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -221,16 +226,32 @@ def _resolve(ref: ModelRef, client: Client) -> tuple[str, ModelMetadata]:
                                    run_id=str(mv.get("run_id") or "") or None)
 
 
+def _check_download(local: Path, tmp: Path, what: str) -> None:
+    """Refuse a download that left its directory, holds a symlink out of it or whose
+    MLmodel names a path outside it (a hostile registry); PullError (untrusted)."""
+    from .sklearn import check_model_dir
+
+    try:
+        if not local.resolve().is_relative_to(tmp.resolve()):
+            raise UntrustedArtifact(f"the download landed in {local}, outside {tmp}")
+        check_model_dir(local)
+    except UntrustedArtifact as exc:
+        raise PullError(f"untrusted: {what}: {exc.message}; nothing was kept",
+                        kind="untrusted") from None
+
+
 def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetadata:
     from .mlflow_rest import Client  # urllib, ssl, http.client: not at serve time
 
     client = Client(reg.tracking_uri, reg.registry_uri)
     location, meta = _resolve(ref, client)
-    meta = ModelMetadata(**{**asdict(meta), "uri": uri})
+    meta = ModelMetadata(**{**asdict(meta), "uri": uri,  # no credentials in the source
+                            "source": redact(meta.source) if meta.source else None})
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest))
     try:
         client.download(location, tmp, f"the artifacts of {ref.what}")
+        _check_download(tmp, tmp, ref.what)
         (dest / METADATA_FILE).unlink(missing_ok=True)
         for entry in tmp.iterdir():
             target = dest / entry.name

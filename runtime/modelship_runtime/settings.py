@@ -15,11 +15,13 @@ stable's (:mod:`modelship_runtime.agreement`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class RuntimeSettings(BaseSettings):
@@ -49,8 +51,16 @@ class RuntimeSettings(BaseSettings):
     """TCP port to listen on."""
 
     allow_pickle: bool = True
-    """Load models serialized with pickle or cloudpickle (unpickling runs code from the
-    artifact). Set false to accept only skops models (and refuse joblib/pickle files)."""
+    """Load models serialized with pickle, cloudpickle or joblib: unpickling runs code
+    from the artifact, so this trusts whoever can write to the registry. On by default
+    because MLflow 2 logged scikit-learn models as cloudpickle (MLflow 3 logs skops).
+    false: serve skops models only; a pickle is refused at start (exit 8)."""
+
+    trusted_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Fully-qualified type names a skops model may hold beyond skops' safe defaults,
+    scikit-learn's own classes and numpy dtypes, scalars and ufuncs (comma-separated, e.g.
+    ``mypkg.features.Clipper,xgboost.sklearn.XGBClassifier``). Only this runtime's
+    settings grant trust: the ``skops_trusted_types`` an MLmodel lists are ignored."""
 
     max_batch_size: int = Field(default=1000, ge=1)
     """Largest number of rows one request may carry; more is a 400."""
@@ -88,7 +98,17 @@ class RuntimeSettings(BaseSettings):
 
     api_keys_file: Path | None = None
     """File (one key per line) or directory of files (a mounted Secret) holding API keys.
-    Set: every model endpoint needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    Set: every model endpoint needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    Re-read within about a second of a change (a rotated Secret needs no restart)."""
+
+    rate_limit_requests: int = Field(default=0, ge=0)
+    """Requests each API key (without API keys: all clients together) may make per
+    period to the model endpoints; more is a 429 with Retry-After. Counted in the cache's
+    Redis, so shared by all replicas; per pod when there is no Redis or it is down.
+    0: no limit."""
+
+    rate_limit_period_seconds: int = Field(default=60, ge=1, le=86400)
+    """Length of the rate limit's window, in seconds."""
 
     pull_attempts: int = Field(default=5, ge=1)
     """Attempts to pull a model before giving up (transient failures only)."""
@@ -157,6 +177,25 @@ class RuntimeSettings(BaseSettings):
     shadow_log_rel_diff: float = Field(default=0.05, ge=0.0)
     """Regressors: a mirrored row counts as disagreeing, for the log only, when its
     relative difference |canary - stable| / max(|canary|, |stable|) is above this."""
+
+    @field_validator("trusted_types", mode="before")
+    @classmethod
+    def _split_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [t for t in text.replace(",", " ").split() if t]
+        return value
+
+    @field_validator("trusted_types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if "." not in name or not all(p.isidentifier() for p in name.split(".")):
+                raise ValueError(f"{name!r} is not a fully-qualified type name "
+                                 "(module.Type, e.g. sklearn.tree._tree.Tree)")
+        return value
 
     @field_validator("shadow_url")
     @classmethod

@@ -3,10 +3,13 @@
 The runtime image carries no MLflow package (the pull speaks MLflow's REST API), and
 loading must not need MLflow at all (it is slow to import), so this module
 reads the ``MLmodel`` file itself: the sklearn flavour names the serialized file
-(``pickled_model``) and its ``serialization_format``. skops files are loaded with exactly
-the trusted types the MLmodel records (``skops_trusted_types``) on top of skops' own safe
-defaults; pickle and cloudpickle files (and joblib files, which are pickles) run code
-when loaded, so ``allow_pickle=False`` refuses them.
+(``pickled_model``) and its ``serialization_format``. The artifact is untrusted input
+(:mod:`modelship_runtime.trust`): every file is opened only after its path resolves inside
+the model directory, and read once, so what is checked is what is loaded. skops files are
+loaded with skops' own safe defaults plus the types the runtime trusts (scikit-learn's
+classes and ``MODELSHIP_TRUSTED_TYPES``), never the ``skops_trusted_types`` the MLmodel
+lists; pickle and cloudpickle files (and joblib files, which are pickles) run code when
+loaded, so ``allow_pickle=False`` refuses them.
 
 Prediction takes the estimator's probabilities once and derives labels from them where
 that is exactly what ``predict`` does (forests, trees, logistic regression), which halves
@@ -22,9 +25,12 @@ artifact's from its MLmodel, else its requirements.txt) and a load error says th
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import pickle
 import re
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,8 +38,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
+from .signature import read_inputs
+from .trust import check_tree, inside, split_types
 
 logger = logging.getLogger(__name__)
 
@@ -57,37 +65,58 @@ _PROBA_DECIDES = (
 _FORESTS = ("RandomForestClassifier", "ExtraTreesClassifier")
 
 
+def read_mlmodel(model_dir: Path) -> dict[str, Any]:
+    """The parsed MLmodel file of a model directory (ModelLoadError when unreadable,
+    UntrustedArtifact when it resolves outside the directory)."""
+    path = inside(model_dir, MLMODEL, "MLmodel")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {model_dir / MLMODEL}: "
+                             f"{' '.join(str(exc).split())}") from exc
+    return spec if isinstance(spec, dict) else {}
+
+
 def read_flavor(model_dir: Path) -> dict[str, Any]:
     """The sklearn flavour of an MLmodel file (raises ModelLoadError when absent)."""
-    try:
-        spec = yaml.safe_load((model_dir / MLMODEL).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"cannot read {model_dir / MLMODEL}: {exc}") from exc
-    flavors = (spec or {}).get("flavors") or {}
-    flavor = flavors.get("sklearn")
+    flavors = read_mlmodel(model_dir).get("flavors") or {}
+    flavor = flavors.get("sklearn") if isinstance(flavors, dict) else None
     if not isinstance(flavor, dict) or "pickled_model" not in flavor:
-        raise ModelLoadError(
-            f"{model_dir / MLMODEL} has no sklearn flavour (flavours: {sorted(flavors)})"
-        )
+        names = sorted(str(k) for k in flavors) if isinstance(flavors, dict) else []
+        raise ModelLoadError(f"{model_dir / MLMODEL} has no sklearn flavour (flavours: {names})")
     return flavor
 
 
-def find_model_file(model_dir: Path) -> tuple[Path, str, list[str] | None]:
-    """Locate the serialized estimator: (path, serialization format, skops trusted types)."""
+_PATH_KEYS = ("pickled_model", "model_path", "data", "code")
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Refuse (UntrustedArtifact) a model directory holding a symlink out of it, or whose
+    MLmodel names a path (any flavour's ``pickled_model``, ``model_path``, ``data``,
+    ``code``) outside it. Reads only the MLmodel."""
+    check_tree(model_dir)
+    if not (model_dir / MLMODEL).exists():
+        return
+    flavors = read_mlmodel(model_dir).get("flavors") or {}
+    for name, flavor in flavors.items() if isinstance(flavors, dict) else ():
+        for key in _PATH_KEYS:
+            value = flavor.get(key) if isinstance(flavor, dict) else None
+            if isinstance(value, str) and value:
+                inside(model_dir, value, f"MLmodel's {name}.{key}")
+
+
+def find_model_file(model_dir: Path) -> tuple[Path, str]:
+    """Locate the serialized estimator: (resolved path inside the model directory,
+    serialization format). UntrustedArtifact when a named path leaves the directory."""
     if not model_dir.exists():
         raise ModelLoadError(f"model directory {model_dir} does not exist")
-    if model_dir.is_file():
-        return model_dir, _format_of(model_dir), None
-    if (model_dir / MLMODEL).exists():
+    if model_dir.is_file():  # a single file named by the runtime's own settings
+        return model_dir, _format_of(model_dir)
+    if (model_dir / MLMODEL).exists() or (model_dir / MLMODEL).is_symlink():
         flavor = read_flavor(model_dir)
-        path = model_dir / str(flavor["pickled_model"])
+        path = inside(model_dir, str(flavor["pickled_model"]), "MLmodel's pickled_model")
         fmt = str(flavor.get("serialization_format") or "pickle")
-        trusted = flavor.get("skops_trusted_types")
-        if trusted is not None and not (
-            isinstance(trusted, list) and all(isinstance(t, str) for t in trusted)
-        ):
-            raise ModelLoadError("skops_trusted_types in MLmodel is not a list of type names")
-        return path, fmt, trusted
+        return path, fmt
     try:
         candidates = sorted(p for p in model_dir.iterdir() if p.suffix in PLAIN_SUFFIXES)
     except OSError as exc:
@@ -97,7 +126,7 @@ def find_model_file(model_dir: Path) -> tuple[Path, str, list[str] | None]:
             f"{model_dir} has no MLmodel file and {len(candidates)} model files "
             f"({', '.join(PLAIN_SUFFIXES)}); expected exactly one"
         )
-    return candidates[0], _format_of(candidates[0]), None
+    return inside(model_dir, candidates[0].name, "model file"), _format_of(candidates[0])
 
 
 def artifact_sklearn_version(model_dir: Path) -> str | None:
@@ -114,8 +143,8 @@ def artifact_sklearn_version(model_dir: Path) -> str | None:
         if version:
             return str(version)
     try:
-        pin = _SKLEARN_PIN.search((model_dir / REQUIREMENTS).read_text())
-    except (OSError, UnicodeDecodeError):
+        pin = _SKLEARN_PIN.search(inside(model_dir, REQUIREMENTS, REQUIREMENTS).read_text())
+    except (OSError, UnicodeDecodeError, UntrustedArtifact):
         return None
     return pin.group(1) if pin else None
 
@@ -132,38 +161,64 @@ def _format_of(path: Path) -> str:
     return {".skops": "skops", ".joblib": "joblib"}.get(path.suffix, "pickle")
 
 
-def load_estimator(model_dir: Path, *, allow_pickle: bool) -> tuple[Any, str]:
-    """Deserialize the estimator of a model directory; returns (estimator, format)."""
-    path, fmt, trusted = find_model_file(model_dir)
-    if not path.exists():
+def load_estimator(model_dir: Path, *, allow_pickle: bool,
+                   trusted_types: Sequence[str] = ()) -> tuple[Any, str]:
+    """Deserialize the estimator of a model directory; returns (estimator, format).
+    skops files may hold scikit-learn's types and ``trusted_types`` beyond skops' safe
+    defaults; pickles load only with ``allow_pickle``. UntrustedArtifact for a refusal."""
+    return _load(model_dir, allow_pickle=allow_pickle, trusted_types=trusted_types)[:2]
+
+
+def _load(model_dir: Path, *, allow_pickle: bool, trusted_types: Sequence[str]
+          ) -> tuple[Any, str, str]:
+    path, fmt = find_model_file(model_dir)
+    if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     if fmt in (*PICKLE_FORMATS, "joblib") and not allow_pickle:
-        raise ModelLoadError(
-            f"{path.name} is serialized with {fmt}, which runs code when loaded; "
-            "refused because MODELSHIP_ALLOW_PICKLE is false (use skops)"
-        )
+        raise UntrustedArtifact(
+            f"{path.name} is serialized with {fmt}, which runs code when loaded; refused "
+            "because MODELSHIP_ALLOW_PICKLE is false: set MODELSHIP_ALLOW_PICKLE=true to "
+            "trust it, or save the model with skops")
+    if fmt not in (*PICKLE_FORMATS, "joblib", "skops"):
+        raise ModelLoadError(f"unknown serialization_format {fmt!r} in {model_dir / MLMODEL}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if fmt != "skops":
+        logger.info(f"loading {path.name}, a {fmt} file: it runs code from the artifact; "
+                    "allowed by MODELSHIP_ALLOW_PICKLE=true", extra={"format": fmt})
     try:
         if fmt == "skops":
-            import skops.io
-
-            return skops.io.load(path, trusted=trusted), fmt
+            return _load_skops(path.name, data, trusted_types), fmt, digest
         if fmt == "joblib":
             import joblib
 
-            return joblib.load(path), fmt
+            return joblib.load(io.BytesIO(data)), fmt, digest
         if fmt == "cloudpickle":
             import cloudpickle
 
-            with path.open("rb") as f:
-                return cloudpickle.load(f), fmt
-        if fmt == "pickle":
-            with path.open("rb") as f:
-                return pickle.load(f), fmt
+            return cloudpickle.loads(data), fmt, digest
+        return pickle.loads(data), fmt, digest
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {path.name} ({fmt}): {exc}") from exc
-    raise ModelLoadError(f"unknown serialization_format {fmt!r} in {model_dir / MLMODEL}")
+        raise ModelLoadError(f"cannot load {path.name} ({fmt}): "
+                             f"{' '.join(str(exc).split())[:500]}") from exc
+
+
+def _load_skops(name: str, data: bytes, trusted_types: Sequence[str]) -> Any:
+    import skops.io
+
+    needed = skops.io.get_untrusted_types(data=data)
+    trusted, refused = split_types(needed, trusted_types)
+    if refused:
+        raise UntrustedArtifact(
+            f"{name} needs types this runtime does not trust: {', '.join(refused)}; add "
+            "them to MODELSHIP_TRUSTED_TYPES to trust them (the MLmodel's "
+            "skops_trusted_types are not used)")
+    return skops.io.loads(data, trusted=trusted)
 
 
 def _allow_nan(estimator: Any) -> bool:
@@ -185,10 +240,12 @@ def _label_datatype(classes: np.ndarray | None) -> str:
 class SKLearnModel(Model):
     """A fitted scikit-learn estimator (or pipeline) served from a model directory."""
 
-    def __init__(self, name: str, version: str, model_dir: Path, *, allow_pickle: bool) -> None:
+    def __init__(self, name: str, version: str, model_dir: Path, *, allow_pickle: bool,
+                 trusted_types: Sequence[str] = ()) -> None:
         super().__init__(name, version)
         self.model_dir = model_dir
         self.allow_pickle = allow_pickle
+        self.trusted_types = tuple(trusted_types)
         self.estimator: Any = None
         self._proba_decides = False
         self._classes: np.ndarray | None = None
@@ -207,15 +264,33 @@ class SKLearnModel(Model):
                 extra={"model": self.name, "artifact_sklearn_version": saved,
                        "runtime_sklearn_version": have})
         try:
-            estimator, fmt = load_estimator(self.model_dir, allow_pickle=self.allow_pickle)
+            estimator, fmt, digest = _load(self.model_dir, allow_pickle=self.allow_pickle,
+                                           trusted_types=self.trusted_types)
         except ModelLoadError as exc:
             if mismatch:
-                raise ModelLoadError(f"{exc.message} (the model was saved with scikit-learn "
+                raise type(exc)(f"{exc.message} (the model was saved with scikit-learn "
                                      f"{saved}; this runtime has {have})") from exc
             raise
         self.use(estimator, fmt)
+        self.info.artifact_sha256 = digest
+        if self.info.run_id is None and self.model_dir.is_dir():
+            try:
+                run_id = read_mlmodel(self.model_dir).get("run_id")
+            except ModelLoadError:  # no MLmodel (a plain joblib directory)
+                run_id = None
+            self.info.run_id = str(run_id) if run_id else None
         if saved is not None:
             self.info.extra["sklearn_version"] = saved
+        if self.model_dir.is_dir():
+            inputs = read_inputs(self.model_dir)
+            self.info.predict_fn = inputs.predict_fn
+            n = self.info.n_features
+            if inputs.columns is not None and n is not None and len(inputs.columns) != n:
+                logger.warning(f"the MLmodel signature of {self.name} names "
+                               f"{len(inputs.columns)} inputs but the estimator takes {n} "
+                               "features: requests cannot name features by the signature")
+            elif inputs.columns is not None:
+                self.info.input_columns = inputs.columns
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""
@@ -229,6 +304,7 @@ class SKLearnModel(Model):
         info.n_features = int(n) if n is not None else None
         names = getattr(estimator, "feature_names_in_", None)
         info.feature_names = [str(x) for x in names] if names is not None else None
+        info.input_columns = info.feature_names
         classes = getattr(estimator, "classes_", None)
         self._classes = np.asarray(classes) if classes is not None else None
         info.classes = self._classes.tolist() if self._classes is not None else None

@@ -19,7 +19,8 @@ whether a ModelDeployment is admitted, in the server's order:
    ``a-b`` is ``self.a__dash__b``); keys of maps (additionalProperties) are not.
 
 What it does not do: CEL cost estimation (crd_structural.py checks the CRD itself),
-``oldSelf`` transition rules, formats, ``metadata`` beyond a name.
+``oldSelf`` transition rules, formats, ``metadata`` beyond a name. A rule's
+``messageExpression`` is evaluated for the message, as the server does.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Problem:
 class _Compiled:
     rule: Rule
     program: celpy.Runner
+    message: celpy.Runner | None = None  # the entry's messageExpression, when it has one
 
 
 @dataclass
@@ -92,8 +94,10 @@ class CRDChecker:
             for entry in node.get("x-kubernetes-validations", []):
                 rule = Rule(path=path, rule=entry["rule"], message=entry.get("message", ""))
                 program = env.program(env.compile(rule.rule))
+                expression = entry.get("messageExpression")
+                message = env.program(env.compile(expression)) if expression else None
                 checker.rules.append(rule)
-                checker._programs[(path, rule.rule)] = _Compiled(rule, program)
+                checker._programs[(path, rule.rule)] = _Compiled(rule, program, message)
         structural = _to_jsonschema(schema, top=top)
         Draft4Validator.check_schema(structural)
         checker._validator = _Validator(structural)
@@ -189,8 +193,21 @@ def _evaluate(compiled: _Compiled, value: Any) -> Problem | None:
     if isinstance(outcome, CELEvalError):
         return Problem("", f"rule {compiled.rule.rule!r}: {outcome}", compiled.rule)
     if not bool(outcome):
-        return Problem("", compiled.rule.message, compiled.rule)
+        return Problem("", _message(compiled, value), compiled.rule)
     return None
+
+
+def _message(compiled: _Compiled, value: Any) -> str:
+    """The messageExpression's string, as the server reports it; else the static message
+    (the server also falls back to it when the expression fails or gives no string)."""
+    if compiled.message is not None:
+        try:
+            text = compiled.message.evaluate({"self": json_to_cel(value)})
+        except CELEvalError:
+            return compiled.rule.message
+        if isinstance(text, str) and text.strip():
+            return str(text)
+    return compiled.rule.message
 
 
 def _children(

@@ -753,7 +753,9 @@ def test_shipped_crd_passes_every_check(rel: str) -> None:
 def _rule_count(node: Any) -> int:
     if not isinstance(node, dict):
         return 0
-    count = len(node.get("x-kubernetes-validations") or [])
+    entries = node.get("x-kubernetes-validations") or []
+    # Each rule is costed, and so is each messageExpression.
+    count = len(entries) + sum(1 for e in entries if e.get("messageExpression"))
     count += sum(_rule_count(p) for p in (node.get("properties") or {}).values())
     return count + _rule_count(node.get("items")) + _rule_count(node.get("additionalProperties"))
 

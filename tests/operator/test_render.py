@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from modelship_operator import naming, render
-from modelship_operator.api import ModelDeployment
+from modelship_operator.api import EnvVar, ModelDeployment
 from modelship_operator.reconcilers import canonical_quantity
 from modelship_operator.reconcilers import deployment as dep
 from modelship_operator.render import RenderError, RolloutState, desired_kinds
@@ -256,8 +256,7 @@ def test_image_and_resources(
             {"MODELSHIP_API_KEYS_FILE": "/etc/modelship/auth"},  # the Secret, every key
         ),
         (
-            {"runtime": {"env": [{"name": "A", "value": "1"}, {"name": "MODELSHIP_LOG_LEVEL",
-                                                             "value": "DEBUG"}]}},
+            {"runtime": {"env": [{"name": "A", "value": "1"}], "logging": {"level": "DEBUG"}}},
             SETTINGS,
             {"A": "1"},
             {"A": "1", "MODELSHIP_LOG_LEVEL": "DEBUG"},
@@ -281,13 +280,21 @@ def test_registry_settings_stay_out_of_the_serving_container() -> None:
     assert not any(k.startswith("MLFLOW_") for k in main)
 
 
-def test_user_env_comes_last_and_overrides_in_place() -> None:
+def test_user_env_comes_last_and_never_replaces_the_operators() -> None:
     user = [{"name": "MODELSHIP_MODEL_VERSION", "value": "x"}, {"name": "Z", "value": "z"}]
-    main = pod(make(runtime={"env": user}))["containers"][0]
+    with pytest.raises(ValidationError, match="MODELSHIP_MODEL_VERSION is set by the operator"):
+        make(runtime={"env": user})
+    # Past the API (a spec built without validation), ours still wins.
+    md = make()
+    runtime = md.spec.runtime.model_copy(
+        update={"env": [EnvVar.model_construct(name=e["name"], value=e["value"], value_from=None)
+                        for e in user]})
+    forced = md.model_copy(update={"spec": md.spec.model_copy(update={"runtime": runtime})})
+    main = pod(forced)["containers"][0]
     names = [e["name"] for e in main["env"]]
     assert len(names) == len(set(names))
     assert names[-1] == "Z"
-    assert env_of(main)["MODELSHIP_MODEL_VERSION"] == "x"
+    assert env_of(main)["MODELSHIP_MODEL_VERSION"] == "3"
 
 
 def test_empty_env_value_is_left_out_as_the_api_server_does() -> None:
@@ -366,16 +373,15 @@ def test_pdb(budget: dict[str, Any] | None, expected: dict[str, Any]) -> None:
     assert p["spec"] == {**expected, "selector": selector}
 
 
-def test_networkpolicy_opens_runtime_port_dns_and_tcp_egress() -> None:
-    np = objects(make(), settings=OperatorSettings(default_tracking_uri="x", runtime_port=9000))[
-        "NetworkPolicy"
-    ]
+def test_networkpolicy_selects_every_version_and_both_directions() -> None:
+    np = objects(make(), settings=OperatorSettings(default_tracking_uri="http://m:5000",
+                                                   runtime_port=9000))["NetworkPolicy"]
     assert np["spec"]["podSelector"] == {"matchLabels": {"modelship.io/deployment": "iris"}}
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert np["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9000}]}]
+    assert {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]} == {9000}
     egress = [p for rule in np["spec"]["egress"] for p in rule["ports"]]
     assert {"protocol": "UDP", "port": 53} in egress
-    assert {"protocol": "TCP"} in egress
+    assert {"protocol": "TCP"} not in egress  # no port left open to every TCP port
 
 
 def test_serviceaccount() -> None:

@@ -170,7 +170,9 @@ def test_env_is_settings_the_operator_knows(
     OperatorSettings()  # every value parses
 
 
-def test_custom_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_custom_values(
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     objects = rendered["custom"]
     assert _container(objects)["image"] == "ghcr.io/acme/modelship-operator:0.1.0-rc1"
     env = _env(objects)
@@ -180,6 +182,14 @@ def test_custom_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert json.loads(env["MODELSHIP_OPERATOR_DEFAULT_RESOURCES"]) == {
         "requests": {"cpu": "250m", "memory": "256Mi"}}
     assert env["MODELSHIP_OPERATOR_VERIFY_MODEL_VERSIONS"] == "false"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings()  # read as the operator reads its environment
+    assert settings.allowed_tracking_hosts == ["mlflow.mlflow", "*.registry.svc.cluster.local"]
+    assert settings.namespace == NAMESPACE
+    assert (settings.network_policy_namespaces, settings.network_policy_egress_cidrs,
+            settings.network_policy_egress_ports, settings.network_policy_redis_ports) == (
+        ["gateway-system"], ["10.0.0.0/8"], [9000], [6380])
     assert _one(objects, "ServiceAccount")["metadata"]["name"] == "ms-operator"
     assert "NetworkPolicy" not in _kinds(objects)
     pod = _one(objects, "Deployment")["spec"]["template"]

@@ -79,7 +79,7 @@ def test_keys_are_never_logged(auth_url: str, caplog: pytest.LogCaptureFixture) 
 
 
 def test_key_file_with_one_key_per_line(tmp_path: Path) -> None:
-    from modelship_runtime.app import load_api_keys
+    from modelship_runtime.auth import load_api_keys
 
     f = tmp_path / "keys"
     f.write_text("one\n\n  two  \n")

@@ -26,6 +26,18 @@ def test_key_depends_on_model_version_and_canonical_input() -> None:
     assert cache_key("m", "1", rows) != cache_key("n", "1", rows)
     assert cache_key("m", "1", rows) != cache_key("m", "1", np.array([[1.0], [2.0]]))
     assert cache_key("m", "1", rows).startswith("modelship:m:1:")
+    assert cache_key("m", "1", rows, "a") != cache_key("m", "1", rows, "b")
+
+
+def test_artifact_tag_names_uri_run_and_file() -> None:
+    from modelship_runtime.cache import artifact_tag
+
+    base = artifact_tag("models:/m/1", "run1", "sha")
+    assert len({base, artifact_tag("models:/m/1", "run2", "sha"),
+                artifact_tag("models:/m/1", "run1", "sha2"),
+                artifact_tag("models:/m/2", "run1", "sha"),
+                artifact_tag(None, "run1", "sha")}) == 5
+    assert artifact_tag("models:/m/1", "run1", "sha") == base
 
 
 async def test_in_memory_cache_expires() -> None:
@@ -69,7 +81,7 @@ def test_cache_hits_then_survives_redis_being_killed(
     # The entry is under the model's name and version in the real Redis.
     import redis
 
-    keys = redis.Redis.from_url(redis_url).keys("modelship:cached:4:*")
+    keys = redis.Redis.from_url(redis_url).keys("modelship:cached:4:*")  # and the artifact
     assert len(keys) == 1
 
     redis_proc.kill()
@@ -142,3 +154,42 @@ def test_a_frozen_redis_costs_at_most_the_timeout(
     while httpx.post(f"{url}/predict", json=row).json()["cache_hit"] is False:
         assert time.monotonic() < deadline, "the cache never came back after Redis did"
         time.sleep(0.1)
+
+
+def test_two_artifacts_under_one_name_and_version_never_share_an_answer(
+        local_models: Any, serve: Any, tmp_path: Path,
+        redis_server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """A name and version registered again (another run, another file) is another artifact:
+    the same input is predicted afresh; the same artifact on another pod shares entries."""
+    import shutil
+    import time
+
+    import yaml
+    from modelship_runtime import RuntimeSettings, create_app
+
+    redis_url, _ = redis_server
+    dirs = []
+    for name, src, run in (("a", local_models.lr_dir, "run-a"), ("b", local_models.rf_dir,
+                                                               "run-b")):
+        shutil.copytree(src, tmp_path / name)
+        spec = yaml.safe_load((tmp_path / name / "MLmodel").read_text())
+        spec["run_id"] = run
+        (tmp_path / name / "MLmodel").write_text(yaml.safe_dump(spec))
+        dirs.append(tmp_path / name)
+    urls = [serve(create_app(RuntimeSettings(model_dir=d, model_name="iris", model_version="3",
+                                             redis_url=redis_url)))
+            for d in (dirs[0], dirs[1], dirs[0])]
+    X = local_models.X[20:60]
+    rows = [row for row, a, b in zip(X.tolist(), local_models.lr.predict(X),
+                                     local_models.rf.predict(X), strict=True) if a != b]
+    assert rows, "the two models must disagree somewhere for this test to mean anything"
+    row = {"features": rows[0]}
+    first = httpx.post(f"{urls[0]}/predict", json=row).json()
+    deadline = time.monotonic() + 10  # the cache write happens after the response
+    while not httpx.post(f"{urls[2]}/predict", json=row).json()["cache_hit"]:
+        assert time.monotonic() < deadline, "the same artifact on another pod never hit"
+        time.sleep(0.05)
+    other = httpx.post(f"{urls[1]}/predict", json=row).json()
+    assert other["cache_hit"] is False
+    assert other["prediction"] != first["prediction"]
+    assert other["prediction"] == int(local_models.rf.predict(np.array([rows[0]]))[0])

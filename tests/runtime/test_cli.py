@@ -187,15 +187,15 @@ def test_serve_refuses_pickle_when_told_to(registry: Any, pulled: Any, sandbox: 
     model_dir = pulled("models:/ms-lr/2")  # cloudpickle
     r = run("serve", "--model-dir", str(model_dir), "--port", str(free_port()), box=sandbox,
             MODELSHIP_ALLOW_PICKLE="false")
-    failed_plainly(r, 7, "serialized with cloudpickle")
-    assert "MODELSHIP_ALLOW_PICKLE" in r.stderr
+    failed_plainly(r, 8, "model refused: model.pkl is serialized with cloudpickle")
+    assert "set MODELSHIP_ALLOW_PICKLE=true to trust it" in r.stderr
 
 
 def test_a_load_error_after_the_pull_removes_the_pulled_model(registry: Any,
                                                                sandbox: Sandbox) -> None:
     r = run("serve", "--model-uri", "models:/ms-lr/2", "--port", str(free_port()),
             box=sandbox, MODELSHIP_ALLOW_PICKLE="false", MLFLOW_TRACKING_URI=registry.uri)
-    failed_plainly(r, 7, "cannot load model: model.pkl is serialized with cloudpickle")
+    failed_plainly(r, 8, "model refused: model.pkl is serialized with cloudpickle")
     assert '"model pulled"' in r.stdout  # it did get as far as the temporary directory
     sandbox.assert_empty()
 

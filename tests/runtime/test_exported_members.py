@@ -20,7 +20,8 @@ def test_exported_names() -> None:
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
         "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
         "settings",
-        "shadow", "sklearn"}
+        "shadow", "sklearn", "fastpath", "invocations", "signature", "auth", "ratelimit",
+        "redact", "trust", "mlflow_rest"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

@@ -45,16 +45,6 @@ def test_skops_from_the_registry_with_recorded_trusted_types(
     same_predictions(lr, registry.lr_v1, registry.X[:50])
 
 
-def test_skops_without_the_trusted_types_is_refused(rf_dir: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "rf"
-    shutil.copytree(rf_dir, copy)
-    spec = yaml.safe_load((copy / "MLmodel").read_text())
-    spec["flavors"]["sklearn"]["skops_trusted_types"] = None
-    (copy / "MLmodel").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ModelLoadError, match=r"sklearn\.tree\._tree\.Tree"):
-        load(copy)
-
-
 def test_cloudpickle_from_the_registry(registry: Any, pulled: Callable[[str], Path]) -> None:
     model_dir = pulled("models:/ms-lr/2")
     assert find_model_file(model_dir)[1] == "cloudpickle"

@@ -23,7 +23,12 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import ModelDeployment
-from modelship_operator.reconcilers import RenderError, canonical_resources, require_subdomain
+from modelship_operator.reconcilers import (
+    RenderError,
+    canonical_quantity,
+    canonical_resources,
+    require_subdomain,
+)
 from modelship_operator.settings import OperatorSettings
 
 # --- the runtime's interface: every env name and path the pods depend on ----------------
@@ -42,6 +47,25 @@ ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
 ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
 ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+ENV_ALLOW_PICKLE = "MODELSHIP_ALLOW_PICKLE"
+ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
+    "max_concurrency": "MODELSHIP_MAX_CONCURRENCY",
+    "max_connections": "MODELSHIP_MAX_CONNECTIONS",
+    "max_body_bytes": "MODELSHIP_MAX_BODY_BYTES",
+    "max_rows": "MODELSHIP_MAX_ROWS",
+    "max_columns": "MODELSHIP_MAX_COLUMNS",
+    "max_header_bytes": "MODELSHIP_MAX_HEADER_BYTES",
+    "header_timeout_seconds": "MODELSHIP_HEADER_TIMEOUT_SECONDS",
+    "keep_alive_timeout_seconds": "MODELSHIP_KEEPALIVE_TIMEOUT_SECONDS",
+}
+ENV_MICROBATCH = "MODELSHIP_MICROBATCH"
+ENV_MICROBATCH_MAX_SIZE = "MODELSHIP_MICROBATCH_MAX_SIZE"
+ENV_MICROBATCH_MAX_WAIT_MS = "MODELSHIP_MICROBATCH_MAX_WAIT_MS"
+ENV_LOG_LEVEL = "MODELSHIP_LOG_LEVEL"
+ENV_LOG_JSON = "MODELSHIP_LOG_JSON"
+ENV_ACCESS_LOG = "MODELSHIP_ACCESS_LOG"
+ENV_RATE_LIMIT_REQUESTS = "MODELSHIP_RATE_LIMIT_REQUESTS"
+ENV_RATE_LIMIT_PERIOD = "MODELSHIP_RATE_LIMIT_PERIOD_SECONDS"
 SHADOW_MOUNT = "/etc/modelship/shadow"
 SHADOW_FILE = f"{SHADOW_MOUNT}/shadow.json"  # the key of ConfigMap NAME--shadow
 REDIS_SECRET_KEY = "url"  # the key of spec.cache.redisSecret, as the CRD documents it
@@ -88,14 +112,75 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
 
 
 def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ours, then the user's; a user entry with one of our names replaces ours in place.
+    """Ours, then the user's. The API refuses a user entry naming a variable the operator
+    owns (:func:`modelship_operator.api.operator_env_problem`); should one get here all
+    the same, ours wins and it is dropped.
 
     Server-side apply treats ``env`` as a map keyed by name, so a name may occur once.
     """
     merged: dict[str, dict[str, Any]] = {e["name"]: e for e in ours}
     for entry in users:
-        merged[entry["name"]] = entry
+        merged.setdefault(entry["name"], entry)
     return list(merged.values())
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def tuning_env(md: ModelDeployment, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The runtime settings spec.runtime's fields ask for: only those set (the runtime's
+    defaults hold for the rest), plus MODELSHIP_ALLOW_PICKLE as the operator decides it."""
+    runtime = md.spec.runtime
+    values: dict[str, str] = {}
+    if runtime.limits is not None:
+        limits = runtime.limits.model_dump()
+        for field, env in ENV_LIMITS.items():
+            if limits[field] is not None:
+                values[env] = _number(limits[field])
+    batch = runtime.microbatch
+    if batch is not None:
+        if batch.enabled is not None:
+            values[ENV_MICROBATCH] = _flag(batch.enabled)
+        if batch.max_size is not None:
+            values[ENV_MICROBATCH_MAX_SIZE] = str(batch.max_size)
+        if batch.max_wait_ms is not None:
+            values[ENV_MICROBATCH_MAX_WAIT_MS] = _number(batch.max_wait_ms)
+    logs = runtime.logging
+    if logs is not None:
+        if logs.level is not None:
+            values[ENV_LOG_LEVEL] = logs.level
+        if logs.json_lines is not None:
+            values[ENV_LOG_JSON] = _flag(logs.json_lines)
+        if logs.access_log is not None:
+            values[ENV_ACCESS_LOG] = _flag(logs.access_log)
+    if runtime.rate_limit is not None:
+        values[ENV_RATE_LIMIT_REQUESTS] = str(runtime.rate_limit.requests)
+        values[ENV_RATE_LIMIT_PERIOD] = str(runtime.rate_limit.period_seconds)
+    pickle = settings.runtime_allow_pickle
+    if runtime.allow_pickle is True and pickle is False:
+        raise RenderError(
+            "spec.runtime.allowPickle",
+            "this cluster's operator refuses pickled models (setting runtime_allow_pickle); "
+            "serve a skops model and set allowPickle false or leave it unset",
+        )
+    if runtime.allow_pickle is not None:
+        pickle = runtime.allow_pickle
+    if pickle is not None:
+        values[ENV_ALLOW_PICKLE] = _flag(pickle)
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def storage_limit(md: ModelDeployment, settings: OperatorSettings) -> str:
+    """sizeLimit of the pod's emptyDirs: spec.runtime.modelStorage's, or the operator's."""
+    storage = md.spec.runtime.model_storage
+    if storage is not None and storage.size_limit is not None:
+        return canonical_quantity(storage.size_limit)
+    return canonical_quantity(settings.runtime_model_storage_limit)
 
 
 def _tracking_uri(md: ModelDeployment, settings: OperatorSettings) -> str:
@@ -156,9 +241,11 @@ def render(
         {"name": ENV_DRAIN, "value": str(settings.runtime_drain_seconds)},
         {"name": ENV_SHUTDOWN_TIMEOUT, "value": str(settings.runtime_shutdown_timeout_seconds)},
     ]
+    serve_env += tuning_env(md, settings)
+    size = storage_limit(md, settings)
     volumes: list[dict[str, Any]] = [
-        {"name": "models", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "models", "emptyDir": {"sizeLimit": size}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": size}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "models", "mountPath": MODEL_DIR},

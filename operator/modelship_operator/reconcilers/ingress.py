@@ -3,6 +3,11 @@ Service ``NAME``, TLS when spec.ingress.tlsSecret is set. Mid-rollout render als
 the canary Ingress ``NAME--canary`` through `name`, `service` and `extra_annotations`:
 ingress-nginx's canary annotations (weight, and canary-by-header / canary-by-header-value
 for header routing), which win over spec.ingress.annotations of the same key.
+
+spec.ingress.rateLimit becomes ingress-nginx's per-client-IP limits on both Ingresses
+(limit-rps: more requests per second from one address get 503; limit-connections), which
+also win over spec.ingress.annotations: the main and canary Ingress are separate
+ingress-nginx servers, each counting on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,20 @@ from modelship_operator.reconcilers import (
     require_subdomain,
 )
 from modelship_operator.reconcilers.service import SERVICE_PORT
+
+LIMIT_RPS_ANNOTATION = "nginx.ingress.kubernetes.io/limit-rps"
+LIMIT_CONNECTIONS_ANNOTATION = "nginx.ingress.kubernetes.io/limit-connections"
+
+
+def rate_limit_annotations(ingress: IngressSpec) -> dict[str, str]:
+    """ingress-nginx's annotations for spec.ingress.rateLimit (none when it is unset)."""
+    limit = ingress.rate_limit
+    out: dict[str, str] = {}
+    if limit is not None and limit.requests_per_second is not None:
+        out[LIMIT_RPS_ANNOTATION] = str(limit.requests_per_second)
+    if limit is not None and limit.connections is not None:
+        out[LIMIT_CONNECTIONS_ANNOTATION] = str(limit.connections)
+    return out
 
 
 def render(
@@ -59,6 +78,7 @@ def render(
     }
     annotations = {
         **require_annotation_keys(ingress.annotations or {}, "spec.ingress.annotations"),
+        **rate_limit_annotations(ingress),
         **(extra_annotations or {}),
     }
     if annotations:

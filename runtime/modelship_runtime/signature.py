@@ -1,0 +1,81 @@
+"""What an MLmodel file says about a model's inputs and its pyfunc prediction method.
+
+MLflow records a model signature in MLmodel as JSON strings: a column-based signature
+names every input (``[{"type": "double", "name": "petal_len", "required": true}, ...]``),
+a tensor-based one names none. The named columns let requests send rows as objects
+(KServe V1 ``instances`` of dicts, MLflow's ``dataframe_records`` and ``dataframe_split``,
+CSV with a header) and fix the order the estimator takes them in. The ``python_function``
+flavour's ``predict_fn`` (``mlflow.sklearn.save_model(..., pyfunc_predict_fn=...)``) is
+what ``mlflow models serve`` calls on ``/invocations``; the runtime honours it there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UntrustedArtifact
+from .trust import inside
+
+logger = logging.getLogger(__name__)
+
+MLMODEL = "MLmodel"
+
+
+@dataclass(frozen=True)
+class MLmodelInputs:
+    """Input column names of the signature (None: no column-based signature) and the
+    pyfunc ``predict_fn``."""
+
+    columns: list[str] | None
+    predict_fn: str
+
+
+def signature_columns(inputs: object) -> list[str] | None:
+    """Column names of an MLmodel ``signature.inputs`` value (a JSON string or a list of
+    column specs); None when it is absent, tensor-based or names no columns."""
+    if isinstance(inputs, str):
+        try:
+            inputs = json.loads(inputs)
+        except ValueError:
+            return None
+    if not isinstance(inputs, list) or not inputs:
+        return None
+    names: list[str] = []
+    for spec in inputs:
+        if not isinstance(spec, dict) or spec.get("type") == "tensor":
+            return None
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            return None
+        names.append(name)
+    if len(set(names)) != len(names):
+        return None
+    return names
+
+
+def read_inputs(model_dir: Path) -> MLmodelInputs:
+    """The signature's input columns and the pyfunc ``predict_fn`` of a model directory
+    (no MLmodel, or one that cannot be read: no columns and ``predict``)."""
+    if not (model_dir / MLMODEL).is_file():
+        return MLmodelInputs(None, "predict")
+    try:
+        path = inside(model_dir, MLMODEL, MLMODEL)  # the artifact is untrusted input
+    except UntrustedArtifact:
+        return MLmodelInputs(None, "predict")
+    try:
+        spec: Any = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return MLmodelInputs(None, "predict")
+    if not isinstance(spec, dict):
+        return MLmodelInputs(None, "predict")
+    signature = spec.get("signature")
+    columns = signature_columns(signature.get("inputs")) if isinstance(signature, dict) else None
+    pyfunc = (spec.get("flavors") or {}).get("python_function")
+    predict_fn = pyfunc.get("predict_fn") if isinstance(pyfunc, dict) else None
+    return MLmodelInputs(columns, predict_fn if isinstance(predict_fn, str) else "predict")

@@ -1,0 +1,367 @@
+"""Every prediction protocol against real ``modelship-runtime serve`` processes.
+
+A 3-class LogisticRegression fitted on a DataFrame (so its MLmodel signature names the
+columns, in an order that is not alphabetical) and a LinearRegression without names, both
+saved with ``mlflow.sklearn.save_model``. Answers are compared with scikit-learn's own, row
+by row, also under 32 concurrent clients whose rows the micro-batcher merges; MLflow's
+scoring protocol is spoken by MLflow's own client (``ScoringServerClient``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
+COLUMNS = ["width (cm)", "alpha", "zeta", "beta", "gamma", "delta"]
+
+
+@dataclass
+class Served:
+    X: np.ndarray
+    clf: Any
+    reg: Any
+    clf_url: str
+    reg_url: str
+    clf_dir: Path
+    reg_dir: Path
+
+    def proba(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.clf.predict_proba(self.frame(rows)))
+
+    def labels(self, rows: np.ndarray) -> list[Any]:
+        return list(self.clf.predict(self.frame(rows)).tolist())
+
+    def frame(self, rows: np.ndarray) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(rows.reshape(-1, len(COLUMNS)), columns=COLUMNS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    env = {**os.environ, "MODELSHIP_MODEL_NAME": name, "MODELSHIP_DRAIN_SECONDS": "0"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([RUNTIME, "serve", "--model-dir", str(model_dir), "--host",
+                                 "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    import pandas as pd
+    from sklearn.datasets import make_classification, make_regression
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    X, y = make_classification(n_samples=300, n_features=len(COLUMNS), n_informative=4,
+                               n_classes=3, random_state=3)
+    clf = LogisticRegression(max_iter=1000).fit(pd.DataFrame(X, columns=COLUMNS), y)
+    Xr, yr = make_regression(n_samples=100, n_features=4, random_state=0)
+    reg = LinearRegression().fit(Xr, yr)
+    root = tmp_path_factory.mktemp("protocols")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's import-time deprecation noise
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(pd.DataFrame(X, columns=COLUMNS), y)
+        mlflow.sklearn.save_model(clf, root / "clf", signature=signature,
+                                  serialization_format="skops", pip_requirements=[])
+        mlflow.sklearn.save_model(reg, root / "reg", serialization_format="skops",
+                                  pip_requirements=[])
+    started = [_serve(root / "clf", "clf", root / "clf.log"),
+               _serve(root / "reg", "reg", root / "reg.log")]
+    try:
+        for (url, proc), log in zip(started, (root / "clf.log", root / "reg.log"), strict=True):
+            _wait(url, proc, log)
+        yield Served(X, clf, reg, started[0][0], started[1][0], root / "clf", root / "reg")
+    finally:
+        for _, proc in started:
+            proc.terminate()
+        for _, proc in started:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _v2(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
+                        "data": rows.ravel().tolist()}], **extra}
+
+
+def _records(rows: np.ndarray, order: list[str]) -> list[dict[str, float]]:
+    return [{c: float(r[COLUMNS.index(c)]) for c in order} for r in rows]
+
+
+SHUFFLED = ["delta", "alpha", "gamma", "width (cm)", "zeta", "beta"]
+
+
+def _ask(client: httpx.Client, s: Served, protocol: str, i: int) -> None:
+    """One request for row i through ``protocol``; its answer must be scikit-learn's."""
+    row = s.X[i : i + 1]
+    want, probs = s.labels(row), s.proba(row)
+    if protocol == "predict":
+        body = client.post(f"{s.clf_url}/predict", json={"features": row[0].tolist()}).json()
+        assert [body["prediction"]] == want, body
+        np.testing.assert_allclose([body["probability"]], probs, atol=1e-6)
+    elif protocol == "v1":
+        instances = _records(row, SHUFFLED) if i % 2 else row.tolist()
+        got = client.post(f"{s.clf_url}/v1/models/clf:predict",
+                          json={"instances": instances}).json()
+        assert got == {"predictions": want}, got
+        got = client.post(f"{s.clf_url}/v1/models/clf:predict", json={
+            "instances": instances, "parameters": {"method": "predict_proba"}}).json()
+        np.testing.assert_allclose(got["predictions"], probs, atol=1e-6)
+    elif protocol == "v2":
+        got = client.post(f"{s.clf_url}/v2/models/clf/infer", json=_v2(row)).json()
+        out = {o["name"]: o for o in got["outputs"]}
+        assert out["predict"]["data"] == want, got
+        np.testing.assert_allclose(np.reshape(out["predict_proba"]["data"], (1, 3)), probs,
+                                   atol=1e-6)
+    else:
+        body = {"dataframe_records": _records(row, SHUFFLED)} if i % 2 else \
+            {"dataframe_split": {"columns": SHUFFLED,
+                                 "data": [[float(row[0][COLUMNS.index(c)]) for c in SHUFFLED]]}}
+        got = client.post(f"{s.clf_url}/invocations", json=body).json()
+        assert got == {"predictions": want}, got
+
+
+def test_32_concurrent_clients_each_get_their_own_rows_answer(served: Served) -> None:
+    jobs = [(p, i) for i in range(40) for p in ("predict", "v1", "v2", "invocations")]
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=32)) as client, \
+            ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda job: _ask(client, served, *job), jobs))
+    metrics = httpx.get(f"{served.clf_url}/metrics").text
+    for route in ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
+                  "/invocations"):
+        assert f'route="{route}",status="200"' in metrics, route
+
+
+def test_kserve_v1_server_routes(served: Served) -> None:
+    assert httpx.get(f"{served.clf_url}/").json() == {"status": "alive"}
+    assert httpx.get(f"{served.clf_url}/v1/models").json() == {"models": ["clf"]}
+    assert httpx.get(f"{served.clf_url}/v1/models/clf").json() == {
+        "name": "clf", "version": "0", "ready": True}
+    r = httpx.get(f"{served.clf_url}/v1/models/other")
+    assert r.status_code == 404 and "'other'" in r.json()["error"]
+
+
+def test_kserve_v1_inputs_and_batches_of_named_features(served: Served) -> None:
+    rows = served.X[:7]
+    for key in ("instances", "inputs"):
+        r = httpx.post(f"{served.clf_url}/v1/models/clf:predict",
+                       json={key: _records(rows, SHUFFLED)})
+        assert r.json() == {"predictions": served.labels(rows)}
+
+
+def test_mlflow_scoring_client_and_serving_input(served: Served) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mlflow.models import convert_input_example_to_serving_input
+        from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    rows = served.X[10:30]
+    frame = served.frame(rows)[SHUFFLED]
+    host, port = served.clf_url.removeprefix("http://").split(":")
+    client = ScoringServerClient(host, int(port))
+    client.wait_server_ready(timeout=30)
+    labels = client.invoke(frame).get_predictions(predictions_format="ndarray")
+    assert labels.tolist() == served.labels(rows)
+    labels = client.invoke(rows).get_predictions(predictions_format="ndarray")
+    assert labels.tolist() == served.labels(rows)
+    probs = client.invoke(frame, params={"method": "predict_proba"}).get_predictions()
+    np.testing.assert_allclose(probs.to_numpy(), served.proba(rows), atol=1e-6)
+
+    serving_input = convert_input_example_to_serving_input(frame)
+    assert serving_input is not None
+    r = httpx.post(f"{served.clf_url}/invocations", content=serving_input,
+                   headers={"Content-Type": "application/json"})
+    assert r.json() == {"predictions": served.labels(rows)}
+
+
+def test_invocations_inputs_instances_and_csv(served: Served) -> None:
+    rows = served.X[30:45]
+    want = {"predictions": served.labels(rows)}
+    url = f"{served.clf_url}/invocations"
+    columnar = {c: rows[:, COLUMNS.index(c)].tolist() for c in SHUFFLED}
+    assert httpx.post(url, json={"inputs": columnar}).json() == want
+    assert httpx.post(url, json={"instances": rows.tolist()}).json() == want
+    assert httpx.post(url, json={"instances": _records(rows, SHUFFLED)}).json() == want
+    csv_text = served.frame(rows)[SHUFFLED].to_csv(index=False)
+    r = httpx.post(url, content=csv_text, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.json() == want
+
+
+def test_regressor_through_every_protocol(served: Served) -> None:
+    rows = np.random.default_rng(1).normal(size=(5, 4))
+    want = served.reg.predict(rows)
+    url = served.reg_url
+    np.testing.assert_allclose(
+        httpx.post(f"{url}/v1/models/reg:predict", json={"instances": rows.tolist()}
+                   ).json()["predictions"], want)
+    np.testing.assert_allclose(
+        httpx.post(f"{url}/invocations", json={"inputs": rows.tolist()}).json()["predictions"],
+        want)
+    out = httpx.post(f"{url}/v2/models/reg/infer", json=_v2(rows)).json()["outputs"]
+    assert [o["name"] for o in out] == ["predict"]
+    np.testing.assert_allclose(out[0]["data"], want)
+
+
+def test_pyfunc_predict_fn_decides_what_invocations_answers(
+        served: Served, tmp_path: Path, serve: Callable[..., str]) -> None:
+    """A model saved with pyfunc_predict_fn="predict_proba" answers probabilities on
+    /invocations, as `mlflow models serve` does; params.method can ask for labels."""
+    from modelship_runtime import RuntimeSettings, create_app
+    from sklearn.linear_model import LogisticRegression
+
+    X = served.X
+    y = (X[:, 0] > 0).astype(int)
+    est = LogisticRegression().fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(est, tmp_path / "m", serialization_format="skops",
+                                  pyfunc_predict_fn="predict_proba", pip_requirements=[])
+    base = serve(create_app(RuntimeSettings(model_dir=tmp_path / "m")))
+    url = f"{base}/invocations"
+    got = httpx.post(url, json={"inputs": X[:4].tolist()}).json()["predictions"]
+    np.testing.assert_allclose(got, est.predict_proba(X[:4]), atol=1e-6)
+    got = httpx.post(url, json={"inputs": X[:4].tolist(), "params": {"method": "predict"}}).json()
+    assert got == {"predictions": est.predict(X[:4]).tolist()}
+    # V1 keeps its own default: labels
+    assert httpx.post(f"{base}/v1/models/m:predict", json={"instances": X[:2].tolist()}
+                      ).json() == {"predictions": est.predict(X[:2]).tolist()}
+
+
+Check = Callable[[httpx.Response], None]
+
+
+def _bad(status: int, *fragments: str, mlflow: bool = False) -> Check:
+    def check(r: httpx.Response) -> None:
+        assert r.status_code == status, r.text
+        body = r.json()
+        if mlflow:
+            assert body["error_code"] == ("BAD_REQUEST" if status in (400, 415) else
+                                          "RESOURCE_DOES_NOT_EXIST")
+            message = body["message"]
+        else:
+            message = body["error"]
+        for f in fragments:
+            assert f in message, message
+    return check
+
+
+V1, INV = "/v1/models/{name}:predict", "/invocations"
+BAD: list[tuple[str, str, str, Any, Check]] = [
+    ("v1-unknown-name", "clf", V1,
+     {"instances": [{**dict.fromkeys(COLUMNS, 1.0), "height": 1.0}]},
+     _bad(400, "unknown feature names ['height']")),
+    ("v1-missing-name", "clf", V1, {"instances": [dict.fromkeys(COLUMNS[1:], 1.0)]},
+     _bad(400, "instances[0]", "missing feature names ['width (cm)']")),
+    ("v1-renamed", "clf", V1,
+     {"instances": [{**dict.fromkeys(COLUMNS[1:], 1.0), "Width": 1.0}]},
+     _bad(400, "unknown feature names ['Width']", "missing feature names ['width (cm)']")),
+    ("v1-named-value-not-number", "clf", V1,
+     {"instances": [{**dict.fromkeys(COLUMNS, 1.0), "zeta": "x"}]},
+     _bad(400, "instances[0]['zeta'] must be a number")),
+    ("v1-names-without-signature", "reg", V1, {"instances": [{"a": 1.0}]},
+     _bad(400, "no names")),
+    ("v1-both-keys", "clf", V1, {"instances": [[1.0] * 6], "inputs": [[1.0] * 6]},
+     _bad(400, "not both")),
+    ("v1-unknown-method", "clf", V1,
+     {"instances": [[1.0] * 6], "parameters": {"method": "predict_log_proba"}},
+     _bad(400, "parameters.method 'predict_log_proba'", "predict_proba")),
+    ("v1-parameters-not-object", "clf", V1, {"instances": [[1.0] * 6], "parameters": [1]},
+     _bad(400, "parameters must be an object")),
+    ("v1-regressor-proba", "reg", V1,
+     {"instances": [[1.0] * 4], "parameters": {"method": "predict_proba"}},
+     _bad(400, "predict_proba", "LinearRegression")),
+    ("v2-regressor-proba", "reg", "/v2/models/{name}/infer",
+     _v2(np.ones((1, 4)), outputs=[{"name": "predict_proba"}]),
+     _bad(400, "outputs predict_proba", "LinearRegression")),
+    ("inv-no-format", "clf", INV, {"data": [[1.0] * 6]},
+     _bad(400, "exactly one of", "['data']", mlflow=True)),
+    ("inv-two-formats", "clf", INV, {"instances": [[1.0] * 6], "inputs": [[1.0] * 6]},
+     _bad(400, "exactly one of", "['inputs', 'instances']", mlflow=True)),
+    ("inv-split-unknown-column", "clf", INV,
+     {"dataframe_split": {"columns": [*COLUMNS[:5], "omega"], "data": [[1.0] * 6]}},
+     _bad(400, "unknown feature names ['omega']", "missing feature names ['delta']",
+          mlflow=True)),
+    ("inv-split-short-row", "clf", INV,
+     {"dataframe_split": {"columns": COLUMNS, "data": [[1.0] * 5]}},
+     _bad(400, "dataframe_split.data[0] has 5 values for 6 columns", mlflow=True)),
+    ("inv-records-missing", "clf", INV, {"dataframe_records": [dict.fromkeys(COLUMNS[:5], 1)]},
+     _bad(400, "dataframe_records[0]", "missing feature names ['delta']", mlflow=True)),
+    ("inv-wrong-width", "clf", INV, {"inputs": [[1.0] * 5]},
+     _bad(400, "inputs[0] has 5 values; the model takes 6", mlflow=True)),
+    ("inv-nan", "clf", INV, b'{"instances": [[1, 1, 1, 1, 1, NaN]]}',
+     _bad(400, "NaN", mlflow=True)),
+    ("inv-regressor-proba", "reg", INV,
+     {"inputs": [[1.0] * 4], "params": {"method": "predict_proba"}},
+     _bad(400, "params.method predict_proba", "LinearRegression", mlflow=True)),
+    ("inv-not-json", "clf", INV, b"{nope", _bad(400, "malformed JSON", mlflow=True)),
+    ("inv-csv-bad-header", "clf", INV, ("text/csv", "a,b,c,d,e,f\n1,2,3,4,5,6\n"),
+     _bad(400, "the CSV header", "unknown feature names", mlflow=True)),
+    ("inv-csv-not-number", "clf", INV,
+     ("text/csv", ",".join(f'"{c}"' for c in COLUMNS) + "\n1,2,x,4,5,6\n"),
+     _bad(400, "CSV row 1, column 'zeta': 'x' is not a number", mlflow=True)),
+    ("inv-csv-ragged", "clf", INV,
+     ("text/csv", ",".join(f'"{c}"' for c in COLUMNS) + "\n1,2,3\n"),
+     _bad(400, "CSV row 1 has 3 values for 6 columns", mlflow=True)),
+    ("inv-csv-header-only", "clf", INV, ("text/csv", ",".join(f'"{c}"' for c in COLUMNS)),
+     _bad(400, "no rows", mlflow=True)),
+    ("inv-media-type", "clf", INV, ("application/xml", "<x/>"),
+     _bad(415, "application/xml", "text/csv", mlflow=True)),
+]
+
+
+@pytest.mark.parametrize(("case", "model", "path", "body", "check"), BAD,
+                         ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str, model: str,
+                                               path: str, body: Any, check: Check) -> None:
+    base = served.clf_url if model == "clf" else served.reg_url
+    url = base + path.format(name=model)
+    if isinstance(body, bytes):
+        r = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+    elif isinstance(body, tuple):
+        r = httpx.post(url, content=body[1], headers={"Content-Type": body[0]})
+    else:
+        r = httpx.post(url, json=body)
+    check(r)
