@@ -209,16 +209,17 @@ def _load(model_dir: Path, *, allow_pickle: bool, trusted_types: Sequence[str]
 
 
 def _load_skops(name: str, data: bytes, trusted_types: Sequence[str]) -> Any:
-    import skops.io
+    from .skops_import import import_skops_io
 
-    needed = skops.io.get_untrusted_types(data=data)
+    skops_io = import_skops_io()
+    needed = skops_io.get_untrusted_types(data=data)
     trusted, refused = split_types(needed, trusted_types)
     if refused:
         raise UntrustedArtifact(
             f"{name} needs types this runtime does not trust: {', '.join(refused)}; add "
             "them to MODELSHIP_TRUSTED_TYPES to trust them (the MLmodel's "
             "skops_trusted_types are not used)")
-    return skops.io.loads(data, trusted=trusted)
+    return skops_io.loads(data, trusted=trusted)
 
 
 def _allow_nan(estimator: Any) -> bool:

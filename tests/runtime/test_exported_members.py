@@ -21,7 +21,7 @@ def test_exported_names() -> None:
         "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
         "settings",
         "shadow", "sklearn", "fastpath", "invocations", "signature", "auth", "ratelimit",
-        "redact", "trust", "mlflow_rest"}
+        "redact", "trust", "mlflow_rest", "skops_import"}
 
 
 def test_exports_are_defined_in_the_package() -> None:
