@@ -15,7 +15,9 @@ Builds, under one temporary folder (or DIR, kept):
   removed the same way: what serving a model with FastAPI alone installs.
 
 Reported: ``du`` of each whole virtualenv (disk use, 1 KiB blocks, what the image layer
-holds, bytecode included), the ratio runtime / bare, and the largest distributions of
+holds, bytecode included) and the ratio runtime / bare; the same without folders named
+``tests`` (build-venv.sh removes the wheels' test suites from the image's venv, a plain
+install keeps them: this column compares like with like); the largest distributions of
 the runtime's venv (bytes of the files each one's RECORD lists that are still on disk,
 ``__pycache__`` included). Printed as Markdown tables on stdout.
 """
@@ -37,8 +39,11 @@ REPO = HERE.parent.parent
 PYTHON = os.environ.get("PYTHON", "python3.11")
 
 
-def du_mb(path: Path) -> float:
-    out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True)
+def du_mb(path: Path, *, without_tests: bool = False) -> float:
+    """``du -sk`` in MB; ``without_tests``: not counting folders named ``tests``."""
+    extra = ["--exclude=tests"] if without_tests else []
+    out = subprocess.run(["du", "-sk", *extra, str(path)], capture_output=True, text=True,
+                         check=True)
     return int(out.stdout.split()[0]) / 1024
 
 
@@ -125,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runtime = build_runtime(root)
         bare = build_bare(root)
-        sizes = {"runtime (Dockerfile.runtime's venv)": du_mb(runtime),
-                 "bare fastapi + uvicorn + scikit-learn": du_mb(bare)}
+        venvs = {"runtime (Dockerfile.runtime's venv)": runtime,
+                 "bare fastapi + uvicorn + scikit-learn": bare}
         if args.extra:
-            sizes[f"runtime + {' '.join(args.extra)}"] = du_mb(with_extra(runtime, root,
-                                                                           args.extra))
-        base = sizes["bare fastapi + uvicorn + scikit-learn"]
-        print("| virtualenv | du MB | x bare |\n|---|--:|--:|")
-        for name, mb in sizes.items():
-            print(f"| {name} | {mb:.1f} | {mb / base:.2f} |")
+            venvs[f"runtime + {' '.join(args.extra)}"] = with_extra(runtime, root, args.extra)
+        base = du_mb(bare)
+        base_stripped = du_mb(bare, without_tests=True)
+        print("| virtualenv | du MB | x bare | du MB without `tests` folders | x bare without"
+              " them |\n|---|--:|--:|--:|--:|")
+        for name, venv in venvs.items():
+            mb, stripped = du_mb(venv), du_mb(venv, without_tests=True)
+            print(f"| {name} | {mb:.1f} | {mb / base:.2f} | {stripped:.1f} | "
+                  f"{stripped / base_stripped:.2f} |")
         print("\n| distribution (runtime venv) | version | MB |\n|---|---|--:|")
         for name, version, mb in per_distribution(runtime)[:args.top]:
             print(f"| {name} | {version} | {mb:.1f} |")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 PROBE = r'''
-import importlib.abc, json, os, signal, socket, sys, threading, time, traceback
+import gc, importlib.abc, json, os, signal, socket, sys, threading, time, traceback
 
 attempts = []
 
@@ -49,7 +49,7 @@ def first_prediction():
         except OSError:
             time.sleep(0.05)
     with open(out, "w") as f:
-        json.dump({"status": status.decode(errors="replace")[:12],
+        json.dump({"status": status.decode(errors="replace")[:12], "gc": gc.isenabled(),
                    "modules": sorted(sys.modules), "attempts": attempts}, f)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -93,6 +93,7 @@ def test_serving_imports_neither_mlflow_nor_pandas_nor_the_pull_client(
     assert result["status"] == "HTTP/1.1 200", result["status"]
     modules = set(result["modules"])
     assert "modelship_runtime.app" in modules and "sklearn" in modules  # it did serve
+    assert result["gc"] is True  # off while starting, on again once serving
     loaded = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN or m in FORBIDDEN)
     assert loaded == []
     # scikit-learn probes for pandas once (sklearn.utils.fixes: try: import pandas);
