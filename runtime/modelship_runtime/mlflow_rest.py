@@ -107,6 +107,12 @@ def _split_userinfo(url: str) -> tuple[str, str]:
             f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}")
 
 
+def _base(url: str) -> str:
+    """scheme://netloc of ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc.lower()
@@ -130,6 +136,9 @@ class Client:
         tracking, userinfo = _split_userinfo(tracking_uri.rstrip("/"))
         registry, registry_userinfo = _split_userinfo((registry_uri or tracking_uri).rstrip("/"))
         self.tracking_uri, self.registry_uri = tracking, registry
+        # messages name a server as it was given, its password masked (user:***@host)
+        self._shown = {_origin(tracking): redact(_base(tracking_uri)),
+                       _origin(registry): redact(_base(registry_uri or tracking_uri))}
         self._auth = Auth.from_env()
         if self._auth.header is None and (userinfo or registry_userinfo):
             # user:password@ in the URI, as MLflow's client (requests) takes it
@@ -155,7 +164,7 @@ class Client:
             request.add_header("Content-Type", "application/json")
         if self._auth.header:
             request.add_header("Authorization", self._auth.header)
-        where = redact(f"{_origin(url)[0]}://{_origin(url)[1]}")
+        where = self._shown.get(_origin(url)) or redact(_base(url))
         try:
             return self._opener.open(request, timeout=self._timeout)
         except urllib.error.HTTPError as exc:
