@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # checkov pins old versions of common packages: it gets a virtualenv of its own.
 CHECKOV := $(VENV)/checkov/bin/checkov
 
-.PHONY: help setup system-deps test lint demo e2e bench-operator clean locks sync
+.PHONY: help setup system-deps test lint demo e2e bench-operator clean locks sync protos
 .DEFAULT_GOAL := help
 
 ## help: list these targets with what they do (also what a bare `make` does)
@@ -102,3 +102,8 @@ clean:
 .PHONY: bench-runtime
 bench-runtime: $(STAMP)
 	$(BIN)/python benchmarks/runtime/run.py $(BENCH_ARGS)
+
+## protos: regenerate the runtime's gRPC modules from runtime/modelship_runtime/_proto/
+## grpc_predict_v2.proto (grpcio-tools; a test fails when they are stale)
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py

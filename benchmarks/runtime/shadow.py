@@ -1,19 +1,24 @@
-"""What mirroring to a canary costs the stable's clients: shadow off against shadow on.
+"""What mirroring to a canary costs the stable's clients: shadow off against shadow on,
+beside an A/A pair (shadow off against shadow off) that gives the run's own noise.
 
-    .venv/bin/python benchmarks/runtime/shadow.py          # about 2 minutes
+    .venv/bin/python benchmarks/runtime/shadow.py [--fraction 0.1]   # about 3.5 minutes
 
-Three `modelship-runtime serve` processes of this work tree serve the benchmark's light
-model (or `--model heavy`): `off` (no shadow), `on` (MODELSHIP_SHADOW_URL pointing at
-the canary, fraction 1.0: every request is mirrored) and the `canary` (the same model).
-`off` and `on` are pinned to core 0 and take turns under wrk, pinned to core 1; the
-canary is pinned to core 1 too (in a cluster it runs in another pod, on another node if
-the scheduler wills, so core 0 is kept for the stable; wrk and the canary share core 1,
-which, if anything, slows the `on` runs' load generator). For each round and scenario,
-both stables are measured back to back (order alternating), a wrk warm-up before each
-measured run; the ratios on/off are taken within each round, then the median over the
-rounds. Around each `on` run the stable's mirrored counters are read, so the table says
-how many of its requests were really sent to the canary (and how many dropped or failed).
-Results: benchmarks/runtime/results/shadow-latest.{json,md}.
+Four `modelship-runtime serve` processes of this work tree serve the benchmark's light
+model (or `--model heavy`): `off` and `off2` (no shadow, the same settings), `on`
+(MODELSHIP_SHADOW_URL pointing at the canary, MODELSHIP_SHADOW_FRACTION `--fraction`)
+and the `canary` (the same model). The three stables are pinned to core 0 and take turns
+under wrk, pinned to core 1; the canary is pinned to core 1 too (in a cluster it runs in
+another pod, on another node if the scheduler wills, so core 0 is kept for the stable;
+wrk and the canary share core 1, which, if anything, slows the `on` runs' load
+generator). The `on` stable's sender process (it starts it when mirroring switches on)
+is moved off core 0, onto the other cores (`--sender-cpus`): it is a second process of
+the same pod, and the pod's CPU request must cover it. For each round and scenario the
+three stables are measured back to back (order rotating), a wrk warm-up before each
+measured run; the ratios on/off and off2/off are taken within each round, then the
+median over the rounds. Around each `on` run the stable's mirrored counters and its
+sender's CPU time are read, so the table says how many of its requests were really sent
+to the canary (and how many dropped or failed) and what the sender spent per request
+sent. Results: benchmarks/runtime/results/shadow-latest.{json,md}.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ RUNTIME = Path(sys.executable).parent / "modelship-runtime"
 SCENARIOS = {"single-c1": (1, 1), "single-c8": (1, 8), "batch10-c8": (10, 8)}
 OUTCOMES = ("sent", "dropped", "failed", "skipped")
 FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
+SIDES = ("off", "off2", "on")
 
 
 def log(msg: str) -> None:
@@ -72,6 +78,24 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sender_of(pid: int, timeout: float = 60.0) -> int:
+    """The shadow sender process started by the server `pid`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if ppid == pid and b"modelship_runtime.shadow_sender" in cmdline:
+                return int(entry.name)
+        time.sleep(0.1)
+    raise RuntimeError(f"no shadow sender under {pid} after {timeout}s")
 
 
 def wait_drained(url: str, timeout: float = 60.0) -> None:
@@ -111,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--fraction", type=float, default=1.0,
                    help="MODELSHIP_SHADOW_FRACTION of the `on` server (share mirrored)")
+    p.add_argument("--sender-cpus", default="",
+                   help="cores of the `on` server's sender process (default: all but 0)")
     args = p.parse_args(argv)
     if not RUNTIME.exists():
         raise SystemExit(f"{RUNTIME} is missing (make setup)")
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    load0 = os.getloadavg()[0]
     workdir = RESULTS / "work" / f"shadow-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
     log("training the models")
@@ -131,12 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         off, off_url = start("off", model.mlflow_dir, workdir, first, "0",
                              MODELSHIP_MODEL_VERSION="1")
         servers.append(off)
+        off2, off2_url = start("off2", model.mlflow_dir, workdir, first, "0",
+                               MODELSHIP_MODEL_VERSION="1")
+        servers.append(off2)
         on, on_url = start("on", model.mlflow_dir, workdir, first, "0",
                            MODELSHIP_MODEL_VERSION="1", MODELSHIP_SHADOW_URL=canary_url,
                            MODELSHIP_SHADOW_FRACTION=str(args.fraction))
         servers.append(on)
-        urls = {"off": off_url, "on": on_url}
-        pids = {"off": off.pid, "on": on.pid}
+        urls = {"off": off_url, "off2": off2_url, "on": on_url}
+        pids = {"off": off.pid, "off2": off2.pid, "on": on.pid}
+        sender = sender_of(on.pid)
+        cpus = ({int(c) for c in args.sender_cpus.split(",")} if args.sender_cpus
+                else set(range(os.cpu_count() or 2)) - {0}) or {0}
+        os.sched_setaffinity(sender, cpus)
+        log(f"sender {sender} of `on` on cores {sorted(cpus)}")
         for rnd in range(args.rounds):
             for s_i, scenario in enumerate(args.scenarios.split(",")):
                 n_rows, conns = SCENARIOS[scenario]
@@ -144,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                                   else {"instances": rows[:n_rows]})
                 lua = workdir / f"{scenario}.lua"
                 write_lua(lua, body)
-                order = ["off", "on"] if (rnd + s_i) % 2 == 0 else ["on", "off"]
+                shift = (rnd + s_i) % len(SIDES)
+                order = [*SIDES[shift:], *SIDES[:shift]]
                 for side in order:
                     url = urls[side]
                     run_wrk(f"{url}/predict", lua, conns, args.warmup)
@@ -153,10 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                     before = mirrored(url) if side == "on" else None
                     compared = agreement(canary_url) if side == "on" else 0.0
                     cpu0 = cpu_seconds(pids[side])
+                    sender0 = cpu_seconds(sender) if side == "on" else 0.0
                     res, raw = run_wrk(f"{url}/predict", lua, conns, args.duration)
                     if side == "on":
                         wait_drained(url)  # the mirroring of the run's requests counts too
                     cpu = cpu_seconds(pids[side]) - cpu0
+                    sender_cpu = cpu_seconds(sender) - sender0 if side == "on" else 0.0
                     record: dict[str, Any] = {"round": rnd, "scenario": scenario,
                                               "side": side, **res.to_dict(),
                                               "cpu_us_per_request": cpu / res.requests * 1e6}
@@ -164,83 +202,108 @@ def main(argv: list[str] | None = None) -> int:
                         after = mirrored(url)
                         record["mirrored"] = {k: after[k] - before[k] for k in OUTCOMES}
                         record["canary_rows_compared"] = agreement(canary_url) - compared
+                        sent = record["mirrored"]["sent"]
+                        record["sender_cpu_us_per_sent"] = (sender_cpu / sent * 1e6
+                                                            if sent else 0.0)
                     (workdir / f"r{rnd}-{scenario}-{side}.txt").write_text(raw)
                     runs.append(record)
                     log(f"round {rnd} {scenario} {side}: {res.rps:.0f} req/s, p50 "
                         f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, "
                         f"{record['cpu_us_per_request']:.0f} us CPU/request"
-                        + (f", mirrored {record['mirrored']}" if before else ""))
+                        + (f", mirrored {record['mirrored']}, sender "
+                           f"{record['sender_cpu_us_per_sent']:.0f} us CPU/sent"
+                           if before else ""))
     finally:
         for server in servers:
             server.stop()
     load = os.getloadavg()[0]
     summary = summarize(runs, args.scenarios.split(","))
     result = {"at": stamp, "model": args.model, "rounds": args.rounds,
-              "duration_s": args.duration, "loadavg_1m_at_end": load, "runs": runs,
+              "fraction": args.fraction, "duration_s": args.duration,
+              "loadavg_1m_at_start": load0, "loadavg_1m_at_end": load, "runs": runs,
               "summary": summary}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "shadow-latest.json").write_text(json.dumps(result, indent=1))
-    table = render(summary, args, load)
+    table = render(summary, args, load0, load)
     (RESULTS / "shadow-latest.md").write_text(table)
     print(table)
     return 0
 
 
 def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> list[dict[str, Any]]:
-    """Per scenario: medians of each side, and the on/off ratios taken within each round."""
+    """Per scenario: medians of each side, the on/off and off2/off (A/A) ratios taken
+    within each round, and the spread of the A/A ratios over the rounds."""
     out = []
     for scenario in scenarios:
         by_round: dict[int, dict[str, dict[str, Any]]] = {}
         for r in runs:
             if r["scenario"] == scenario:
                 by_round.setdefault(r["round"], {})[r["side"]] = r
-        pairs = [v for v in by_round.values() if "on" in v and "off" in v]
-        if not pairs:
+        rounds = [v for v in by_round.values() if all(side in v for side in SIDES)]
+        if not rounds:
             continue
 
-        def med(side: str, key: str, pairs: list[dict[str, dict[str, Any]]] = pairs) -> float:
-            return statistics.median(p[side][key] for p in pairs)
+        def med(side: str, key: str, rounds: list[dict[str, dict[str, Any]]] = rounds
+                ) -> float:
+            return statistics.median(p[side][key] for p in rounds)
 
-        def ratio(key: str, pairs: list[dict[str, dict[str, Any]]] = pairs) -> float:
-            return statistics.median(p["on"][key] / p["off"][key] for p in pairs)
+        def ratios(side: str, key: str, rounds: list[dict[str, dict[str, Any]]] = rounds
+                   ) -> list[float]:
+            return [p[side][key] / p["off"][key] for p in rounds]
 
-        sent = sum(p["on"]["mirrored"]["sent"] for p in pairs)
-        requests = sum(p["on"]["requests"] for p in pairs)
+        sent = sum(p["on"]["mirrored"]["sent"] for p in rounds)
+        requests = sum(p["on"]["requests"] for p in rounds)
         out.append({
             "scenario": scenario,
-            "off": {k: med("off", k) for k in FIGURES},
-            "on": {k: med("on", k) for k in FIGURES},
-            "ratio": {k: ratio(k) for k in FIGURES},
-            "mirrored": {o: sum(p["on"]["mirrored"][o] for p in pairs) for o in OUTCOMES},
+            **{side: {k: med(side, k) for k in FIGURES} for side in SIDES},
+            "ratio": {k: statistics.median(ratios("on", k)) for k in FIGURES},
+            "aa_ratio": {k: statistics.median(ratios("off2", k)) for k in FIGURES},
+            "aa_range": {k: [min(ratios("off2", k)), max(ratios("off2", k))]
+                         for k in FIGURES},
+            "on_range": {k: [min(ratios("on", k)), max(ratios("on", k))] for k in FIGURES},
+            "mirrored": {o: sum(p["on"]["mirrored"][o] for p in rounds) for o in OUTCOMES},
             "on_requests": requests,
             "sent_share": sent / requests if requests else 0.0,
-            "canary_rows_compared": sum(p["on"]["canary_rows_compared"] for p in pairs),
-            "non_2xx": sum(p[s]["non_2xx"] + p[s]["socket_errors"] for p in pairs
-                           for s in ("on", "off")),
+            "sender_cpu_us_per_sent": med("on", "sender_cpu_us_per_sent"),
+            "canary_rows_compared": sum(p["on"]["canary_rows_compared"] for p in rounds),
+            "non_2xx": sum(p[s]["non_2xx"] + p[s]["socket_errors"] for p in rounds
+                           for s in SIDES),
         })
     return out
 
 
-def render(summary: list[dict[str, Any]], args: argparse.Namespace, load: float) -> str:
+def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float,
+           load: float) -> str:
     lines = [
-        f"shadow off vs on (fraction {args.fraction:g}), model {args.model}, "
-        f"{args.rounds} rounds x {args.duration} s "
-        f"(load average at the end: {load:.1f})",
+        f"shadow on (fraction {args.fraction:g}) vs off, beside off2 vs off (A/A), model "
+        f"{args.model}, {args.rounds} rounds x {args.duration} s (load average "
+        f"{load0:.1f} at the start, {load:.1f} at the end)",
         "",
-        "| scenario | off req/s | on req/s | req/s on/off | off p50 ms | on p50 ms | p50 on/off "
-        "| off p99 ms | on p99 ms | p99 on/off | off CPU us/req | on CPU us/req "
-        "| mirrored sent / requests (dropped, failed) | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "Ratios are medians of the per-round ratios, [min-max] over the rounds.",
+        "",
+        "| scenario | off req/s | req/s on/off | req/s A/A | off p50 ms | p50 on/off "
+        "| p50 A/A | off p99 ms | on p99 ms | p99 on/off | p99 A/A "
+        "| off CPU us/req | CPU on/off | CPU A/A | sender CPU us/sent "
+        "| sent / requests (dropped, failed) | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
     ]
+
+    def r(s: dict[str, Any], key: str, which: str) -> str:
+        lo, hi = s["on_range" if which == "ratio" else "aa_range"][key]
+        return f"{s[which][key]:.2f} [{lo:.2f}-{hi:.2f}]"
+
     for s in summary:
         m = s["mirrored"]
         lines.append(
-            f"| {s['scenario']} | {s['off']['rps']:.0f} | {s['on']['rps']:.0f} | "
-            f"{s['ratio']['rps']:.2f} | {s['off']['p50_ms']:.2f} | {s['on']['p50_ms']:.2f} | "
-            f"{s['ratio']['p50_ms']:.2f} | {s['off']['p99_ms']:.2f} | {s['on']['p99_ms']:.2f} "
-            f"| {s['ratio']['p99_ms']:.2f} | {s['off']['cpu_us_per_request']:.0f} "
-            f"| {s['on']['cpu_us_per_request']:.0f} | {m['sent']:.0f} / {s['on_requests']} "
-            f"({s['sent_share']:.0%}; {m['dropped']:.0f}, {m['failed']:.0f}) | {s['non_2xx']} |")
+            f"| {s['scenario']} | {s['off']['rps']:.0f} | {r(s, 'rps', 'ratio')} "
+            f"| {r(s, 'rps', 'aa_ratio')} | {s['off']['p50_ms']:.2f} "
+            f"| {r(s, 'p50_ms', 'ratio')} | {r(s, 'p50_ms', 'aa_ratio')} "
+            f"| {s['off']['p99_ms']:.2f} | {s['on']['p99_ms']:.2f} "
+            f"| {r(s, 'p99_ms', 'ratio')} | {r(s, 'p99_ms', 'aa_ratio')} "
+            f"| {s['off']['cpu_us_per_request']:.0f} | {r(s, 'cpu_us_per_request', 'ratio')} "
+            f"| {r(s, 'cpu_us_per_request', 'aa_ratio')} | {s['sender_cpu_us_per_sent']:.0f} "
+            f"| {m['sent']:.0f} / {s['on_requests']} ({s['sent_share']:.0%}; "
+            f"{m['dropped']:.0f}, {m['failed']:.0f}) | {s['non_2xx']} |")
     return "\n".join(lines) + "\n"
 
 

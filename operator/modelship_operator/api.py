@@ -219,6 +219,11 @@ class ModelStorageSpec(_Model):
     size_limit: Annotated[str, Field(pattern=QUANTITY_PATTERN)] | None = None
 
 
+# A fully-qualified Python type name, e.g. xgboost.sklearn.XGBClassifier.
+TypeName = Annotated[str, Field(min_length=3, max_length=256,
+                                pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")]
+
+
 class RuntimeRateLimit(_Model):
     requests: Annotated[int, Field(ge=1, le=1_000_000_000)]
     period_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
@@ -238,6 +243,7 @@ class RuntimeSpec(_Model):
     microbatch: MicrobatchSpec | None = None
     logging: LoggingSpec | None = None
     allow_pickle: bool | None = None
+    trusted_types: list[TypeName] = Field(default_factory=list, max_length=64)
     model_storage: ModelStorageSpec | None = None
     rate_limit: RuntimeRateLimit | None = None
 

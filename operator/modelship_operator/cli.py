@@ -257,7 +257,13 @@ def render_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> i
         overrides["default_tracking_uri"] = args.tracking_uri
     if args.image:
         overrides["runtime_image"] = args.image
-    settings = OperatorSettings(**overrides)
+    try:
+        settings = OperatorSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        flag = {"default_tracking_uri": "--tracking-uri", "runtime_image": "--image"}.get(
+            str(first["loc"][0]), str(first["loc"][0]))
+        return _fail(f"error: {flag}: {str(first['msg']).removeprefix('Value error, ')}")
     docs = _read(args.files, stdin)
     objects: list[dict[str, Any]] = []
     status = 0

@@ -148,6 +148,12 @@ def shadow_config_name(md_name: str) -> str:
     return f"{_checked(md_name)}{SEPARATOR}{SHADOW}"
 
 
+def shadow_token_name(md_name: str) -> str:
+    """The Secret holding the stable and canary pods' shared shadow token:
+    ``NAME--shadow-token``."""
+    return f"{_checked(md_name)}{SEPARATOR}{SHADOW}-token"
+
+
 def deployment_name(md_name: str, version: str) -> str:
     """The Deployment (and its HPA) serving one model version: ``NAME-vVERSION``."""
     return f"{_checked(md_name)}-{version_tag(version)}"

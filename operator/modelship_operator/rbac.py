@@ -69,7 +69,13 @@ RULES: tuple[Rule, ...] = (
         tuple(WRITE),
         "Gateway API routes with weighted backends",
     ),
-    Rule(("",), ("secrets",), ("get",), "MLflow credentials named in the spec"),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("get", "create"),
+        "MLflow credentials named in the spec; the shadow token (NAME--shadow-token), "
+        "created once and never changed",
+    ),
     Rule(("",), ("configmaps",), ("get",), "smoke-test golden sets named in the spec"),
     Rule(
         ("discovery.k8s.io",),

@@ -31,8 +31,16 @@ from modelship_operator import (
 )
 from modelship_operator.apply import SyncResult, list_children, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
+from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.registry import Credentials, Registry, RegistryError
-from modelship_operator.render import RenderError, Retiring, RolloutState, desired_kinds, render
+from modelship_operator.render import (
+    RenderError,
+    Retiring,
+    RolloutState,
+    desired_kinds,
+    owner_reference,
+    render,
+)
 from modelship_operator.resolve import MODEL_RESOLVED, Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.gates import Outcome
@@ -263,6 +271,9 @@ class Reconciler:
                 body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", md.metadata.generation
             )
             return
+        # Before the Deployments whose pods read it.
+        if shadowtoken.wanted(md) and shadowtoken.ensure(self.client, md, owner_reference(md)):
+            logger.info(f"created Secret {naming.shadow_token_name(name)}")
         result = sync_children(
             self.client,
             desired,

@@ -206,7 +206,8 @@ def _with_canary(
         if kind == "Deployment":
             result.append(canary_deployment)
         if kind == "Service":
-            result.append(service.render(md, canary, name=canary_service))
+            result.append(service.render(md, canary, name=canary_service,
+                                         grpc=settings.runtime_grpc_port > 0))
         if kind == "HorizontalPodAutoscaler" and spec.autoscaling is not None:
             auto = spec.autoscaling
             result.append(
@@ -265,7 +266,8 @@ def _with_retiring(
                     kept["spec"]["replicas"] = old.replicas
                 result.append(kept)
         if kind == "Service" and former is not None:
-            result.append(service.render(md, former, name=canary_service))
+            result.append(service.render(md, former, name=canary_service,
+                                         grpc=settings.runtime_grpc_port > 0))
         if kind == "Ingress" and former is not None and spec.ingress is not None:
             result.append(
                 ingress.render(
@@ -289,10 +291,11 @@ def render(
     if not version:
         raise RenderError("spec.model.version", "no model version to serve")
     spec = md.spec
+    stable = deployment.render(md, version, settings)
     children: list[dict[str, Any]] = [
         serviceaccount.render(md),
-        deployment.render(md, version, settings),
-        service.render(md, version),
+        stable,
+        service.render(md, version, grpc=settings.runtime_grpc_port > 0),
     ]
     if shadowconfig.wanted(md):
         mirroring = state.mirror and state.canary_version not in (None, version)
@@ -302,7 +305,7 @@ def render(
     if spec.autoscaling is not None:
         children.append(hpa.render(md, version, spec.autoscaling))
     children.append(pdb.render(md))
-    children.append(networkpolicy.render(md, settings))
+    children.append(networkpolicy.render(md, settings, networkpolicy.serving_ports(stable)))
     if spec.ingress is not None:
         children.append(ingress.render(md, spec.ingress))
     if spec.gateway is not None:

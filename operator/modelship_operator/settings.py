@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -89,6 +89,10 @@ class OperatorSettings(BaseSettings):
     runtime_port: int = Field(default=8080, ge=1, le=65535)
     """Port the runtime container listens on (named ``http``)."""
 
+    runtime_grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """Port of the runtime's Open Inference Protocol V2 gRPC server (container and
+    Service port named ``grpc``; the Service exposes it as 8081). 0: no gRPC."""
+
     default_resources: dict[str, Any] = Field(default_factory=_default_resources)
     """Container resources for ModelDeployments that set no spec.runtime.resources
     (JSON in the environment, e.g. '{"requests": {"cpu": "250m"}}')."""
@@ -161,6 +165,13 @@ class OperatorSettings(BaseSettings):
     metadata endpoints (169.254.169.254), the API server, or services no NetworkPolicy
     lets that namespace reach (server-side request forgery). Set this on any cluster
     whose namespaces are not all equally trusted. Redirects are never followed."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> OperatorSettings:
+        if self.runtime_grpc_port == self.runtime_port:
+            raise ValueError(f"runtime_grpc_port {self.runtime_grpc_port} is runtime_port; "
+                             "give gRPC another port (0: none)")
+        return self
 
     @field_validator(
         "webhook_allowed_hosts", "allowed_tracking_hosts", "network_policy_namespaces",

@@ -106,6 +106,10 @@ def _port(text: str) -> int:
     return port
 
 
+def _grpc_port(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG,
                                 description="Pull and serve one MLflow scikit-learn model.",
@@ -124,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--model-uri")
     serve.add_argument("--host")
     serve.add_argument("--port", type=_port)
+    serve.add_argument("--grpc-port", type=_grpc_port,
+                       help="port of the V2 gRPC server (0: none; default 8081)")
     return p
 
 
@@ -158,13 +164,19 @@ def serve(settings: RuntimeSettings, model: Model | None = None) -> int:
                             access_log=False, server_header=False, date_header=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
                             http=http, loop=loop)
-    server = DrainingServer(config, app.state.drain)  # SIGTERM: drain, then shut down
+    if settings.grpc_port:  # gRPC on the same loop, drained with HTTP
+        from .grpc_lifecycle import GrpcDrainingServer
+
+        server: DrainingServer = GrpcDrainingServer(config, app.state.drain, app, settings)
+    else:
+        server = DrainingServer(config, app.state.drain)  # SIGTERM: drain, then shut down
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to
     # the handler that was installed before it; a no-op handler makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
     server.run()
-    return EXIT_START if not server.started else EXIT_OK
+    failed = not server.started or getattr(server, "grpc_failed", False)
+    return EXIT_START if failed else EXIT_OK
 
 
 class _Stopped(BaseException):
@@ -248,6 +260,8 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
         updates["host"] = args.host
     if args.port:
         updates["port"] = args.port
+    if args.grpc_port is not None:
+        updates["grpc_port"] = args.grpc_port
     uri = args.model_uri or (None if args.model_dir or settings.model_dir
                              else settings.model_uri)
     if args.model_dir:
@@ -264,6 +278,11 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
         except KeyFileError as exc:
             raise _Usage(str(exc)) from None
     _check_port(settings.host, settings.port)
+    if settings.grpc_port:
+        if settings.grpc_port == settings.port:
+            raise _Usage(f"the gRPC port {settings.grpc_port} is the HTTP port; set "
+                         "MODELSHIP_GRPC_PORT to another (0: no gRPC)")
+        _check_port(settings.host, settings.grpc_port)
     if uri:
         dest = Path(tempfile.mkdtemp(prefix="modelship-model-"))
         scratch.append(dest)

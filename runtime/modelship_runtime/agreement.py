@@ -36,9 +36,6 @@ from .model import Model, Prediction
 
 logger = logging.getLogger("modelship_runtime.shadow")
 
-SHADOW_HEADER = b"x-modelship-shadow"
-STABLE_PREDICTION_HEADER = b"x-modelship-stable-prediction"
-STABLE_VERSION_HEADER = b"x-modelship-stable-version"
 MAX_STABLE_HEADER = 65536
 LOG_EXAMPLES = 5
 LOG_VALUE_CHARS = 80

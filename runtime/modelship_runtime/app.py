@@ -30,8 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, fastpath, protocols
-from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER, Judge
+from . import __version__, binary, fastpath, protocols
+from .agreement import Judge
 from .auth import KeyRing
 from .cache import Cache, RedisCache
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane, ShadowContext
@@ -44,7 +44,8 @@ from .model import Model
 from .pull import read_metadata
 from .ratelimit import ANONYMOUS, RateLimiter
 from .settings import RuntimeSettings
-from .shadow import Mirror, MirrorSwitch, Outgoing
+from .shadow import Mirror, MirrorSwitch, Outgoing, SenderProcess
+from .shadow_sender import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER
 from .sklearn import SKLearnModel
 
 logger = logging.getLogger("modelship_runtime")
@@ -235,7 +236,11 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            body = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
+            answer = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
+            if isinstance(answer, binary.Answer):  # V2 binary outputs asked for
+                body, headers = answer.body, answer.asgi_headers()
+            else:
+                body = answer
         except ModelshipError as exc:
             if isinstance(exc, NotJSON) and route.kind != fastpath.INVOCATIONS:
                 exc = explain_not_json(exc, scope, plane)
@@ -390,11 +395,17 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     judge = Judge(model, metrics, token=token, log_per_minute=settings.shadow_log_per_minute,
                   log_rel_diff=settings.shadow_log_rel_diff)
 
+    # Started only when mirroring first switches on: most pods never mirror.
+    sender = SenderProcess(version=model.version, token=token,
+                           concurrency=settings.shadow_concurrency,
+                           queue_size=settings.shadow_queue,
+                           timeout=settings.shadow_timeout_seconds,
+                           log_level=settings.log_level, log_json=settings.log_json)
+    metrics.mirror_figures = sender.figures
+
     def make_mirror(url: str, fraction: float) -> Mirror:
-        return Mirror(url, metrics, version=model.version, fraction=fraction,
-                      queue_size=settings.shadow_queue, timeout=settings.shadow_timeout_seconds,
-                      concurrency=settings.shadow_concurrency,
-                      max_header=settings.shadow_max_prediction_bytes, token=token)
+        return Mirror(url, sender, fraction=fraction,
+                      max_header=settings.shadow_max_prediction_bytes)
 
     mirror = MirrorSwitch(make_mirror, model.version)
     if settings.shadow_url and settings.shadow_fraction > 0:
@@ -449,6 +460,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
             if limiter is not None:
                 await limiter.close()
             await mirror.close()
+            await sender.close()
             await plane.close()
 
     app = FastAPI(title="modelship runtime", version=__version__, lifespan=lifespan,
@@ -457,6 +469,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.plane = plane
     app.state.settings = settings
     app.state.drain = drain
+    app.state.api_keys = keys  # the gRPC server checks keys and rate limits with these too
+    app.state.limiter = limiter
     app.include_router(build_router(plane, drain))
 
     @app.exception_handler(ModelshipError)

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from . import __version__, fastpath, invocations, protocols
+from . import __version__, binary, fastpath, invocations, protocols
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane
 from .drain import Drain
 from .errors import ModelNotReady, ModelshipError
@@ -125,7 +125,8 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
 
     @router.get("/v2", tags=["v2"], summary="V2 server metadata")
     async def v2_server() -> dict[str, Any]:
-        return {"name": "modelship-runtime", "version": __version__, "extensions": []}
+        return {"name": "modelship-runtime", "version": __version__,
+                "extensions": list(binary.EXTENSIONS)}
 
     @router.get("/v2/health/live", tags=["v2"], summary="V2 server live")
     async def v2_live() -> dict[str, Any]:
@@ -168,9 +169,16 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     # routes; JSON bodies are normally answered by ServingMiddleware's fast path.
     async def infer(request: Request, name: str, version: str | None) -> Response:
         raw = await body(request)
-        return Response(await fastpath.v2_infer(plane, raw, name, version,
-                                                request.scope.get(SHADOW_SCOPE_KEY)),
-                        media_type=JSON)
+        shadow = request.scope.get(SHADOW_SCOPE_KEY)
+        header = request.headers.get(binary.HEADER)
+        if header is not None:
+            fastpath.check_name(plane, name, version)
+            answer = await binary.v2_infer(plane, raw, header, shadow)
+        else:
+            answer = await fastpath.v2_infer(plane, raw, name, version, shadow)
+        if isinstance(answer, binary.Answer):
+            return Response(answer.body, headers=answer.headers())
+        return Response(answer, media_type=JSON)
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_ERRORS,
                  openapi_extra=_json_body(protocols.V2_BODY), summary="V2 inference")

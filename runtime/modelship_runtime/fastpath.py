@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import invocations, protocols
+from . import binary, invocations, protocols
 from .dataplane import DataPlane, ShadowContext, loads
 from .errors import ModelNotFound, ModelshipError
 
@@ -115,9 +115,9 @@ async def v1_predict(plane: DataPlane, raw: bytes, name: str,
 
 
 async def v2_infer(plane: DataPlane, raw: bytes, name: str, version: str | None = None,
-                   shadow: ShadowContext | None = None) -> bytes:
+                   shadow: ShadowContext | None = None) -> bytes | binary.Answer:
     """``POST /v2/models/NAME[/versions/VERSION]/infer`` with a JSON body, after the body
-    is read."""
+    is read: a JSON answer, or a binary one when the request asks for binary outputs."""
     check_name(plane, name, version)
     batcher = plane.batcher
     batcher.arriving += 1
@@ -125,9 +125,12 @@ async def v2_infer(plane: DataPlane, raw: bytes, name: str, version: str | None 
         body = loads(raw)
         plane.check_ready()
         rows, req = protocols.v2_rows(body, plane.validator, plane.model.info)
+        as_binary = binary.wants_binary(req)
     finally:
         batcher.arriving -= 1
     result = await plane.infer(rows, shadow)
+    if as_binary:
+        return binary.answer(result.prediction, plane.model.info, req)
     return protocols.v2_response(result.prediction, plane.model.info, req)
 
 
@@ -146,8 +149,10 @@ async def invocations_predict(plane: DataPlane, raw: bytes, content_type: bytes 
 
 
 async def answer(plane: DataPlane, m: Match, raw: bytes, t0: float,
-                 headers: list[tuple[bytes, bytes]], shadow: ShadowContext | None) -> bytes:
-    """The answer to the prediction request ``m`` whose body is ``raw``."""
+                 headers: list[tuple[bytes, bytes]], shadow: ShadowContext | None
+                 ) -> bytes | binary.Answer:
+    """The answer to the prediction request ``m`` whose body is ``raw`` (JSON, or V2
+    binary outputs when asked)."""
     if m.kind == SEED:
         return await seed_predict(plane, raw, t0, shadow)
     if m.kind == V1:

@@ -1,9 +1,9 @@
 """The shadow mirror's HTTP/1.1 client: pipelined requests on one connection.
 
-The stable's event loop is also its serving loop, so every mirrored request's CPU is
-taken from its clients. A general client (h11 on asyncio streams) cost about 180 us of
-CPU per request in a micro-benchmark on the development machine, this one 40-50 us: the
-requests arrive as ready bytes (the mirror writes them), a batch of them goes out in one
+It runs in the shadow sender process (:mod:`modelship_runtime.shadow_sender`), whose CPU
+the pod pays for too. A general client (h11 on asyncio streams) cost about 180 us of CPU
+per request in a micro-benchmark on the development machine, this one 40-50 us: the
+requests arrive as ready bytes (the sender writes them), a batch of them goes out in one
 write, and the answers are parsed by httptools (the C parser uvicorn serves with) straight
 from ``data_received`` on a plain asyncio protocol. Answers are counted, not kept.
 """

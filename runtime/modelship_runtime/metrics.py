@@ -14,8 +14,12 @@ tests and several apps in one process never collide.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -29,6 +33,38 @@ MIRROR_OUTCOMES = ("sent", "dropped", "failed", "skipped")
 AGREEMENT_RESULTS = ("agree", "disagree")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def _no_mirror() -> tuple[dict[str, float], float]:
+    return dict.fromkeys(MIRROR_OUTCOMES, 0.0), 0.0
+
+
+class _MirrorCollector(Collector):
+    """``modelship_shadow_mirrored_total`` and ``modelship_shadow_pending``, read when
+    scraped (the sender process counts in shared memory, not in this registry)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        counts, pending = m.mirror_figures()
+        mirrored = CounterMetricFamily(
+            "modelship_shadow_mirrored",
+            "Prediction requests chosen to be mirrored to the canary, by outcome: sent (the "
+            "canary answered), dropped (no room to queue it, or the sender process was "
+            "gone), failed (no answer in time), skipped (an error answer, or predictions or "
+            "body too large to send).",
+            labels=["model", "version", "outcome"])
+        for outcome in MIRROR_OUTCOMES:
+            mirrored.add_metric([m.model, m.version, outcome], float(counts[outcome]))
+        yield mirrored
+        gauge = GaugeMetricFamily(
+            "modelship_shadow_pending",
+            "Requests handed to the sender process and not yet sent, failed or dropped.",
+            labels=["model", "version"])
+        gauge.add_metric([m.model, m.version], float(pending))
+        yield gauge
 
 
 class Metrics:
@@ -101,20 +137,10 @@ class Metrics:
             cache_labels,
             registry=r,
         ).labels(model, version)
-        self.shadow_mirrored = Counter(
-            "modelship_shadow_mirrored_total",
-            "Prediction requests chosen to be mirrored to the canary, by outcome: sent (the "
-            "canary answered), dropped (queue full), failed (no answer in time), skipped "
-            "(an error answer, or predictions too large to send).",
-            ["model", "version", "outcome"],
-            registry=r,
-        )
-        self.shadow_pending = Gauge(
-            "modelship_shadow_pending",
-            "Requests waiting to be mirrored or being sent to the canary.",
-            ["model", "version"],
-            registry=r,
-        ).labels(model, version)
+        # What became of the requests chosen for mirroring: counted partly in the sender
+        # process, so read from `mirror_figures` when scraped.
+        self.mirror_figures: Callable[[], tuple[dict[str, float], float]] = _no_mirror
+        r.register(_MirrorCollector(self))
         self.shadow_requests = Counter(
             "model_shadow_requests_total",
             "Mirrored requests (X-Modelship-Shadow) answered, by route template and status; "
@@ -170,8 +196,6 @@ class Metrics:
             "together) was over the rate limit.",
             ["model", "version"], registry=r).labels(model, version)
         # Zero series from the start, so a delta (or increase()) sees the first increment.
-        self.mirrored = {o: self.shadow_mirrored.labels(model, version, o)
-                         for o in MIRROR_OUTCOMES}
         self.agreement = {res: self.shadow_agreement.labels(model, version, res)
                           for res in AGREEMENT_RESULTS}
         self._class_children: dict[object, Counter] = {}

@@ -45,7 +45,8 @@ class ModelInfo:
     label_datatype: str = "FP64"
     input_columns: list[str] | None = None
     """Names requests may give the features by, in the order the model takes them: the
-    MLmodel signature's input columns, else the estimator's ``feature_names_in_``."""
+    MLmodel signature's input columns, or the estimator's ``feature_names_in_`` when it
+    was fitted with names (see :func:`modelship_runtime.signature.choose_columns`)."""
     predict_fn: str = "predict"
     """The MLmodel pyfunc ``predict_fn``: what ``/invocations`` answers by default."""
     extra: dict[str, Any] = field(default_factory=dict)

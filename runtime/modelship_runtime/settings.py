@@ -50,6 +50,10 @@ class RuntimeSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     """TCP port to listen on."""
 
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol V2 over gRPC (same host, same process and
+    data plane as HTTP); 0: no gRPC server (and grpc is not even imported)."""
+
     allow_pickle: bool = True
     """Load models serialized with pickle, cloudpickle or joblib: unpickling runs code
     from the artifact, so this trusts whoever can write to the registry. On by default
@@ -154,13 +158,15 @@ class RuntimeSettings(BaseSettings):
     """Share of the successful prediction requests that are mirrored (sampled at random)."""
 
     shadow_queue: int = Field(default=256, ge=1, le=100_000)
-    """Mirrored requests waiting to be sent; when full, more are dropped (and counted)."""
+    """Mirrored requests waiting in the sender process; when full, more are dropped (and
+    counted)."""
 
     shadow_timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
     """Longest wait for the canary to answer one mirrored request (connect included)."""
 
     shadow_concurrency: int = Field(default=4, ge=1, le=64)
-    """Mirrored requests in flight at once (one kept-alive connection each)."""
+    """Mirrored requests in flight at once from the sender process (one kept-alive
+    connection each)."""
 
     shadow_max_prediction_bytes: int = Field(default=8192, ge=64, le=65536)
     """Largest X-Modelship-Stable-Prediction header; a request whose predictions encode

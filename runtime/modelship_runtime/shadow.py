@@ -1,9 +1,10 @@
 """The stable's side of shadow traffic: mirror prediction requests to the canary.
 
-With ``MODELSHIP_SHADOW_URL`` set (the operator sets it on the stable pods during a
-rollout's shadow phase), a share (``MODELSHIP_SHADOW_FRACTION``, sampled at random) of
-the successful prediction requests is sent again, after the client has its answer, to the
-same route of the canary's Service with:
+With ``MODELSHIP_SHADOW_URL`` set, or a mounted ``MODELSHIP_SHADOW_CONFIG_FILE`` naming
+this pod's version (the operator's ConfigMap during a rollout's shadow phase), a share
+(``MODELSHIP_SHADOW_FRACTION``, sampled at random) of the successful prediction requests
+is sent again, after the client has its answer, to the same route of the canary's
+Service with:
 
 - ``X-Modelship-Shadow``: ``1``, or the shared ``MODELSHIP_SHADOW_TOKEN``;
 - ``X-Request-ID``: the request's id, so both pods' logs name the same request;
@@ -17,39 +18,46 @@ same route of the canary's Service with:
 A request that carries ``X-Modelship-Shadow`` is never mirrored, so two pods mirroring to
 each other make no loop.
 
-No client waits for the canary or fails because of it: once answered, a request only
-goes into a bounded queue (full: dropped), drained by ``MODELSHIP_SHADOW_CONCURRENCY``
-tasks, each with one kept-alive HTTP/1.1 connection on which it pipelines what has queued
-up meanwhile (at most 16 requests, 256 KiB, in one write), each batch bounded by
-``MODELSHIP_SHADOW_TIMEOUT_SECONDS``. Mirroring does cost the stable CPU, which is why the
-client is a lean one (:mod:`modelship_runtime.httpclient`).
-After a failure the mirror stops trying for a moment (doubling, up to a few seconds) and
-counts what comes meanwhile as failed, so a canary that is down costs next to nothing.
-Every request chosen for mirroring ends in exactly one outcome of
-``modelship_shadow_mirrored_total``.
+The serving process does not send them: its one event loop serves the clients, and every
+microsecond spent there on the canary is taken from them. It starts a sender process
+(:mod:`modelship_runtime.shadow_sender`) when mirroring first switches on and hands it
+each chosen request with one non-blocking write on a Unix socket pair; when that socket's
+buffer is full, or the sender is gone, the copy is dropped (and counted), never waited
+for. The sender owns the connections to the canary, the timeouts
+(``MODELSHIP_SHADOW_TIMEOUT_SECONDS``), the bounded queue (``MODELSHIP_SHADOW_QUEUE``),
+the ``MODELSHIP_SHADOW_CONCURRENCY`` sending tasks and the pause after a failure. It exits
+when the server closes its end of the socket or dies; a sender that dies is started
+again (after 1 s, doubling up to a minute), and what it had not settled counts as
+dropped. Every request chosen for mirroring ends in exactly one outcome of
+``modelship_shadow_mirrored_total``; ``modelship_shadow_pending`` is what was handed over
+and not yet settled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import mmap
+import os
 import random
 import re
-import ssl
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 
-from .agreement import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER
-from .httpclient import Connection, Link
-from .metrics import Metrics
 from .model import Prediction
+from .shadow_sender import BLOCK_BYTES, DROPPED, FAILED, REQUEST, SENT, TARGET
 
 logger = logging.getLogger("modelship_runtime.shadow")
 
@@ -59,14 +67,12 @@ Receive = Callable[[], Awaitable[Message]]
 _V1 = re.compile(r"/v1/models/[^/]+:predict")
 _V2 = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 _FORWARDED = (b"authorization", b"x-api-key")
-PIPELINE_REQUESTS = 16
-PIPELINE_BYTES = 256 * 1024
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 5.0
-
-
-def _quote(path: str) -> bytes:
-    return quote(path, safe="/:@!$&'()*+,;=").encode()
+#: Bytes the socket to the sender may hold (the kernel caps it at net.core.wmem_max,
+#: then doubles it); the largest request handed over is a little under it.
+SOCKET_BUFFER = 4 * 1024 * 1024
+RESTART_FIRST = 1.0
+RESTART_MAX = 60.0
+STOP_SECONDS = 5.0
 
 
 def mirror_path(path: str) -> str | None:
@@ -91,24 +97,27 @@ def encode_predictions(labels: list[Any]) -> bytes | None:
     return raw
 
 
+def check_url(url: str) -> None:
+    """ValueError unless ``url`` is an http(s) URL with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"shadow URL {url!r} is not an http(s) URL with a host")
+
+
 class Outgoing:
     """A request of this runtime chosen for mirroring: its body and its predictions."""
 
     cacheable = True
     __slots__ = ("chunks", "forwarded", "mirror", "path", "prediction", "request_id")
 
-    def __init__(self, path: str, request_id: bytes,
-                 forwarded: list[tuple[bytes, bytes]], mirror: Mirror) -> None:
+    def __init__(self, path: bytes, request_id: bytes, forwarded: bytes,
+                 mirror: Mirror) -> None:
         self.mirror = mirror  # the one that chose it: it sends it, even if switched off
         self.path = path
         self.request_id = request_id
         self.forwarded = forwarded
         self.chunks: list[bytes] = []
         self.prediction: Prediction | None = None
-
-    def size(self) -> int:
-        """Bytes of the body."""
-        return sum(len(c) for c in self.chunks)
 
     def observe(self, prediction: Prediction) -> None:
         """Keep the predictions sent to the client (called by the data plane)."""
@@ -127,206 +136,281 @@ class Outgoing:
         return wrapped
 
 
-class Mirror:
-    """Sends sampled requests to the canary in the background; one per app."""
+class SenderProcess:
+    """The serving process's end of the sender: hands requests over, counts outcomes.
 
-    def __init__(self, url: str, metrics: Metrics, *, version: str, fraction: float,
-                 queue_size: int, timeout: float, concurrency: int, max_header: int,
-                 token: str | None) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"shadow URL {url!r} is not an http(s) URL with a host")
+    One per app. Counts of its own (plain integers: this is the request path) plus the
+    sender's shared block make ``modelship_shadow_mirrored_total``.
+    """
+
+    def __init__(self, *, version: str, token: str | None, concurrency: int,
+                 queue_size: int, timeout: float, log_level: str = "INFO",
+                 log_json: bool = True) -> None:
+        self.version = version
+        self.shadow_value = token or "1"
+        self.args = ["--concurrency", str(concurrency), "--queue", str(queue_size),
+                     "--timeout", str(timeout), "--log-level", log_level,
+                     "--log-json" if log_json else "--no-log-json"]
+        self.handed = 0      # written to the socket, to be settled by the sender
+        self.dropped = 0     # socket full, sender gone, or lost with a dead sender
+        self.skipped = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._sock: socket.socket | None = None
+        self._targets: dict[int, bytes] = {}
+        self._block: mmap.mmap | None = None
+        self._counts: memoryview | None = None
+        self._pidfd: int | None = None
+        self._restart: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._last_target = 0
+        self.max_message = 0
+
+    # --- on the request path: cheap, never waits -----------------------------------
+
+    def hand(self, target: int, item: Outgoing, prediction: bytes) -> None:
+        """Give a request to the sender with one non-blocking write; dropped if it cannot
+        take it now."""
+        sock = self._sock
+        if sock is None:
+            self.dropped += 1
+            return
+        chunks = item.chunks
+        size = 0
+        for c in chunks:
+            size += len(c)
+        head = REQUEST.pack(b"R", target, len(item.path), len(item.request_id),
+                            len(prediction), len(item.forwarded), size)
+        try:
+            sock.sendmsg([head, item.path, item.request_id, prediction, item.forwarded,
+                          *chunks])
+        except BlockingIOError:  # the sender is behind: never wait for it
+            self.dropped += 1
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:  # larger than the socket carries
+                self.skipped += 1
+            else:  # the sender is gone
+                self.dropped += 1
+                self._gone()
+        else:
+            self.handed += 1
+
+    def new_target(self) -> int:
+        """An index for a canary not named before."""
+        self._last_target = (self._last_target + 1) % 65536
+        return self._last_target
+
+    # --- figures for /metrics ----------------------------------------------------------
+
+    def figures(self) -> tuple[dict[str, float], float]:
+        """Outcomes so far, and how many handed over are not settled yet."""
+        sent = failed = dropped = 0
+        if self._counts is not None:
+            sent, failed, dropped = (self._counts[SENT], self._counts[FAILED],
+                                     self._counts[DROPPED])
+        pending = max(self.handed - sent - failed - dropped, 0)
+        return ({"sent": sent, "dropped": self.dropped + dropped, "failed": failed,
+                 "skipped": self.skipped}, pending)
+
+    # --- the process -------------------------------------------------------------------
+
+    def declare(self, index: int, url: str) -> None:
+        """Name a canary the requests handed over with ``index`` go to (starting the
+        sender if it is not running)."""
+        message = TARGET.pack(b"T", index) + json.dumps(
+            {"url": url, "shadow": self.shadow_value, "version": self.version}).encode()
+        self._targets[index] = message
+        if self._sock is None and self._restart is None and not self._closed:
+            self._spawn()
+        elif self._sock is not None:
+            self._control(message)
+
+    def _control(self, message: bytes) -> None:
+        assert self._sock is not None
+        self._sock.setblocking(True)  # a target must arrive; the buffer is 4 MiB
+        try:
+            self._sock.settimeout(1.0)
+            self._sock.send(message)
+        except OSError:
+            self._gone()
+        finally:
+            if self._sock is not None:
+                self._sock.setblocking(False)
+
+    def _spawn(self) -> None:
+        if self._block is None:
+            fd = _shared_fd(BLOCK_BYTES)
+            self._block = mmap.mmap(fd, BLOCK_BYTES)
+            self._counts = memoryview(self._block).cast("Q")
+            self._counts_fd = fd
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sndbuf = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self.max_message = max(sndbuf - 4096, 65536)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelship_runtime.shadow_sender",
+                 "--socket-fd", str(theirs.fileno()), "--counts-fd", str(self._counts_fd),
+                 "--max-message", str(self.max_message), *self.args],
+                pass_fds=(theirs.fileno(), self._counts_fd), stdin=subprocess.DEVNULL)
+        except OSError:
+            logger.exception("cannot start the shadow sender")
+            ours.close()
+            theirs.close()
+            self._schedule_restart()
+            return
+        theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        for message in self._targets.values():
+            self._control(message)
+        self._watch(self.proc)
+        logger.info("shadow sender started", extra={"pid": self.proc.pid})
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Learn at once when the sender exits (a pidfd on the loop, where there is one)."""
+        with contextlib.suppress(AttributeError, OSError, RuntimeError, NotImplementedError):
+            pidfd = os.pidfd_open(proc.pid)
+            try:
+                asyncio.get_running_loop().add_reader(pidfd, self._exited, proc)
+            except BaseException:
+                os.close(pidfd)
+                raise
+            self._pidfd = pidfd
+
+    def _exited(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc is self.proc:
+            self._gone()
+
+    def _gone(self) -> None:
+        """The sender died: what it had not settled is dropped; start another later."""
+        if self._sock is None:
+            return
+        self._unwatch()
+        self._sock.close()
+        self._sock = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()  # if only its socket broke
+            proc.wait()
+            logger.warning("shadow sender exited", extra={"exit_code": proc.returncode})
+        if self._counts is not None:  # its counts are final now
+            settled = self._counts[SENT] + self._counts[FAILED] + self._counts[DROPPED]
+            self.dropped += max(self.handed - settled, 0)
+            self.handed = settled
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._closed:
+            return
+        delay = min(RESTART_FIRST * 2 ** self.restarts, RESTART_MAX)
+        self.restarts += 1
+        self._restart = asyncio.get_running_loop().call_later(delay, self._restarted)
+
+    def _restarted(self) -> None:
+        self._restart = None
+        if not self._closed and self._sock is None:
+            self._spawn()
+
+    def _unwatch(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def close(self) -> None:
+        """Close the socket (the sender exits at its end) and wait for the process."""
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        self._unwatch()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            deadline = time.monotonic() + STOP_SECONDS
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if self._counts is not None:  # unsettled: dropped
+            settled = self._counts[SENT] + self._counts[FAILED] + self._counts[DROPPED]
+            self.dropped += max(self.handed - settled, 0)
+            self.handed = settled
+
+
+def _shared_fd(size: int) -> int:
+    """A file descriptor of ``size`` zero bytes to share with the sender (memory only
+    where the system can)."""
+    try:
+        fd = os.memfd_create("modelship-shadow-counts", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        fd, name = tempfile.mkstemp(prefix="modelship-shadow-")
+        os.unlink(name)
+    os.ftruncate(fd, size)
+    return fd
+
+
+class Mirror:
+    """One canary to mirror to, at a fraction; hands chosen requests to the sender."""
+
+    def __init__(self, url: str, sender: SenderProcess, *, fraction: float,
+                 max_header: int) -> None:
+        check_url(url)
         self.url = url
-        self.host = parts.hostname
-        self.tls = parts.scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
-        default_port = parts.port is None or parts.port == (443 if self.tls else 80)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.authority = (host if default_port else f"{host}:{self.port}").encode()
-        self.prefix = _quote(parts.path.rstrip("/"))
-        self._targets: dict[str, bytes] = {}
+        self.sender = sender
         self.fraction = fraction
-        self.timeout = timeout
-        self.concurrency = concurrency
         self.max_header = max_header
-        self.shadow_value = token.encode() if token else b"1"
-        self.version = version.encode()
-        self.counts = metrics.mirrored
-        self.pending = metrics.shadow_pending
-        self._in_flight = 0
-        self.queue_size = queue_size
-        self._queue: asyncio.Queue[Outgoing] | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._paused_until = 0.0
-        self._backoff = BACKOFF_FIRST
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
+        self.target = sender.new_target()
+        self._paths: dict[str, bytes] = {}
 
     # --- on the request path: cheap, never waits -----------------------------------
 
     def choose(self, method: str, path: str, request_id: bytes,
                headers: list[tuple[bytes, bytes]]) -> Outgoing | None:
         """An Outgoing when this request is to be mirrored, else None."""
-        if method != "POST" or (target := mirror_path(path)) is None:
-            return None
         if self.fraction < 1.0 and random.random() >= self.fraction:
             return None
-        forwarded = [(k, v) for k, v in headers if k in _FORWARDED]
+        if method != "POST":
+            return None
+        target = self._paths.get(path)
+        if target is None:
+            route = mirror_path(path)
+            if route is None:
+                return None
+            target = route.encode()
+            if len(self._paths) < 64:  # routes of the served model: a handful
+                self._paths[path] = target
+        forwarded = b""
+        for k, v in headers:
+            if k in _FORWARDED:
+                forwarded += b"\r\n" + k + b": " + v
         return Outgoing(target, request_id, forwarded, self)
 
     def submit(self, outgoing: Outgoing, status: int) -> None:
-        """Queue a chosen request once its answer is sent (counts skipped or dropped)."""
-        if status != 200 or outgoing.prediction is None or self._queue is None:
-            self.counts["skipped"].inc()
+        """Hand a chosen request over once its answer is sent (or count it skipped)."""
+        prediction = outgoing.prediction
+        if status != 200 or prediction is None:
+            self.sender.skipped += 1
             return
-        try:
-            self._queue.put_nowait(outgoing)
-        except asyncio.QueueFull:
-            self.counts["dropped"].inc()
-
-    # --- in the background -----------------------------------------------------------
+        header = encode_predictions(prediction.labels)
+        if header is None or len(header) > self.max_header:
+            self.sender.skipped += 1
+            return
+        self.sender.hand(self.target, outgoing, header)
 
     def start(self) -> None:
-        """Start the sending tasks (on the running loop, from the app's lifespan)."""
-        queue: asyncio.Queue[Outgoing] = asyncio.Queue(self.queue_size)
-        self._queue = queue
-        self.pending.set_function(lambda: queue.qsize() + self._in_flight)
-        loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._work()) for _ in range(self.concurrency)]
+        """Tell the sender about this canary (starting it if need be)."""
+        self.sender.declare(self.target, self.url)
         logger.info("mirroring prediction requests", extra={
             "shadow_url": self.url, "fraction": self.fraction})
 
     async def close(self) -> None:
-        """Stop sending; what is still queued or unanswered counts as dropped."""
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._workers = []
-        if self._queue is not None:
-            left = self._queue.qsize()
-            if left:
-                self.counts["dropped"].inc(left)
-            self._queue = None
-
-    async def _work(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
-        link = Link()
-        try:
-            while True:
-                batch = [await queue.get()]
-                size = batch[0].size()
-                # What queued up meanwhile goes in the same write: under load, one system
-                # call and one wake-up for several requests.
-                while not queue.empty() and len(batch) < PIPELINE_REQUESTS \
-                        and size < PIPELINE_BYTES:
-                    batch.append(queue.get_nowait())
-                    size += batch[-1].size()
-                self._in_flight += len(batch)
-                try:
-                    await self._mirror(link, batch)
-                finally:
-                    self._in_flight -= len(batch)
-        finally:
-            link.drop()
-
-    async def _mirror(self, link: Link, batch: list[Outgoing]) -> None:
-        """Send a batch and count the outcome of each request."""
-        requests = []
-        for item in batch:
-            assert item.prediction is not None
-            header = encode_predictions(item.prediction.labels)
-            if header is None or len(header) > self.max_header:
-                self.counts["skipped"].inc()
-            else:
-                requests.append(self._request(item, header))
-        if not requests:
-            return
-        if time.monotonic() < self._paused_until:
-            self.counts["failed"].inc(len(requests))
-            return
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self._send(link, requests)
-        except asyncio.CancelledError:  # shutting down: what got no answer is dropped
-            answered = link.conn.answered if link.conn is not None else 0
-            self.counts["sent"].inc(answered)
-            self.counts["dropped"].inc(len(requests) - answered)
-            raise
-        except Exception as exc:  # OSError, TimeoutError, and anything unforeseen: a
-            # sending task must outlive them all
-            if not isinstance(exc, OSError | TimeoutError):
-                logger.exception("mirroring requests failed unexpectedly")
-            answered = link.conn.answered if link.conn is not None else 0
-            link.drop()
-            if answered:
-                self.counts["sent"].inc(answered)
-            self.counts["failed"].inc(len(requests) - answered)
-            self._pause(exc)
-            return
-        self.counts["sent"].inc(len(requests))
-        self._backoff = BACKOFF_FIRST
-
-    def _pause(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now < self._paused_until:  # another task paused already
-            return
-        self._paused_until = now + self._backoff
-        logger.warning("mirroring to the canary failed; pausing", extra={
-            "shadow_url": self.url, "error": repr(exc)[:200],
-            "pause_seconds": round(self._backoff, 3)})
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-
-    async def _connect(self, link: Link) -> Connection:
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            Connection, self.host, self.port, ssl=self._ssl,
-            server_hostname=self.host if self.tls else None)
-        link.conn = conn
-        return conn
-
-    def _request(self, item: Outgoing, header: bytes) -> bytes:
-        body = item.chunks[0] if len(item.chunks) == 1 else b"".join(item.chunks)
-        # Every value is already fit for a header: the request id and the forwarded
-        # headers were parsed as headers, the prediction is ASCII JSON (which escapes
-        # control characters).
-        target = self._targets.get(item.path)
-        if target is None:
-            target = self.prefix + _quote(item.path)
-            if len(self._targets) < 64:  # routes of the served model: a handful
-                self._targets[item.path] = target
-        head = [b"POST ", target, b" HTTP/1.1\r\nhost: ", self.authority,
-                b"\r\ncontent-type: application/json\r\ncontent-length: ",
-                str(len(body)).encode(), b"\r\n", SHADOW_HEADER, b": ", self.shadow_value,
-                b"\r\nx-request-id: ", item.request_id,
-                b"\r\n", STABLE_PREDICTION_HEADER, b": ", header,
-                b"\r\n", STABLE_VERSION_HEADER, b": ", self.version]
-        for k, v in item.forwarded:
-            head += [b"\r\n", k, b": ", v]
-        head += [b"\r\n\r\n", body]
-        return b"".join(head)
-
-    async def _send(self, link: Link, requests: list[bytes]) -> None:
-        """POST requests on the link's connection (a new one if need be)."""
-        conn = link.conn
-        if conn is not None and not conn.open:  # the canary closed it while idle
-            link.drop()
-            conn = None
-        if conn is not None:
-            try:
-                await conn.exchange(requests)
-            except ConnectionError:
-                if conn.answered:
-                    raise
-                # Closed just as it was reused, before any answer: once more, on a new one.
-                link.drop()
-                conn = None
-        if conn is None:
-            conn = await self._connect(link)
-            await conn.exchange(requests)
-        if not conn.reusable:
-            link.drop()
+        """Nothing to stop: the sender settles what it was given."""
 
 
 class MirrorSwitch:

@@ -79,3 +79,22 @@ def read_inputs(model_dir: Path) -> MLmodelInputs:
     pyfunc = (spec.get("flavors") or {}).get("python_function")
     predict_fn = pyfunc.get("predict_fn") if isinstance(pyfunc, dict) else None
     return MLmodelInputs(columns, predict_fn if isinstance(predict_fn, str) else "predict")
+
+
+def choose_columns(signature: list[str] | None, fitted: list[str] | None,
+                   n_features: int | None) -> tuple[list[str] | None, str | None]:
+    """The names requests may give features by, in the order the estimator takes them,
+    and a warning when the signature cannot be used: the signature's columns, unless the
+    estimator was fitted with names (``feature_names_in_``), whose order is what the
+    positions of a row mean (the same names in another order: the estimator's order)."""
+    if signature is None:
+        return fitted, None
+    if n_features is not None and len(signature) != n_features:
+        return fitted, (f"the MLmodel signature names {len(signature)} inputs but the "
+                        f"estimator takes {n_features} features")
+    if fitted is None or fitted == signature:
+        return signature, None
+    if set(fitted) == set(signature):
+        return fitted, None
+    return fitted, (f"the MLmodel signature names the inputs {signature} but the estimator "
+                    f"was fitted on {fitted}: requests name features as the estimator does")

@@ -5,7 +5,7 @@ loading must not need MLflow at all (it is slow to import), so this module
 reads the ``MLmodel`` file itself: the sklearn flavour names the serialized file
 (``pickled_model``) and its ``serialization_format``. The artifact is untrusted input
 (:mod:`modelship_runtime.trust`): every file is opened only after its path resolves inside
-the model directory, and read once, so what is checked is what is loaded. skops files are
+the model directory, and opened once, so what is checked is what is loaded. skops files are
 loaded with skops' own safe defaults plus the types the runtime trusts (scikit-learn's
 classes and ``MODELSHIP_TRUSTED_TYPES``), never the ``skops_trusted_types`` the MLmodel
 lists; pickle and cloudpickle files (and joblib files, which are pickles) run code when
@@ -26,21 +26,20 @@ artifact's from its MLmodel, else its requirements.txt) and a load error says th
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import pickle
 import re
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
 
 from .errors import ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
-from .signature import read_inputs
+from .signature import choose_columns, read_inputs
 from .trust import check_tree, inside, split_types
 
 logger = logging.getLogger(__name__)
@@ -182,44 +181,55 @@ def _load(model_dir: Path, *, allow_pickle: bool, trusted_types: Sequence[str]
     if fmt not in (*PICKLE_FORMATS, "joblib", "skops"):
         raise ModelLoadError(f"unknown serialization_format {fmt!r} in {model_dir / MLMODEL}")
     try:
-        data = path.read_bytes()
+        f = path.open("rb")  # one open file is hashed, checked and loaded
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if fmt != "skops":
-        logger.info(f"loading {path.name}, a {fmt} file: it runs code from the artifact; "
-                    "allowed by MODELSHIP_ALLOW_PICKLE=true", extra={"format": fmt})
-    try:
-        if fmt == "skops":
-            return _load_skops(path.name, data, trusted_types), fmt, digest
-        if fmt == "joblib":
-            import joblib
+    with f:
+        try:
+            digest = _sha256(f)
+            if fmt != "skops":
+                logger.info(f"loading {path.name}, a {fmt} file: it runs code from the "
+                            "artifact; allowed by MODELSHIP_ALLOW_PICKLE=true",
+                            extra={"format": fmt})
+            if fmt == "skops":
+                return _load_skops(path.name, f, trusted_types), fmt, digest
+            if fmt == "joblib":
+                import joblib
 
-            return joblib.load(io.BytesIO(data)), fmt, digest
-        if fmt == "cloudpickle":
-            import cloudpickle
+                return joblib.load(f), fmt, digest
+            if fmt == "cloudpickle":
+                import cloudpickle
 
-            return cloudpickle.loads(data), fmt, digest
-        return pickle.loads(data), fmt, digest
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load {path.name} ({fmt}): "
-                             f"{' '.join(str(exc).split())[:500]}") from exc
+                return cloudpickle.load(f), fmt, digest
+            return pickle.load(f), fmt, digest
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {path.name} ({fmt}): "
+                                 f"{' '.join(str(exc).split())[:500]}") from exc
 
 
-def _load_skops(name: str, data: bytes, trusted_types: Sequence[str]) -> Any:
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    f.seek(0)
+    return h.hexdigest()
+
+
+def _load_skops(name: str, f: BinaryIO, trusted_types: Sequence[str]) -> Any:
     from .skops_import import import_skops_io
 
     skops_io = import_skops_io()
-    needed = skops_io.get_untrusted_types(data=data)
+    needed = skops_io.get_untrusted_types(file=f)  # reads the zip's schema only
+    f.seek(0)
     trusted, refused = split_types(needed, trusted_types)
     if refused:
         raise UntrustedArtifact(
             f"{name} needs types this runtime does not trust: {', '.join(refused)}; add "
             "them to MODELSHIP_TRUSTED_TYPES to trust them (the MLmodel's "
             "skops_trusted_types are not used)")
-    return skops_io.loads(data, trusted=trusted)
+    return skops_io.load(f, trusted=trusted)
 
 
 def _allow_nan(estimator: Any) -> bool:
@@ -285,13 +295,11 @@ class SKLearnModel(Model):
         if self.model_dir.is_dir():
             inputs = read_inputs(self.model_dir)
             self.info.predict_fn = inputs.predict_fn
-            n = self.info.n_features
-            if inputs.columns is not None and n is not None and len(inputs.columns) != n:
-                logger.warning(f"the MLmodel signature of {self.name} names "
-                               f"{len(inputs.columns)} inputs but the estimator takes {n} "
-                               "features: requests cannot name features by the signature")
-            elif inputs.columns is not None:
-                self.info.input_columns = inputs.columns
+            columns, problem = choose_columns(inputs.columns, self.info.feature_names,
+                                              self.info.n_features)
+            self.info.input_columns = columns
+            if problem is not None:
+                logger.warning(f"model {self.name}: {problem}")
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""

@@ -183,6 +183,9 @@ class Pods:
         env = {e["name"]: e["value"] for e in self._env(dep)
                if e["name"].startswith("MODELSHIP_") and "value" in e}
         env["MODELSHIP_LOG_LEVEL"] = "INFO"
+        # Emulated pods share one host: each gets its own HTTP port, and none the rendered
+        # gRPC port (they would all want the same one).
+        env["MODELSHIP_GRPC_PORT"] = "0"
         runtime = Runtime(["--model-dir", str(self.models[version])],
                           self.logs / f"{meta['name']}.log", env=env)
         pod = Pod(meta["name"], version, labels, runtime)

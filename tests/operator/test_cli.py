@@ -149,6 +149,14 @@ def test_tracking_uri_and_image_options() -> None:
     assert init_env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
+def test_a_password_in_the_tracking_uri_option_is_a_usage_error_not_shown() -> None:
+    result = run("render", "-f", "-", "--tracking-uri", "http://ml:pw-9c1@mlflow:5000",
+                 stdin=NO_URI)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --tracking-uri: no user or password")
+    assert "pw-9c1" not in result.stderr + result.stdout
+
+
 def test_alias_needs_a_version_to_preview() -> None:
     result = run("render", "-f", "-", stdin=ALIAS)
     assert result.returncode == 1

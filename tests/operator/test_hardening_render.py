@@ -115,6 +115,7 @@ def test_tuning_fields_render_only_what_is_set() -> None:
         "microbatch": {"enabled": False, "maxSize": 16, "maxWaitMs": 1.5},
         "logging": {"level": "WARNING", "json": False, "accessLog": True},
         "rateLimit": {"requests": 600},
+        "trustedTypes": ["mypkg.features.Clipper", "xgboost.sklearn.XGBClassifier"],
     }))
     assert {k: v for k, v in env.items() if k not in runtime_env(make())} == {
         "MODELSHIP_MAX_CONCURRENCY": "8", "MODELSHIP_MAX_CONNECTIONS": "100",
@@ -125,16 +126,22 @@ def test_tuning_fields_render_only_what_is_set() -> None:
         "MODELSHIP_MICROBATCH_MAX_WAIT_MS": "1.5", "MODELSHIP_LOG_LEVEL": "WARNING",
         "MODELSHIP_LOG_JSON": "false", "MODELSHIP_ACCESS_LOG": "true",
         "MODELSHIP_RATE_LIMIT_REQUESTS": "600", "MODELSHIP_RATE_LIMIT_PERIOD_SECONDS": "60",
+        "MODELSHIP_MAX_BATCH_SIZE": "100",
+        "MODELSHIP_TRUSTED_TYPES": "mypkg.features.Clipper,xgboost.sklearn.XGBClassifier",
     }
     partial = runtime_env(make(runtime={"limits": {"maxRows": 7}}))
-    assert [k for k in partial if k.startswith("MODELSHIP_MAX")] == ["MODELSHIP_MAX_ROWS"]
+    assert [k for k in partial if k.startswith("MODELSHIP_MAX")] == [
+        "MODELSHIP_MAX_ROWS", "MODELSHIP_MAX_BATCH_SIZE"]
 
 
 def test_the_runtime_reads_the_tuning_it_already_knows() -> None:
     """The fields that name settings the runtime has today reach it with their values."""
     env = runtime_env(make(runtime={"microbatch": {"enabled": False, "maxSize": 16,
                                                    "maxWaitMs": 1.5},
-                                    "logging": {"level": "WARNING", "json": False}}))
+                                    "logging": {"level": "WARNING", "json": False},
+                                    "limits": {"maxRows": 7, "maxBodyBytes": 2048},
+                                    "rateLimit": {"requests": 9, "periodSeconds": 30},
+                                    "trustedTypes": ["a.B", "c.d.E"]}))
     ours = {k: v for k, v in env.items() if k.startswith("MODELSHIP_")}
     read = RuntimeSettings.model_validate({k.removeprefix("MODELSHIP_").lower(): v
                                            for k, v in ours.items()
@@ -143,6 +150,9 @@ def test_the_runtime_reads_the_tuning_it_already_knows() -> None:
     assert (read.microbatch, read.microbatch_max_size, read.microbatch_max_wait_ms) == (
         False, 16, 1.5)
     assert (read.log_level, read.log_json) == ("WARNING", False)
+    assert (read.max_batch_size, read.max_body_bytes) == (7, 2048)
+    assert (read.rate_limit_requests, read.rate_limit_period_seconds) == (9, 30)
+    assert read.trusted_types == ["a.B", "c.d.E"]
 
 
 @pytest.mark.parametrize(("spec", "setting", "expected"), [
@@ -252,7 +262,7 @@ def _policy(md: ModelDeployment, **settings: Any) -> dict[str, Any]:
 
 
 OWN = {"podSelector": {"matchLabels": {"modelship.io/deployment": "iris"}}}
-PORT = [{"protocol": "TCP", "port": 8080}]
+PORT = [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8081}]  # HTTP, gRPC
 
 
 def test_networkpolicy_admits_named_sources_only() -> None:
@@ -296,6 +306,20 @@ def test_networkpolicy_egress_is_dns_mirror_registry_and_redis(
         {"to": [OWN], "ports": PORT},
         {"ports": [{"protocol": "TCP", "port": p} for p in ports]},
     ]
+
+
+def test_networkpolicy_ports_are_the_deployments_container_ports() -> None:
+    from modelship_operator.reconcilers import networkpolicy
+
+    objs = children(make(), SETTINGS.model_copy(update={"runtime_port": 9100}))
+    ports = networkpolicy.serving_ports(kind(objs, "Deployment"))
+    assert ports == [{"protocol": "TCP", "port": 9100}, {"protocol": "TCP", "port": 8081}]
+    spec = kind(objs, "NetworkPolicy")["spec"]
+    assert all(rule["ports"] == ports for rule in spec["ingress"])
+    deployment = kind(objs, "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"name": "other", "containerPort": 9101, "protocol": "TCP"})
+    assert networkpolicy.serving_ports(deployment)[-1] == {"protocol": "TCP", "port": 9101}
 
 
 def test_networkpolicy_egress_cidrs_narrow_the_outward_rule() -> None:

@@ -161,7 +161,9 @@ def test_pod_containers_commands_and_probes() -> None:
     assert main["command"] == [
         "modelship-runtime", "serve", "--model-dir", "/models", "--port", "8080"
     ]
-    assert main["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert main["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                             {"name": "grpc", "containerPort": 8081, "protocol": "TCP"}]
+    assert env_of(main)["MODELSHIP_GRPC_PORT"] == "8081"
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
@@ -322,8 +324,27 @@ def test_service_selects_the_stable_version() -> None:
         "modelship.io/model-version": "4",
     }
     assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
+         "appProtocol": "kubernetes.io/h2c"},
     ]
+
+
+def test_grpc_port_0_renders_no_grpc_port_anywhere() -> None:
+    settings = OperatorSettings(default_tracking_uri="x", runtime_grpc_port=0)
+    children = objects(make(), settings=settings)
+    (main,) = (c for c in children["Deployment"]["spec"]["template"]["spec"]["containers"]
+               if c["name"] == "runtime")
+    assert [p["name"] for p in main["ports"]] == ["http"]
+    assert env_of(main)["MODELSHIP_GRPC_PORT"] == "0"  # the runtime serves no gRPC either
+    assert [p["name"] for p in children["Service"]["spec"]["ports"]] == ["http"]
+    assert {p["port"] for rule in children["NetworkPolicy"]["spec"]["ingress"]
+            for p in rule["ports"]} == {8080}
+
+
+def test_grpc_port_must_differ_from_the_http_port() -> None:
+    with pytest.raises(ValueError, match="runtime_grpc_port 8080 is runtime_port"):
+        OperatorSettings(default_tracking_uri="x", runtime_grpc_port=8080)
 
 
 @pytest.mark.parametrize(
@@ -378,7 +399,7 @@ def test_networkpolicy_selects_every_version_and_both_directions() -> None:
                                                    runtime_port=9000))["NetworkPolicy"]
     assert np["spec"]["podSelector"] == {"matchLabels": {"modelship.io/deployment": "iris"}}
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]} == {9000}
+    assert {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]} == {9000, 8081}
     egress = [p for rule in np["spec"]["egress"] for p in rule["ports"]]
     assert {"protocol": "UDP", "port": 53} in egress
     assert {"protocol": "TCP"} not in egress  # no port left open to every TCP port
@@ -662,6 +683,11 @@ def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart()
             pod["volumes"])
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env["MODELSHIP_SHADOW_CONFIG_FILE"] == "/etc/modelship/shadow/shadow.json"
+        # Stable and canary read the same shadow token, from the Secret the operator makes.
+        (token,) = [e for e in pod["containers"][0]["env"]
+                    if e["name"] == "MODELSHIP_SHADOW_TOKEN"]
+        assert token["valueFrom"] == {"secretKeyRef": {"name": "iris--shadow-token",
+                                                       "key": "token"}}
     assert json.loads(by(quiet, "ConfigMap", "iris--shadow")["data"]["shadow.json"]) == {}
     config = json.loads(by(shadowing, "ConfigMap", "iris--shadow")["data"]["shadow.json"])
     assert config == {"mirrorFrom": "3", "mirrorTo": "4", "fraction": 0.25,
@@ -669,3 +695,4 @@ def test_shadow_via_runtime_mounts_a_config_the_stable_reads_without_a_restart()
     # Without a shadow phase in the spec: no ConfigMap, no mount.
     plain = render.render(make(), RolloutState("3", canary_version="4", mirror=True), SETTINGS)
     assert not [o for o in plain if o["kind"] == "ConfigMap"]
+    assert "MODELSHIP_SHADOW_TOKEN" not in str(plain)

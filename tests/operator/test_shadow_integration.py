@@ -340,3 +340,81 @@ def test_webhooks_hear_the_rollout_and_a_refused_confirmation_holds_the_promotio
         assert promoted["name"] == "iris" and promoted["canary"] == SAME
     op.stop()
     assert "Traceback" not in op.output()
+
+
+def test_the_shadow_token_is_a_secret_made_once_and_a_forged_mirror_is_not_compared(
+    cluster: Cluster, operator: Callable[..., Any], mlflow: MlflowServer, pods: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The operator creates Secret iris--shadow-token once (random, owned by the
+    ModelDeployment, never rewritten) and every runtime pod reads it. Runtimes given that
+    token: the stable's mirrored requests are compared; a client posting to the canary
+    directly with X-Modelship-Shadow and made-up stable predictions is not."""
+    import base64
+
+    op = operator(MODELSHIP_OPERATOR_ROLLOUT_TICK_SECONDS="0.5",
+                  MODELSHIP_OPERATOR_DEFAULT_TRACKING_URI=mlflow.uri)
+    md = cluster.create_md(manifest(STABLE))
+    secret = wait_for(lambda: cluster.get("secrets", NS, "iris--shadow-token"),
+                      what="Secret iris--shadow-token")
+    assert secret["type"] == "Opaque"
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ModelDeployment", "iris", md["metadata"]["uid"], True)
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) >= 43 and token.isascii() and token.isprintable()
+
+    def token_env(deployment: str) -> dict[str, Any]:
+        dep = cluster.get("deployments", NS, deployment) or {}
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        (env,) = [e for e in container["env"] if e["name"] == "MODELSHIP_SHADOW_TOKEN"]
+        return dict(env["valueFrom"])
+
+    wait_for(lambda: cluster.get("deployments", NS, "iris-v1") is not None, what="iris-v1")
+    cluster.mark_ready(NS, "iris-v1", 1)
+    cluster.patch_md(NS, "iris", {"spec": {"model": {"version": SAME}}})
+    wait_for(lambda: cluster.get("deployments", NS, f"iris-v{SAME}") is not None,
+             what="the canary's Deployment")
+    ref = {"secretKeyRef": {"name": "iris--shadow-token", "key": "token"}}
+    assert token_env("iris-v1") == token_env(f"iris-v{SAME}") == ref
+    # Passes later (the rollout ticks every 0.5 s) leave the token as it was.
+    cluster.mark_ready(NS, f"iris-v{SAME}", 1)
+    wait_for(lambda: canary(cluster).get("shadow"), what="the shadow phase")
+    assert (cluster.get("secrets", NS, "iris--shadow-token") or {})["data"] == secret["data"]
+    op.stop()
+    assert "Traceback" not in op.output()
+
+    # Pods of a stable and a canary as the Deployments start them: the same token.
+    env = {"MLFLOW_TRACKING_URI": mlflow.uri, "MODELSHIP_SHADOW_TOKEN": token}
+    canary_pod = Runtime(["--model-uri", f"models:/{MODEL}/{SAME}"], tmp_path / "c.log",
+                         env=env)
+    stable_pod = Runtime(["--model-uri", f"models:/{MODEL}/{STABLE}"], tmp_path / "s.log",
+                         env={**env, "MODELSHIP_SHADOW_URL": canary_pod.url})
+    try:
+        start_all([canary_pod, stable_pod])
+        rows = iris_rows()[:20]
+        with httpx.Client(timeout=30) as client:
+            for row in rows:
+                assert client.post(f"{stable_pod.url}/predict", json={"features": row}
+                                   ).status_code == 200
+            answer = client.post(f"{canary_pod.url}/predict",
+                                 json={"instances": rows}).json()["predictions"]
+            for row, label in zip(rows, answer, strict=True):  # forged: "the stable agrees"
+                r = client.post(f"{canary_pod.url}/predict", json={"features": row}, headers={
+                    "X-Modelship-Shadow": "1",
+                    "X-Modelship-Stable-Prediction": json.dumps([label])})
+                assert r.status_code == 200
+
+        def figures() -> tuple[float, float]:
+            text = canary_pod.metrics()
+            window = parse_metrics(text)
+            token_refused = sum(
+                float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("model_shadow_uncompared_total{")
+                and 'reason="token"' in line)
+            return window.agree + window.disagree, token_refused
+
+        wait_for(lambda: figures() == (20, 20), what="20 compared, 20 refused")
+    finally:
+        stable_pod.stop()
+        canary_pod.stop()

@@ -37,7 +37,9 @@ from docs_blocks import (
     blocks,
     expected_statuses,
 )
+from modelship_operator import naming
 from modelship_operator.api import ModelDeployment
+from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.render import RolloutState, render
 from modelship_operator.settings import OperatorSettings
 
@@ -158,10 +160,19 @@ def _rendered(path: Path) -> list[dict[str, Any]]:
     return render(md, RolloutState(stable_version=version), OperatorSettings())
 
 
+def _operator_made(path: Path) -> set[str]:
+    """Secrets the operator creates itself for the example (users never write them)."""
+    md = ModelDeployment.model_validate(yaml.safe_load(path.read_text()))
+    return {naming.shadow_token_name(md.metadata.name)} if shadowtoken.wanted(md) else set()
+
+
 def _uses() -> dict[str, se.Reads]:
     uses: dict[str, se.Reads] = {}
     for path in EXAMPLES:
+        made = _operator_made(path)
         for name, use in se.reads(_rendered(path)).items():
+            if name in made:
+                continue
             merged = uses.setdefault(name, se.Reads())
             merged.required |= use.required
             merged.optional |= use.optional
@@ -239,6 +250,12 @@ def _redis(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
     raise RuntimeError("redis-server did not start")
 
 
+def operator_made_secrets() -> dict[str, dict[str, str]]:
+    """The Secrets the operator itself creates for examples/full.yaml, as it makes them."""
+    return {name: {"token": shadowtoken.new_token()}
+            for name in _operator_made(REPO / "examples" / "full.yaml")}
+
+
 def full_example_pod_spec(tracking_uri: str, version: str) -> dict[str, Any]:
     """The Deployment pod of examples/full.yaml, at `version` of the demo registry."""
     manifest = yaml.safe_load((REPO / "examples" / "full.yaml").read_text())
@@ -273,6 +290,7 @@ def full_example_pod(demo_mlflow: MlflowServer, tmp_path_factory: pytest.TempPat
         url = urlsplit(secrets["iris-redis"]["url"])
         secrets["iris-redis"]["url"] = urlunsplit(url._replace(netloc=f"127.0.0.1:{port}"))
         pod = full_example_pod_spec(demo_mlflow.uri, "2")
+        secrets.update(operator_made_secrets())
         init = kubelet.container(pod, "pull-model", root / "volumes", namespace=NAMESPACE,
                                  secrets=secrets)
         assert init.command[:2] == ["modelship-runtime", "pull"]
@@ -317,6 +335,7 @@ def test_an_api_key_secret_without_keys_stops_the_runtime_saying_why(tmp_path: P
     pod = full_example_pod_spec("http://mlflow.mlflow:5000", "2")
     secrets = {e.name: dict(e.data) for e in se.documented()}
     secrets["iris-api-keys"] = {}
+    secrets.update(operator_made_secrets())
     main = kubelet.container(pod, "runtime", tmp_path / "volumes", namespace=NAMESPACE,
                              secrets=secrets)
     result = subprocess.run([str(BIN / "modelship-runtime"), *main.command[1:]],

@@ -56,7 +56,7 @@ def test_kserve_v1(lr_url: str, registry: Any) -> None:
 def test_v2_server_and_health(lr_url: str) -> None:
     server = httpx.get(f"{lr_url}/v2").json()
     assert server["name"] == "modelship-runtime"
-    assert "version" in server and server["extensions"] == []
+    assert "version" in server and server["extensions"] == ["binary_tensor_data"]
     assert httpx.get(f"{lr_url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{lr_url}/v2/health/ready").json() == {"ready": True}
 

@@ -18,10 +18,12 @@ def test_exported_names() -> None:
     public = {n for n in dir(modelship_runtime) if not n.startswith("_")}
     assert public <= set(modelship_runtime.__all__) | {
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
-        "endpoints", "errors", "httpclient", "logging", "metrics", "model", "protocols", "pull",
+        "binary", "endpoints", "errors", "grpc_lifecycle", "grpc_server", "httpclient",
+        "logging", "metrics",
+        "model", "protocols", "pull",
         "settings",
-        "shadow", "sklearn", "fastpath", "invocations", "signature", "auth", "ratelimit",
-        "redact", "trust", "mlflow_rest", "skops_import"}
+        "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature", "auth",
+        "ratelimit", "redact", "trust", "mlflow_rest", "skops_import"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

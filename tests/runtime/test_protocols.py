@@ -68,15 +68,17 @@ def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: a busy CI machine starts slowly
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(log.read_text())
+            why = "not ready after 300 s" if proc.returncode is None \
+                else f"exited with {proc.returncode}"
+            raise RuntimeError(f"{url}: {why}\n{log.read_text()}")
         time.sleep(0.1)
 
 
@@ -365,3 +367,57 @@ def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str, model:
     else:
         r = httpx.post(url, json=body)
     check(r)
+
+
+@pytest.mark.parametrize(("inputs", "columns"), [
+    ('[{"type": "double", "name": "b", "required": true}, {"type": "long", "name": "a"}]',
+     ["b", "a"]),
+    ('[{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 4]}}]', None),
+    ('[{"type": "double"}, {"type": "double"}]', None),  # unnamed columns
+    ('[{"type": "double", "name": "a"}, {"type": "double", "name": "a"}]', None),
+    ("not json", None),
+    (None, None),
+])
+def test_signature_columns(inputs: Any, columns: list[str] | None) -> None:
+    from modelship_runtime.signature import signature_columns
+
+    assert signature_columns(inputs) == columns
+
+
+@pytest.mark.parametrize(("signature", "fitted", "n", "columns", "warns"), [
+    (["b", "a"], None, 2, ["b", "a"], False),
+    (None, ["x", "y"], 2, ["x", "y"], False),
+    (["b", "a"], ["a", "b"], 2, ["a", "b"], False),  # the estimator's order is the positions
+    (["b", "a", "c"], None, 2, None, True),
+    (["p", "q"], ["a", "b"], 2, ["a", "b"], True),
+    (None, None, None, None, False),
+])
+def test_input_names_follow_the_estimator(signature: list[str] | None,
+                                          fitted: list[str] | None, n: int | None,
+                                          columns: list[str] | None, warns: bool) -> None:
+    from modelship_runtime.signature import choose_columns
+
+    got, problem = choose_columns(signature, fitted, n)
+    assert got == columns and (problem is not None) == warns
+
+
+def test_invocations_refuses_a_predict_fn_it_does_not_serve() -> None:
+    from modelship_runtime.dataplane import Validator
+    from modelship_runtime.errors import BadRequest
+    from modelship_runtime.invocations import parse
+    from modelship_runtime.model import ModelInfo
+
+    info = ModelInfo("m", "1", estimator="LogisticRegression", n_features=2, has_proba=True,
+                     predict_fn="predict_log_proba")
+    v = Validator(2, False, 10)
+    with pytest.raises(BadRequest, match="predict_fn 'predict_log_proba'"):
+        parse(b'{"inputs": [[1, 2]]}', b"application/json", v, info)
+    with pytest.raises(BadRequest, match="predict_fn 'predict_log_proba'"):
+        parse(b"a,b\n1,2\n", b"text/csv", v, info)
+    rows, proba = parse(b'{"inputs": [[1, 2]], "params": {"method": "predict_proba"}}',
+                        None, v, info)
+    assert rows.tolist() == [[1.0, 2.0]] and proba
+    # no input names: columns go by position, whatever they are called
+    rows, proba = parse(b'{"dataframe_split": {"columns": ["x", "y"], "data": [[3, 4]]}}',
+                        b"application/json; charset=utf-8", v, ModelInfo("m", "1"))
+    assert rows.tolist() == [[3.0, 4.0]] and not proba

@@ -156,9 +156,10 @@ class Cluster:
     """The processes of these tests and the models they serve."""
 
     def __init__(self, pods: dict[str, Pod], silent: SilentServer, X: np.ndarray,
-                 stable: Any, shuffled: Any) -> None:
+                 stable: Any, shuffled: Any, stuck: SilentServer | None = None) -> None:
         self.pods = pods
         self.silent = silent
+        self.stuck = stuck
         self.X = X
         self.stable = stable
         self.shuffled = shuffled
@@ -203,6 +204,14 @@ def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                            MODELSHIP_SHADOW_URL=f"http://127.0.0.1:{silent.port}",
                            MODELSHIP_SHADOW_TIMEOUT_SECONDS="3", MODELSHIP_SHADOW_QUEUE="8",
                            MODELSHIP_SHADOW_CONCURRENCY="2")
+    # Stables whose sender process the tests stop, kill, or orphan: they mirror to a
+    # server that never answers (copies stay pending for the longest timeout) or to `same`.
+    stuck = SilentServer()
+    held = {"MODELSHIP_SHADOW_URL": f"http://127.0.0.1:{stuck.port}",
+            "MODELSHIP_SHADOW_TIMEOUT_SECONDS": "60"}
+    pods["sender-killed"] = Pod("sender-killed", stable_dir, "1", logs, **held)
+    pods["sender-stopped"] = Pod("sender-stopped", stable_dir, "1", logs, **quick,
+                                 MODELSHIP_SHADOW_URL=pods["same"].url)
     # A stable told what to do by a mounted file (the operator's ConfigMap NAME--shadow).
     config = tmp_path_factory.mktemp("shadow-config") / "shadow.json"
     config.write_text("{}")
@@ -214,13 +223,14 @@ def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             pod.spawn()
         for pod in pods.values():
             pod.wait_ready()
-        cluster = Cluster(pods, silent, X, local_models.lr, shuffled)
+        cluster = Cluster(pods, silent, X, local_models.lr, shuffled, stuck)
         cluster.config = config
         yield cluster
     finally:
         for pod in pods.values():
             pod.stop()
         silent.close()
+        stuck.close()
 
 
 def settle(*pods: Pod, sent: dict[str, float]) -> None:
@@ -443,3 +453,105 @@ def test_the_mounted_config_turns_mirroring_on_and_off_without_a_restart(
     send(5)
     assert stable.outcomes() == before and stable.proc.poll() is None
     assert stable.proc.pid == pid
+
+
+# --- the sender process ----------------------------------------------------------------
+
+def senders(pid: int) -> list[int]:
+    """The shadow sender processes started by process `pid`, still running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and stat[0] != "Z" and b"modelship_runtime.shadow_sender" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def one_sender(pod: Pod) -> int:
+    """The pid of the pod's one sender process (once there is one)."""
+    assert pod.proc is not None
+    pid = pod.proc.pid
+    wait_for(f"{pod.name}: one sender process", lambda: len(senders(pid)) == 1)
+    return senders(pid)[0]
+
+
+def post_rows(pod: Pod, rows: np.ndarray, n: int, *, many: bool = False) -> list[float]:
+    """`n` prediction requests (one row each, or all of `rows` each); their latencies."""
+    took = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            body = {"instances": rows.tolist()} if many else {"features": rows[i].tolist()}
+            t0 = time.perf_counter()
+            r = client.post(f"{pod.url}/predict", json=body)
+            took.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+    return took
+
+
+def test_a_killed_sender_costs_clients_nothing_and_goes_when_its_server_stops(
+        cluster: Cluster) -> None:
+    stable = cluster["sender-killed"]
+    X = cluster.X
+    post_rows(stable, X, 20)
+    # The canary never answers: all 20 wait in the sender (the timeout is 60 s).
+    wait_for("20 pending", lambda: stable.pending() == 20)
+    first = one_sender(stable)
+    os.kill(first, 9)
+    wait_for("the 20 unsettled copies dropped",
+             lambda: stable.pending() == 0 and stable.outcomes()["dropped"] == 20)
+    assert stable.outcomes() == {"sent": 0, "dropped": 20, "failed": 0, "skipped": 0}
+    post_rows(stable, X, 10)  # no client sees the sender's death
+    # A new sender is started; every copy is accounted for, pending or settled.
+    second = one_sender(stable)
+    assert second != first
+    assert sum(stable.outcomes().values()) + stable.pending() == 30
+    assert stable.logged("shadow sender exited")
+    # A server that stops closes its end of the socket: its sender exits with it.
+    assert stable.proc is not None
+    stable.proc.terminate()
+    stable.proc.wait(30)
+    wait_for(f"sender {second} gone", lambda: not running(second), 30)
+
+
+def test_a_full_socket_drops_copies_never_blocks_and_a_killed_server_leaves_no_sender(
+        cluster: Cluster) -> None:
+    stable = cluster["sender-stopped"]
+    X = cluster.X
+    rows = np.resize(X, (1000, X.shape[1]))  # 1000 rows: a 160 KB body per request
+    post_rows(stable, X, 1)
+    sender = one_sender(stable)
+    wait_for("the first copy sent", lambda: stable.outcomes()["sent"] == 1)
+    os.kill(sender, 19)  # SIGSTOP: the sender reads nothing more
+    try:
+        took = post_rows(stable, rows, 120, many=True)  # 19 MB: more than the socket holds
+        out = stable.outcomes()
+        assert out["dropped"] > 0 and out["sent"] == 1, out
+        assert stable.pending() > 0
+    finally:
+        os.kill(sender, 18)  # SIGCONT
+    settle(stable, sent={stable.name: 121})
+    out = stable.outcomes()
+    assert out["sent"] > 1 and out["sent"] + out["dropped"] == 121, out
+    assert out["failed"] == out["skipped"] == 0
+    # No answer waited on the stopped sender.
+    assert statistics.median(took) < 1.0 and max(took) < 10.0
+    assert stable.proc is not None and senders(stable.proc.pid) == [sender]
+    # A server killed outright cannot close anything; the kernel closes its end of the
+    # socket, and the sender exits (no orphan left behind).
+    stable.proc.kill()
+    stable.proc.wait(30)
+    wait_for(f"sender {sender} gone", lambda: not running(sender), 30)

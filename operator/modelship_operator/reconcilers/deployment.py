@@ -47,6 +47,8 @@ ENV_DRAIN = "MODELSHIP_DRAIN_SECONDS"
 ENV_SHUTDOWN_TIMEOUT = "MODELSHIP_SHUTDOWN_TIMEOUT_SECONDS"
 ENV_HOME = "HOME"
 ENV_SHADOW_FILE = "MODELSHIP_SHADOW_CONFIG_FILE"
+ENV_SHADOW_TOKEN = "MODELSHIP_SHADOW_TOKEN"
+SHADOW_TOKEN_KEY = "token"
 ENV_ALLOW_PICKLE = "MODELSHIP_ALLOW_PICKLE"
 ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
     "max_concurrency": "MODELSHIP_MAX_CONCURRENCY",
@@ -58,6 +60,8 @@ ENV_LIMITS = {  # spec.runtime.limits field -> the runtime's variable
     "header_timeout_seconds": "MODELSHIP_HEADER_TIMEOUT_SECONDS",
     "keep_alive_timeout_seconds": "MODELSHIP_KEEPALIVE_TIMEOUT_SECONDS",
 }
+ENV_MAX_BATCH_SIZE = "MODELSHIP_MAX_BATCH_SIZE"
+ENV_TRUSTED_TYPES = "MODELSHIP_TRUSTED_TYPES"
 ENV_MICROBATCH = "MODELSHIP_MICROBATCH"
 ENV_MICROBATCH_MAX_SIZE = "MODELSHIP_MICROBATCH_MAX_SIZE"
 ENV_MICROBATCH_MAX_WAIT_MS = "MODELSHIP_MICROBATCH_MAX_WAIT_MS"
@@ -78,6 +82,8 @@ TMP_DIR = "/tmp"
 RUNTIME_COMMAND = "modelship-runtime"
 PYTHON_COMMAND = "python3"  # the runtime is a Python console script: its image has one
 PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
+ENV_GRPC_PORT = "MODELSHIP_GRPC_PORT"
 READINESS_PATH = "/readyz"
 LIVENESS_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -142,6 +148,8 @@ def tuning_env(md: ModelDeployment, settings: OperatorSettings) -> list[dict[str
         for field, env in ENV_LIMITS.items():
             if limits[field] is not None:
                 values[env] = _number(limits[field])
+        if runtime.limits.max_rows is not None:  # the runtime's older name of the bound
+            values[ENV_MAX_BATCH_SIZE] = str(runtime.limits.max_rows)
     batch = runtime.microbatch
     if batch is not None:
         if batch.enabled is not None:
@@ -158,6 +166,8 @@ def tuning_env(md: ModelDeployment, settings: OperatorSettings) -> list[dict[str
             values[ENV_LOG_JSON] = _flag(logs.json_lines)
         if logs.access_log is not None:
             values[ENV_ACCESS_LOG] = _flag(logs.access_log)
+    if runtime.trusted_types:
+        values[ENV_TRUSTED_TYPES] = ",".join(runtime.trusted_types)
     if runtime.rate_limit is not None:
         values[ENV_RATE_LIMIT_REQUESTS] = str(runtime.rate_limit.requests)
         values[ENV_RATE_LIMIT_PERIOD] = str(runtime.rate_limit.period_seconds)
@@ -240,6 +250,8 @@ def render(
         {"name": ENV_MODEL_VERSION, "value": version},
         {"name": ENV_DRAIN, "value": str(settings.runtime_drain_seconds)},
         {"name": ENV_SHUTDOWN_TIMEOUT, "value": str(settings.runtime_shutdown_timeout_seconds)},
+        # in the environment, not a flag: a runtime image from before gRPC ignores it
+        {"name": ENV_GRPC_PORT, "value": str(settings.runtime_grpc_port)},
     ]
     serve_env += tuning_env(md, settings)
     size = storage_limit(md, settings)
@@ -260,6 +272,11 @@ def render(
     if spec.rollout.shadow is not None and spec.rollout.shadow.via == "runtime":
         # Mounted, not in env: a shadow phase starts and ends without restarting a pod.
         serve_env.append({"name": ENV_SHADOW_FILE, "value": SHADOW_FILE})
+        # Stable and canary pods share a token (the Secret the operator creates): mirrored
+        # requests carry it, and the canary compares only those, so a client reaching
+        # the canary's pods directly cannot sway the agreement it is judged on.
+        serve_env.append(_secret_env(ENV_SHADOW_TOKEN, naming.shadow_token_name(name),
+                                     SHADOW_TOKEN_KEY, optional=False))
         volumes.append({"name": "shadow", "configMap": {
             "name": naming.shadow_config_name(name), "optional": True}})
         mounts.append({"name": "shadow", "mountPath": SHADOW_MOUNT, "readOnly": True})
@@ -308,7 +325,9 @@ def render(
         "command": [
             RUNTIME_COMMAND, "serve", "--model-dir", MODEL_DIR, "--port", str(port),
         ],
-        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}] + (
+            [{"name": GRPC_PORT_NAME, "containerPort": settings.runtime_grpc_port,
+              "protocol": "TCP"}] if settings.runtime_grpc_port else []),
         "env": _merge_env(common_env + serve_env, user_env),
         "resources": resources,
         "securityContext": _security_context(settings.runtime_user_id),

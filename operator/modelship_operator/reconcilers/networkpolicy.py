@@ -1,6 +1,7 @@
 """The NetworkPolicy ``NAME`` around every runtime pod of the ModelDeployment.
 
-Ingress, to the runtime port only, from:
+Ingress, to the ports the runtime container serves only (HTTP, and any other it
+listens on), from:
 
 - the namespaces of the operator's setting ``network_policy_namespaces`` (by default
   ingress-nginx and monitoring: the ingress controller or Gateway data plane, and
@@ -75,11 +76,24 @@ def trusted_namespaces(settings: OperatorSettings) -> list[str]:
     return seen
 
 
-def render(md: ModelDeployment, settings: OperatorSettings) -> dict[str, Any]:
-    """The NetworkPolicy selecting all versions' pods."""
+def serving_ports(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ports the serving containers of a rendered Deployment listen on, as
+    NetworkPolicy ports (every one: HTTP, and any other the runtime serves)."""
+    pod = deployment["spec"]["template"]["spec"]
+    return [{"protocol": p.get("protocol", "TCP"), "port": p["containerPort"]}
+            for c in pod["containers"] for p in c.get("ports", [])]
+
+
+def render(
+    md: ModelDeployment,
+    settings: OperatorSettings,
+    ports: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The NetworkPolicy selecting all versions' pods; `ports` are the serving ports
+    (:func:`serving_ports` of the Deployment; default: the runtime's HTTP port)."""
     name = md.metadata.name
     own_pods = {"podSelector": {"matchLabels": labels.deployment_selector(name)}}
-    runtime_ports = [{"protocol": "TCP", "port": settings.runtime_port}]
+    runtime_ports = ports or [{"protocol": "TCP", "port": settings.runtime_port}]
     ingress: list[dict[str, Any]] = []
     namespaces = trusted_namespaces(settings)
     if namespaces:

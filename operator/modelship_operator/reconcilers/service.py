@@ -10,13 +10,24 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import ModelDeployment
-from modelship_operator.reconcilers.deployment import PORT_NAME
+from modelship_operator.reconcilers.deployment import GRPC_PORT_NAME, PORT_NAME
 
 SERVICE_PORT = 80
+SERVICE_GRPC_PORT = 8081
 
 
-def render(md: ModelDeployment, version: str, *, name: str | None = None) -> dict[str, Any]:
-    """A ClusterIP Service (default name ``NAME``) selecting the pods of `version`."""
+def render(md: ModelDeployment, version: str, *, name: str | None = None,
+           grpc: bool = True) -> dict[str, Any]:
+    """A ClusterIP Service (default name ``NAME``) selecting the pods of `version`: port
+    80 to the runtime's HTTP, and (``grpc``) 8081 to its Open Inference Protocol gRPC."""
+    ports: list[dict[str, Any]] = [
+        {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}
+    ]
+    if grpc:
+        # h2c: HTTP/2 without TLS, so meshes and gateways treat the port as gRPC
+        ports.append({"name": GRPC_PORT_NAME, "port": SERVICE_GRPC_PORT,
+                      "targetPort": GRPC_PORT_NAME, "protocol": "TCP",
+                      "appProtocol": "kubernetes.io/h2c"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -27,13 +38,6 @@ def render(md: ModelDeployment, version: str, *, name: str | None = None) -> dic
         "spec": {
             "type": "ClusterIP",
             "selector": labels.version_selector(md.metadata.name, version),
-            "ports": [
-                {
-                    "name": PORT_NAME,
-                    "port": SERVICE_PORT,
-                    "targetPort": PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": ports,
         },
     }

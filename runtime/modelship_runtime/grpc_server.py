@@ -1,0 +1,334 @@
+"""The Open Inference Protocol (V2) over gRPC, beside HTTP in the same process.
+
+``modelship-runtime serve`` starts a ``grpc.aio`` server on ``MODELSHIP_GRPC_PORT``
+(default 8081; 0: none) on uvicorn's own event loop, so both protocols share the one data
+plane: the same validation, cache, micro-batcher (requests over gRPC and HTTP join the
+same batches) and metrics. The service is the specification's
+``inference.GRPCInferenceService`` (``_proto/grpc_predict_v2.proto``): ServerLive,
+ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inputs in
+``contents`` or ``raw_input_contents`` (answered in the same form).
+
+Errors are gRPC status codes with the HTTP route's message: INVALID_ARGUMENT (400),
+UNAUTHENTICATED (401: API keys are configured and neither ``authorization: Bearer KEY``
+nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model),
+RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key), UNAVAILABLE
+(503: not loaded yet), INTERNAL (500). Each call is counted in ``http_requests_total``
+and ``http_request_duration_seconds`` with ``method="GRPC"``, ``route="grpc:<Method>"``
+and the HTTP status its code maps to (:data:`HTTP_STATUS`), so the rollout's error-rate
+queries (``status=~"5.."``) see gRPC failures too.
+
+Shutdown follows HTTP's (:mod:`.drain`): during the drain period gRPC keeps answering and
+ServerReady says false; when the drain ends the server stops accepting calls and finishes
+those in flight (at most ``shutdown_timeout_seconds``) before the model is released.
+
+The generated modules register the ``inference`` protobuf package in the process's
+default descriptor pool, as tritonclient's do: the two cannot be imported into one
+process (the runtime imports only its own; tests drive it from another process).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import numpy as np
+from fastapi import FastAPI
+
+from . import __version__, binary, protocols
+from ._proto import grpc_predict_v2_pb2 as pb
+from ._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from .dataplane import DataPlane
+from .drain import Drain
+from .errors import BadRequest, ModelNotFound, ModelshipError, Unauthorized
+from .metrics import Metrics
+from .ratelimit import ANONYMOUS
+from .settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from .auth import KeyRing
+    from .ratelimit import RateLimiter
+
+logger = logging.getLogger("modelship_runtime")
+
+#: The HTTP status each gRPC code is counted under in http_requests_total.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.INTERNAL: 500,
+}
+_CODE_OF: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
+}
+_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+             "INT64": "int64_contents"}
+_OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
+
+class RateLimited(ModelshipError):
+    """Over the rate limit (RESOURCE_EXHAUSTED; 429 in the metrics, as over HTTP)."""
+
+    status_code = 429
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _given_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes:
+    given = b""
+    for k, v in metadata or ():
+        value = v.encode() if isinstance(v, str) else v
+        if k == "authorization" and value[:7].lower() == b"bearer ":
+            given = value[7:].strip()
+        elif k == "x-api-key":
+            given = value.strip()
+    return given
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The V2 gRPC service over one data plane; the HTTP side's API keys (reloaded as
+    they change) and rate limiter, when set."""
+
+    def __init__(self, plane: DataPlane, drain: Drain, api_keys: KeyRing | None = None,
+                 limiter: RateLimiter | None = None) -> None:
+        self.plane = plane
+        self.drain = drain
+        self.api_keys = api_keys
+        self.limiter = limiter
+        self.metrics: Metrics = plane.metrics
+        self._children: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    # --- the calls -------------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerLiveResponse:
+        return await self._serve("ServerLive", context, False,
+                                 lambda: self._done(pb.ServerLiveResponse(live=True)))
+
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]
+                          ) -> pb.ServerReadyResponse:
+        ready = self.plane.model.ready and not self.drain.draining
+        return await self._serve("ServerReady", context, False,
+                                 lambda: self._done(pb.ServerReadyResponse(ready=ready)))
+
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelReadyResponse:
+        async def answer() -> pb.ModelReadyResponse:
+            self._check_name(request.name, request.version)
+            return pb.ModelReadyResponse(ready=self.plane.model.ready)
+
+        return await self._serve("ModelReady", context, True, answer)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> pb.ServerMetadataResponse:
+        return await self._serve("ServerMetadata", context, True, lambda: self._done(
+            pb.ServerMetadataResponse(name="modelship-runtime", version=__version__)))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> pb.ModelMetadataResponse:
+        async def answer() -> pb.ModelMetadataResponse:
+            self._check_name(request.name, request.version)
+            self.plane.check_ready()
+            meta = protocols.v2_model_metadata(self.plane.model.info)
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                        for t in meta["inputs"]],
+                outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                         for t in meta["outputs"]])
+
+        return await self._serve("ModelMetadata", context, True, answer)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse:
+        return await self._serve("ModelInfer", context, True, lambda: self._infer(request))
+
+    # --- the work ------------------------------------------------------------------
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        plane = self.plane
+        self._check_name(request.model_name, request.model_version)
+        batcher = plane.batcher
+        batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
+        try:
+            plane.check_ready()
+            rows = self._rows(request, plane)
+            names = binary.wanted_outputs([o.name for o in request.outputs])
+        finally:
+            batcher.arriving -= 1
+        result = await plane.infer(rows)
+        info = plane.model.info
+        response = pb.ModelInferResponse(model_name=info.name, model_version=info.version,
+                                         id=request.id)
+        raw = bool(request.raw_input_contents)
+        for name, datatype, shape, values in binary.output_tensors(result.prediction, info,
+                                                                   names):
+            out = response.outputs.add(name=name, datatype=datatype, shape=shape)
+            if raw:
+                response.raw_output_contents.append(binary.tensor_bytes(datatype, values))
+            elif isinstance(values, list):
+                out.contents.bytes_contents.extend(s.encode() for s in values)
+            else:
+                getattr(out.contents, _OUT_CONTENTS[datatype]).extend(values.tolist())
+        return response
+
+    @staticmethod
+    def _rows(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
+        v = plane.validator
+        n = len(request.inputs)
+        if n != 1:
+            raise BadRequest(f"expected one input tensor of shape [rows, features], got {n}")
+        t = request.inputs[0]
+        datatype = binary.check_datatype(t.datatype, "inputs[0]")
+        shape = binary.check_shape(list(t.shape), "inputs[0]")
+        raws = request.raw_input_contents
+        if raws:
+            if len(raws) != 1:
+                raise BadRequest(f"raw_input_contents has {len(raws)} entries; there is "
+                                 "one input")
+            if t.HasField("contents"):
+                raise BadRequest("inputs[0] has both contents and raw_input_contents; send one")
+            return binary.rows_from_bytes(raws[0], shape, datatype, v, "inputs[0]",
+                                          "raw_input_contents[0]")
+        field = _CONTENTS[datatype]
+        values = getattr(t.contents, field)
+        need = math.prod(shape)
+        if len(values) != need:
+            raise BadRequest(f"inputs[0].contents.{field} has {len(values)} values; shape "
+                             f"{shape} of {datatype} needs {need}")
+        array = np.array(values, dtype=binary.INPUT_DTYPES[datatype])
+        return binary.to_rows(array, shape, datatype, v, "inputs[0]")
+
+    def _check_name(self, name: str, version: str) -> None:
+        info = self.plane.model.info
+        if name != info.name:
+            raise ModelNotFound(f"model {name!r} is not served here; this server serves "
+                                f"{info.name!r}")
+        if version and version != info.version:
+            raise ModelNotFound(f"model {name!r} version {version!r} is not served here; this "
+                                f"server serves version {info.version}")
+
+    @staticmethod
+    async def _done(value: Resp) -> Resp:
+        return value
+
+    # --- auth, errors and metrics, around every call ------------------------------
+
+    async def _serve(self, method: str, context: grpc.aio.ServicerContext[Any, Any],
+                     guarded: bool, call: Callable[[], Awaitable[Resp]]) -> Resp:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            if guarded:
+                bucket = ANONYMOUS
+                if self.api_keys is not None:
+                    bucket = self._authorize(context.invocation_metadata())
+                if self.limiter is not None:
+                    await self._limit(bucket)
+            return await call()
+        except ModelshipError as exc:
+            code = _CODE_OF.get(exc.status_code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, exc.message)
+            raise  # abort raises; never reached
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            logger.exception("unexpected error")
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "internal error")
+            raise
+        finally:
+            if context.cancelled() and code is grpc.StatusCode.OK:
+                code = grpc.StatusCode.CANCELLED
+            self._observe(method, HTTP_STATUS.get(code, 500), time.perf_counter() - start)
+
+    def _authorize(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+        """The key's id (the rate limit's bucket), or Unauthorized."""
+        assert self.api_keys is not None
+        found = self.api_keys.match(_given_key(metadata))  # constant time over every key
+        if found is None:
+            raise Unauthorized("missing or invalid API key: send metadata authorization: "
+                               "Bearer KEY or x-api-key: KEY")
+        return found
+
+    async def _limit(self, bucket: str) -> None:
+        assert self.limiter is not None
+        wait = await self.limiter.check(bucket)
+        if wait is not None:
+            self.metrics.rate_limited.inc()
+            raise RateLimited(f"rate limit exceeded: {self.limiter.limit} requests per "
+                              f"{self.limiter.period} s; retry in "
+                              f"{self.limiter.retry_after(wait)} s")
+
+    def _observe(self, method: str, status: int, seconds: float) -> None:
+        key = (method, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.http_requests.labels(
+                "GRPC", f"grpc:{method}", str(status))
+        child.inc()
+        hist = self._durations.get(method)
+        if hist is None:
+            hist = self._durations[method] = self.metrics.http_duration.labels(
+                "GRPC", f"grpc:{method}")
+        hist.observe(seconds)
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as gRPC binds it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """The gRPC listener of one app: started on the running loop, stopped gracefully."""
+
+    def __init__(self, app: FastAPI, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.servicer = InferenceServicer(app.state.plane, app.state.drain,
+                                          app.state.api_keys, app.state.limiter)
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen on ``settings.grpc_port``; RuntimeError when the port cannot be bound."""
+        s = self.settings
+        limit = s.max_body_bytes
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, as for HTTP
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.servicer, server)
+        where = address(s.host, s.grpc_port)
+        try:
+            bound = server.add_insecure_port(where)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen for gRPC on {where}: {exc}") from None
+        if bound == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {where}")
+        await server.start()
+        self.server = server
+        logger.info("gRPC (Open Inference Protocol V2) on %s", where,
+                    extra={"grpc_port": s.grpc_port})
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting calls; wait at most ``grace`` seconds for those in flight."""
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
