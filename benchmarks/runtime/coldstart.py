@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import models  # noqa: E402
-from procs import Server  # noqa: E402
+from procs import Server, free_port  # noqa: E402
 from run import ensure_venv, log  # noqa: E402
 from servers import KServe, Launch, ModelFiles, Modelship, Target  # noqa: E402
 
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             got: dict[str, float] = {}
             for target in order:
                 launch = target.launch(model, work)
+                # gRPC on, as by default, on a free port (the default 8081 may be taken)
+                launch.env.setdefault("MODELSHIP_GRPC_PORT", str(free_port()))
                 srv = Server(target.name, launch.argv, launch.env,
                              work / "logs" / f"r{rnd}-{model_name}-{target.name}.log")
                 body = target.body(rows[:1], single=True).encode()

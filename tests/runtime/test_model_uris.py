@@ -21,7 +21,7 @@ RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 
 def _env(**extra: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    return {**keep, **extra}
+    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}  # no gRPC port to collide on
 
 
 def _free_port() -> int:
