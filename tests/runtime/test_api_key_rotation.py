@@ -128,7 +128,8 @@ def test_an_unusable_key_file_at_start_is_one_line_and_exit_2(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
     r = subprocess.run([RUNTIME, "serve", "--model-dir", str(local_models.lr_dir), "--port",
                         "8080"], capture_output=True, text=True, timeout=120,
-                       env={**env, "MODELSHIP_API_KEYS_FILE": str(tmp_path / "keys")})
+                       env={**env, "MODELSHIP_API_KEYS_FILE": str(tmp_path / "keys"),
+                            "MODELSHIP_GRPC_PORT": "0"})
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stdout + r.stderr
     assert r.stderr.startswith("modelship-runtime: MODELSHIP_API_KEYS_FILE ") and \

@@ -71,7 +71,8 @@ def sandbox(tmp_path: Path) -> Sandbox:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without MODELSHIP_ and MLFLOW_ variables, plus ``extra``."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    return {**keep, **extra}
+    # No gRPC port: the default 8081 is one port for every runtime of a parallel test run.
+    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}
 
 
 def run(*args: str, box: Sandbox, timeout: float = 120, **env: str

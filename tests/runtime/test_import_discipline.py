@@ -77,6 +77,7 @@ def _serve_once(model_dir: Path, row: list[float], tmp_path: Path) -> dict[str, 
     env = {k: v for k, v in os.environ.items()
            if k in ("PATH", "PYTHONPATH", "HOME", "TMPDIR", "LANG")}
     env["MODELSHIP_DRAIN_SECONDS"] = "0"
+    env["MODELSHIP_GRPC_PORT"] = "0"  # the default 8081 is shared by parallel test runs
     r = subprocess.run([sys.executable, "-c", PROBE, str(_free_port()), str(out),
                         json.dumps({"features": row}), str(model_dir)],
                        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)

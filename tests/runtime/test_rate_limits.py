@@ -54,7 +54,7 @@ class Runtimes:
                 proc = subprocess.Popen(
                     [RUNTIME, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                      "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                    env={**base, **env})
+                    env={**base, "MODELSHIP_GRPC_PORT": "0", **env})
             self.procs.append((proc, log))
             urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 120

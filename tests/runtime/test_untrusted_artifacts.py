@@ -37,7 +37,8 @@ EXIT_UNTRUSTED = 8
 
 def clean_env(**extra: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    return {**keep, **extra}
+    # No gRPC port: the default 8081 is one port for every runtime of a parallel test run.
+    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}
 
 
 def _str_node(text: str) -> dict[str, Any]:
