@@ -485,6 +485,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
         # (they walked ~150k long-lived objects and made the batch p99).
         gc.collect()
         gc.freeze()
+        gc.enable()  # `modelship-runtime serve` starts with it off (__main__.main)
         metrics.model_info.labels(model.name, model.version, model.info.flavor,
                                   model.info.estimator).set(1)
         metrics.model_ready.set(1)

@@ -2,9 +2,9 @@
 
 Everything a pod can be told comes through environment variables with the prefix
 ``MODELSHIP_`` (pydantic-settings), so the operator configures a pod with plain ``env``
-entries and Secrets. Registry credentials are *not* here: the MLflow client reads
+entries and Secrets. Registry credentials are *not* here: the pull reads
 ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` and
-``MLFLOW_TRACKING_PASSWORD`` itself, exactly as it does everywhere else. The Redis URL is
+``MLFLOW_TRACKING_PASSWORD`` as MLflow's client does everywhere else. The Redis URL is
 read from ``MODELSHIP_REDIS_URL`` or, as a Secret usually names it, plain ``REDIS_URL``.
 
 The ``shadow_*`` settings are set by the operator during a rollout's shadow phase, on the
@@ -30,7 +30,8 @@ class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore")
 
     model_uri: str | None = None
-    """`models:/NAME/VERSION` or `models:/NAME@ALIAS`; pulled at start when no model_dir."""
+    """`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH` or
+    `models:/MODEL_ID`; pulled at start when no model_dir."""
 
     model_dir: Path | None = None
     """A directory written by `modelship-runtime pull` (or any MLflow sklearn model
