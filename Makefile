@@ -37,13 +37,14 @@ $(CHECKOV):
 ## setup: create .venv with every Python package the tests need, plus system packages
 setup: system-deps $(STAMP) $(CHECKOV)
 
-## system-deps: redis-server and prometheus from Debian when missing (root only)
+## system-deps: redis-server, prometheus, wrk and h2load from Debian when missing (root only)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -7,7 +7,12 @@
 # IMAGE is operator or runtime. Run it from a tree holding requirements/ and IMAGE/ (the
 # Docker build context, or a copy of it); PYTHON names the interpreter (python3).
 #   deps     a virtualenv at VENV with requirements/build.lock, then requirements/IMAGE.lock:
-#            hash-checked, wheels only (no compiler runs, nothing unpinned comes in)
+#            hash-checked, wheels only (no compiler runs, nothing unpinned comes in); then
+#            the test suites the wheels ship (every `tests` folder under site-packages:
+#            scipy's, numpy's, scikit-learn's, about 65 MB of the runtime's venv) are removed,
+#            nothing imports them. Bytecode (__pycache__) stays: the images run with
+#            PYTHONDONTWRITEBYTECODE on a read-only filesystem, so without it every start
+#            would compile every module again
 #   project  the IMAGE/ distribution (modelship-IMAGE) without its dependencies, the build
 #            tools removed again, then `pip check`: a dependency IMAGE/pyproject.toml
 #            declares that the lock lacks fails the build here, not the pod at start
@@ -35,6 +40,8 @@ if [ "$phase" != project ]; then
   "${PYTHON:-python3}" -m venv "$venv"
   "$pip" install --require-hashes --only-binary=:all: -r requirements/build.lock
   "$pip" install --require-hashes --only-binary=:all: -r "requirements/$image.lock"
+  find "$venv"/lib/python*/site-packages -mindepth 2 -type d -name tests -prune \
+    -exec rm -rf {} +
 fi
 if [ "$phase" != deps ]; then
   "$pip" install --no-deps --no-build-isolation "./$image"

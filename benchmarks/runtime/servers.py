@@ -95,6 +95,8 @@ class Modelship(Target):
         env = base_env()
         env["MODELSHIP_MODEL_NAME"] = model.name
         env["MODELSHIP_DRAIN_SECONDS"] = "0"  # no router in front: stop at SIGTERM
+        # gRPC stays on, as by default, on a port of its own: several runtimes run at once
+        env["MODELSHIP_GRPC_PORT"] = str(free_port())
         return Launch(argv, env, f"http://127.0.0.1:{port}/predict")
 
     def body(self, rows: list[list[float]], single: bool) -> str:

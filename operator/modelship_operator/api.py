@@ -59,6 +59,7 @@ def _without_nulls(value: Any) -> Any:
 
 # A URI whose authority holds user information (user:password@); the CRD's CEL rule too.
 USERINFO_PATTERN = r"^[A-Za-z][-+.A-Za-z0-9]*://[^/?#]*@"
+PRINTABLE_URI_PATTERN = r"[!-~]+"
 
 # The name of a Kubernetes object (a Secret, an IngressClass, a Gateway).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
@@ -112,6 +113,11 @@ class RegistrySpec(_Model):
     @field_validator("tracking_uri")
     @classmethod
     def _no_userinfo(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.fullmatch(PRINTABLE_URI_PATTERN, uri):
+            # Clients strip or drop spaces and control characters before parsing, so a
+            # URI with any would reach a host, or carry a password, that no check saw.
+            raise ValueError("spec.model.registry.trackingUri: printable ASCII only, no spaces "
+                             "or control characters (write an international host as punycode)")
         if uri is not None and re.match(USERINFO_PATTERN, uri):
             raise ValueError("spec.model.registry.trackingUri: no user or password in the URI; "
                              "put them in credentialsSecret")

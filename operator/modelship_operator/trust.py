@@ -67,10 +67,12 @@ def tracking_uri(md: api.ModelDeployment, settings: OperatorSettings) -> str | N
 def host_of(uri: str) -> str | None:
     """The host of an http(s) URI, lower case, when the standard library and requests
     (which the operator's and MLflow's clients send with) agree on it."""
+    if not re.fullmatch(r"[!-~]+", uri):
+        return None  # clients strip or drop spaces and control characters: no one host
     prepared = requests.PreparedRequest()
     try:
-        parts = urlsplit(uri.strip())
-        prepared.prepare_url(uri.strip(), None)
+        parts = urlsplit(uri)
+        prepared.prepare_url(uri, None)
         theirs = urlsplit(prepared.url or "").hostname
     except (ValueError, requests.RequestException):
         return None

@@ -1,11 +1,13 @@
 """Console script ``modelship-runtime``: ``pull`` a model, or ``serve`` one.
 
 ``pull`` is the init container (registry -> a directory on an emptyDir); ``serve`` runs
-uvicorn with httptools and uvloop on one model directory, pulling first when given a
-URI. Command-line flags override the ``MODELSHIP_`` environment.
+uvicorn with httptools (guarded against hostile clients: :mod:`.guard`) and uvloop on
+one model directory, pulling first when given a URI. Command-line flags override the
+``MODELSHIP_`` environment.
 
 Every expected failure (bad arguments or settings, no registry, model not found, refused
-credentials, unreachable registry, a model that does not load, a port in use) ends with
+credentials, unreachable registry, artifacts the runtime will not fetch, a model that does
+not load, a port in use) ends with
 one line on stderr, no traceback, and its own exit code: the table in docs/cli.md, which
 ``EXIT_*`` below follow (a test holds them together). Logs go to stdout.
 
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -35,6 +38,7 @@ from .logging import configure_logging
 from .settings import RuntimeSettings
 
 if TYPE_CHECKING:
+    from .guard import Limits
     from .model import Model
 
 logger = logging.getLogger("modelship_runtime")
@@ -116,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "7 model does not load, 8 model refused as untrusted).")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
-    pull = sub.add_parser("pull", help="pull models:/NAME/VERSION or models:/NAME@ALIAS to DIR")
+    pull = sub.add_parser("pull", help="pull models:/NAME/VERSION, models:/NAME@ALIAS or "
+                          "runs:/RUN_ID/PATH to DIR")
     pull.add_argument("--model-uri", required=True)
     pull.add_argument("--dest", required=True, type=Path)
     serve = sub.add_parser("serve", help="serve a pulled directory (or pull a URI first)")
@@ -130,13 +135,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _uvicorn_options() -> tuple[str, str]:
-    """(http, loop) implementations: httptools and uvloop when installed."""
+def _event_loop() -> str:
+    """uvloop when installed."""
     import importlib.util
 
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return http, loop
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def _limits(settings: RuntimeSettings, on_close: Callable[[str], None]) -> Limits:
+    """The connection limits of ``settings``, after raising the open-file limit (the
+    connection cap is lowered to stay under it)."""
+    from .guard import Limits, connection_cap, raise_fd_limit
+
+    fd_limit = raise_fd_limit()
+    cap = connection_cap(settings.max_connections, fd_limit)
+    if cap < settings.max_connections:
+        logger.warning("MODELSHIP_MAX_CONNECTIONS lowered from %d to %d to stay under the "
+                       "open-file limit of %d", settings.max_connections, cap, fd_limit)
+    return Limits(max_header_bytes=settings.max_header_bytes,
+                  header_timeout=settings.header_timeout_seconds, max_connections=cap,
+                  on_close=on_close)
 
 
 def _drained(signum: int, frame: object) -> None:
@@ -154,13 +172,15 @@ def serve(settings: RuntimeSettings, model: Model | None = None) -> int:
 
     from .app import create_app
     from .drain import DrainingServer
+    from .guard import guarded_protocol
 
     app = create_app(settings, model=model)
-    http, loop = _uvicorn_options()
+    limits = _limits(settings, app.state.plane.metrics.connection_closed)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, server_header=False, date_header=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-                            http=http, loop=loop)
+                            timeout_keep_alive=settings.keepalive_timeout_seconds,
+                            http=guarded_protocol(limits), loop=_event_loop())
     if settings.grpc_port:  # gRPC on the same loop, drained with HTTP
         from .grpc_lifecycle import GrpcDrainingServer
 
@@ -303,6 +323,12 @@ def _serve(args: argparse.Namespace, settings: RuntimeSettings, scratch: list[Pa
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``modelship-runtime``; returns the exit code (docs/cli.md)."""
     args = _parser().parse_args(argv)  # usage errors: argparse exits 2
+    collecting = gc.isenabled()
+    if args.command == "serve":
+        # Starting imports some 1,500 modules; the collector would walk their long-lived
+        # objects again and again meanwhile (a tenth of the start's CPU). The app's
+        # lifespan collects once, freezes what is loaded and turns collection back on.
+        gc.disable()
     previous = {sig: signal.signal(sig, _stop) for sig in _SIGNALS}
     try:
         with _scratch() as scratch:
@@ -335,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("stopped before serving", extra={"signal": exc.signum})
         return EXIT_SIGNAL_BASE + exc.signum
     finally:
+        if collecting:
+            gc.enable()
         for sig, handler in previous.items():
             if signal.getsignal(sig) is _stop:
                 signal.signal(sig, handler)

@@ -29,6 +29,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from . import __version__, binary, fastpath, protocols
 from .agreement import Judge
@@ -73,6 +75,13 @@ _UNJUDGED = _Unjudged()
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v2/health/live",
                         "/v2/health/ready", "/ping", "/health", "/docs", "/openapi.json",
                         "/docs/oauth2-redirect"})
+PROBE_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v2/health/live",
+                         "/v2/health/ready", "/ping", "/health"})
+"""Answered whatever the load: a pod shedding load is alive and still to be scraped."""
+
+CLIENT_CLOSED = 499
+"""Status recorded (nginx's convention) for a request whose client went away before the
+answer was sent: neither a success nor a server error."""
 
 
 def error_body(message: str) -> bytes:
@@ -101,14 +110,23 @@ def explain_not_json(exc: NotJSON, scope: Scope, plane: DataPlane) -> ModelshipE
 
 class ServingMiddleware:
     """Request id, version header, limits, auth, request metrics and shadow traffic (which
-    requests are mirrored, which arrive mirrored), in one ASGI layer."""
+    requests are mirrored, which arrive mirrored), in one ASGI layer.
+
+    At most ``max_concurrency`` requests run at once; more are answered 503 with
+    ``Retry-After`` (probes excepted). A request whose client disconnected before its
+    answer was sent is counted with status 499 (:data:`CLIENT_CLOSED`). uvicorn's
+    request cycle, whose bound ``receive`` the server passes, says so in ``disconnected``."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, version: str, max_body_bytes: int,
                  api_keys: KeyRing | None, access_log: bool,
                  plane: DataPlane | None = None, drain: Drain | None = None,
                  mirror: MirrorSwitch | None = None, judge: Judge | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None,
+                 max_concurrency: int | None = None, routes: list[Any] | None = None) -> None:
         self.app = app
+        self.max_concurrency = max_concurrency
+        self.routes = routes or []
+        self.in_flight = 0
         self.plane = plane
         self.drain = drain
         self.mirror = mirror
@@ -156,6 +174,7 @@ class ServingMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        cycle = getattr(receive, "__self__", None)
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         rid, shadow = self._scan(headers)
         outgoing: Outgoing | None = None
@@ -167,6 +186,7 @@ class ServingMiddleware:
         if self.drain is not None and self.drain.draining:
             extra.append(CONNECTION_CLOSE)  # keep-alive clients reconnect elsewhere
         status = 500
+        counted = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -176,6 +196,16 @@ class ServingMiddleware:
             await send(message)
 
         try:
+            if self.max_concurrency is not None and scope["path"] not in PROBE_PATHS:
+                if self.in_flight >= self.max_concurrency:
+                    self._shed(scope)
+                    await self._send_error(send_wrapper, 503, "over the limit of "
+                                           f"{self.max_concurrency} requests in flight "
+                                           "(MODELSHIP_MAX_CONCURRENCY); retry later",
+                                           [(b"retry-after", b"1")])
+                    return
+                self.in_flight += 1
+                counted = True
             rejection, bucket = self._reject(scope, headers)
             if rejection is None and self.limiter is not None and bucket is not None:
                 rejection = await self._limit(bucket)
@@ -198,6 +228,10 @@ class ServingMiddleware:
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         finally:
+            if counted:
+                self.in_flight -= 1
+            if getattr(cycle, "disconnected", False):
+                status = CLIENT_CLOSED
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self._observe(scope["method"], template, status, time.perf_counter() - start)
@@ -254,6 +288,13 @@ class ServingMiddleware:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+    def _shed(self, scope: Scope) -> None:
+        """Name the route of a request refused before routing, for its metrics."""
+        for route in self.routes:
+            if route.matches(scope)[0] is Match.FULL:
+                scope["route"] = route
+                return
 
     def _reject(self, scope: Scope, headers: list[tuple[bytes, bytes]]
                 ) -> tuple[tuple[int, str, list[tuple[bytes, bytes]]] | None, str | None]:
@@ -390,7 +431,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     plane = DataPlane(model, metrics, cache=cache, microbatch=settings.microbatch,
                       microbatch_max_size=settings.microbatch_max_size,
                       microbatch_max_wait_ms=settings.microbatch_max_wait_ms,
-                      max_batch_size=settings.max_batch_size)
+                      max_batch_size=settings.max_rows, max_columns=settings.max_columns)
     token = settings.shadow_token.get_secret_value() if settings.shadow_token else None
     judge = Judge(model, metrics, token=token, log_per_minute=settings.shadow_log_per_minute,
                   log_rel_diff=settings.shadow_log_rel_diff)
@@ -444,6 +485,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
         # (they walked ~150k long-lived objects and made the batch p99).
         gc.collect()
         gc.freeze()
+        gc.enable()  # `modelship-runtime serve` starts with it off (__main__.main)
         metrics.model_info.labels(model.name, model.version, model.info.flavor,
                                   model.info.estimator).set(1)
         metrics.model_ready.set(1)
@@ -470,7 +512,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.drain = drain
     app.state.api_keys = keys  # the gRPC server checks keys and rate limits with these too
     app.state.limiter = limiter
-    app.include_router(build_router(plane, drain))
+    router = build_router(plane, drain)
+    app.include_router(router)
 
     @app.exception_handler(ModelshipError)
     async def modelship_error(request: Request, exc: ModelshipError) -> Response:
@@ -491,6 +534,10 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
         return Response(error_body(f"{where}: {first.get('msg', 'invalid request')}"),
                         status_code=400, media_type="application/json")
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_closed(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # nobody to send it to; counted as such
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unexpected error")
@@ -500,5 +547,6 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.add_middleware(ServingMiddleware, metrics=metrics, version=model.version,
                        max_body_bytes=settings.max_body_bytes, api_keys=keys,
                        access_log=settings.access_log, plane=plane, drain=drain,
-                       mirror=mirror, judge=judge, limiter=limiter)
+                       mirror=mirror, judge=judge, limiter=limiter,
+                       max_concurrency=settings.max_concurrency, routes=router.routes)
     return app

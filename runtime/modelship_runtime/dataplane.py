@@ -27,15 +27,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
+from .bounds import Decoder, precheck
 from .cache import Cache, CacheError, artifact_tag, cache_key
 from .errors import BadRequest, ModelNotReady, NotJSON
 from .metrics import Metrics
 from .model import Model, Prediction
+
+T = TypeVar("T")
 
 SHADOW_SCOPE_KEY = "modelship.shadow"
 """ASGI scope key of a request's :class:`ShadowContext` (set by the serving middleware)."""
@@ -85,10 +88,12 @@ def _describe_nonfinite(rows: np.ndarray, where: str, single: bool) -> str:
 class Validator:
     """Turns JSON values into float64 matrices the model accepts, or raises BadRequest."""
 
-    def __init__(self, n_features: int | None, allow_nan: bool, max_rows: int) -> None:
+    def __init__(self, n_features: int | None, allow_nan: bool, max_rows: int,
+                 max_columns: int = 10_000) -> None:
         self.n_features = n_features
         self.allow_nan = allow_nan
         self.max_rows = max_rows
+        self.max_columns = max_columns
 
     def row(self, values: object, where: str = "features") -> np.ndarray:
         """One row (a JSON array of numbers) as a 1 x n matrix."""
@@ -109,7 +114,8 @@ class Validator:
         if n == 0:
             raise BadRequest(f"{where} is empty: send at least one row")
         if n > self.max_rows:
-            raise BadRequest(f"{where} has {n} rows; the maximum is {self.max_rows}")
+            raise BadRequest(f"{where} has {n} rows; the maximum is {self.max_rows} "
+                             "(MODELSHIP_MAX_ROWS)")
         for r, row in enumerate(values):
             if not isinstance(row, list):
                 raise BadRequest(f"{where}[{r}] must be an array of numbers, got "
@@ -124,6 +130,9 @@ class Validator:
     def _check_width(self, n: int, where: str) -> None:
         if self.n_features is not None and n != self.n_features:
             raise BadRequest(f"{where} has {n} values; the model takes {self.n_features} features")
+        if n > self.max_columns:
+            raise BadRequest(f"{where} has {n} values; the maximum is {self.max_columns} "
+                             "(MODELSHIP_MAX_COLUMNS)")
         if n == 0:
             raise BadRequest(f"{where} is empty")
 
@@ -339,12 +348,15 @@ class DataPlane:
         microbatch_max_size: int = 64,
         microbatch_max_wait_ms: float = 0.0,
         max_batch_size: int = 1000,
+        max_columns: int = 10_000,
     ) -> None:
         self.model = model
         self.metrics = metrics
         self.cache = cache
         self.max_batch_size = max_batch_size
-        self.validator = Validator(None, False, max_batch_size)
+        self.max_columns = max_columns
+        self.validator = Validator(None, False, max_batch_size, max_columns)
+        self.decoder = Decoder()
         self._artifact = ""
         self._background: set[asyncio.Task[None]] = set()
         self.batcher = Batcher(
@@ -358,12 +370,24 @@ class DataPlane:
     def model_loaded(self) -> None:
         """Read the loaded model's shape into the validator; call once after load."""
         info = self.model.info
-        self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size)
+        self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size,
+                                   self.max_columns)
         self._artifact = artifact_tag(info.uri, info.run_id, info.artifact_sha256)
 
     def _on_call(self, n_rows: int, elapsed: float) -> None:
         self.metrics.prediction_duration.observe(elapsed)
         self.metrics.batch_size.observe(n_rows)
+
+    async def parse(self, raw: bytes, read: Callable[..., T], *args: Any) -> T:
+        """``read(raw, *args)`` (a protocol's parse of a body into rows) once the body is
+        bounded (:func:`.bounds.precheck`: BadRequest when it holds more rows or values
+        than allowed); large bodies are parsed off the event loop."""
+        return await self.decoder.run(raw, self._bounded, read, args)
+
+    def _bounded(self, raw: bytes, read: Callable[..., T], args: tuple[Any, ...]) -> T:
+        v = self.validator
+        precheck(raw, v.max_rows, v.n_features or v.max_columns)
+        return read(raw, *args)
 
     def check_ready(self) -> None:
         """Raise ModelNotReady (503) until the model is loaded."""
@@ -432,5 +456,6 @@ class DataPlane:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self.batcher.close()
+        self.decoder.close()
         if self.cache is not None:
             await self.cache.close()

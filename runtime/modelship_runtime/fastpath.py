@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from . import binary, invocations, protocols
 from .dataplane import DataPlane, ShadowContext, loads
@@ -82,15 +85,40 @@ def check_name(plane: DataPlane, name: str, version: str | None = None) -> None:
                             f"server serves version {info.version}")
 
 
+# The parse of each protocol's body, as DataPlane.parse runs them (on the decode thread
+# for a large body), after bounding the body's size.
+
+def _seed_rows(raw: bytes, plane: DataPlane) -> tuple[np.ndarray, bool]:
+    body = loads(raw)
+    plane.check_ready()
+    return protocols.seed_rows(body, plane.validator)
+
+
+def _v1_rows(raw: bytes, plane: DataPlane) -> tuple[np.ndarray, bool]:
+    body = loads(raw)
+    plane.check_ready()
+    return protocols.v1_rows(body, plane.validator, plane.model.info)
+
+
+def _v2_rows(raw: bytes, plane: DataPlane) -> tuple[np.ndarray, dict[str, Any]]:
+    body = loads(raw)
+    plane.check_ready()
+    return protocols.v2_rows(body, plane.validator, plane.model.info)
+
+
+def _invocation_rows(raw: bytes, plane: DataPlane, content_type: bytes | None
+                     ) -> tuple[np.ndarray, bool]:
+    plane.check_ready()
+    return invocations.parse(raw, content_type, plane.validator, plane.model.info)
+
+
 async def seed_predict(plane: DataPlane, raw: bytes, t0: float,
                        shadow: ShadowContext | None = None) -> bytes:
     """The whole of ``POST /predict`` after the body is read: parse, validate, infer."""
     batcher = plane.batcher
     batcher.arriving += 1  # lets a micro-batch wait for requests still being parsed
     try:
-        body = loads(raw)
-        plane.check_ready()
-        rows, single = protocols.seed_rows(body, plane.validator)
+        rows, single = await plane.parse(raw, _seed_rows, plane)
     finally:
         batcher.arriving -= 1
     result = await plane.infer(rows, shadow)
@@ -105,9 +133,7 @@ async def v1_predict(plane: DataPlane, raw: bytes, name: str,
     batcher = plane.batcher
     batcher.arriving += 1
     try:
-        body = loads(raw)
-        plane.check_ready()
-        rows, proba = protocols.v1_rows(body, plane.validator, plane.model.info)
+        rows, proba = await plane.parse(raw, _v1_rows, plane)
     finally:
         batcher.arriving -= 1
     result = await plane.infer(rows, shadow)
@@ -122,9 +148,7 @@ async def v2_infer(plane: DataPlane, raw: bytes, name: str, version: str | None 
     batcher = plane.batcher
     batcher.arriving += 1
     try:
-        body = loads(raw)
-        plane.check_ready()
-        rows, req = protocols.v2_rows(body, plane.validator, plane.model.info)
+        rows, req = await plane.parse(raw, _v2_rows, plane)
         as_binary = binary.wants_binary(req)
     finally:
         batcher.arriving -= 1
@@ -140,8 +164,7 @@ async def invocations_predict(plane: DataPlane, raw: bytes, content_type: bytes 
     batcher = plane.batcher
     batcher.arriving += 1
     try:
-        plane.check_ready()
-        rows, proba = invocations.parse(raw, content_type, plane.validator, plane.model.info)
+        rows, proba = await plane.parse(raw, _invocation_rows, plane, content_type)
     finally:
         batcher.arriving -= 1
     result = await plane.infer(rows, shadow)

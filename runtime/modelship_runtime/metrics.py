@@ -30,6 +30,7 @@ ABS_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 # |canary - stable| / max(|canary|, |stable|): between 0 (equal) and 2 (opposite signs).
 REL_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 MIRROR_OUTCOMES = ("sent", "dropped", "failed", "skipped")
+CLOSE_REASONS = ("header_too_large", "read_timeout", "evicted", "over_capacity")
 AGREEMENT_RESULTS = ("agree", "disagree")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -177,6 +178,17 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "modelship_connections_closed_total",
+            "Client connections the server closed to protect itself, by reason: "
+            "header_too_large (431), read_timeout (headers or body too slow), evicted (idle "
+            "when a new connection came at the connection cap), over_capacity (503 at the "
+            "cap with every connection busy).",
+            ["reason"],
+            registry=r,
+        )
+        self._closed = {reason: self.connections_closed.labels(reason)
+                        for reason in CLOSE_REASONS}
         self.api_keys = Gauge(
             "modelship_api_keys", "API keys in force (0 when API keys are off).", registry=r)
         self.api_key_reloads = Counter(
@@ -211,6 +223,10 @@ class Metrics:
                 child = self.predicted_class.labels(self.model, self.version, str(label))
                 self._class_children[label] = child
             child.inc(n)
+
+    def connection_closed(self, reason: str) -> None:
+        """Count a connection closed by the server's guard (:mod:`.guard`)."""
+        self._closed[reason].inc()
 
     def render(self) -> bytes:
         """The exposition text of every metric."""

@@ -234,8 +234,12 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
                          f"{v.n_features}")
     if n_rows == 0 or width == 0:
         raise BadRequest(f"inputs[0].shape {shape} is empty: send at least one row")
+    if width > v.max_columns:
+        raise BadRequest(f"inputs[0].shape {shape} has {width} features; the maximum is "
+                         f"{v.max_columns} (MODELSHIP_MAX_COLUMNS)")
     if n_rows > v.max_rows:
-        raise BadRequest(f"inputs[0] has {n_rows} rows; the maximum is {v.max_rows}")
+        raise BadRequest(f"inputs[0] has {n_rows} rows; the maximum is {v.max_rows} "
+                         "(MODELSHIP_MAX_ROWS)")
     try:
         rows = np.array(flat, dtype=np.float64).reshape(n_rows, width)
     except (OverflowError, ValueError) as exc:

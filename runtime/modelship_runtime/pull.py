@@ -1,14 +1,30 @@
-"""Pull one model version from an MLflow registry into a local directory.
+"""Pull one model from an MLflow tracking server into a local directory.
 
 This is the init container's job (``modelship-runtime pull``) and what ``serve
---model-uri`` does first. It uses mlflow-skinny's client, so registry credentials come
-from the variables MLflow reads (``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``,
-``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) and artifacts come through the tracking
-server's proxy or straight from the artifact store, as the registry is set up. An alias
-is resolved to a version first, and the directory keeps MLflow's layout plus
-``modelship.json`` (name, version, alias, source) so ``serve --model-dir`` can report the
-version without asking the registry. ``modelship.json`` is written last: its presence
-means the pull completed.
+--model-uri`` does first. It speaks MLflow's REST API itself (:mod:`.mlflow_rest`), so
+the runtime carries no mlflow package; credentials come from the variables MLflow reads
+(``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME``/
+``PASSWORD``) and artifacts through the tracking server's artifact proxy.
+
+The URIs served, and what each resolves through:
+
+* ``models:/NAME/VERSION``: that registered version (``model-versions/get``);
+* ``models:/NAME@ALIAS``: the version the alias points at now (``registered-models/alias``);
+* ``runs:/RUN_ID/PATH``: the run's artifacts under PATH, or (MLflow 3) the model the run
+  logged under the name PATH (``logged-models/search``);
+* ``models:/MODEL_ID`` (MLflow 3's ``models:/m-...``): that logged model.
+
+Refused at once (PullError ``usage``, exit 2), each with the reason: ``models:/NAME/latest``
+and stage names (``models:/NAME/Production``) — they pick a version at pull time from
+registry stages, deprecated since MLflow 2.9, so two pods started minutes apart could serve
+different versions; pin a version or follow an alias instead — and any URI that does not
+go through the tracking server (``file:``, ``s3:``, ``gs:``, ``http(s):`` ...).
+
+The directory keeps MLflow's layout plus ``modelship.json`` (name, version, alias, URI,
+source, run id) so ``serve --model-dir`` can report what it serves without asking the
+registry. ``modelship.json`` is written last: its presence means the pull completed. A
+``runs:/`` or logged model has no registry version: its version is the run id (or the
+model id), and its name the last part of its path (or the logged model's name).
 
 Transient failures (registry unreachable, 5xx) are retried with exponential backoff;
 a missing model or refused credentials fail at once, with a message saying which. The
@@ -17,9 +33,8 @@ out of the download or an MLmodel naming a path outside it fails the pull at onc
 (``untrusted``) and nothing is kept. Credentials in URIs never reach a message.
 
 The registry is always named: with neither ``MLFLOW_TRACKING_URI`` nor
-``MLFLOW_REGISTRY_URI`` set, MLflow would fall back to ``sqlite:///mlflow.db`` and create
-that database in the working directory (then report the model missing from it), so a
-pull without a registry is refused before MLflow is imported.
+``MLFLOW_REGISTRY_URI`` set, the pull is refused (MLflow's client would fall back to a
+``mlflow.db`` in the working directory and report the model missing from it).
 """
 
 from __future__ import annotations
@@ -33,25 +48,47 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, PullError, UntrustedArtifact
 from .redact import redact
 from .trust import inside
 
+if TYPE_CHECKING:
+    from .mlflow_rest import Client
+
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "modelship.json"
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
+_MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
+_STAGE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<stage>[^/@]+)/?$")
+_LOGGED = re.compile(r"^models:/(?P<id>m-[0-9a-f]{8,64})/?$")
+_RUNS = re.compile(r"^runs:/(?P<run_id>[\w-]+)/(?P<path>[^?#]*[^/?#])/?$")
+FORMS = ("models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or "
+         "models:/MODEL_ID (m-...)")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed ``models:/`` URI: a name and exactly one of version or alias."""
+    """A parsed model URI: a registered name with exactly one of version or alias, or a
+    run id with the artifact path in it, or a logged model's id."""
 
     name: str
     version: str | None = None
     alias: str | None = None
+    run_id: str | None = None
+    path: str | None = None
+    model_id: str | None = None
+
+    @property
+    def what(self) -> str:
+        """How messages name it."""
+        if self.run_id is not None:
+            return f"run {self.run_id} artifact path {self.path!r}"
+        if self.model_id is not None:
+            return f"logged model {self.model_id}"
+        return f"model {self.name!r} " + (
+            f"version {self.version}" if self.version else f"alias @{self.alias}")
 
 
 @dataclass(frozen=True)
@@ -67,12 +104,35 @@ class ModelMetadata:
 
 
 def parse_model_uri(uri: str) -> ModelRef:
-    """Parse ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
-    m = _URI.match(uri.strip())
-    if m is None:
-        raise PullError(f"model URI {uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS",
-                        kind="usage")
-    return ModelRef(m["name"], m["version"], m["alias"])
+    """Parse one of :data:`FORMS`; PullError (usage) saying why any other URI is not
+    served (see the module docstring)."""
+    text = uri.strip()
+    if m := _MODELS.match(text):
+        return ModelRef(m["name"], m["version"], m["alias"])
+    if m := _LOGGED.match(text):
+        return ModelRef(m["id"], model_id=m["id"])
+    if m := _RUNS.match(text):
+        parts = m["path"].split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise PullError(f"model URI {uri!r}: the artifact path must not hold empty, '.' "
+                            "or '..' parts", kind="usage")
+        return ModelRef(parts[-1], run_id=m["run_id"], path=m["path"])
+    if m := _STAGE.match(text):
+        stage = m["stage"]
+        kind = "'latest'" if stage.lower() == "latest" else f"the stage {stage!r}"
+        raise PullError(
+            f"model URI {uri!r} is not served: {kind} picks a version when the pod starts "
+            "(registry stages, deprecated since MLflow 2.9), so pods started apart could "
+            f"serve different versions; pin models:/{m['name']}/VERSION or follow an alias, "
+            f"models:/{m['name']}@ALIAS", kind="usage")
+    scheme = text.split(":", 1)[0].lower() if ":" in text else ""
+    if scheme == "file" or text.startswith("/"):
+        raise PullError(f"model URI {uri!r} is a local path: serve the directory with "
+                        "--model-dir (MODELSHIP_MODEL_DIR) instead", kind="usage")
+    if scheme not in ("", "models", "runs"):
+        raise PullError(f"model URI {uri!r} is not served: the runtime pulls through an "
+                        f"MLflow tracking server only, from {FORMS}", kind="usage")
+    raise PullError(f"model URI {uri!r} is not {FORMS}", kind="usage")
 
 
 def read_metadata(model_dir: Path) -> ModelMetadata | None:
@@ -115,35 +175,58 @@ def registry_from_env() -> Registry:
             "no registry to pull from: set MLFLOW_TRACKING_URI (e.g. "
             "MLFLOW_TRACKING_URI=http://mlflow:5000), or serve a pulled directory with "
             "--model-dir", kind="usage")
-    return Registry(tracking or registry, registry or tracking)
+    reg = Registry(tracking or registry, registry or tracking)
+    for variable, value in (("MLFLOW_TRACKING_URI", reg.tracking_uri),
+                            ("MLFLOW_REGISTRY_URI", reg.registry_uri)):
+        if not re.match(r"^https?://[^/?#]+", value, re.I):
+            raise PullError(
+                f"{variable}={value!r} is not an MLflow tracking server's URL: the runtime "
+                "talks to one over HTTP (e.g. http://mlflow:5000), not to databases or "
+                "files", kind="usage")
+    return reg
 
 
-def _classify(exc: Exception, what: str, where: str) -> PullError:
-    code = str(getattr(exc, "error_code", "") or "")
-    text = redact(str(exc))
-    where = redact(where)
-    if "outside the artifact directory" in text or (
-            code == "INVALID_PARAMETER_VALUE" and text.startswith("Invalid path")):
-        # MLflow refused a listing naming a path with '..', an absolute path or a link out
-        return PullError(f"untrusted: the registry at {where} lists a path outside the "
-                         f"download directory for {what}; nothing was kept", kind="untrusted")
-    missing_alias = code == "INVALID_PARAMETER_VALUE" and "not found" in text.lower()
-    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
-        return PullError(f"not found: {what} does not exist in the registry at {where}",
-                         kind="not_found")
-    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b40[13]\b", text):
-        return PullError(
-            f"auth: the registry at {where} refused the credentials for {what} "
-            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)", kind="auth"
-        )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return PullError(
-        f"unreachable: could not fetch {what} from {where}: {first_line[:300]}",
-        kind="unreachable",
-    )
+def _resolve(ref: ModelRef, client: Client) -> tuple[str, ModelMetadata]:
+    """(artifact location, metadata) of ``ref``, asking the registry and tracking server."""
+    what = ref.what
+    if ref.run_id is not None and ref.path is not None:
+        info = client.run_info(ref.run_id, f"run {ref.run_id}")
+        run_id = str(info.get("run_id") or info.get("run_uuid") or ref.run_id)
+        location = f"{str(info.get('artifact_uri', '')).rstrip('/')}/{ref.path}"
+        name = ref.name
+        if not client.has_artifacts(location, what):
+            # MLflow 3 keeps a logged model apart from its run's artifacts; runs:/ID/NAME
+            # names the model the run logged as NAME (and runs:/ID/NAME/SUB a folder in it)
+            first, _, rest = ref.path.partition("/")
+            model = next(client.logged_models_of_run(
+                str(info.get("experiment_id", "")), run_id, first, what), None)
+            if model is None:
+                raise PullError(f"not found: {what} does not exist on the tracking server "
+                                f"at {client.tracking_uri}", kind="not_found")
+            location = str(model.get("artifact_uri", "")).rstrip("/")
+            location = f"{location}/{rest}" if rest else location
+            name = str(model.get("name") or first) if not rest else ref.name
+        return location, ModelMetadata(name=name, version=run_id, source=location,
+                                       run_id=run_id)
+    if ref.model_id is not None:
+        info = client.logged_model(ref.model_id, what)
+        return str(info.get("artifact_uri", "")), ModelMetadata(
+            name=str(info.get("name") or ref.model_id), version=ref.model_id,
+            source=f"models:/{ref.model_id}",
+            run_id=str(info.get("source_run_id") or "") or None)
+    if ref.alias is not None:
+        mv = client.model_version_by_alias(ref.name, ref.alias, what)
+    else:
+        mv = client.model_version(ref.name, str(ref.version), what)
+    version = str(mv.get("version", ref.version))
+    location = client.model_version_download_uri(
+        ref.name, version, f"artifacts of model {ref.name!r} version {version}")
+    return location, ModelMetadata(name=ref.name, version=version, alias=ref.alias,
+                                   source=str(mv.get("source") or "") or None,
+                                   run_id=str(mv.get("run_id") or "") or None)
 
 
-def _check_download(local: Path, tmp: Path, name: str, version: str) -> None:
+def _check_download(local: Path, tmp: Path, what: str) -> None:
     """Refuse a download that left its directory, holds a symlink out of it or whose
     MLmodel names a path outside it (a hostile registry); PullError (untrusted)."""
     from .sklearn import check_model_dir
@@ -153,40 +236,24 @@ def _check_download(local: Path, tmp: Path, name: str, version: str) -> None:
             raise UntrustedArtifact(f"the download landed in {local}, outside {tmp}")
         check_model_dir(local)
     except UntrustedArtifact as exc:
-        raise PullError(f"untrusted: model {name!r} version {version}: {exc.message}; "
-                        "nothing was kept", kind="untrusted") from None
+        raise PullError(f"untrusted: {what}: {exc.message}; nothing was kept",
+                        kind="untrusted") from None
 
 
 def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetadata:
-    from mlflow.artifacts import download_artifacts
-    from mlflow.tracking import MlflowClient
+    from .mlflow_rest import Client  # urllib, ssl, http.client: not at serve time
 
-    client = MlflowClient(tracking_uri=reg.tracking_uri, registry_uri=reg.registry_uri)
-    where = reg.registry_uri
-    what = f"model {ref.name!r} " + (
-        f"version {ref.version}" if ref.version else f"alias @{ref.alias}"
-    )
-    try:
-        if ref.alias is not None:
-            mv = client.get_model_version_by_alias(ref.name, ref.alias)
-        else:
-            mv = client.get_model_version(ref.name, str(ref.version))
-    except Exception as exc:
-        raise _classify(exc, what, where) from exc
-    version = str(mv.version)
+    client = Client(reg.tracking_uri, reg.registry_uri)
+    location, meta = _resolve(ref, client)
+    meta = ModelMetadata(**{**asdict(meta), "uri": uri,  # no credentials in the source
+                            "source": redact(meta.source) if meta.source else None})
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest))
     try:
-        try:
-            local = Path(download_artifacts(
-                artifact_uri=f"models:/{ref.name}/{version}", dst_path=str(tmp),
-                tracking_uri=reg.tracking_uri, registry_uri=reg.registry_uri))
-        except Exception as exc:
-            raise _classify(exc, f"artifacts of model {ref.name!r} version {version}",
-                            where) from exc
-        _check_download(local, tmp, ref.name, version)
+        client.download(location, tmp, f"the artifacts of {ref.what}")
+        _check_download(tmp, tmp, ref.what)
         (dest / METADATA_FILE).unlink(missing_ok=True)
-        for entry in local.iterdir():
+        for entry in tmp.iterdir():
             target = dest / entry.name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -195,14 +262,6 @@ def _pull_once(ref: ModelRef, uri: str, dest: Path, reg: Registry) -> ModelMetad
             shutil.move(str(entry), str(target))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    meta = ModelMetadata(
-        name=ref.name,
-        version=version,
-        alias=ref.alias,
-        uri=uri,
-        source=redact(str(getattr(mv, "source", "") or "")) or None,  # no credentials
-        run_id=str(getattr(mv, "run_id", "") or "") or None,
-    )
     (dest / METADATA_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return meta
 
@@ -211,10 +270,6 @@ def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.
     """Pull ``uri`` into ``dest``, retrying transient failures; raises PullError."""
     ref = parse_model_uri(uri)
     reg = registry_from_env()
-    # Our loop does the retrying, with a clear message per attempt; MLflow's own retries
-    # (7 by default, with long backoff) would hide an unreachable registry for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     delay = backoff_seconds
     for attempt in range(1, attempts + 1):
         try:
@@ -233,7 +288,7 @@ def pull(uri: str, dest: Path, *, attempts: int = 5, backoff_seconds: float = 1.
         logger.info(
             "model pulled",
             extra={"model": meta.name, "version": meta.version, "alias": meta.alias,
-                   "dest": str(dest)},
+                   "run_id": meta.run_id, "uri": uri, "dest": str(dest)},
         )
         return meta
     # not reached: the loop returns or raises

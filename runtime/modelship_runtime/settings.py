@@ -2,9 +2,9 @@
 
 Everything a pod can be told comes through environment variables with the prefix
 ``MODELSHIP_`` (pydantic-settings), so the operator configures a pod with plain ``env``
-entries and Secrets. Registry credentials are *not* here: the MLflow client reads
+entries and Secrets. Registry credentials are *not* here: the pull reads
 ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` and
-``MLFLOW_TRACKING_PASSWORD`` itself, exactly as it does everywhere else. The Redis URL is
+``MLFLOW_TRACKING_PASSWORD`` as MLflow's client does everywhere else. The Redis URL is
 read from ``MODELSHIP_REDIS_URL`` or, as a Secret usually names it, plain ``REDIS_URL``.
 
 The ``shadow_*`` settings are set by the operator during a rollout's shadow phase, on the
@@ -30,7 +30,8 @@ class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore")
 
     model_uri: str | None = None
-    """`models:/NAME/VERSION` or `models:/NAME@ALIAS`; pulled at start when no model_dir."""
+    """`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH` or
+    `models:/MODEL_ID`; pulled at start when no model_dir."""
 
     model_dir: Path | None = None
     """A directory written by `modelship-runtime pull` (or any MLflow sklearn model
@@ -65,11 +66,47 @@ class RuntimeSettings(BaseSettings):
     ``mypkg.features.Clipper,xgboost.sklearn.XGBClassifier``). Only this runtime's
     settings grant trust: the ``skops_trusted_types`` an MLmodel lists are ignored."""
 
-    max_batch_size: int = Field(default=1000, ge=1)
-    """Largest number of rows one request may carry; more is a 400."""
+    max_rows: int = Field(default=1000, ge=1, validation_alias=AliasChoices(
+        "MODELSHIP_MAX_ROWS", "MODELSHIP_MAX_BATCH_SIZE", "max_rows", "max_batch_size"))
+    """Largest number of rows one request may carry; more is a 400. Also read from the
+    older name ``MODELSHIP_MAX_BATCH_SIZE``."""
+
+    max_columns: int = Field(default=10_000, ge=1)
+    """Largest number of values in one row; more is a 400 (a model of known width
+    refuses any other width anyway)."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    """Largest request body in bytes; more is a 413."""
+    """Largest request body in bytes; more is a 413 (from Content-Length before the body
+    is read, or while a chunked body streams in)."""
+
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request line and headers in bytes; more is a 431 and the connection is
+    closed."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """A connection must send a request's headers within this many seconds of opening (or
+    of the request's first byte), then its body within as many more; otherwise it is
+    closed. Ends slowloris clients and connections that never send anything."""
+
+    keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
+    """Close a kept-alive connection idle this long between two requests. Longer than
+    the 60 s ingress-nginx keeps idle upstream connections, so the proxy closes first and
+    never sends on a connection the runtime is closing."""
+
+    max_concurrency: int = Field(default=64, ge=1)
+    """Most requests in flight at once; more are answered 503 with ``Retry-After: 1``
+    (health, readiness and /metrics are always answered). Memory in flight is bounded by
+    this times ``max_body_bytes``."""
+
+    max_connections: int = Field(default=1024, ge=8)
+    """Most open client connections (lowered at start to 128 under the open-file limit,
+    which is raised to its hard limit). Past it, a new connection closes the connection
+    idle the longest; when none is idle it is answered 503 and closed."""
+
+    @property
+    def max_batch_size(self) -> int:
+        """The older name of ``max_rows``."""
+        return self.max_rows
 
     microbatch: bool = True
     """Predict concurrent requests together in one estimator call. While one predict call

@@ -1,7 +1,7 @@
 """scikit-learn models as MLflow writes them, or as plain joblib files, without MLflow.
 
-The runtime image carries mlflow-skinny for pulling, but loading must not need MLflow at
-all (it is slow to import and the sklearn flavour lives in full MLflow), so this module
+The runtime image carries no MLflow package (the pull speaks MLflow's REST API), and
+loading must not need MLflow at all (it is slow to import), so this module
 reads the ``MLmodel`` file itself: the sklearn flavour names the serialized file
 (``pickled_model``) and its ``serialization_format``. The artifact is untrusted input
 (:mod:`modelship_runtime.trust`): every file is opened only after its path resolves inside
@@ -218,9 +218,10 @@ def _sha256(f: BinaryIO) -> str:
 
 
 def _load_skops(name: str, f: BinaryIO, trusted_types: Sequence[str]) -> Any:
-    import skops.io
+    from .skops_import import import_skops_io
 
-    needed = skops.io.get_untrusted_types(file=f)  # reads the zip's schema only
+    skops_io = import_skops_io()
+    needed = skops_io.get_untrusted_types(file=f)  # reads the zip's schema only
     f.seek(0)
     trusted, refused = split_types(needed, trusted_types)
     if refused:
@@ -228,7 +229,7 @@ def _load_skops(name: str, f: BinaryIO, trusted_types: Sequence[str]) -> Any:
             f"{name} needs types this runtime does not trust: {', '.join(refused)}; add "
             "them to MODELSHIP_TRUSTED_TYPES to trust them (the MLmodel's "
             "skops_trusted_types are not used)")
-    return skops.io.load(f, trusted=trusted)
+    return skops_io.load(f, trusted=trusted)
 
 
 def _allow_nan(estimator: Any) -> bool:

@@ -5,6 +5,8 @@ table of windows and verdicts."""
 from __future__ import annotations
 
 import math
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -20,6 +22,7 @@ from modelship_operator.rollout.gates import (
     quantile_from_buckets,
 )
 from modelship_operator.rollout.providers import increase, scrape
+from prometheus_client.parser import text_string_to_metric_families
 from runtime_proc import (
     RUNTIME,
     Runtime,
@@ -124,6 +127,36 @@ def test_parse_metrics_counts_5xx_as_errors(runtimes: dict[str, Runtime]) -> Non
     assert f"error rate {record['errorRate']:.4f} ({expected_failures}/{len(rows) + 6}" in (
         verdict.message
     )
+
+
+def test_parse_metrics_counts_a_client_that_left_neither_as_request_nor_error(
+        runtimes: dict[str, Runtime]) -> None:
+    """A client that disconnects before its answer is status 499 on the runtime: out of
+    the error rate's numerator and out of its denominator."""
+    runtime = runtimes["good"]
+    host, port = address(runtime).rsplit(":", 1)
+    before = parse_metrics(runtime.metrics())
+    text_before = runtime.metrics()
+    name = httpx.get(f"{runtime.url}/readyz", timeout=10).json()["model"]
+    for path in ("/predict", f"/v1/models/{name}:predict", f"/v2/models/{name}/infer") * 2:
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+                      .encode())
+    with httpx.Client(base_url=runtime.url, timeout=10) as client:
+        assert client.post("/predict", json={"features": iris_rows()[0]}).status_code == 200
+
+    def left(text: str) -> float:
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "http_requests_total" and s.labels["status"] == "499")
+
+    deadline = time.monotonic() + 10
+    while left(text := runtime.metrics()) - left(text_before) < 6:
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    delta = parse_metrics(text) - before
+    assert left(text) - left(text_before) == 6  # the runtime did count them, as 499
+    assert delta.requests == 1
+    assert delta.errors == 0
 
 
 def test_snapshot_delta_survives_a_pod_restart() -> None:

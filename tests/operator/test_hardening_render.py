@@ -211,6 +211,9 @@ def test_every_emptydir_has_a_size_limit(runtime: dict[str, Any], setting: str,
     ("http://mlflow.team-b.svc", ["*.team-a.svc"], False),
     ("http://mlflow.mlflow:5000", ["*.team-a.svc"], False),  # a list replaces the default
     ("http://anything.example", ["*"], True),
+    (" http://mlflow.mlflow:5000", [], False),  # parsers strip what the check must see
+    ("http://mlflow.mlflow:5000\n", [], False),
+    ("ht\ttp://mlflow.mlflow:5000", [], False),
 ])
 def test_tracking_host_allowlist(uri: str, allowed: list[str], ok: bool) -> None:
     settings = SETTINGS.model_copy(update={"allowed_tracking_hosts": allowed})
@@ -218,6 +221,18 @@ def test_tracking_host_allowlist(uri: str, allowed: list[str], ok: bool) -> None
     assert (problem is None) == ok, problem
     if not ok:
         assert problem is not None and problem.startswith("spec.model.registry.trackingUri")
+
+
+@pytest.mark.parametrize("uri", [
+    " http://ml:s3cret-pw@mlflow.mlflow:5000", "\thttp://ml:s3cret-pw@mlflow.mlflow:5000",
+    "ht\ttp://ml:s3cret-pw@mlflow.mlflow:5000", "http://mlflow.mlflow:5000/\x01",
+])
+def test_tracking_uris_with_spaces_or_control_characters_are_refused(uri: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make(model={"name": "m", "version": "1", "registry": {"trackingUri": uri}})
+    errors = caught.value.errors(include_input=False)
+    assert "printable ASCII only" in errors[0]["msg"]
+    assert "s3cret" not in str(errors)
 
 
 def test_without_a_default_or_a_list_no_host_is_trusted() -> None:
@@ -368,3 +383,26 @@ def test_deployment_module_lists_every_limit_variable() -> None:
         "MODELSHIP_MAX_CONCURRENCY", "MODELSHIP_MAX_CONNECTIONS", "MODELSHIP_MAX_BODY_BYTES",
         "MODELSHIP_MAX_ROWS", "MODELSHIP_MAX_COLUMNS", "MODELSHIP_MAX_HEADER_BYTES",
         "MODELSHIP_HEADER_TIMEOUT_SECONDS", "MODELSHIP_KEEPALIVE_TIMEOUT_SECONDS"}
+
+
+# --- the kubelet's $(NAME) expansion ------------------------------------------------------
+
+
+def test_author_text_reaches_the_pod_literally_not_expanded_by_the_kubelet() -> None:
+    """The kubelet expands ``$(NAME)`` in command, args and env values; a model name of
+    ``$(MLFLOW_TRACKING_TOKEN)`` would otherwise put the registry token in the pull's
+    "not found" message. ``$$`` is the kubelet's escape for ``$``."""
+    md = make(model={"name": "$(MLFLOW_TRACKING_TOKEN)", "version": "3",
+                     "registry": {"trackingUri": "http://mlflow.mlflow:5000/$(HOME)",
+                                  "credentialsSecret": "mlflow-creds"}})
+    pod = kind(children(md), "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (main,) = pod["containers"]
+    assert "models:/$$(MLFLOW_TRACKING_TOKEN)/3" in init["command"]
+    for container in (init, main):
+        values = [e["value"] for e in container["env"] if "value" in e]
+        texts = values + container["command"]
+        for text in texts:
+            unescaped = text.replace("$$", "")
+            assert "$(" not in unescaped, (container["name"], text)
+    assert runtime_env(md)["MODELSHIP_MODEL_NAME"] == "$$(MLFLOW_TRACKING_TOKEN)"

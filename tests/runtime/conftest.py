@@ -82,6 +82,8 @@ class Registry:
     lr_v1: Any  # LogisticRegression, skops, alias "champion"
     lr_v2: Any  # LogisticRegression(C=0.01), cloudpickle
     rf_v1: Any  # RandomForestClassifier, skops with trusted Tree
+    run_id: str = ""  # the run that logged all three
+    lr_v1_model_id: str = ""  # MLflow 3's logged model of lr_v1 (models:/m-...)
 
 
 _MLFLOW: dict[str, Any] = {}
@@ -152,9 +154,9 @@ def registry(mlflow_server: str) -> Iterator[Registry]:
         lr1 = LogisticRegression(max_iter=1000).fit(X, y)
         lr2 = LogisticRegression(C=0.01, max_iter=1000).fit(X, y)
         rf1 = RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0).fit(X, y)
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(lr1, name="lr1", registered_model_name="ms-lr",
-                                     pip_requirements=[], await_registration_for=0)
+        with mlflow.start_run() as run:
+            info = mlflow.sklearn.log_model(lr1, name="lr1", registered_model_name="ms-lr",
+                                            pip_requirements=[], await_registration_for=0)
             mlflow.sklearn.log_model(lr2, name="lr2", registered_model_name="ms-lr",
                                      serialization_format="cloudpickle",
                                      pip_requirements=[], await_registration_for=0)
@@ -163,7 +165,7 @@ def registry(mlflow_server: str) -> Iterator[Registry]:
                                      pip_requirements=[], await_registration_for=0)
         MlflowClient().set_registered_model_alias("ms-lr", "champion", "1")
     try:
-        yield Registry(mlflow_server, X, y, lr1, lr2, rf1)
+        yield Registry(mlflow_server, X, y, lr1, lr2, rf1, run.info.run_id, info.model_id)
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -237,7 +237,7 @@ def test_version_without_distribution_metadata_falls_back_to_the_package(
     (["serve", "--model-dir", "m"], {"MODELSHIP_PORT": "http"},
      "invalid setting MODELSHIP_PORT='http'"),
     (["serve", "--model-uri", "models:/iris"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
-     "is not models:/NAME/VERSION or models:/NAME@ALIAS"),
+     "is not models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH"),
     (["serve", "--model-uri", "models:/iris/3"], {}, "no registry to pull from: set "
      "MLFLOW_TRACKING_URI"),
     (["pull", "--model-uri", "models:/iris/3", "--dest", "d"], {}, "set MLFLOW_TRACKING_URI"),

@@ -11,9 +11,8 @@ it runs from a virtualenv of its own, built once and kept under the user's cache
 directory.
 
 SIGTERM drains gRPC as it drains HTTP: under steady ModelInfer traffic ServerReady turns
-false at once while calls keep being answered through the drain period; then the server
-stops accepting, the calls in flight finish, and the process exits 0. No call ends in
-anything but OK, or UNAVAILABLE once the listener is gone (a call that never started).
+false at once while every call is still answered through the drain period; then the
+server stops, exits 0, and a new call finds it gone (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -589,6 +588,17 @@ class Load:
         return sum(1 for p, o in self.outcomes if p == phase and o == outcome)
 
 
+def runs(outcomes: list[tuple[str, str]]) -> str:
+    """``phase outcome x count`` for each run of equal outcomes, in order."""
+    out: list[list[Any]] = []
+    for item in outcomes:
+        if out and out[-1][0] == item:
+            out[-1][1] += 1
+        else:
+            out.append([item, 1])
+    return ", ".join(f"{p} {o} x{n}" for (p, o), n in out)
+
+
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -599,7 +609,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 def test_sigterm_drains_grpc_then_exits_0(local_models: Any, tmp_path: Path) -> None:
-    runtime = start_runtime(local_models.lr_dir, tmp_path, MODELSHIP_DRAIN_SECONDS="3")
+    runtime = start_runtime(local_models.lr_dir, tmp_path, MODELSHIP_DRAIN_SECONDS="600")
     load = Load(runtime.grpc)
     thread = threading.Thread(target=load.run, daemon=True)
     try:
@@ -611,14 +621,20 @@ def test_sigterm_drains_grpc_then_exits_0(local_models: Any, tmp_path: Path) -> 
         runtime.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: not probe.is_server_ready(), 30, "ServerReady to turn false")
         assert probe.is_server_live()
-        probe.close()
-        wait_for(lambda: load.count("drain") >= 5, 60, "calls answered during the drain")
+        wait_for(lambda: load.count("drain") >= 20, 60, "calls answered during the drain")
+        load.stop.set()
+        thread.join(60)
+        still_draining = runtime.proc.poll() is None
+        runtime.proc.send_signal(signal.SIGTERM)  # a second signal ends the 600 s drain
         runtime.proc.wait(120)
+        with pytest.raises(InferenceServerException) as gone:
+            probe.is_server_live()
+        probe.close()
     finally:
         load.stop.set()
         thread.join(60)
         stop(runtime.proc)
+    assert still_draining, "the process exited before the drain was over"
     assert runtime.proc.returncode == 0, runtime.log.read_text()
-    outcomes = {o for _, o in load.outcomes}
-    assert outcomes <= {"OK", "StatusCode.UNAVAILABLE"}, load.outcomes
-    assert load.count("before", "StatusCode.UNAVAILABLE") == 0
+    assert {o for _, o in load.outcomes} == {"OK"}, runs(load.outcomes)
+    assert gone.value.status() == "StatusCode.UNAVAILABLE"

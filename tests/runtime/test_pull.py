@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,10 +37,39 @@ def test_parse_model_uri(uri: str, name: str, version: str | None, alias: str | 
     assert (ref.name, ref.version, ref.alias) == (name, version, alias)
 
 
-@pytest.mark.parametrize("uri", ["models:/iris", "runs:/abc/model", "models:/iris/latest",
-                                 "models:/a/1/extra", ""])
-def test_bad_model_uri(uri: str) -> None:
-    with pytest.raises(PullError, match="is not models:/NAME/VERSION") as exc:
+@pytest.mark.parametrize(("uri", "run_id", "path", "name"), [
+    ("runs:/0123abcd/model", "0123abcd", "model", "model"),
+    ("runs:/0123abcd/models/iris/", "0123abcd", "models/iris", "iris"),
+])
+def test_parse_runs_uri(uri: str, run_id: str, path: str, name: str) -> None:
+    ref = parse_model_uri(uri)
+    assert (ref.run_id, ref.path, ref.name, ref.version, ref.alias) == (run_id, path, name,
+                                                                       None, None)
+
+
+def test_parse_logged_model_uri() -> None:
+    ref = parse_model_uri("models:/m-f3c82dc5d8b34ea6ab6e6f84d64b0504")
+    assert ref.model_id == "m-f3c82dc5d8b34ea6ab6e6f84d64b0504" and ref.version is None
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("models:/iris", "is not models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH"),
+    ("models:/a/1/extra", "is not models:/NAME/VERSION"),
+    ("", "is not models:/NAME/VERSION"),
+    ("runs:/abc", "is not models:/NAME/VERSION"),
+    ("runs:/abc/../etc", "must not hold empty, '.' or '..' parts"),
+    ("runs:/abc/a//b", "must not hold empty, '.' or '..' parts"),
+    ("models:/iris/latest", "'latest' picks a version when the pod starts"),
+    ("models:/iris/Latest", "'latest' picks a version when the pod starts"),
+    ("models:/iris/Production", "the stage 'Production' picks a version"),
+    ("file:///models/iris", "is a local path: serve the directory with --model-dir"),
+    ("/models/iris", "is a local path"),
+    ("s3://bucket/iris", "pulls through an MLflow tracking server only"),
+    ("https://mlflow.example.com/models/iris", "pulls through an MLflow tracking server"),
+    ("gs://bucket/iris", "pulls through an MLflow tracking server only"),
+])
+def test_bad_model_uri(uri: str, message: str) -> None:
+    with pytest.raises(PullError, match=re.escape(message)) as exc:
         parse_model_uri(uri)
     assert exc.value.kind == "usage"
 

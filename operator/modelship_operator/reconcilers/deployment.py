@@ -117,6 +117,17 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def literal(text: str) -> str:
+    """``text`` as the kubelet must pass it on: it expands ``$(NAME)`` in a container's
+    command, args and env values to other variables of the container (a Secret's among
+    them), and ``$$`` is its escape for one ``$``."""
+    return text.replace("$", "$$")
+
+
+def _literal_env(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**e, "value": literal(e["value"])} if "value" in e else e for e in entries]
+
+
 def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours, then the user's. The API refuses a user entry naming a variable the operator
     owns (:func:`modelship_operator.api.operator_env_problem`); should one get here all
@@ -124,7 +135,7 @@ def _merge_env(ours: list[dict[str, Any]], users: list[dict[str, Any]]) -> list[
 
     Server-side apply treats ``env`` as a map keyed by name, so a name may occur once.
     """
-    merged: dict[str, dict[str, Any]] = {e["name"]: e for e in ours}
+    merged: dict[str, dict[str, Any]] = {e["name"]: e for e in _literal_env(ours)}
     for entry in users:
         merged.setdefault(entry["name"], entry)
     return list(merged.values())
@@ -310,7 +321,7 @@ def render(
         "image": image,
         **pull_policy,
         "command": [
-            RUNTIME_COMMAND, "pull", "--model-uri", model_uri(model.name, version),
+            RUNTIME_COMMAND, "pull", "--model-uri", literal(model_uri(model.name, version)),
             "--dest", MODEL_DIR,
         ],
         "env": _merge_env(common_env + registry_env, user_env),

@@ -43,6 +43,10 @@ PREDICTIONS_BY_CLASS = "model_predicted_class_total"
 SHADOW_AGREEMENT = "model_shadow_agreement_total"
 SHADOW_ABS_DIFF = "model_shadow_abs_diff"
 SHADOW_UNCOMPARED = "model_shadow_uncompared_total"
+CLIENT_CLOSED = "499"
+"""The runtime's status for a request whose client went away before the answer (nginx's
+convention): neither a success nor an error, so counted in neither the error rate's
+numerator nor its denominator (Flagger counts non-5xx as success; a disconnect is not)."""
 PREDICT_PATHS = ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
                  "/v2/models/{name}/versions/{version}/infer")
 
@@ -140,8 +144,10 @@ def parse_metrics(text: str) -> Snapshot:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == REQUESTS and _is_prediction_route(labels):
-                snap.requests += sample.value
                 status = str(labels.get("status") or labels.get("code") or "")
+                if status == CLIENT_CLOSED:
+                    continue
+                snap.requests += sample.value
                 if status.startswith("5"):
                     snap.errors += sample.value
             elif sample.name == f"{DURATION}_bucket" and _is_prediction_route(labels):

@@ -122,11 +122,12 @@ class PodsProvider:
 
 # A pod of Deployment D is named D-<pod-template-hash>-<suffix>; neither part holds a
 # "-", so this matches D's pods only, never those of a Deployment "D-x" of another
-# ModelDeployment.
+# ModelDeployment. Requests whose client left (status 499) are neither successes nor
+# errors: out of the request count as out of the errors.
 DEFAULT_QUERIES = {
     "requests": (
         'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
-        'route=~"' + PREDICT_ROUTES + '"}[$window]))'
+        'route=~"' + PREDICT_ROUTES + '",status!="499"}[$window]))'
     ),
     "errors": (
         'sum(increase(http_requests_total{namespace="$namespace",pod=~"$deployment-[a-z0-9]+-[a-z0-9]+",'
