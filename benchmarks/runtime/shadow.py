@@ -116,7 +116,8 @@ def start(name: str, model_dir: Path, workdir: Path, body: bytes, cpu: str,
     port = free_port()
     environ = base_env()
     environ["PYTHONPATH"] = str(REPO / "runtime")  # this work tree's runtime
-    environ.update({"MODELSHIP_MODEL_NAME": "bench", **env})
+    # No gRPC listener (its default port would clash between the four servers).
+    environ.update({"MODELSHIP_MODEL_NAME": "bench", "MODELSHIP_GRPC_PORT": "0", **env})
     server = Server(name, [str(RUNTIME), "serve", "--model-dir", str(model_dir),
                            "--host", "127.0.0.1", "--port", str(port)],
                     environ, workdir / f"{name}.log", cpu=cpu)

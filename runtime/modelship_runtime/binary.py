@@ -9,7 +9,8 @@ binary when the request's ``parameters.binary_data_output`` is true, or per outp
 ``outputs[i].parameters.binary_data``; the answer is then ``application/octet-stream``:
 a JSON header (``binary_data_size`` on each binary output) of the length that the
 ``Inference-Header-Content-Length`` response header gives, then the bytes. This is what
-tritonclient.http sends and expects at its defaults.
+tritonclient.http sends and expects at its defaults; the serving middleware answers it
+on its fast path (:mod:`.fastpath`), as it answers JSON.
 
 Raw tensors are little-endian and row-major with no padding (the specification's layout;
 ``BYTES`` elements are each a 4-byte little-endian length and the bytes). Every byte

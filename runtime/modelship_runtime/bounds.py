@@ -44,13 +44,16 @@ tensor object, ``shape``, ``outputs``, ``parameters``...)."""
 
 def precheck(raw: bytes, max_rows: int, max_columns: int) -> None:
     """Refuse, without parsing it, a body holding more rows or values than allowed."""
+    size = len(raw)
+    allowed = max_rows * max_columns + max_rows + 4 * ENVELOPE
+    if size <= max_rows + ENVELOPE and size < allowed:
+        return  # too short to hold too many of either: a usual request is not counted
     containers = raw.count(b"[") + raw.count(b"{")
     if containers > max_rows + ENVELOPE:
         raise BadRequest(
             f"the body holds {containers} JSON arrays and objects; a request carries at "
             f"most {max_rows} rows (MODELSHIP_MAX_ROWS) of one array each")
     separators = raw.count(b",")
-    allowed = max_rows * max_columns + max_rows + 4 * ENVELOPE
     if separators >= allowed:
         raise BadRequest(
             f"the body holds more than {allowed} values; a request carries at most "

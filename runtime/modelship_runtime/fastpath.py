@@ -9,8 +9,8 @@ in :mod:`modelship_runtime.endpoints` call the same functions (and document the 
 OpenAPI), so both paths answer alike.
 
 A V2 request with an ``Inference-Header-Content-Length`` header (the binary tensor
-extension) is not matched here: it goes to the FastAPI route, whose binary branch sits
-before the JSON parse.
+extension, tritonclient.http's default) is answered here too, by
+:func:`modelship_runtime.binary.v2_infer`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import binary, invocations, protocols
 from .dataplane import DataPlane, ShadowContext, loads
 from .errors import ModelNotFound, ModelshipError
 
-SEED, V1, V2, INVOCATIONS = "seed", "v1", "v2", "invocations"
+SEED, V1, V2, V2_BINARY, INVOCATIONS = "seed", "v1", "v2", "v2-binary", "invocations"
 BINARY_HEADER = b"inference-header-content-length"
 
 
@@ -67,7 +67,7 @@ def match(path: str, headers: list[tuple[bytes, bytes]]) -> Match | None:
             return None
         for k, _ in headers:
             if k == BINARY_HEADER:
-                return None
+                return Match(V2_BINARY, found.path, found.name, found.version)
         return found
     if path == "/invocations":
         return _INVOCATIONS
@@ -182,6 +182,10 @@ async def answer(plane: DataPlane, m: Match, raw: bytes, t0: float,
         return await v1_predict(plane, raw, m.name, shadow)
     if m.kind == V2:
         return await v2_infer(plane, raw, m.name, m.version, shadow)
+    if m.kind == V2_BINARY:
+        check_name(plane, m.name, m.version)
+        header = next(v for k, v in headers if k == BINARY_HEADER)
+        return await binary.v2_infer(plane, raw, header.decode("latin-1"), shadow)
     content_type = None
     for k, v in headers:
         if k == b"content-type":

@@ -293,7 +293,7 @@ def test_a_burst_is_pipelined_and_every_request_compared(
                                               model_version="2")))
     stable = serve(create_app(RuntimeSettings(
         model_dir=local_models.lr_dir, model_name="pl", model_version="1", shadow_url=canary,
-        shadow_concurrency=1, shadow_queue=1000)))
+        shadow_concurrency=1, shadow_queue=1000, max_concurrency=256)))  # 200 at once
     X = local_models.X
 
     async def burst() -> list[int]:
