@@ -27,7 +27,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class RuntimeSettings(BaseSettings):
     """Settings of one runtime process (one model, one pod)."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="ignore",
+                                      populate_by_name=True)
 
     model_uri: str | None = None
     """`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH` or
@@ -67,7 +68,7 @@ class RuntimeSettings(BaseSettings):
     settings grant trust: the ``skops_trusted_types`` an MLmodel lists are ignored."""
 
     max_rows: int = Field(default=1000, ge=1, validation_alias=AliasChoices(
-        "MODELSHIP_MAX_ROWS", "MODELSHIP_MAX_BATCH_SIZE", "max_rows", "max_batch_size"))
+        "MODELSHIP_MAX_ROWS", "MODELSHIP_MAX_BATCH_SIZE"))
     """Largest number of rows one request may carry; more is a 400. Also read from the
     older name ``MODELSHIP_MAX_BATCH_SIZE``."""
 

@@ -330,5 +330,5 @@ def strict_url(local_models: LocalModels, serve: Callable[..., str]) -> str:
     from modelship_runtime import RuntimeSettings, create_app
 
     settings = RuntimeSettings(model_dir=local_models.lr_dir, model_name="strict",
-                               model_version="7", max_batch_size=10, max_body_bytes=4096)
+                               model_version="7", max_rows=10, max_body_bytes=4096)
     return serve(create_app(settings))

@@ -143,6 +143,23 @@ def test_serve_by_alias_reports_the_resolved_version(registry: Any, start_server
     assert loaded and loaded[0]["version"] == "1" and loaded[0]["model"] == "ms-lr"
 
 
+def wait_until_read(port: int, count: int, timeout: float = 60.0) -> None:
+    """Wait until ``count`` connections to ``port`` on loopback are established and the
+    server has read everything sent on them (the kernel's receive queue is empty)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, _, state, queues = line.split()[1:5]
+            if int(local.split(":")[1], 16) == port and state == "01":  # ESTABLISHED
+                seen += int(queues.split(":")[1], 16) == 0
+        if seen >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{seen} of {count} requests read by the server in {timeout} s")
+
+
 def test_sigterm_finishes_in_flight_requests(tmp_path: Path, start_server: Any) -> None:
     import joblib
 
@@ -172,7 +189,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path, start_server: Any) 
     threads = [threading.Thread(target=call) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # all four are read; they predict one after another (0.4 s each)
+    # They predict one after another (0.4 s each): SIGTERM once the server has read all four.
+    wait_until_read(int(url.rsplit(":", 1)[1]), 4)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     for t in threads:
