@@ -130,18 +130,26 @@ def named_rows(records: list[Any], info: ModelInfo, where: str) -> list[list[Any
     return out
 
 
+def _some(names: list[str], limit: int = 10) -> str:
+    """At most ``limit`` names, and how many more: an error message stays small whatever
+    a request sends."""
+    shown = ", ".join(repr(n[:64]) for n in names[:limit])
+    return f"[{shown}]" + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def unknown_or_missing(given: list[str], columns: list[str], where: str) -> BadRequest:
     """The 400 for feature names that are not exactly the model's inputs."""
-    unknown = [k for k in given if k not in set(columns)]
-    missing = [c for c in columns if c not in set(given)]
+    known, sent = set(columns), set(given)
+    unknown = [k for k in given if k not in known]
+    missing = [c for c in columns if c not in sent]
     parts = []
     if unknown:
-        parts.append(f"unknown feature names {unknown}")
+        parts.append(f"unknown feature names {_some(unknown)}")
     if missing:
-        parts.append(f"missing feature names {missing}")
+        parts.append(f"missing feature names {_some(missing)}")
     if not parts:
         parts.append("repeated feature names")
-    return BadRequest(f"{where}: {'; '.join(parts)}; the model takes {columns}")
+    return BadRequest(f"{where}: {'; '.join(parts)}; the model takes {_some(columns)}")
 
 
 def v1_rows(body: object, v: Validator, info: ModelInfo) -> tuple[np.ndarray, bool]:

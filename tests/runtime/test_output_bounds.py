@@ -106,3 +106,12 @@ def test_a_non_finite_answer_to_finite_inputs_is_a_422_not_null(
     ok = client.post("/predict", json={"features": [0.5, 0.1, -0.3, 1.0]})
     assert ok.status_code == 200, ok.text
     assert isinstance(ok.json()["prediction"], (int, float)), ok.text
+
+
+def test_a_name_error_stays_small_whatever_the_request_sends() -> None:
+    from modelship_runtime.protocols import unknown_or_missing
+
+    given = [f"k{i}" * 100 for i in range(300_000)]
+    message = str(unknown_or_missing(given, ["a", "b"], "instances[0]"))
+    assert len(message) < 2_000, len(message)
+    assert "and 299990 more" in message and "missing feature names ['a', 'b']" in message
