@@ -77,15 +77,7 @@ def to_rows(values: np.ndarray, shape: list[int], datatype: str, v: Validator,
             where: str) -> np.ndarray:
     """A flat array of ``shape``'s element count as the float64 matrix the model takes,
     checked against the model's width, the batch limit and finiteness."""
-    width = shape[-1]
-    n_rows = 1 if len(shape) == 1 else shape[0]
-    if v.n_features is not None and width != v.n_features:
-        raise BadRequest(f"{where}.shape {shape} has {width} features; the model takes "
-                         f"{v.n_features}")
-    if n_rows == 0 or width == 0:
-        raise BadRequest(f"{where}.shape {shape} is empty: send at least one row")
-    if n_rows > v.max_rows:
-        raise BadRequest(f"{where} has {n_rows} rows; the maximum is {v.max_rows}")
+    n_rows, width = v.tensor_shape(shape, where)
     rows = values.astype(np.float64).reshape(n_rows, width)
     if datatype in ("FP32", "FP64"):
         v.check_finite(rows, f"{where}.data")

@@ -128,6 +128,24 @@ class Validator:
                     raise BadRequest(f"{where}[{r}][{i}] must be a number, got {_type_name(v)}")
         return self._finish(values, where, single=False, n_rows=n)
 
+    def tensor_shape(self, shape: list[int], where: str) -> tuple[int, int]:
+        """(rows, features) of a V2 input tensor's shape, checked against the model's width
+        and the row and column limits (the JSON, binary and gRPC forms alike)."""
+        width = shape[-1]
+        n_rows = 1 if len(shape) == 1 else shape[0]
+        if self.n_features is not None and width != self.n_features:
+            raise BadRequest(f"{where}.shape {shape} has {width} features; the model takes "
+                             f"{self.n_features}")
+        if n_rows == 0 or width == 0:
+            raise BadRequest(f"{where}.shape {shape} is empty: send at least one row")
+        if width > self.max_columns:
+            raise BadRequest(f"{where}.shape {shape} has {width} features; the maximum is "
+                             f"{self.max_columns} (MODELSHIP_MAX_COLUMNS)")
+        if n_rows > self.max_rows:
+            raise BadRequest(f"{where} has {n_rows} rows; the maximum is {self.max_rows} "
+                             "(MODELSHIP_MAX_ROWS)")
+        return n_rows, width
+
     def _check_width(self, n: int, where: str) -> None:
         if self.n_features is not None and n != self.n_features:
             raise BadRequest(f"{where} has {n} values; the model takes {self.n_features} features")

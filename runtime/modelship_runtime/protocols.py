@@ -235,19 +235,7 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
                 raise BadRequest(f"inputs[0].data[{i}] does not fit in {datatype}")
         elif tx is not float and tx is not int:
             raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; {datatype} needs numbers")
-    width = shape[-1]
-    n_rows = 1 if len(shape) == 1 else shape[0]
-    if v.n_features is not None and width != v.n_features:
-        raise BadRequest(f"inputs[0].shape {shape} has {width} features; the model takes "
-                         f"{v.n_features}")
-    if n_rows == 0 or width == 0:
-        raise BadRequest(f"inputs[0].shape {shape} is empty: send at least one row")
-    if width > v.max_columns:
-        raise BadRequest(f"inputs[0].shape {shape} has {width} features; the maximum is "
-                         f"{v.max_columns} (MODELSHIP_MAX_COLUMNS)")
-    if n_rows > v.max_rows:
-        raise BadRequest(f"inputs[0] has {n_rows} rows; the maximum is {v.max_rows} "
-                         "(MODELSHIP_MAX_ROWS)")
+    n_rows, width = v.tensor_shape(shape, "inputs[0]")
     try:
         rows = np.array(flat, dtype=np.float64).reshape(n_rows, width)
     except (OverflowError, ValueError) as exc:

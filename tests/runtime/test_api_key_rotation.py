@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import metric
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 ROW = {"features": [0.1] * 8}
@@ -43,15 +43,6 @@ class SecretVolume:
             link = self.root / name
             if not link.is_symlink():
                 link.symlink_to(f"..data/{name}")
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v
-                                           for k, v in labels.items()):
-                return float(sample.value)
-    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 def status(url: str, key: str) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import clean_env, free_port
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 
@@ -34,14 +35,6 @@ class SlowModel:
         time.sleep(0.4)
         return np.zeros(len(X), dtype=np.int64)
 '''
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -66,13 +59,6 @@ def sandbox(tmp_path: Path) -> Sandbox:
     box.cwd.mkdir()
     box.tmp.mkdir()
     return box
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without MODELSHIP_ and MLFLOW_ variables, plus ``extra``."""
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    # No gRPC port: the default 8081 is one port for every runtime of a parallel test run.
-    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}
 
 
 def run(*args: str, box: Sandbox, timeout: float = 120, **env: str

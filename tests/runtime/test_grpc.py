@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import free_port, wait_http
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] missing "
                                  "(make setup installs it)")
@@ -53,26 +53,6 @@ ROUNDS = 3
 NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
 KSERVE = "kserve==0.21.0"
 N_FEATURES = 8  # the local models' width (conftest.py)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the runtime exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from helpers import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -59,12 +60,6 @@ LIMITS = {
 }
 ROW = [0.5] * 8
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port
 
 PROBE = r'''
 import gc, importlib.abc, json, os, signal, socket, sys, threading, time, traceback
@@ -66,19 +66,13 @@ FORBIDDEN = ("mlflow", "modelship_runtime.mlflow_rest", "requests", "urllib3", "
              "pandas", "pyarrow", "polars", "matplotlib")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve_once(model_dir: Path, row: list[float], tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items()
            if k in ("PATH", "PYTHONPATH", "HOME", "TMPDIR", "LANG")}
     env["MODELSHIP_DRAIN_SECONDS"] = "0"
     env["MODELSHIP_GRPC_PORT"] = "0"  # the default 8081 is shared by parallel test runs
-    r = subprocess.run([sys.executable, "-c", PROBE, str(_free_port()), str(out),
+    r = subprocess.run([sys.executable, "-c", PROBE, str(free_port()), str(out),
                         json.dumps({"features": row}), str(model_dir)],
                        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

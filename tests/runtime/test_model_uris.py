@@ -4,7 +4,6 @@ one line and its exit code (docs/cli.md)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,21 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import clean_env, free_port
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}  # no gRPC port to collide on
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -60,11 +47,11 @@ def extra(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Extra:
 
 
 def _serve(uri: str, registry: Any, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen([RUNTIME, "serve", "--model-uri", uri, "--host", "127.0.0.1",
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(MLFLOW_TRACKING_URI=registry.uri,
+                                env=clean_env(MLFLOW_TRACKING_URI=registry.uri,
                                          MODELSHIP_DRAIN_SECONDS="0"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -115,7 +102,7 @@ def test_each_uri_form_is_served_with_what_it_resolved_to(
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([RUNTIME, *args], capture_output=True, text=True, timeout=120,
-                          env=_env(MODELSHIP_PULL_BACKOFF_SECONDS="30", **env))
+                          env=clean_env(MODELSHIP_PULL_BACKOFF_SECONDS="30", **env))
 
 
 def _refused(r: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
@@ -143,7 +130,7 @@ def test_other_uris_are_refused_at_start(registry: Any, extra: Extra, tmp_path: 
                                          uri: str, code: int, fragment: str) -> None:
     uri = uri.replace("RUN", f"runs:/{registry.run_id}").replace(
         "S3", f"models:/ms-s3/{extra.s3_version}")
-    port = str(_free_port())
+    port = str(free_port())
     r = _run("serve", "--model-uri", uri, "--host", "127.0.0.1", "--port", port,
              MLFLOW_TRACKING_URI=registry.uri, TMPDIR=str(tmp_path))
     _refused(r, code, fragment)

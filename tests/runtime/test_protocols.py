@@ -10,7 +10,6 @@ scoring protocol is spoken by MLflow's own client (``ScoringServerClient``).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import free_port
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 COLUMNS = ["width (cm)", "alpha", "zeta", "beta", "gamma", "delta"]
@@ -49,12 +49,6 @@ class Served:
         import pandas as pd
 
         return pd.DataFrame(rows.reshape(-1, len(COLUMNS)), columns=COLUMNS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:

@@ -5,7 +5,6 @@ limit is a 429 with Retry-After; credentials in the Redis URL never reach a log 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,26 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import free_port, metric
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 ROW = {"features": [0.1] * 8}
 LIMIT = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v
-                                           for k, v in labels.items()):
-                return float(sample.value)
-    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 class Runtimes:

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from helpers import free_port
 from modelship_operator.rollout.analysis import parse_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,12 +33,6 @@ RUNTIME = Path(sys.executable).parent / "modelship-runtime"
 NAME = "shadowed"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def samples_of(text: str) -> Samples:

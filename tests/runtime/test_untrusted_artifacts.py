@@ -30,15 +30,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from helpers import clean_env, free_port
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 EXIT_UNTRUSTED = 8
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
-    # No gRPC port: the default 8081 is one port for every runtime of a parallel test run.
-    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}
 
 
 def _str_node(text: str) -> dict[str, Any]:
@@ -114,14 +109,6 @@ def refused(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in r.stderr, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_args(model_dir: Path) -> list[str]:

@@ -1,0 +1,50 @@
+"""Small helpers the runtime tests share: free ports, waiting for a server, reading one
+metric, and an environment without the runtime's own settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers 200, failing early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The value of one sample of ``url``'s /metrics."""
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without MODELSHIP_ and MLFLOW_ variables, plus ``extra``; no gRPC
+    port (the default 8081 is one port for every runtime of a parallel test run)."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
+    return {**keep, "MODELSHIP_GRPC_PORT": "0", **extra}
