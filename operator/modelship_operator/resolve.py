@@ -23,7 +23,9 @@ version asked about.
   same answer less than `FORCE_FRESH_SECONDS` ago: a thousand ModelDeployments created
   together on one alias make one call.
 
-`Resolver.next_due()` is when an object's alias is next due, for a loop to sleep on.
+`Resolver.next_due()` is when an object's alias is next due, for a loop to sleep on: the
+shared answer's next poll, or at once when another follower took a newer answer than
+this object has seen (a pass then takes it without a call).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class _Answer:
     asked_at: float | None = None
     next_at: float = 0.0
     failures: int = 0
+    serial: int = 0  # how many times it was asked
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -75,6 +78,7 @@ class _Follower:
     spec: _Spec
     key: _Key | None = None
     version: str | None = None
+    serial: int = 0  # the serial of the answer it last took
     # Making the client failed (its Secret unreadable): this object's own retry schedule.
     problem: RegistryError | None = None
     failures: int = 0
@@ -145,7 +149,11 @@ class Resolver:
         if follower.key is None:
             return None
         answer = self._polls.peek(follower.key)
-        return 0.0 if answer is None else answer.next_at
+        if answer is None:
+            return 0.0
+        if answer.serial != follower.serial and answer.asked_at is not None:
+            return answer.asked_at  # another follower got a newer answer: take it now
+        return answer.next_at
 
     def due(self, namespace: str, name: str, now: float) -> bool:
         """True when the alias of this ModelDeployment should be resolved again now."""
@@ -260,8 +268,9 @@ class Resolver:
             elif follower.key is not None:
                 known = self._polls.get(follower.key)
                 if known is not None and now < known.next_at:
-                    follower.version = known.value
-                    return known.value, known.problem, False
+                    with known.lock:
+                        follower.version, follower.serial = known.value, known.serial
+                        return known.value, known.problem, False
         try:
             client = registry()
         except RegistryError as exc:  # no client: its Secret cannot be read, ...
@@ -289,8 +298,9 @@ class Resolver:
                         answer.value = None
                     answer.next_at = now + self._retry_in(answer.failures)
                 answer.asked_at = now
+                answer.serial += 1
             version, problem = answer.value, answer.problem
-        follower.version = version
+            follower.version, follower.serial = version, answer.serial
         return version, problem, asked
 
     def _check(
