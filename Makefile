@@ -60,10 +60,11 @@ system-deps:
 test: setup
 	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile $(PYTEST_ARGS)
 
-## lint: ruff and mypy
+## lint: ruff, mypy and the import layers of pyproject.toml's [tool.importlinter]
 lint: $(STAMP)
 	$(BIN)/ruff check operator runtime tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## demo: kind cluster with everything in it, then a canary that must promote (needs Docker;
 ## scripts/demo.sh; DEMO_ARGS=rollout repeats only the canary on the running cluster)

@@ -24,6 +24,7 @@ from modelship_operator import (
     metrics,
     naming,
     retire,
+    shadow_secret,
     smoke,
     status,
     trust,
@@ -272,7 +273,7 @@ class Reconciler:
             )
             return
         # Before the Deployments whose pods read it.
-        if shadowtoken.wanted(md) and shadowtoken.ensure(self.client, md, owner_reference(md)):
+        if shadowtoken.wanted(md) and shadow_secret.ensure(self.client, md, owner_reference(md)):
             logger.info(f"created Secret {naming.shadow_token_name(name)}")
         result = sync_children(
             self.client,
