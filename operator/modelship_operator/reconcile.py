@@ -513,7 +513,7 @@ class Reconciler:
         secret_name = md.spec.model.registry.credentials_secret
         if secret_name:
             credentials = self._credentials(md.metadata.namespace, secret_name)
-        return Registry(uri, credentials, timeout=self.settings.registry_timeout_seconds)
+        return self.resolver.clients.get(uri, credentials, self.settings.registry_timeout_seconds)
 
     def _credentials(self, namespace: str, name: str) -> Credentials:
         import base64
