@@ -412,7 +412,9 @@ class Cluster:
 
     def inspect(self, fn: Callable[[ApplyingEmulator], Any]) -> Any:
         """`fn(emulator)`, run on the emulator's loop (between requests); keep it short."""
-        return self._sync(lambda: fn(self.emulator))
+        emulator = self.emulator
+        assert emulator is not None
+        return self._sync(lambda: fn(emulator))
 
     def writes(self) -> list[Write]:
         """Every write or delete of a named object served so far, in order."""
