@@ -80,7 +80,8 @@ e2e: $(STAMP)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
-## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
+## sync: generate the CRD from operator/modelship_operator/api.py (scripts/crd_schema.py)
+## and rewrite its copies and rbac.py's RULES in the chart and kustomize base,
 ## the README's ModelDeployment reference and the Argo CD health check's copies in
 ## kustomize/components/argocd-health and docs/gitops.md (a test fails when they are stale)
 sync: $(STAMP)
