@@ -298,7 +298,7 @@ class KubeClient:
         self._client = lightkube.Client(
             single,
             timeout=httpx2.Timeout(timeout),
-            trust_env=False,  # as kubectl: the kubeconfig, not the environment, names any proxy
+            trust_env=False,  # no proxy or CA bundle from the environment: the kubeconfig's
             transport=self._transport,
         )
 
