@@ -262,7 +262,7 @@ _Dumper.add_representer(str, _str)
 def crd_text() -> str:
     """The CRD file's text, as crds/modelship.io_modeldeployments.yaml holds it."""
     made = crd()
-    text = COMMENT + yaml.dump(made, Dumper=_Dumper, sort_keys=False, width=96,
+    text = COMMENT + yaml.dump(made, Dumper=_Dumper, sort_keys=False, width=80,
                                allow_unicode=True)
     if yaml.safe_load(text) != made:
         raise SchemaError("the CRD's YAML does not read back as the schema it was made from")
