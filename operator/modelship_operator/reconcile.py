@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
@@ -29,7 +29,7 @@ from modelship_operator import (
     trust,
     webhooks,
 )
-from modelship_operator.apply import SyncResult, list_children, sync_children
+from modelship_operator.apply import SyncResult, sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.registry import Credentials, Registry, RegistryError
@@ -101,61 +101,102 @@ def desired_replicas(md: api.ModelDeployment) -> int:
     return md.spec.replicas
 
 
+@dataclass
+class StatusChanges:
+    """The status fields a pass changes (a JSON merge patch: None removes a field)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.status)
+
+
+@dataclass
+class PassResult:
+    """What one pass wrote, for the per-object loop (cache.Overlay) and its next wait."""
+
+    written: dict[str, Any] | None = None
+    """The ModelDeployment as the status patch left it (None: no status written)."""
+    applied: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)
+    live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """The children the pass started from (what the caches held, with its own writes)."""
+    retry_in: float | None = None
+    """Seconds until the pass should run again because this one could not finish."""
+
+
 class Reconciler:
-    """Holds the shared clients; one pass at a time per ModelDeployment."""
+    """Holds the shared clients and caches; runs one pass of one ModelDeployment.
+
+    Passes of one ModelDeployment never overlap: each has its own loop (loop.py) that
+    runs them one after another. So nothing here locks.
+    """
 
     def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
         self.client = client
         self.settings = settings
         self.analyst = driver.Analyst(client)
         self.resolver = Resolver(settings.alias_poll_seconds, settings.verify_model_versions)
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        # resourceVersion each ModelDeployment's last pass started from, when that pass
-        # left a status patch for kopf to write (see run()).
-        self._decided: dict[tuple[str, str], str] = {}
-        self._guard = threading.Lock()
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
 
     # -- the pass ---------------------------------------------------------------------
 
     def run(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        live: Mapping[tuple[str, str, str], dict[str, Any]],
         *,
         retry: int,
         logger: Any,
-        sweep: bool = True,
-    ) -> None:
-        meta = body.get("metadata", {})
-        key = (meta.get("namespace", "default"), meta["name"])
-        version = meta.get("resourceVersion")
-        with self._lock(*key):
-            if version is not None and self._decided.get(key) == version:
-                # The previous pass started from this same body and decided a status
-                # that kopf writes only after that pass returned; deciding again from
-                # the stale body would repeat its Events, or contradict it (analyse a
-                # step it already left, undo a promotion). The write brings a new body.
-                del self._decided[key]
-                logger.debug("skipped: the previous pass's status is still being written")
-                return
-            try:
-                with metrics.reconcile_duration.time():
-                    self._run(body, patch, retry=retry, logger=logger)
-            except Exception as exc:
-                if not isinstance(exc, kopf.TemporaryError):  # those were counted by reason
-                    metrics.record_reconcile_error("Unexpected")
-                raise
-            finally:
-                if patch and version is not None:
-                    self._decided[key] = version
-                else:
-                    self._decided.pop(key, None)
+    ) -> PassResult:
+        """Observe (body and `live`, from the caches), decide, act: apply the children
+        that differ, then write status once. Never raises: a pass that cannot finish
+        says when to try again (`retry_in`)."""
+        result = PassResult(live=dict(live))
+        changes = StatusChanges()
+        try:
+            with metrics.reconcile_duration.time():
+                self._run(body, changes, result, retry=retry, logger=logger)
+        except kopf.TemporaryError as exc:  # counted by reason where raised
+            result.retry_in = float(exc.delay) if exc.delay is not None else backoff(retry)
+        except Exception as exc:
+            metrics.record_reconcile_error("Unexpected")
+            logger.exception(f"pass failed, retrying: {exc}")
+            result.retry_in = backoff(retry)
+        if changes:
+            self._write_status(body, changes, result, logger)
+        return result
 
-    def _run(self, body: Mapping[str, Any], patch: kopf.Patch, *, retry: int, logger: Any) -> None:
+    def _write_status(
+        self, body: Mapping[str, Any], changes: StatusChanges, result: PassResult, logger: Any
+    ) -> None:
+        """The pass's one status write, refused (409) when the object changed since it was
+        read: the pass then runs again from the newer object."""
+        meta = body.get("metadata", {})
+        try:
+            result.written = self.client.patch_status(
+                MD_KIND, meta.get("namespace"), meta["name"], changes.status,
+                resource_version=meta.get("resourceVersion"),
+            )
+        except ApiError as exc:
+            if exc.not_found:
+                return  # deleted meanwhile
+            if exc.status == 409:
+                logger.debug(f"status not written, the object changed meanwhile: {exc}")
+                result.retry_in = min(result.retry_in or 0.2, 0.2)
+                return
+            metrics.record_reconcile_error("TransientApiError" if exc.transient else "ApiError")
+            logger.warning(f"cannot write status, retrying: {exc}")
+            result.retry_in = min(result.retry_in or 60.0, backoff(1))
+
+    def _run(
+        self,
+        body: Mapping[str, Any],
+        patch: StatusChanges,
+        result: PassResult,
+        *,
+        retry: int,
+        logger: Any,
+    ) -> None:
         meta = body.get("metadata", {})
         generation = meta.get("generation")
         current = dict(body.get("status") or {})
@@ -192,7 +233,7 @@ class Reconciler:
             self._converge(
                 body, patch, current, md, resolution.target, logger,
                 extra_conditions=resolution.conditions, registry=registry,
-                resolved=resolution.wanted,
+                resolved=resolution.wanted, result=result,
             )
         except ApiError as exc:
             if exc.transient:
@@ -205,7 +246,7 @@ class Reconciler:
     def _converge(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         md: api.ModelDeployment,
         target: str,
@@ -214,11 +255,11 @@ class Reconciler:
         extra_conditions: list[dict[str, Any]] | None = None,
         registry: Callable[[], Registry] | None = None,
         resolved: str | None = None,
+        result: PassResult,
     ) -> None:
         """Advance the rollout one step, render, apply, report."""
         namespace, name = md.metadata.namespace, md.metadata.name
-        kinds = [kind_of(av, k) for av, k in desired_kinds()]
-        live = list_children(self.client, kinds, namespace, name, md.metadata.uid)
+        live = result.live
 
         before = driver.read_state(current)
         now = time.time()
@@ -274,7 +315,7 @@ class Reconciler:
         # Before the Deployments whose pods read it.
         if shadowtoken.wanted(md) and shadowtoken.ensure(self.client, md, owner_reference(md)):
             logger.info(f"created Secret {naming.shadow_token_name(name)}")
-        result = sync_children(
+        synced = sync_children(
             self.client,
             desired,
             desired_kinds(),
@@ -284,6 +325,7 @@ class Reconciler:
             self.settings.field_manager,
             live=live,
         )
+        result.applied, result.deleted = dict(synced.applied), list(synced.removed)
         counters, baseline = self._window_records(md, after, current_canary, counters, now)
 
         for reason, message, warning in step.events:
@@ -291,10 +333,10 @@ class Reconciler:
             events.post(self.client, body, reason, message, warning=warning)
         self._notify(md, before, after, step, analysis)
         self._rollout_metrics(md, before, after, verdict)
-        if result.changed:
-            logger.info(f"children: {result.summary()}")
-            events.post(self.client, body, "Reconciled", result.summary())
-        conflicts = [str(c) for c in result.conflicts]
+        if synced.changed:
+            logger.info(f"children: {synced.summary()}")
+            events.post(self.client, body, "Reconciled", synced.summary())
+        conflicts = [str(c) for c in synced.conflicts]
         if conflicts:
             logger.warning(f"children held by another owner, left alone: {'; '.join(conflicts)}")
         extra = [
@@ -303,7 +345,7 @@ class Reconciler:
         ]
         write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
         self._report(
-            body, patch, current, md, step, result, analysis, extra, write_back, resolved,
+            body, patch, current, md, step, synced, analysis, extra, write_back, resolved,
             counters=counters, baseline=baseline,
         )
         if current.get("retiring") != (retiring := retire.to_status(kept)):
@@ -533,7 +575,7 @@ class Reconciler:
     def _registry_problem(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         resolution: Resolution,
         generation: int | None,
@@ -566,7 +608,7 @@ class Reconciler:
     def _stall(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         reason: str,
         message: str,
@@ -615,7 +657,7 @@ class Reconciler:
     def _report(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         md: api.ModelDeployment,
         step: Step,
@@ -740,78 +782,6 @@ class Reconciler:
         if state.canary is not None:
             return state.canary.version
         return state.stable
-
-    # -- Deployment watch ---------------------------------------------------------------
-
-    def deployment_changed(
-        self, deployment: Mapping[str, Any], *, logger: Any, deleted: bool = False
-    ) -> None:
-        """Refresh the owner's stable readiness from one of its Deployments.
-
-        Runs beside the passes, whose status kopf writes after the pass returns: so the
-        owner read here may be older than the status a pass just decided (at promotion,
-        the old Deployment's deletion arrives while status still names it stable). The
-        patch is therefore conditional on the resourceVersion read, and a Deployment that
-        is being deleted is ignored (it says nothing about what serves).
-        """
-        if deleted or deployment.get("metadata", {}).get("deletionTimestamp"):
-            return
-        meta = deployment.get("metadata", {})
-        labels = meta.get("labels") or {}
-        owners = [
-            ref.get("name")
-            for ref in meta.get("ownerReferences") or []
-            if ref.get("kind") == api.KIND and ref.get("controller")
-        ]
-        owner = owners[0] if owners else None
-        namespace = meta.get("namespace", "default")
-        if not owner:
-            return
-        with self._lock(namespace, owner):
-            try:
-                body = self.client.get(MD_KIND, namespace, owner)
-            except ApiError as exc:
-                logger.warning(f"cannot read ModelDeployment {namespace}/{owner}: {exc}")
-                return
-            if body is None:
-                return
-            current = dict(body.get("status") or {})
-            stable = current.get("stable") or {}
-            if labels.get("modelship.io/model-version") != naming.label_value(
-                str(stable.get("version"))
-            ):
-                return
-            if (current.get("observedGeneration") or 0) != body["metadata"].get("generation"):
-                return  # a pass for the new spec is under way and will report
-            try:
-                md = api.ModelDeployment.from_body(body)
-            except ValidationError:
-                return
-            dep_status = deployment.get("status") or {}
-            serving = self._serving_status(
-                md,
-                current,
-                Step(driver.read_state(current)),
-                int(dep_status.get("replicas") or 0),
-                int(dep_status.get("readyReplicas") or 0),
-            )
-            desired = {k: serving[k] for k in ("stable", "phase", "conditions")}
-            changes = status.status_patch(current, desired)
-            if not changes:
-                return
-            try:
-                self.client.patch_status(
-                    MD_KIND, namespace, owner, changes,
-                    resource_version=body["metadata"].get("resourceVersion"),
-                )
-            except ApiError as exc:
-                if exc.status == 409:  # a pass wrote status meanwhile: it reported already
-                    logger.debug(f"status of {namespace}/{owner} changed meanwhile: {exc}")
-                else:
-                    logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
-                return
-            if changes.get("phase") == "Ready":
-                events.post(self.client, body, "Ready", f"serving version {stable['version']}")
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
