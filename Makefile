@@ -60,10 +60,11 @@ system-deps:
 test: setup
 	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile $(PYTEST_ARGS)
 
-## lint: ruff and mypy
+## lint: ruff, mypy and the import layers of pyproject.toml's [tool.importlinter]
 lint: $(STAMP)
 	$(BIN)/ruff check operator runtime tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## demo: kind cluster with everything in it, then a canary that must promote (needs Docker;
 ## scripts/demo.sh; DEMO_ARGS=rollout repeats only the canary on the running cluster)
@@ -79,7 +80,8 @@ e2e: $(STAMP)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
-## sync: rewrite the copies of crds/ and rbac.py's RULES in the chart and kustomize base,
+## sync: generate the CRD from operator/modelship_operator/api.py (scripts/crd_schema.py)
+## and rewrite its copies and rbac.py's RULES in the chart and kustomize base,
 ## the README's ModelDeployment reference and the Argo CD health check's copies in
 ## kustomize/components/argocd-health and docs/gitops.md (a test fails when they are stale)
 sync: $(STAMP)

@@ -111,6 +111,14 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.registry_requests = Counter(
+            "modelship_operator_registry_requests",
+            "HTTP requests the operator sent to MLflow, by operation (resolveAlias, "
+            "getVersion, ...) and outcome (Ok, or the error reason: ModelVersionNotFound, "
+            "Unauthorized, InvalidRequest, RegistryUnavailable, ...).",
+            ["operation", "outcome"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._seen: set[tuple[str, str]] = set()
         self._running: set[tuple[str, str]] = set()
@@ -192,6 +200,15 @@ class OperatorMetrics:
             raise ValueError(f"reconcile error reason {reason!r} is not a CamelCase word")
         self.reconcile_errors.labels(reason).inc()
 
+    def record_registry_request(self, operation: str, outcome: str) -> None:
+        """Count one HTTP request to MLflow: `operation` a lowerCamelCase word (resolveAlias,
+        getVersion, ...), `outcome` Ok or a CamelCase error reason."""
+        if not _GATE.fullmatch(operation):
+            raise ValueError(f"registry operation {operation!r} is not a lowerCamelCase word")
+        if not _REASON.fullmatch(outcome):
+            raise ValueError(f"registry outcome {outcome!r} is not a CamelCase word")
+        self.registry_requests.labels(operation, outcome).inc()
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of a deleted ModelDeployment."""
         with self._lock:
@@ -255,5 +272,6 @@ record_gate = METRICS.record_gate
 set_canary = METRICS.set_canary
 clear_canary = METRICS.clear_canary
 record_reconcile_error = METRICS.record_reconcile_error
+record_registry_request = METRICS.record_registry_request
 forget = METRICS.forget
 reconcile_duration = METRICS.reconcile_duration

@@ -56,7 +56,9 @@ MD_NAME_RULE = (
     f"named NAME, NAME-vVERSION and NAME{SEPARATOR}{CANARY})"
 )
 
-_DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS_1035_PATTERN = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+"""A DNS-1035 label (a Service name; a ModelDeployment name, within MAX_MD_NAME)."""
+_DNS_1035 = re.compile(DNS_1035_PATTERN)
 _DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"

@@ -24,6 +24,7 @@ from modelship_operator import (
     metrics,
     naming,
     retire,
+    shadow_secret,
     smoke,
     status,
     trust,
@@ -313,7 +314,7 @@ class Reconciler:
             )
             return
         # Before the Deployments whose pods read it.
-        if shadowtoken.wanted(md) and shadowtoken.ensure(self.client, md, owner_reference(md)):
+        if shadowtoken.wanted(md) and shadow_secret.ensure(self.client, md, owner_reference(md)):
             logger.info(f"created Secret {naming.shadow_token_name(name)}")
         synced = sync_children(
             self.client,
@@ -554,7 +555,7 @@ class Reconciler:
         secret_name = md.spec.model.registry.credentials_secret
         if secret_name:
             credentials = self._credentials(md.metadata.namespace, secret_name)
-        return Registry(uri, credentials, timeout=self.settings.registry_timeout_seconds)
+        return self.resolver.clients.get(uri, credentials, self.settings.registry_timeout_seconds)
 
     def _credentials(self, namespace: str, name: str) -> Credentials:
         import base64

@@ -125,6 +125,7 @@ def test_url_of() -> None:
 
 class FakeRegistry:
     tracking_uri = "http://mlflow"
+    key = ("http://mlflow", "no-credentials")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -159,10 +160,12 @@ def test_resolver_polls_with_jitter_and_backs_off() -> None:
     assert not resolver.due("ml", "iris", 33.5) and resolver.due("ml", "iris", 34.2)  # ~1 s
     resolver.resolve(md(), current, lambda: fake, now=34.2)  # type: ignore[arg-type,return-value]
     assert not resolver.due("ml", "iris", 35.9) and resolver.due("ml", "iris", 36.5)  # ~2 s
-    # A spec change asks at once, whatever the schedule.
+    # A spec change asks at once, whatever the schedule, unless the answer is seconds old.
     fake.answer = "5"
     forced = resolver.resolve(md(), current, lambda: fake, now=36.0, force=True)  # type: ignore[arg-type,return-value]
-    assert forced.target == "5"
+    assert forced.target == "4" and fake.calls == 3  # asked 1.8 s ago: that answer stands
+    forced = resolver.resolve(md(), current, lambda: fake, now=40.0, force=True)  # type: ignore[arg-type,return-value]
+    assert forced.target == "5" and fake.calls == 4
 
 
 def test_resolver_falls_back_to_what_serves_when_the_version_is_missing() -> None:

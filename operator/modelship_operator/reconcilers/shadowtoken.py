@@ -8,9 +8,10 @@ cannot sway the agreement the canary is judged on.
 
 Unlike every other child this one is not rendered on each pass: its value is random, so
 it is created once (with the same labels and controller ownerReference as the others,
-so it goes with the ModelDeployment) and never changed. Create only: the operator needs
-``create`` on Secrets, not ``patch``. A Secret deleted by hand is created again, with a
-new token, on the next pass; pods started before keep the old one until they restart
+so it goes with the ModelDeployment) and never changed, by
+:func:`modelship_operator.shadow_secret.ensure` (create only: the operator needs
+``create`` on Secrets, not ``patch``). A Secret deleted by hand is created again, with
+a new token, on the next pass; pods started before keep the old one until they restart
 (their mirrored requests then count as uncompared, never as agreement).
 """
 
@@ -22,13 +23,11 @@ from typing import Any
 
 from modelship_operator import labels, naming
 from modelship_operator.api import ModelDeployment
-from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.reconcilers.deployment import SHADOW_TOKEN_KEY
 from modelship_operator.reconcilers.shadowconfig import wanted
 
-__all__ = ["ensure", "render", "wanted"]
+__all__ = ["new_token", "render", "wanted"]
 
-SECRETS = kind_of("v1", "Secret")
 TOKEN_BYTES = 32
 
 
@@ -51,21 +50,3 @@ def render(md: ModelDeployment, owner: dict[str, Any], token: str) -> dict[str, 
 def new_token() -> str:
     """A fresh token: 32 random bytes, URL-safe base64 (fit for an HTTP header)."""
     return secrets.token_urlsafe(TOKEN_BYTES)
-
-
-def ensure(client: KubeClient, md: ModelDeployment, owner: dict[str, Any]) -> bool:
-    """Create the Secret unless it exists (one read per pass); True when created now.
-
-    A Secret that exists is left as it is, whoever made it: its token is what the pods
-    already run with."""
-    name = naming.shadow_token_name(md.metadata.name)
-    if client.get(SECRETS, md.metadata.namespace, name) is not None:
-        return False
-    try:
-        client.request("POST", SECRETS.collection_path(md.metadata.namespace),
-                       render(md, owner, new_token()))
-    except ApiError as exc:
-        if exc.status != 409:  # 409: made meanwhile (another pass): it is there
-            raise
-        return False
-    return True
