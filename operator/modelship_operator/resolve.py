@@ -168,12 +168,6 @@ class Resolver:
 
     # -- resolution -------------------------------------------------------------------
 
-    def next_due(self, namespace: str, name: str) -> float | None:
-        """When the next alias poll for this ModelDeployment is due (None: none planned)."""
-        with self._guard:
-            poll = self._polls.get((namespace, name))
-        return None if poll is None else poll.next_at
-
     def resolve(
         self,
         md: api.ModelDeployment,
