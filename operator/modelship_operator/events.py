@@ -12,11 +12,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from modelship_operator.k8s import ApiError, KubeClient, kind_of
+from modelship_operator.k8s import ApiError, KubeClient
 from modelship_operator.status import now_iso
 from modelship_operator.trust import redact
 
-EVENT_KIND = kind_of("v1", "Event")
 _log = logging.getLogger(__name__)
 
 
@@ -57,6 +56,6 @@ def post(
         "count": 1,
     }
     try:
-        client.request("POST", EVENT_KIND.collection_path(namespace), event)
+        client.create(event)
     except ApiError as exc:
         _log.warning("could not post event %s: %s", reason, exc)

@@ -208,7 +208,9 @@ class Resolver:
             and registry is not None
             and target not in (stable, canary)
         ):
-            problem, asked = self._check(model.name, target, registry, now, force)
+            follower = self._followers.peek(obj) if model.alias is not None else None
+            known = follower.key[:2] if follower is not None and follower.key else None
+            problem, asked = self._check(model.name, target, registry, now, force, known)
             consulted = consulted or asked
             if problem is not None:
                 target = None
@@ -259,54 +261,96 @@ class Resolver:
         now: float,
         force: bool,
     ) -> tuple[str | None, RegistryError | None, bool]:
-        """(version, problem, whether MLflow was asked) for an alias follower."""
+        """(version, problem, whether MLflow was asked) for an alias follower.
+
+        One follower asks; the others wait on the answer's lock and take what it got. The
+        client (which reads the credentials Secret) is made only by the one that asks.
+        """
         follower = self._follower(obj, md)
-        if not force:
-            if follower.problem is not None:
-                if now < follower.next_at:
+        name, alias = md.spec.model.name, str(md.spec.model.alias)
+        if follower.problem is not None and not force and now < follower.next_at:
+            return follower.version, follower.problem, False
+        client: Registry | None = None
+        known = self._polls.get(follower.key) if follower.key is not None else None
+        if known is not None and follower.problem is None:
+            with known.lock:
+                if self._fresh(known, now, force):
+                    return self._take(follower, known, asked=False)
+                client = self._client(follower, registry, now)
+                if client is None:
                     return follower.version, follower.problem, False
-            elif follower.key is not None:
-                known = self._polls.get(follower.key)
-                if known is not None and now < known.next_at:
-                    with known.lock:
-                        follower.version, follower.serial = known.value, known.serial
-                        return known.value, known.problem, False
+                if (*client.key, name, alias) == follower.key:
+                    self._ask(known, client, name, alias, now)
+                    return self._take(follower, known, asked=True)
+        # First pass, or its credentials changed: find (or start) the answer of its key.
+        if client is None:
+            client = self._client(follower, registry, now)
+            if client is None:
+                return follower.version, follower.problem, False
+        follower.key = (*client.key, name, alias)
+        answer = self._polls.setdefault(follower.key, _Answer)
+        with answer.lock:
+            asked = not self._fresh(answer, now, force)
+            if asked:
+                self._ask(answer, client, name, alias, now)
+            return self._take(follower, answer, asked)
+
+    def _client(
+        self, follower: _Follower, registry: Callable[[], Registry], now: float
+    ) -> Registry | None:
+        """The follower's client; None (the follower's retry scheduled) when it cannot be
+        made: its Secret cannot be read, ..."""
         try:
             client = registry()
-        except RegistryError as exc:  # no client: its Secret cannot be read, ...
+        except RegistryError as exc:
             follower.failures += 1
             follower.problem = exc
             follower.next_at = now + self._retry_in(follower.failures)
-            return follower.version, exc, False
+            return None
         follower.problem, follower.failures = None, 0
-        alias = str(md.spec.model.alias)
-        key: _Key = (*client.key, md.spec.model.name, alias)
-        follower.key = key
-        answer = self._polls.setdefault(key, _Answer)
-        asked = False
-        with answer.lock:  # one follower asks; the others wait here and take its answer
-            if not self._fresh(answer, now, force):
-                asked = True
-                try:
-                    answer.value = client.resolve_alias(md.spec.model.name, alias)
-                    answer.problem, answer.failures = None, 0
-                    answer.next_at = now + self._jitter(self.poll_seconds)
-                except RegistryError as exc:
-                    answer.failures += 1
-                    answer.problem = exc
-                    if exc.reason == "ModelVersionNotFound":
-                        answer.value = None
-                    answer.next_at = now + self._retry_in(answer.failures)
-                answer.asked_at = now
-                answer.serial += 1
-            version, problem = answer.value, answer.problem
-            follower.version, follower.serial = version, answer.serial
-        return version, problem, asked
+        return client
+
+    def _ask(self, answer: _Answer, client: Registry, name: str, alias: str, now: float) -> None:
+        """Poll the alias into `answer` (its lock held)."""
+        try:
+            answer.value = client.resolve_alias(name, alias)
+            answer.problem, answer.failures = None, 0
+            answer.next_at = now + self._jitter(self.poll_seconds)
+        except RegistryError as exc:
+            answer.failures += 1
+            answer.problem = exc
+            if exc.reason == "ModelVersionNotFound":
+                answer.value = None
+            answer.next_at = now + self._retry_in(answer.failures)
+        answer.asked_at = now
+        answer.serial += 1
+
+    @staticmethod
+    def _take(
+        follower: _Follower, answer: _Answer, asked: bool
+    ) -> tuple[str | None, RegistryError | None, bool]:
+        """The follower takes the answer (its lock held)."""
+        follower.version, follower.serial = answer.value, answer.serial
+        return answer.value, answer.problem, asked
 
     def _check(
-        self, name: str, version: str, registry: Callable[[], Registry], now: float, force: bool
+        self,
+        name: str,
+        version: str,
+        registry: Callable[[], Registry],
+        now: float,
+        force: bool,
+        known: tuple[str, str] | None = None,
     ) -> tuple[RegistryError | None, bool]:
-        """(problem, whether MLflow was asked) of the check of a version before a rollout."""
+        """(problem, whether MLflow was asked) of the check of a version before a rollout.
+
+        `known` is the client's key when the caller knows it (an alias follower's): a
+        version verified under it needs no client, so no Secret is read.
+        """
+        if known is not None:
+            done = self._checks.get((*known, name, version))
+            if done is not None and done.asked_at is not None and done.problem is None:
+                return None, False
         try:
             client = registry()
         except RegistryError as exc:

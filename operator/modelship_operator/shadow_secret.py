@@ -26,8 +26,7 @@ def ensure(client: KubeClient, md: ModelDeployment, owner: dict[str, Any]) -> bo
     if client.get(SECRETS, md.metadata.namespace, name) is not None:
         return False
     try:
-        client.request("POST", SECRETS.collection_path(md.metadata.namespace),
-                       render(md, owner, new_token()))
+        client.create(render(md, owner, new_token()))
     except ApiError as exc:
         if exc.status != 409:  # 409: made meanwhile (another pass): it is there
             raise

@@ -136,6 +136,37 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             # a long run quadratic; our own log above keeps what the tests read.
             with contextlib.suppress(ValueError):
                 self._requests.remove(request)
+            self._trim_history(request)
+
+    def _trim_history(self, request: kmock.Request) -> None:
+        """Keep the last two versions of a written object: kmock keeps every version (a deep
+        copy per write), which at thousands of objects is most of the process's memory."""
+        if request.resource is None or str(request.method.value) == "GET":
+            return
+        name = request.name
+        namespace = request.namespace
+        if name is None and isinstance(request.data, dict):
+            meta = request.data.get("metadata") or {}
+            name, namespace = meta.get("name"), namespace or meta.get("namespace")
+        key = (request.resource, namespace, name)
+        if name is not None and key in self.objects:
+            history = self.objects[key].history
+            while len(history) > 2:
+                history.pop(0)
+
+    # Requests that name an object: one dict lookup instead of kmock's scan of every stored
+    # object (O(objects) per request, hours at ten thousand ModelDeployments).
+    def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
+        if request.resource is not None and request.name is not None and (
+            strict or request.namespace is not None
+        ):
+            key = (request.resource, request.namespace, request.name)
+            return [self.objects[key]] if key in self.objects else []
+        return [
+            obj
+            for (resource, namespace, name), obj in self.objects.items()
+            if self._KubernetesEmulator__check(request, resource, namespace, name, strict)
+        ]
 
     # kmock's own object matching runs its generic criteria engine for every stored
     # object on every request (about 50 ms per request at 300 objects); requests parsed
@@ -368,15 +399,22 @@ class Cluster:
                 return obj
         return None
 
-    def requests(self) -> list[tuple[str, str, dict[str, str], str]]:
-        """(method, path, query, user-agent) of every request served so far."""
+    def requests(self, since: int = 0) -> list[tuple[str, str, dict[str, str], str]]:
+        """(method, path, query, user-agent) of every request served so far (from the
+        `since`-th on)."""
 
         def snapshot() -> list[tuple[str, str, dict[str, str], str]]:
             assert self.emulator is not None
-            return list(self.emulator.log)
+            return self.emulator.log[since:]
 
         result: list[tuple[str, str, dict[str, str], str]] = self._sync(snapshot)
         return result
+
+    def inspect(self, fn: Callable[[ApplyingEmulator], Any]) -> Any:
+        """`fn(emulator)`, run on the emulator's loop (between requests); keep it short."""
+        emulator = self.emulator
+        assert emulator is not None
+        return self._sync(lambda: fn(emulator))
 
     def writes(self) -> list[Write]:
         """Every write or delete of a named object served so far, in order."""

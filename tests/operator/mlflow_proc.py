@@ -57,13 +57,14 @@ class MlflowServer:
                 time.sleep(0.2)
         raise TimeoutError(f"mlflow server at {self.uri} did not start in {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, and SIGKILL after `grace` seconds (at once when 0: a throwaway server)."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
         try:
-            proc.wait(15)
+            proc.wait(grace if grace > 0 else 15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)

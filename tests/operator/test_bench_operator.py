@@ -1,6 +1,11 @@
-"""`make bench-operator` in a short form: benchmarks/operator/run.py with 30
-ModelDeployments, a real MLflow and the real operator must bring every one to Ready, and
-its figures must be sane; plus the benchmark's own judgement of Ready and its failure."""
+"""`make bench-operator` in a short form: benchmarks/operator/run.py with 200
+ModelDeployments over 10 namespaces, a real MLflow and the real operator must bring every
+one to Ready, with sane figures; and a quiet cluster must cost the operator no LIST and
+no write. Plus the benchmark's own judgement of Ready, of request kinds and of targets.
+
+The operator's resync interval is 5 s here (its default is a minute): a per-object
+periodic LIST or write would then show in the 20 s quiet window, as it would in a
+real cluster's every minute."""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from mlflow_proc import BIN
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "benchmarks" / "operator" / "run.py"
-COUNT = 30
+COUNT = 200
+QUIET_SECONDS = 20
 CHILD_KINDS = ("serviceaccounts", "deployments", "services", "poddisruptionbudgets",
                "networkpolicies", "ingresses")
 
@@ -34,34 +40,87 @@ def _load_run() -> ModuleType:
 bench = _load_run()
 
 
-@pytest.mark.skipif(not (BIN / "mlflow").exists() or not (BIN / "kopf").exists(),
-                    reason="the mlflow and kopf commands are missing (make setup installs them)")
-def test_short_benchmark_brings_every_modeldeployment_to_ready() -> None:
+@pytest.fixture(scope="module")
+def figures() -> dict[str, Any]:
+    if not (BIN / "mlflow").exists() or not (BIN / "kopf").exists():
+        pytest.skip("the mlflow and kopf commands are missing (make setup installs them)")
     result = subprocess.run(
-        [sys.executable, str(RUN), "--count", str(COUNT), "--resync", "2", "--timeout", "300"],
+        [sys.executable, str(RUN), "--count", str(COUNT), "--namespaces", "10",
+         "--resync", "5", "--settle-seconds", "3", "--quiet-seconds", str(QUIET_SECONDS),
+         "--changes", "3", "--timeout", "300"],
         capture_output=True, text=True, timeout=900, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    figures: dict[str, Any] = json.loads(result.stdout)
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+def test_short_benchmark_brings_every_modeldeployment_to_ready(figures: dict[str, Any]) -> None:
     assert figures["modeldeployments"] == figures["ready"] == COUNT
-    assert 0 < figures["wall_seconds"] < 300
-    # both are rounded from the same unrounded wall time: equal within that rounding
-    assert figures["per_second"] == pytest.approx(COUNT / figures["wall_seconds"], abs=0.15)
+    assert figures["following_alias"] == COUNT // 5
+    assert 0 < figures["converge_seconds"] < 300
     # Every ModelDeployment had its six children applied and its status written.
-    by_kind = figures["create_requests_per_md_by_kind"]
+    by_kind = figures["converge_requests_per_md_by_kind"]
     for kind in CHILD_KINDS:
         assert by_kind.get(f"PATCH {kind}", 0) >= 1, kind
     assert by_kind.get("PATCH modeldeployments/status", 0) >= 1
-    assert figures["create_writes_per_md"] >= len(CHILD_KINDS) + 1
-    assert figures["create_requests_per_md"] >= figures["create_writes_per_md"]
-    assert sum(by_kind.values()) == pytest.approx(figures["create_requests_per_md"], abs=0.2)
-    # A no-op resync round: one pass per ModelDeployment at least, reads only.
-    assert figures["resync_passes"] >= COUNT
-    assert figures["resync_writes_total"] == 0
-    assert len(CHILD_KINDS) <= figures["resync_requests_per_pass"] < 30
+    assert figures["converge_writes_per_md"] >= len(CHILD_KINDS) + 1
+    assert figures["converge_requests_per_md"] >= figures["converge_writes_per_md"]
+    assert sum(by_kind.values()) == pytest.approx(figures["converge_requests_per_md"], abs=0.2)
+    # The versions were checked in MLflow, through the counting proxy.
+    assert figures["converge_registry_calls"] > 0
     assert figures["requests_outside_rbac"] == 0
-    assert figures["operator_cpu_ms_per_md_create"] > 0
+    assert figures["operator_cpu_seconds_converge"] > 0
     assert 20 < figures["operator_peak_rss_mib"] < 2048
+    assert figures["operator_rss_mib_end"] <= figures["operator_peak_rss_mib"]
+    # Each spec change reached its Deployment and the status within the bound.
+    assert len(figures["spec_change_seconds"]) == 3
+    assert all(t is not None and 0 < t < 60 for t in figures["spec_change_seconds"])
+    assert figures["quiet_seconds"] >= QUIET_SECONDS
+
+
+@pytest.mark.xfail(strict=True, reason="the operator lists every child kind of every "
+                   "ModelDeployment at each resync pass")
+def test_a_quiet_cluster_costs_no_list_and_no_write(figures: dict[str, Any]) -> None:
+    verbs = figures["quiet_requests_by_verb"]
+    assert verbs["LIST"] == 0, figures["quiet_requests_per_md_minute_by_kind"]
+    assert figures["quiet_writes"] == 0, figures["quiet_requests_per_md_minute_by_kind"]
+
+
+def test_request_kinds() -> None:
+    ns = "/apis/modelship.io/v1alpha1/namespaces/a/modeldeployments"
+    assert bench.classify("GET", ns, {}) == ("LIST", "modeldeployments")
+    assert bench.classify("GET", ns, {"watch": "true"}) == ("WATCH", "modeldeployments")
+    assert bench.classify("GET", f"{ns}/m", {}) == ("GET", "modeldeployments")
+    assert bench.classify("PATCH", f"{ns}/m/status", {}) == ("PATCH", "modeldeployments/status")
+    assert bench.classify("GET", "/apis/apps/v1/deployments", {"watch": "1"}) == (
+        "WATCH", "deployments")
+    assert bench.classify("POST", "/api/v1/namespaces/a/events", {}) == ("POST", "events")
+    assert bench.classify("GET", "/api/v1/namespaces/a/services/s", {}) == ("GET", "services")
+    requests_ = [("GET", ns, {}, "kopf"), ("PATCH", f"{ns}/m", {}, "kopf"),
+                 ("GET", ns, {}, "test-user")]
+    assert bench.by_verb(bench.by_operator(requests_))["LIST"] == 1
+    assert bench.breakdown(bench.by_operator(requests_), 2) == {
+        "LIST modeldeployments": 0.5, "PATCH modeldeployments": 0.5}
+
+
+def test_workload_and_targets() -> None:
+    following = [i for i in range(100) if bench.follows_alias(i, 0.2)]
+    assert len(following) == 20 and following[:2] == [4, 9]
+    assert not any(bench.follows_alias(i, 0.0) for i in range(100))
+    assert len({bench.namespace(i, 10) for i in range(100)}) == 10
+    assert bench.target(0, 0, inclusive=True)["met"]
+    assert not bench.target(1, 0, inclusive=True)["met"]
+    assert not bench.target(0.1, 0.1)["met"]
+    assert not bench.target(None, 5)["met"]  # not measured: missed, never met
+    assert bench.memory_limit_mib() > 0
+
+
+def test_memory_limit_units(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    for limit, mib in (("256Mi", 256), ("1Gi", 1024), ("512Ki", 0.5)):
+        values.write_text(f"resources:\n  limits:\n    memory: {limit}\n")
+        assert bench.memory_limit_mib(values) == pytest.approx(mib)
 
 
 def _md(phase: str, ready: str, generation: int, observed: int | None) -> dict[str, Any]:
@@ -103,4 +162,7 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--count", "0"])
     assert exit_.value.code == 2
-    assert "--count must be at least 1" in capsys.readouterr().err
+    assert "--count (or every size)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "1000,x"])
+    assert "--sizes must be comma-separated integers" in capsys.readouterr().err

@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 from kube_emulator import OPERATOR_AGENT, Cluster, wait_for
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from modelship_operator import api, render, status
 from modelship_operator.apply import Conflict, holder, references, sync_children
 from modelship_operator.k8s import KubeClient
@@ -113,11 +111,7 @@ def test_children_owned_condition() -> None:
 
 
 def _client(cluster: Cluster) -> KubeClient:
-    configuration = k8s_client.Configuration()
-    k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(cluster.kubeconfig), client_configuration=configuration
-    )
-    return KubeClient(k8s_client.ApiClient(configuration))
+    return KubeClient.from_kubeconfig(cluster.kubeconfig)
 
 
 def _place(cluster: Cluster, path: str, obj: dict[str, Any]) -> dict[str, Any]:

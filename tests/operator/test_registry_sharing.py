@@ -10,17 +10,12 @@ fails. Times are passed to the resolver as numbers: no test waits on a clock.
 from __future__ import annotations
 
 import itertools
-import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from mlflow_standin import Mlflow, serving
 from modelship_operator import api, metrics
 from modelship_operator.lru import LRU
 from modelship_operator.registry import POOL_SIZE, Clients, Credentials, Registry
@@ -29,90 +24,11 @@ from modelship_operator.resolve import Resolver
 POLL = 30.0
 
 
-@dataclass
-class Mlflow:
-    """What the stand-in serves, and what it was asked."""
-
-    aliases: dict[tuple[str, str, str], str] = field(default_factory=dict)  # token, model, alias
-    versions: set[tuple[str, str]] = field(default_factory=set)  # model, version
-    tokens: set[str] = field(default_factory=lambda: {""})  # "" = no Authorization header
-    down: bool = False
-    delay: float = 0.0
-    seen: list[tuple[str, str, int]] = field(default_factory=list)  # route, token, client port
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, route: str, token: str | None = None) -> int:
-        with self.lock:
-            return sum(1 for r, t, _ in self.seen if r == route and token in (None, t))
-
-    def reset(self) -> None:
-        with self.lock:
-            self.seen.clear()
-        self.aliases.clear()
-        self.versions.clear()
-        self.tokens = {""}
-        self.down, self.delay = False, 0.0
-
-
-def handler_for(state: Mlflow) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as MLflow's server does
-
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            route = url.path.removeprefix("/api/2.0/mlflow/")
-            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            with state.lock:
-                state.seen.append((route, token, self.client_address[1]))
-            if state.delay:
-                time.sleep(state.delay)
-            if state.down:
-                return self.reply(503, {"message": "down for maintenance"})
-            if token not in state.tokens:
-                return self.reply(401, {"message": "who are you"})
-            name, version = query.get("name", ""), query.get("version", "")
-            if route == "registered-models/alias":
-                target = state.aliases.get((token, name, query.get("alias", "")))
-                if target is None:
-                    return self.reply(400, {"error_code": "RESOURCE_DOES_NOT_EXIST",
-                                            "message": "alias not found"})
-                return self.reply(200, {"model_version": {"name": name, "version": target}})
-            if (name, version) not in state.versions:
-                return self.reply(404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
-                                        "message": f"version {version} not found"})
-            if route == "model-versions/get":
-                return self.reply(200, {"model_version": {"version": version, "status": "READY"}})
-            if route == "model-versions/get-download-uri":
-                return self.reply(200, {"artifact_uri": f"s3://models/{name}/{version}"})
-            return self.reply(404, {"message": f"no route {route}"})
-
-        def reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, Mlflow]]:
     state = Mlflow()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(state) as uri:
+        yield uri, state
 
 
 @pytest.fixture()
@@ -203,7 +119,12 @@ def test_followers_of_an_alias_share_one_poll_per_interval(mlflow: tuple[str, Ml
     state.delay = 0.05
     resolver = Resolver(POLL, verify=True, rng=lambda: 0.5)  # no jitter: due every 30 s
     mds = [md(f"follower-{i}", alias="champion") for i in range(100)]
-    registry = registry_of(resolver, uri)
+    made = [0]
+
+    def registry() -> Registry:  # what reads the credentials Secret, in the operator
+        made[0] += 1
+        return resolver.clients.get(uri, None, 5.0)
+
     first = resolve_all(resolver, mds, registry, now=0.0, force=True)
     assert {r.wanted for r in first} == {"1"}
     assert state.count("registered-models/alias") == 1
@@ -231,8 +152,12 @@ def test_followers_of_an_alias_share_one_poll_per_interval(mlflow: tuple[str, Ml
             assert set(seen.values()) == {"2"}  # every follower saw the move at once
         if now == 310.0:
             assert set(seen.values()) == {"3"}  # and the others took it without asking
+            clients_made = made[0]
     # Polls at 0, 30, ..., 300; the forced one at 310; then 340, 370, ..., 580.
     assert state.count("registered-models/alias") == 11 + 1 + 9
+    # Once all know the versions, only the follower that asks makes a client (in the
+    # operator: reads the credentials Secret): at 340, 370, ..., 580.
+    assert made[0] - clients_made == 9
     # A pass per follower per poll (19 of them after the first), and one to catch up.
     assert passes == 100 * 19 + 99
     # Each version was checked once for all, when the alias moved to it.

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 from kube_emulator import Cluster
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+from lightkube import KubeConfig
 from mlflow_proc import BIN, MlflowServer
 from modelship_operator import smoke
 from modelship_operator.api import ModelDeployment
@@ -238,11 +237,7 @@ def test_no_pod_answering_is_transient() -> None:
 
 
 def kube(cluster: Cluster) -> KubeClient:
-    configuration = k8s_client.Configuration()
-    k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(cluster.kubeconfig), client_configuration=configuration
-    )
-    return KubeClient(k8s_client.ApiClient(configuration))
+    return KubeClient.from_kubeconfig(cluster.kubeconfig)
 
 
 def put_config_map(cluster: Cluster, name: str, **fields: Any) -> None:
@@ -325,8 +320,7 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 
 def unused_kube() -> KubeClient:
     """A client of an API that is not there: an artifact source never reads a ConfigMap."""
-    configuration = k8s_client.Configuration(host=f"http://127.0.0.1:{closed_port()}")
-    return KubeClient(k8s_client.ApiClient(configuration), timeout=2)
+    return KubeClient(KubeConfig.from_server(f"http://127.0.0.1:{closed_port()}"), timeout=2)
 
 
 def registry_of(server: MlflowServer | str) -> Callable[[], Registry]:

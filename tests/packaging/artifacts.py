@@ -25,6 +25,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["ml", "team-b"]},
     "ha": {"replicas": 2, "logLevel": "debug", "logFormat": "plain"},
     "ha-namespaced": {"replicas": 3, "watchNamespaces": ["ml"], "peering": {"name": "ms"}},
+    "sharded": {"shards": [{"name": "a", "namespaces": ["team-a", "team-b"]},
+                           {"name": "b", "namespaces": ["team-c"]}]},
+    "ha-sharded": {"replicas": 2, "shards": [{"name": "a", "namespaces": ["team-a"]},
+                                             {"name": "b", "namespaces": ["team-b"]}],
+                   "monitoring": {"podMonitor": {"enabled": True}}},
     "monitoring": {
         "monitoring": {
             "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},

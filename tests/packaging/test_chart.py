@@ -32,10 +32,24 @@ def _kinds(objects: list[dict[str, Any]]) -> list[str]:
     return sorted(o["kind"] for o in objects)
 
 
+def _containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator container of each operator Deployment (one per shard)."""
+    found = []
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        assert len(containers) == 1
+        found.append(containers[0])
+    assert found
+    return found
+
+
 def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]  # type: ignore[no-any-return]
+    """The operator container; shards' containers differ only in their arguments."""
+    first, *others = _containers(objects)
+    for other in others:
+        assert {k: v for k, v in other.items() if k != "args"} == {
+            k: v for k, v in first.items() if k != "args"}
+    return first
 
 
 def _env(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -56,6 +70,10 @@ def test_helm_lint_strict(value_set: str) -> None:
         {"replicas": 0},
         {"logLevel": "verbose"},
         {"watchNamespaces": ["Not_A_Namespace"]},
+        {"shards": [{"name": "a"}]},
+        {"shards": [{"name": "a", "namespaces": []}]},
+        {"shards": [{"name": "A", "namespaces": ["ml"]}]},
+        {"shards": [{"name": "a", "namespaces": ["ml"], "labels": {}}]},
         {"image": {"repository": "x", "digest": "latest"}},
         {"monitoring": {"prometheusRule": {"errorRateThreshold": 2}}},
         {"metrics": {"port": 8081}},
@@ -115,6 +133,65 @@ def test_listed_namespaces_mode(rendered: dict[str, list[dict[str, Any]]]) -> No
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                       "kind": "ClusterRole", "name": "modelship"}
     assert _container(objects)["args"][:2] == ["--namespace=ml", "--namespace=team-b"]
+
+
+def test_shards_are_one_operator_each_for_its_namespaces(
+    rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = rendered["sharded"]
+    deployments = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Deployment"}
+    assert sorted(deployments) == ["modelship-a", "modelship-b"]
+    args = {name: d["spec"]["template"]["spec"]["containers"][0]["args"]
+            for name, d in deployments.items()}
+    assert args["modelship-a"][:2] == ["--namespace=team-a", "--namespace=team-b"]
+    assert args["modelship-b"][0] == "--namespace=team-c"
+    assert not any(a == "--all-namespaces" for shard in args.values() for a in shard)
+    # Each Deployment selects its own pods only.
+    for name, deployment in deployments.items():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["modelship.io/shard"] == name.removeprefix("modelship-")
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert "ClusterRoleBinding" not in _kinds(objects)
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b",
+                                                                    "team-c"]
+    assert not {"ClusterKopfPeering", "KopfPeering", "PodDisruptionBudget"} & set(
+        _kinds(objects))
+
+
+def test_sharded_replicas_peer_within_their_shard(
+    rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = rendered["ha-sharded"]
+    peerings = [o for o in objects if o["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert "ClusterKopfPeering" not in _kinds(objects)
+    env = _env(objects)
+    assert env["MODELSHIP_OPERATOR_STANDALONE"] == "false"
+    assert env["MODELSHIP_OPERATOR_CLUSTERWIDE_PEERING"] == "false"
+    budgets = {b["metadata"]["name"]: b["spec"] for b in objects
+               if b["kind"] == "PodDisruptionBudget"}
+    assert budgets == {
+        f"modelship-{s}": {"minAvailable": 1, "selector": {"matchLabels": {
+            "app.kubernetes.io/name": "modelship-operator",
+            "app.kubernetes.io/instance": "modelship", "modelship.io/shard": s}}}
+        for s in ("a", "b")}
+    monitor = _named(objects, "PodMonitor", "modelship-runtime")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"shards": [{"name": "a", "namespaces": ["ml"]}, {"name": "b", "namespaces": ["ml"]}]},
+         "namespace ml is in two shards"),
+        ({"shards": [{"name": "a", "namespaces": ["ml"]}], "watchNamespaces": ["x"]},
+         "set shards or watchNamespaces, not both"),
+    ],
+)
+def test_shards_that_cannot_work_are_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        render_chart(values)
 
 
 def test_rbac_rules_are_the_operators(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -50,7 +50,7 @@ def test_imports_match_the_declared_dependencies(distribution: str, tmp_path: Pa
 
 def test_an_import_only_another_distribution_declares_is_caught(tmp_path: Path) -> None:
     """The operator image's failure: prometheus_client imported, declared only by the
-    runtime; requests only a dependency of kubernetes; scikit-learn and the runtime's
+    runtime; requests, which registry.py imports, undeclared; scikit-learn and the runtime's
     package itself, which only the runtime image has."""
     copy = tmp_path / "operator"
     shutil.copytree(REPO / "operator", copy,

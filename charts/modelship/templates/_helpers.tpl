@@ -54,3 +54,39 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - sourceLabels: [__meta_kubernetes_pod_name]
   targetLabel: pod
 {{- end -}}
+
+{{/* The operator Deployments: one per entry of .Values.shards, or a single one serving
+.Values.watchNamespaces (empty: the whole cluster). A JSON list of {name, namespaces};
+name is "" for the single one. Fails when a namespace is in two shards, or when both
+shards and watchNamespaces are set. */}}
+{{- define "modelship.shards" -}}
+{{- if .Values.shards -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "set shards or watchNamespaces, not both: each shard lists its own namespaces" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range .Values.shards -}}
+{{- range .namespaces -}}
+{{- if hasKey $seen . -}}
+{{- fail (printf "namespace %s is in two shards (%s and another): each namespace needs exactly one operator" . (get $seen .)) -}}
+{{- end -}}
+{{- end -}}
+{{- $name := .name -}}
+{{- range .namespaces -}}
+{{- $_ := set $seen . $name -}}
+{{- end -}}
+{{- end -}}
+{{- toJson .Values.shards -}}
+{{- else -}}
+{{- toJson (list (dict "name" "" "namespaces" .Values.watchNamespaces)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every namespace an operator serves (JSON list; empty: the whole cluster). */}}
+{{- define "modelship.namespaces" -}}
+{{- $all := list -}}
+{{- range (include "modelship.shards" . | fromJsonArray) -}}
+{{- $all = concat $all .namespaces -}}
+{{- end -}}
+{{- toJson $all -}}
+{{- end -}}
