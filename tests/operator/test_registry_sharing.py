@@ -18,7 +18,7 @@ import pytest
 from mlflow_standin import Mlflow, serving
 from modelship_operator import api, metrics
 from modelship_operator.lru import LRU
-from modelship_operator.registry import POOL_SIZE, Clients, Credentials, Registry
+from modelship_operator.registry import POOL_SIZE, Clients, Credentials, Registry, RegistryError
 from modelship_operator.resolve import Resolver
 
 POLL = 30.0
@@ -261,3 +261,36 @@ def test_the_lru_forgets_the_least_recently_used() -> None:
 def test_a_registry_request_label_out_of_its_words_is_refused(operation: str, outcome: str) -> None:
     with pytest.raises(ValueError, match="registry"):
         metrics.record_registry_request(operation, outcome)
+
+
+def test_a_follower_without_a_client_retries_on_its_own(mlflow: tuple[str, Mlflow]) -> None:
+    uri, state = mlflow
+    state.aliases[("", "fraud", "champion")] = "1"
+    resolver = Resolver(POLL, verify=False, rng=lambda: 0.5)
+    secret_readable = [False]
+
+    def registry() -> Registry:  # Reconciler.registry_for: the Secret first
+        if not secret_readable[0]:
+            raise RegistryError("Unauthorized", "Secret mlflow-auth not found")
+        return resolver.clients.get(uri, None, 5.0)
+
+    ok, locked_out = md("ok", alias="champion"), md("locked-out", alias="champion")
+    serving = {"stable": {"version": "1"}, "model": {"resolvedVersion": "1"}}
+    assert resolver.resolve(ok, serving, registry_of(resolver, uri), now=0.0).wanted == "1"
+    first = resolver.resolve(locked_out, serving, registry, now=0.0)
+    assert (first.target, first.problem and first.problem.reason) == ("1", "Unauthorized")
+    assert resolver.next_due("ml", "locked-out") == 1.0  # its own backoff: 1, 2, 4, ... s
+    assert resolver.next_due("ml", "ok") == POLL  # the other follower's schedule is its own
+    again = resolver.resolve(locked_out, serving, registry, now=1.0)
+    assert again.problem is not None and resolver.next_due("ml", "locked-out") == 3.0
+    secret_readable[0] = True
+    fixed = resolver.resolve(locked_out, serving, registry, now=3.0)
+    # The Secret readable again, it takes the answer the other follower got: no call.
+    assert (fixed.wanted, fixed.problem) == ("1", None)
+    assert state.count("registered-models/alias") == 1
+    assert resolver.next_due("ml", "locked-out") == POLL
+    # Pinned now, or deleted: nothing to poll for it.
+    resolver.resolve(md("locked-out", version="1"), serving, registry, now=4.0)
+    assert resolver.next_due("ml", "locked-out") is None
+    resolver.forget("ml", "ok")
+    assert resolver.next_due("ml", "ok") is None and resolver.due("ml", "ok", 5.0)
