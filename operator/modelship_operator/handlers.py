@@ -158,6 +158,9 @@ async def md_event(meta: kopf.Meta, event: kopf.RawEvent, memo: kopf.Memo, **_: 
     namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
     if event.get("type") == "DELETED":
         metrics.forget(namespace, name)
+        reconciler = getattr(memo, "reconciler", None)
+        if reconciler is not None:
+            reconciler.resolver.forget(namespace, name)
         return
     wakers = getattr(memo, "wakers", None)
     if wakers is not None:
