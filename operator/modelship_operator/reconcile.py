@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -23,42 +23,33 @@ from modelship_operator import (
     events,
     metrics,
     naming,
-    retire,
+    plan,
     shadow_secret,
     smoke,
     status,
     trust,
     webhooks,
 )
-from modelship_operator.apply import SyncResult, sync_children
+from modelship_operator.apply import sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
 from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import (
-    RenderError,
-    Retiring,
-    RolloutState,
     desired_kinds,
     owner_reference,
-    render,
 )
 from modelship_operator.resolve import MODEL_RESOLVED, Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.gates import Outcome
 from modelship_operator.rollout.providers import AnalysisError, endpoints
+from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.rollout.state import (
-    ABORT_ANNOTATION,
-    DEADLINE_REASON,
-    PROMOTE_ANNOTATION,
-    Observed,
     Step,
     Verdict,
-    advance,
     analysis_due,
     deadline_at,
     smoke_due,
 )
-from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
 
 MD_KIND = kind_of(api.API_VERSION, api.KIND)
@@ -83,23 +74,6 @@ def validation_message(error: ValidationError) -> str:
     message = str(first.get("msg", "invalid"))
     message = message.removeprefix("Value error, ")
     return f"{path}: {message}" if path and not message.startswith("spec.") else message
-
-
-def url_of(md: api.ModelDeployment) -> str:
-    spec = md.spec
-    if spec.ingress is not None:
-        scheme = "https" if spec.ingress.tls_secret else "http"
-        return f"{scheme}://{spec.ingress.host}{spec.ingress.path}"
-    if spec.gateway is not None and spec.gateway.hostnames:
-        return f"http://{spec.gateway.hostnames[0]}{spec.gateway.path}"
-    service = naming.service_name(md.metadata.name)
-    return f"http://{service}.{md.metadata.namespace}.svc.cluster.local/"
-
-
-def desired_replicas(md: api.ModelDeployment) -> int:
-    if md.spec.autoscaling is not None:
-        return md.spec.autoscaling.min_replicas
-    return md.spec.replicas
 
 
 @dataclass
@@ -258,24 +232,14 @@ class Reconciler:
         resolved: str | None = None,
         result: PassResult,
     ) -> None:
-        """Advance the rollout one step, render, apply, report."""
+        """Observe what the rollout needs, plan, act, report."""
         namespace, name = md.metadata.namespace, md.metadata.name
         live = result.live
-
-        before = driver.read_state(current)
         now = time.time()
-        canary_version = before.canary.version if before.canary else None
-        canary_dep = _deployment(live, name, canary_version) if canary_version else None
-        annotations = md.metadata.annotations
-        observed = Observed(
-            now=now,
-            canary_ready=_ready(canary_dep),
-            canary_available=_available(canary_dep),
-            promote_now=annotations.get(PROMOTE_ANNOTATION, "").lower() == "now",
-            abort=ABORT_ANNOTATION in annotations
-            and annotations[ABORT_ANNOTATION].lower() not in ("", "false"),
-        )
-        verdict, analysis, counters = None, None, None
+
+        # Observe: the readings the rollout asks for at this point of it.
+        before, observed = plan.rollout_inputs(md, current, live, now)
+        verdict, analysis, counters, smoked = None, None, None, None
         current_canary = current.get("canary") or {}
         if before.canary is not None and analysis_due(before, md.spec.rollout, now):
             verdict, analysis, counters = self.analyst.verdict(md, before, current_canary, now)
@@ -284,41 +248,26 @@ class Reconciler:
             observed.canary_ready and before.canary is not None
             and before.canary.version == target and smoke_due(before, md.spec.rollout)
         ):
-            observed = replace(observed, smoke=self._smoke(md, before, registry))
-        step = advance(md.spec.rollout, target, before, observed, verdict)
-        after = step.state
-        assert after.stable is not None
-
-        kept = _retiring(current, before, after, live, name, now, self.settings)
-        state = RolloutState(
-            stable_version=after.stable,
-            canary_version=after.canary.version if after.canary else None,
-            canary_weight=after.canary.weight if after.canary else 0,
-            mirror=bool(after.canary and after.canary.shadow and observed.canary_ready),
-            header_routing=bool(
-                after.canary and observed.canary_ready
-                and (after.canary.smoked or md.spec.rollout.smoke_test is None)
-                and (before.canary is not None and before.canary.version == after.canary.version)
-            ),
-            retiring=tuple(
-                Retiring(e.version, _replicas(_deployment(live, name, e.version))) for e in kept
-            ),
-            former_canary=after.last.version if kept and after.canary is None and after.last
-            else None,
+            smoked = self._smoke(md, before, registry)
+        seen = plan.Observation(
+            md=md, current=current, live=live, target=target, now=now, resolved=resolved,
+            conditions=tuple(extra_conditions or ()), verdict=verdict, analysis=analysis,
+            counters=counters, smoke=smoked,
         )
-        try:
-            desired = render(md, state, self.settings)
-        except RenderError as exc:
-            self._stall(
-                body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", md.metadata.generation
-            )
+
+        # Plan.
+        planned = plan.plan(seen, self.settings)
+        if planned.stall is not None:
+            self._stall(body, patch, current, *planned.stall, md.metadata.generation)
             return
-        # Before the Deployments whose pods read it.
+        after = planned.step.state
+
+        # Act: the Secret the pods read, then the children, the step's window, MLflow.
         if shadowtoken.wanted(md) and shadow_secret.ensure(self.client, md, owner_reference(md)):
             logger.info(f"created Secret {naming.shadow_token_name(name)}")
         synced = sync_children(
             self.client,
-            desired,
+            planned.desired,
             desired_kinds(),
             namespace,
             name,
@@ -328,29 +277,28 @@ class Reconciler:
         )
         result.applied, result.deleted = dict(synced.applied), list(synced.removed)
         counters, baseline = self._window_records(md, after, current_canary, counters, now)
-
-        for reason, message, warning in step.events:
-            logger.info(f"rollout: {reason}: {message}")
-            events.post(self.client, body, reason, message, warning=warning)
-        self._notify(md, before, after, step, analysis)
-        self._rollout_metrics(md, before, after, verdict)
-        if synced.changed:
-            logger.info(f"children: {synced.summary()}")
-            events.post(self.client, body, "Reconciled", synced.summary())
         conflicts = [str(c) for c in synced.conflicts]
         if conflicts:
             logger.warning(f"children held by another owner, left alone: {'; '.join(conflicts)}")
-        extra = [
-            *(extra_conditions or []),
-            *status.children_owned(conflicts, current.get("conditions"), md.metadata.generation),
-        ]
-        write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
-        self._report(
-            body, patch, current, md, step, synced, analysis, extra, write_back, resolved,
-            counters=counters, baseline=baseline,
+        if synced.changed:
+            logger.info(f"children: {synced.summary()}")
+        for reason, message, _ in planned.step.events:
+            logger.info(f"rollout: {reason}: {message}")
+        self._notify(md, before, after, planned.step, analysis)
+        self._rollout_metrics(md, before, after, verdict)
+        acted = plan.Acted(
+            changed=synced.summary() if synced.changed else None,
+            conflicts=conflicts,
+            write_back=self._write_back(md, after, current.get("lastRollout"), registry, logger),
+            counters=counters,
+            baseline=baseline,
         )
-        if current.get("retiring") != (retiring := retire.to_status(kept)):
-            patch.status["retiring"] = retiring
+
+        # Report: Events first (a reader who sees the status finds them), then the status.
+        desired, found = plan.report(seen, planned, acted)
+        for reason, message, warning in found:
+            events.post(self.client, body, reason, message, warning=warning)
+        patch.status.update(status.status_patch(current, desired))
 
     # -- before users see it: smoke test, confirm-promotion, event webhooks ---------------
 
@@ -586,21 +534,10 @@ class Reconciler:
         problem = resolution.problem
         reason = problem.reason if problem else "ModelNotResolved"
         message = problem.message if problem else "no model version to serve"
-        conditions = [
-            *status.kstatus(False, True, False, reason, message, generation),
-            *resolution.conditions,
-        ]
-        desired = {
-            "phase": "Pending",
-            "conditions": status.merge_conditions(
-                current.get("conditions"), conditions, status.now_iso()
-            ),
-        }
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if changes:
-            events.post(self.client, body, reason, message, warning=True)
+        desired, found = plan.unresolved(
+            current, reason, message, generation, list(resolution.conditions)
+        )
+        self._write_if_changed(body, patch, current, desired, found)
         metrics.record_reconcile_error(reason)
         transient = problem is None or problem.transient
         delay = backoff(retry) if transient else self.settings.stalled_retry_seconds
@@ -616,22 +553,25 @@ class Reconciler:
         generation: int | None,
         extra: list[dict[str, Any]] | None = None,
     ) -> None:
-        message = trust.redact(message)
-        desired: dict[str, Any] = {
-            "observedGeneration": generation,
-            "phase": "Failed",
-            "conditions": status.merge_conditions(
-                current.get("conditions"),
-                [*status.stalled(message, reason, generation), *(extra or [])],
-                status.now_iso(),
-            ),
-        }
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if changes:
-            events.post(self.client, body, reason, message, warning=True)
+        desired, found = plan.stalled(current, reason, trust.redact(message), generation, extra)
+        self._write_if_changed(body, patch, current, desired, found)
         metrics.record_reconcile_error(reason)
+
+    def _write_if_changed(
+        self,
+        body: Mapping[str, Any],
+        patch: StatusChanges,
+        current: Mapping[str, Any],
+        desired: Mapping[str, Any],
+        found: list[plan.Event],
+    ) -> None:
+        """The Events of a status that changes, and the change; nothing when none."""
+        changes = status.status_patch(current, desired)
+        if not changes:
+            return
+        for reason, message, warning in found:
+            events.post(self.client, body, reason, message, warning=warning)
+        patch.status.update(changes)
 
     @staticmethod
     def _rollout_metrics(
@@ -655,135 +595,6 @@ class Reconciler:
             progressed_at=canary.progress_at, deadline_at=deadline_at(canary, md.spec.rollout),
         )
 
-    def _report(
-        self,
-        body: Mapping[str, Any],
-        patch: StatusChanges,
-        current: Mapping[str, Any],
-        md: api.ModelDeployment,
-        step: Step,
-        result: SyncResult,
-        analysis: Mapping[str, Any] | None,
-        extra_conditions: list[dict[str, Any]],
-        write_back: str | None,
-        resolved: str | None = None,
-        *,
-        counters: Mapping[str, Any] | None = None,
-        baseline: Mapping[str, Any] | None = None,
-    ) -> None:
-        state = step.state
-        assert state.stable is not None
-        name = md.metadata.name
-        stable_dep = _deployment(result.live, name, state.stable) or {}
-        ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
-        replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
-        desired = self._serving_status(
-            md, current, step, replicas, ready, extra_conditions, analysis=analysis
-        )
-        if md.spec.model.alias is not None:
-            # What the alias points at, as last seen; kept through a registry outage.
-            known = resolved or (current.get("model") or {}).get("resolvedVersion")
-            desired["model"] = {"resolvedVersion": known or self._resolved(md, step)}
-        canary_dep = (
-            _deployment(result.live, name, state.canary.version) if state.canary else None
-        ) or {}
-        desired["canary"] = driver.canary_status(
-            state,
-            current.get("canary"),
-            int((canary_dep.get("status") or {}).get("replicas") or 0),
-            int((canary_dep.get("status") or {}).get("readyReplicas") or 0),
-            analysis or None,
-            step_counters=counters,
-            baseline=baseline,
-            now=time.time(),
-        )
-        last = driver.last_rollout_status(state)
-        if last is not None and write_back is not None:
-            last["writeBack"] = write_back
-        desired["lastRollout"] = last
-        for cond in extra_conditions:
-            before: Mapping[str, Any] = next(
-                (c for c in current.get("conditions") or [] if c.get("type") == cond["type"]), {}
-            )
-            if before.get("status") != cond["status"] and cond["status"] == "False":
-                events.post(self.client, body, cond["reason"], cond["message"], warning=True)
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if "phase" in changes and desired["phase"] == "Ready":
-            events.post(self.client, body, "Ready", f"serving version {state.stable}")
-
-    def _serving_status(
-        self,
-        md: api.ModelDeployment,
-        current: Mapping[str, Any],
-        step: Step,
-        replicas: int,
-        ready: int,
-        extra_conditions: list[dict[str, Any]] | None = None,
-        *,
-        analysis: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        generation = md.metadata.generation
-        version = step.state.stable
-        assert version is not None
-        phase, conditions = status.serving(desired_replicas(md), ready, version, generation)
-        if step.phase == "Progressing" and step.state.canary is not None:
-            canary = step.state.canary
-            message = (
-                f"canary of version {canary.version} at {canary.weight}% "
-                f"(step {canary.step + 1}/{len(md.spec.rollout.steps)}); "
-                f"version {version} serves the rest"
-            )
-            reason = "RolloutInProgress"
-            if canary.paused_at is not None:
-                reason, message = "RolloutPaused", f"{message}; paused by spec.rollout.paused"
-            elif canary.held_since is not None:
-                last = analysis or (current.get("canary") or {}).get("lastAnalysis") or {}
-                why = "; ".join(
-                    str(g.get("message")) for g in last.get("gates") or []
-                    if g.get("verdict") == "Inconclusive"
-                ) or "analysis inconclusive"
-                reason = "AnalysisInconclusive"
-                message = f"{message}; the step holds: {why}"[:1000]
-            phase = "Progressing"
-            conditions = status.kstatus(False, True, False, reason, message, generation)
-        elif step.phase == "RolledBack" and step.state.last is not None:
-            last = step.state.last
-            message = (
-                f"version {last.version} was rolled back ({last.reason}); version {version} "
-                "serves all traffic; change spec.model to try again"
-            )
-            phase = "RolledBack"
-            reason = DEADLINE_REASON if last.reason.startswith(DEADLINE_REASON) else "RolledBack"
-            conditions = status.kstatus(False, False, True, reason, message, generation)
-        held = status.held_back([*(extra_conditions or []), *(current.get("conditions") or [])])
-        if held is not None:
-            phase = "Failed"
-            conditions = status.kstatus(
-                False, False, True, held["reason"], held["message"], generation
-            )
-        desired: dict[str, Any] = {
-            "observedGeneration": generation,
-            "phase": phase,
-            "url": url_of(md),
-            "stable": {"version": version, "replicas": replicas, "readyReplicas": ready},
-            "conditions": status.merge_conditions(
-                current.get("conditions"), [*conditions, *(extra_conditions or [])],
-                status.now_iso(),
-            ),
-        }
-        if md.spec.model.alias is not None:
-            desired["model"] = {"resolvedVersion": self._resolved(md, step)}
-        return desired
-
-    @staticmethod
-    def _resolved(md: api.ModelDeployment, step: Step) -> str | None:
-        state = step.state
-        if state.canary is not None:
-            return state.canary.version
-        return state.stable
-
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """A deep plain-dict copy of a kopf Body (its nested views are not dicts)."""
@@ -792,51 +603,3 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(body, default=dict)))
 
 
-def _deployment(
-    live: Mapping[tuple[str, str, str], dict[str, Any]], name: str, version: str | None
-) -> dict[str, Any] | None:
-    if version is None:
-        return None
-    return live.get(("apps/v1", "Deployment", naming.deployment_name(name, version)))
-
-
-def _retiring(
-    current: Mapping[str, Any],
-    before: Any,
-    after: Any,
-    live: Mapping[tuple[str, str, str], dict[str, Any]],
-    name: str,
-    now: float,
-    settings: OperatorSettings,
-) -> list[retire.Entry]:
-    """Versions this pass moves (or moved) traffic off whose Deployments stay a while."""
-
-    def serving(state: Any) -> set[str]:
-        return {v for v in (state.stable, state.canary.version if state.canary else None) if v}
-
-    return retire.plan(
-        retire.read(current.get("retiring")), serving(before), serving(after),
-        lambda version: _deployment(live, name, version) is not None,
-        now, settings.retire_after_seconds,
-    )
-
-
-def _replicas(deployment: Mapping[str, Any] | None) -> int | None:
-    replicas = ((deployment or {}).get("spec") or {}).get("replicas")
-    return int(replicas) if replicas is not None else None
-
-
-def _available(deployment: Mapping[str, Any] | None) -> bool:
-    """At least one pod of a Deployment is ready."""
-    if not deployment:
-        return False
-    return int((deployment.get("status") or {}).get("readyReplicas") or 0) > 0
-
-
-def _ready(deployment: Mapping[str, Any] | None) -> bool:
-    """All the pods a Deployment asks for are ready (and at least one)."""
-    if not deployment:
-        return False
-    wanted = (deployment.get("spec") or {}).get("replicas")
-    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-    return ready >= max(1, int(wanted if wanted is not None else 1))
