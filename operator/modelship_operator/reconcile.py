@@ -32,6 +32,7 @@ from modelship_operator import (
 )
 from modelship_operator.apply import sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
+from modelship_operator.lru import LRU
 from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import (
@@ -112,6 +113,8 @@ class Reconciler:
         self.settings = settings
         self.analyst = driver.Analyst(client)
         self.resolver = Resolver(settings.alias_poll_seconds, settings.verify_model_versions)
+        # When each shadow token Secret was last seen to exist (a quiet pass reads nothing).
+        self._tokens: LRU[tuple[str, str, str], float] = LRU(200_000)
 
     # -- the pass ---------------------------------------------------------------------
 
@@ -263,8 +266,10 @@ class Reconciler:
         after = planned.step.state
 
         # Act: the Secret the pods read, then the children, the step's window, MLflow.
-        if shadowtoken.wanted(md) and shadow_secret.ensure(self.client, md, owner_reference(md)):
-            logger.info(f"created Secret {naming.shadow_token_name(name)}")
+        if shadowtoken.wanted(md) and self._token_check_due(md, before.canary is not None, now):
+            if shadow_secret.ensure(self.client, md, owner_reference(md)):
+                logger.info(f"created Secret {naming.shadow_token_name(name)}")
+            self._tokens.put((namespace, name, md.metadata.uid), now)
         synced = sync_children(
             self.client,
             planned.desired,
@@ -299,6 +304,14 @@ class Reconciler:
         for reason, message, warning in found:
             events.post(self.client, body, reason, message, warning=warning)
         patch.status.update(status.status_patch(current, desired))
+
+    TOKEN_RECHECK_SECONDS = 1800.0
+
+    def _token_check_due(self, md: api.ModelDeployment, rollout: bool, now: float) -> bool:
+        """Look for the shadow token Secret at every pass of a rollout (the shadow phase
+        needs it), otherwise once in TOKEN_RECHECK_SECONDS (one deleted by hand returns)."""
+        seen = self._tokens.get((md.metadata.namespace, md.metadata.name, md.metadata.uid))
+        return rollout or seen is None or now - seen >= self.TOKEN_RECHECK_SECONDS
 
     # -- before users see it: smoke test, confirm-promotion, event webhooks ---------------
 
