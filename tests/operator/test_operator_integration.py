@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pytest
 from kube_emulator import Cluster, operator_requests, wait_for
 from modelship_operator import api, rbac
 
@@ -249,6 +250,21 @@ def test_a_child_deleted_or_edited_by_hand_is_repaired_from_its_watch_event(
     wait_for(lambda: (cluster.get("ingresses", NS, "iris") or {}).get("spec", {})
              .get("rules", [{}])[0].get("host") == "iris.example.com",
              what="the Ingress host put back")
+
+
+@pytest.mark.parametrize("cluster", [("httproutes",)], indirect=True)
+def test_a_cluster_without_the_gateway_api_is_served(
+    cluster: Cluster, operator: Callable[..., Any]
+) -> None:
+    # Gateway API is not installed: its kind has no watch and no index, and a
+    # ModelDeployment routed by an Ingress is served all the same.
+    op = operator()
+    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
+    wait_for(lambda: "ingresses" in children(cluster), what="children")
+    cluster.mark_ready(NS, "iris-v3", 2)
+    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    op.stop()
+    assert "Traceback" not in op.output()
 
 
 def test_invalid_spec_stalls_and_creates_nothing(
