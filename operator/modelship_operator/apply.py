@@ -109,6 +109,10 @@ class SyncResult:
     live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
     """Desired children left unapplied: held by another owner, or naming one that is."""
+    applied: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """The objects this pass applied, as the API server answered."""
+    removed: list[tuple[str, str, str]] = field(default_factory=list)
+    """The keys of the objects this pass deleted."""
 
     @property
     def changed(self) -> bool:
@@ -258,11 +262,14 @@ def sync_children(
         if action is Action.EXISTED:
             result.live[key] = live[key]
             continue
-        result.live[key] = client.apply(with_hash(obj), field_manager)
+        result.live[key] = result.applied[key] = client.apply(with_hash(obj), field_manager)
         (result.created if action is Action.CREATE else result.updated).append(label)
     for key in live:
-        if key not in wanted and client.delete(kind_of(key[0], key[1]), namespace, key[2]):
+        if key in wanted:
+            continue
+        if client.delete(kind_of(key[0], key[1]), namespace, key[2]):
             result.deleted.append(f"{key[1]}/{key[2]}")
+        result.removed.append(key)  # gone either way
     return result
 
 

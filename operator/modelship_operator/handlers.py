@@ -1,24 +1,29 @@
-"""kopf handlers: thin entry points that hand the work to reconcile.
+"""kopf handlers: thin entry points that hand the work to the per-object loop.
 
 Run with ``kopf run -m modelship_operator.handlers --all-namespaces`` (or ``-n NS``).
-Handlers are synchronous: kopf runs them in its thread pool, and the Kubernetes and
-MLflow clients they use are blocking.
+
+- One kopf index per child kind (fed by its watch) holds the children of every
+  ModelDeployment (cache.py); a change to a child wakes its owner's loop.
+- One async daemon per ModelDeployment runs that object's loop (loop.py): every pass of
+  it, one at a time, in a thread of the operator's own pool (the Kubernetes and MLflow
+  clients block), and every write it makes.
+- A change to the ModelDeployment itself wakes its loop too.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
-from modelship_operator import api, metrics, reconcile, trust
-from modelship_operator.k8s import KubeClient
+from modelship_operator import api, cache, loop, metrics, reconcile, trust
+from modelship_operator.k8s import KubeClient, kind_of
+from modelship_operator.render import desired_kinds
 from modelship_operator.settings import OperatorSettings
 
 _SETTINGS = OperatorSettings()
-_MANAGED = {"app.kubernetes.io/managed-by": "modelship"}
 
 
 @kopf.on.startup()
@@ -46,6 +51,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.settings = ours
     memo.client = KubeClient.from_environment(timeout=ours.api_timeout_seconds)
     memo.reconciler = reconcile.Reconciler(memo.client, ours)
+    memo.wakers = loop.Wakers()
+    # Passes run here, at most `workers` at a time (the clients they use block).
+    memo.executor = ThreadPoolExecutor(max_workers=ours.workers,
+                                       thread_name_prefix="modelship-pass")
 
 
 @kopf.on.startup()
@@ -67,7 +76,10 @@ def serve_metrics(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    executor = getattr(memo, "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.shutdown()
@@ -80,86 +92,77 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
-@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
-@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
-def reconcile_md(
+def _child_selector(api_version: str, kind: str) -> tuple[str, ...]:
+    where = kind_of(api_version, kind)
+    if not where.group:
+        return (where.version, where.plural)
+    return (where.group, where.version, where.plural)
+
+
+def _register_child_kind(api_version: str, kind: str) -> str:
+    """A kopf index of one child kind, and a watcher that wakes the owner's loop."""
+    where = kind_of(api_version, kind)
+    index_id = f"children_{where.plural}"
+    selector = _child_selector(api_version, kind)
+
+    async def index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any] | None:
+        key = cache.index_key(meta)
+        return None if key is None else {key: cache.trim(body, api_version, kind)}
+
+    async def changed(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+        owner = cache.owner_name(meta)
+        wakers = getattr(memo, "wakers", None)
+        if owner and wakers is not None:
+            wakers.wake(str(meta.get("namespace") or "default"), owner)
+
+    index.__name__ = index.__qualname__ = index_id
+    changed.__name__ = changed.__qualname__ = f"{where.plural}_changed"
+    kopf.index(*selector, labels=cache.MANAGED, id=index_id)(index)
+    kopf.on.event(*selector, labels=cache.MANAGED, id=f"{where.plural}_changed")(changed)
+    return index_id
+
+
+CHILD_INDEXES = tuple(_register_child_kind(av, k) for av, k in desired_kinds())
+"""The ids (and handler keyword names) of the children's indexes."""
+
+
+@kopf.daemon(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    # A stop (the object deleted, the operator exiting) lets a pass under way finish.
+    cancellation_timeout=max(_SETTINGS.api_timeout_seconds, 10.0),
+)
+async def reconcile_md(
     body: kopf.Body,
-    patch: kopf.Patch,
     memo: kopf.Memo,
-    retry: int,
     logger: kopf.Logger,
-    **_: Any,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
-    """Create or update every child of a ModelDeployment; report in status."""
-    memo.reconciler.run(body, patch, retry=retry, logger=logger, sweep=True)
+    """The ModelDeployment's own loop: every pass of it, and every write it makes."""
+    await loop.run(
+        body=body,
+        reconciler=memo.reconciler,
+        wakers=memo.wakers,
+        executor=memo.executor,
+        indexes=[kwargs[index_id] for index_id in CHILD_INDEXES],
+        stopped=stopped,
+        logger=logger,
+    )
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def md_event(meta: kopf.Meta, event: kopf.RawEvent, **_: Any) -> None:
-    """A deleted ModelDeployment leaves no metric series behind."""
+async def md_event(meta: kopf.Meta, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of a ModelDeployment wakes its loop; a deleted one leaves no metric
+    series behind."""
+    namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
     if event.get("type") == "DELETED":
-        metrics.forget(meta.get("namespace", "default"), meta["name"])
-
-
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    api.PLURAL,
-    interval=_SETTINGS.resync_interval_seconds,
-    initial_delay=_SETTINGS.resync_interval_seconds,
-    idle=_SETTINGS.resync_interval_seconds / 2,
-)
-def resync_md(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Repair drift (a child edited or deleted by hand); writes nothing when none."""
-    memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
-
-
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    api.PLURAL,
-    interval=_SETTINGS.rollout_tick_seconds,
-    when=lambda status, **_: bool(status.get("canary") or status.get("retiring")),
-)
-def rollout_tick(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Drive a running canary: readiness, weights, analysis, promotion or rollback; and
-    delete the Deployments traffic left once they have drained (status.retiring)."""
-    memo.reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
-
-
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    api.PLURAL,
-    # Ticks often; the resolver's own schedule (jitter, backoff) decides when to ask MLflow.
-    interval=min(_SETTINGS.alias_poll_seconds / 3, 5.0),
-    when=lambda spec, **_: bool((spec.get("model") or {}).get("alias")),
-)
-def alias_poll(
-    body: kopf.Body,
-    meta: kopf.Meta,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """Follow an MLflow alias: a move starts a rollout; a registry outage changes nothing."""
-    reconciler = memo.reconciler
-    if reconciler.resolver.due(meta.get("namespace", "default"), meta["name"], time.time()):
-        reconciler.run(body, patch, retry=0, logger=logger, sweep=True)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=_MANAGED)
-def deployment_event(
-    body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Keep the owner's status current as its Deployments' pods become ready or go away."""
-    reconciler = getattr(memo, "reconciler", None)
-    if reconciler is not None:
-        deleted = event.get("type") == "DELETED"
-        reconciler.deployment_changed(body, logger=logger, deleted=deleted)
+        metrics.forget(namespace, name)
+        reconciler = getattr(memo, "reconciler", None)
+        if reconciler is not None:
+            reconciler.resolver.forget(namespace, name)
+        return
+    wakers = getattr(memo, "wakers", None)
+    if wakers is not None:
+        wakers.wake(namespace, name)

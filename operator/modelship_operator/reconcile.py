@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -23,42 +23,34 @@ from modelship_operator import (
     events,
     metrics,
     naming,
-    retire,
+    plan,
     shadow_secret,
     smoke,
     status,
     trust,
     webhooks,
 )
-from modelship_operator.apply import SyncResult, list_children, sync_children
+from modelship_operator.apply import sync_children
 from modelship_operator.k8s import ApiError, KubeClient, kind_of
+from modelship_operator.lru import LRU
 from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.registry import Credentials, Registry, RegistryError
 from modelship_operator.render import (
-    RenderError,
-    Retiring,
-    RolloutState,
     desired_kinds,
     owner_reference,
-    render,
 )
 from modelship_operator.resolve import MODEL_RESOLVED, Resolution, Resolver
 from modelship_operator.rollout import driver
 from modelship_operator.rollout.gates import Outcome
 from modelship_operator.rollout.providers import AnalysisError, endpoints
+from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.rollout.state import (
-    ABORT_ANNOTATION,
-    DEADLINE_REASON,
-    PROMOTE_ANNOTATION,
-    Observed,
     Step,
     Verdict,
-    advance,
     analysis_due,
     deadline_at,
     smoke_due,
 )
-from modelship_operator.rollout.state import RolloutState as RolloutStateMachine
 from modelship_operator.settings import OperatorSettings
 
 MD_KIND = kind_of(api.API_VERSION, api.KIND)
@@ -85,78 +77,104 @@ def validation_message(error: ValidationError) -> str:
     return f"{path}: {message}" if path and not message.startswith("spec.") else message
 
 
-def url_of(md: api.ModelDeployment) -> str:
-    spec = md.spec
-    if spec.ingress is not None:
-        scheme = "https" if spec.ingress.tls_secret else "http"
-        return f"{scheme}://{spec.ingress.host}{spec.ingress.path}"
-    if spec.gateway is not None and spec.gateway.hostnames:
-        return f"http://{spec.gateway.hostnames[0]}{spec.gateway.path}"
-    service = naming.service_name(md.metadata.name)
-    return f"http://{service}.{md.metadata.namespace}.svc.cluster.local/"
+@dataclass
+class StatusChanges:
+    """The status fields a pass changes (a JSON merge patch: None removes a field)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.status)
 
 
-def desired_replicas(md: api.ModelDeployment) -> int:
-    if md.spec.autoscaling is not None:
-        return md.spec.autoscaling.min_replicas
-    return md.spec.replicas
+@dataclass
+class PassResult:
+    """What one pass wrote, for the per-object loop (cache.Overlay) and its next wait."""
+
+    written: dict[str, Any] | None = None
+    """The ModelDeployment as the status patch left it (None: no status written)."""
+    applied: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)
+    live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """The children the pass started from (what the caches held, with its own writes)."""
+    retry_in: float | None = None
+    """Seconds until the pass should run again because this one could not finish."""
 
 
 class Reconciler:
-    """Holds the shared clients; one pass at a time per ModelDeployment."""
+    """Holds the shared clients and caches; runs one pass of one ModelDeployment.
+
+    Passes of one ModelDeployment never overlap: each has its own loop (loop.py) that
+    runs them one after another. So nothing here locks.
+    """
 
     def __init__(self, client: KubeClient, settings: OperatorSettings) -> None:
         self.client = client
         self.settings = settings
         self.analyst = driver.Analyst(client)
         self.resolver = Resolver(settings.alias_poll_seconds, settings.verify_model_versions)
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        # resourceVersion each ModelDeployment's last pass started from, when that pass
-        # left a status patch for kopf to write (see run()).
-        self._decided: dict[tuple[str, str], str] = {}
-        self._guard = threading.Lock()
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+        # When each shadow token Secret was last seen to exist (a quiet pass reads nothing).
+        self._tokens: LRU[tuple[str, str, str], float] = LRU(200_000)
 
     # -- the pass ---------------------------------------------------------------------
 
     def run(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        live: Mapping[tuple[str, str, str], dict[str, Any]],
         *,
         retry: int,
         logger: Any,
-        sweep: bool = True,
-    ) -> None:
-        meta = body.get("metadata", {})
-        key = (meta.get("namespace", "default"), meta["name"])
-        version = meta.get("resourceVersion")
-        with self._lock(*key):
-            if version is not None and self._decided.get(key) == version:
-                # The previous pass started from this same body and decided a status
-                # that kopf writes only after that pass returned; deciding again from
-                # the stale body would repeat its Events, or contradict it (analyse a
-                # step it already left, undo a promotion). The write brings a new body.
-                del self._decided[key]
-                logger.debug("skipped: the previous pass's status is still being written")
-                return
-            try:
-                with metrics.reconcile_duration.time():
-                    self._run(body, patch, retry=retry, logger=logger)
-            except Exception as exc:
-                if not isinstance(exc, kopf.TemporaryError):  # those were counted by reason
-                    metrics.record_reconcile_error("Unexpected")
-                raise
-            finally:
-                if patch and version is not None:
-                    self._decided[key] = version
-                else:
-                    self._decided.pop(key, None)
+    ) -> PassResult:
+        """Observe (body and `live`, from the caches), decide, act: apply the children
+        that differ, then write status once. Never raises: a pass that cannot finish
+        says when to try again (`retry_in`)."""
+        result = PassResult(live=dict(live))
+        changes = StatusChanges()
+        try:
+            with metrics.reconcile_duration.time():
+                self._run(body, changes, result, retry=retry, logger=logger)
+        except kopf.TemporaryError as exc:  # counted by reason where raised
+            result.retry_in = float(exc.delay) if exc.delay is not None else backoff(retry)
+        except Exception as exc:
+            metrics.record_reconcile_error("Unexpected")
+            logger.exception(f"pass failed, retrying: {exc}")
+            result.retry_in = backoff(retry)
+        if changes:
+            self._write_status(body, changes, result, logger)
+        return result
 
-    def _run(self, body: Mapping[str, Any], patch: kopf.Patch, *, retry: int, logger: Any) -> None:
+    def _write_status(
+        self, body: Mapping[str, Any], changes: StatusChanges, result: PassResult, logger: Any
+    ) -> None:
+        """The pass's one status write, refused (409) when the object changed since it was
+        read: the pass then runs again from the newer object."""
+        meta = body.get("metadata", {})
+        try:
+            result.written = self.client.patch_status(
+                MD_KIND, meta.get("namespace"), meta["name"], changes.status,
+                resource_version=meta.get("resourceVersion"),
+            )
+        except ApiError as exc:
+            if exc.not_found:
+                return  # deleted meanwhile
+            if exc.status == 409:
+                logger.debug(f"status not written, the object changed meanwhile: {exc}")
+                result.retry_in = min(result.retry_in or 0.2, 0.2)
+                return
+            metrics.record_reconcile_error("TransientApiError" if exc.transient else "ApiError")
+            logger.warning(f"cannot write status, retrying: {exc}")
+            result.retry_in = min(result.retry_in or 60.0, backoff(1))
+
+    def _run(
+        self,
+        body: Mapping[str, Any],
+        patch: StatusChanges,
+        result: PassResult,
+        *,
+        retry: int,
+        logger: Any,
+    ) -> None:
         meta = body.get("metadata", {})
         generation = meta.get("generation")
         current = dict(body.get("status") or {})
@@ -193,7 +211,7 @@ class Reconciler:
             self._converge(
                 body, patch, current, md, resolution.target, logger,
                 extra_conditions=resolution.conditions, registry=registry,
-                resolved=resolution.wanted,
+                resolved=resolution.wanted, result=result,
             )
         except ApiError as exc:
             if exc.transient:
@@ -206,7 +224,7 @@ class Reconciler:
     def _converge(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         md: api.ModelDeployment,
         target: str,
@@ -215,26 +233,16 @@ class Reconciler:
         extra_conditions: list[dict[str, Any]] | None = None,
         registry: Callable[[], Registry] | None = None,
         resolved: str | None = None,
+        result: PassResult,
     ) -> None:
-        """Advance the rollout one step, render, apply, report."""
+        """Observe what the rollout needs, plan, act, report."""
         namespace, name = md.metadata.namespace, md.metadata.name
-        kinds = [kind_of(av, k) for av, k in desired_kinds()]
-        live = list_children(self.client, kinds, namespace, name, md.metadata.uid)
-
-        before = driver.read_state(current)
+        live = result.live
         now = time.time()
-        canary_version = before.canary.version if before.canary else None
-        canary_dep = _deployment(live, name, canary_version) if canary_version else None
-        annotations = md.metadata.annotations
-        observed = Observed(
-            now=now,
-            canary_ready=_ready(canary_dep),
-            canary_available=_available(canary_dep),
-            promote_now=annotations.get(PROMOTE_ANNOTATION, "").lower() == "now",
-            abort=ABORT_ANNOTATION in annotations
-            and annotations[ABORT_ANNOTATION].lower() not in ("", "false"),
-        )
-        verdict, analysis, counters = None, None, None
+
+        # Observe: the readings the rollout asks for at this point of it.
+        before, observed = plan.rollout_inputs(md, current, live, now)
+        verdict, analysis, counters, smoked = None, None, None, None
         current_canary = current.get("canary") or {}
         if before.canary is not None and analysis_due(before, md.spec.rollout, now):
             verdict, analysis, counters = self.analyst.verdict(md, before, current_canary, now)
@@ -243,41 +251,28 @@ class Reconciler:
             observed.canary_ready and before.canary is not None
             and before.canary.version == target and smoke_due(before, md.spec.rollout)
         ):
-            observed = replace(observed, smoke=self._smoke(md, before, registry))
-        step = advance(md.spec.rollout, target, before, observed, verdict)
-        after = step.state
-        assert after.stable is not None
-
-        kept = _retiring(current, before, after, live, name, now, self.settings)
-        state = RolloutState(
-            stable_version=after.stable,
-            canary_version=after.canary.version if after.canary else None,
-            canary_weight=after.canary.weight if after.canary else 0,
-            mirror=bool(after.canary and after.canary.shadow and observed.canary_ready),
-            header_routing=bool(
-                after.canary and observed.canary_ready
-                and (after.canary.smoked or md.spec.rollout.smoke_test is None)
-                and (before.canary is not None and before.canary.version == after.canary.version)
-            ),
-            retiring=tuple(
-                Retiring(e.version, _replicas(_deployment(live, name, e.version))) for e in kept
-            ),
-            former_canary=after.last.version if kept and after.canary is None and after.last
-            else None,
+            smoked = self._smoke(md, before, registry)
+        seen = plan.Observation(
+            md=md, current=current, live=live, target=target, now=now, resolved=resolved,
+            conditions=tuple(extra_conditions or ()), verdict=verdict, analysis=analysis,
+            counters=counters, smoke=smoked,
         )
-        try:
-            desired = render(md, state, self.settings)
-        except RenderError as exc:
-            self._stall(
-                body, patch, current, "InvalidSpec", f"{exc.field}: {exc}", md.metadata.generation
-            )
+
+        # Plan.
+        planned = plan.plan(seen, self.settings)
+        if planned.stall is not None:
+            self._stall(body, patch, current, *planned.stall, md.metadata.generation)
             return
-        # Before the Deployments whose pods read it.
-        if shadowtoken.wanted(md) and shadow_secret.ensure(self.client, md, owner_reference(md)):
-            logger.info(f"created Secret {naming.shadow_token_name(name)}")
-        result = sync_children(
+        after = planned.step.state
+
+        # Act: the Secret the pods read, then the children, the step's window, MLflow.
+        if shadowtoken.wanted(md) and self._token_check_due(md, before.canary is not None, now):
+            if shadow_secret.ensure(self.client, md, owner_reference(md)):
+                logger.info(f"created Secret {naming.shadow_token_name(name)}")
+            self._tokens.put((namespace, name, md.metadata.uid), now)
+        synced = sync_children(
             self.client,
-            desired,
+            planned.desired,
             desired_kinds(),
             namespace,
             name,
@@ -285,30 +280,38 @@ class Reconciler:
             self.settings.field_manager,
             live=live,
         )
+        result.applied, result.deleted = dict(synced.applied), list(synced.removed)
         counters, baseline = self._window_records(md, after, current_canary, counters, now)
-
-        for reason, message, warning in step.events:
-            logger.info(f"rollout: {reason}: {message}")
-            events.post(self.client, body, reason, message, warning=warning)
-        self._notify(md, before, after, step, analysis)
-        self._rollout_metrics(md, before, after, verdict)
-        if result.changed:
-            logger.info(f"children: {result.summary()}")
-            events.post(self.client, body, "Reconciled", result.summary())
-        conflicts = [str(c) for c in result.conflicts]
+        conflicts = [str(c) for c in synced.conflicts]
         if conflicts:
             logger.warning(f"children held by another owner, left alone: {'; '.join(conflicts)}")
-        extra = [
-            *(extra_conditions or []),
-            *status.children_owned(conflicts, current.get("conditions"), md.metadata.generation),
-        ]
-        write_back = self._write_back(md, after, current.get("lastRollout"), registry, logger)
-        self._report(
-            body, patch, current, md, step, result, analysis, extra, write_back, resolved,
-            counters=counters, baseline=baseline,
+        if synced.changed:
+            logger.info(f"children: {synced.summary()}")
+        for reason, message, _ in planned.step.events:
+            logger.info(f"rollout: {reason}: {message}")
+        self._notify(md, before, after, planned.step, analysis)
+        self._rollout_metrics(md, before, after, verdict)
+        acted = plan.Acted(
+            changed=synced.summary() if synced.changed else None,
+            conflicts=conflicts,
+            write_back=self._write_back(md, after, current.get("lastRollout"), registry, logger),
+            counters=counters,
+            baseline=baseline,
         )
-        if current.get("retiring") != (retiring := retire.to_status(kept)):
-            patch.status["retiring"] = retiring
+
+        # Report: Events first (a reader who sees the status finds them), then the status.
+        desired, found = plan.report(seen, planned, acted)
+        for reason, message, warning in found:
+            events.post(self.client, body, reason, message, warning=warning)
+        patch.status.update(status.status_patch(current, desired))
+
+    TOKEN_RECHECK_SECONDS = 1800.0
+
+    def _token_check_due(self, md: api.ModelDeployment, rollout: bool, now: float) -> bool:
+        """Look for the shadow token Secret at every pass of a rollout (the shadow phase
+        needs it), otherwise once in TOKEN_RECHECK_SECONDS (one deleted by hand returns)."""
+        seen = self._tokens.get((md.metadata.namespace, md.metadata.name, md.metadata.uid))
+        return rollout or seen is None or now - seen >= self.TOKEN_RECHECK_SECONDS
 
     # -- before users see it: smoke test, confirm-promotion, event webhooks ---------------
 
@@ -534,7 +537,7 @@ class Reconciler:
     def _registry_problem(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         resolution: Resolution,
         generation: int | None,
@@ -544,21 +547,10 @@ class Reconciler:
         problem = resolution.problem
         reason = problem.reason if problem else "ModelNotResolved"
         message = problem.message if problem else "no model version to serve"
-        conditions = [
-            *status.kstatus(False, True, False, reason, message, generation),
-            *resolution.conditions,
-        ]
-        desired = {
-            "phase": "Pending",
-            "conditions": status.merge_conditions(
-                current.get("conditions"), conditions, status.now_iso()
-            ),
-        }
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if changes:
-            events.post(self.client, body, reason, message, warning=True)
+        desired, found = plan.unresolved(
+            current, reason, message, generation, list(resolution.conditions)
+        )
+        self._write_if_changed(body, patch, current, desired, found)
         metrics.record_reconcile_error(reason)
         transient = problem is None or problem.transient
         delay = backoff(retry) if transient else self.settings.stalled_retry_seconds
@@ -567,29 +559,32 @@ class Reconciler:
     def _stall(
         self,
         body: Mapping[str, Any],
-        patch: kopf.Patch,
+        patch: StatusChanges,
         current: Mapping[str, Any],
         reason: str,
         message: str,
         generation: int | None,
         extra: list[dict[str, Any]] | None = None,
     ) -> None:
-        message = trust.redact(message)
-        desired: dict[str, Any] = {
-            "observedGeneration": generation,
-            "phase": "Failed",
-            "conditions": status.merge_conditions(
-                current.get("conditions"),
-                [*status.stalled(message, reason, generation), *(extra or [])],
-                status.now_iso(),
-            ),
-        }
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if changes:
-            events.post(self.client, body, reason, message, warning=True)
+        desired, found = plan.stalled(current, reason, trust.redact(message), generation, extra)
+        self._write_if_changed(body, patch, current, desired, found)
         metrics.record_reconcile_error(reason)
+
+    def _write_if_changed(
+        self,
+        body: Mapping[str, Any],
+        patch: StatusChanges,
+        current: Mapping[str, Any],
+        desired: Mapping[str, Any],
+        found: list[plan.Event],
+    ) -> None:
+        """The Events of a status that changes, and the change; nothing when none."""
+        changes = status.status_patch(current, desired)
+        if not changes:
+            return
+        for reason, message, warning in found:
+            events.post(self.client, body, reason, message, warning=warning)
+        patch.status.update(changes)
 
     @staticmethod
     def _rollout_metrics(
@@ -613,207 +608,6 @@ class Reconciler:
             progressed_at=canary.progress_at, deadline_at=deadline_at(canary, md.spec.rollout),
         )
 
-    def _report(
-        self,
-        body: Mapping[str, Any],
-        patch: kopf.Patch,
-        current: Mapping[str, Any],
-        md: api.ModelDeployment,
-        step: Step,
-        result: SyncResult,
-        analysis: Mapping[str, Any] | None,
-        extra_conditions: list[dict[str, Any]],
-        write_back: str | None,
-        resolved: str | None = None,
-        *,
-        counters: Mapping[str, Any] | None = None,
-        baseline: Mapping[str, Any] | None = None,
-    ) -> None:
-        state = step.state
-        assert state.stable is not None
-        name = md.metadata.name
-        stable_dep = _deployment(result.live, name, state.stable) or {}
-        ready = int((stable_dep.get("status") or {}).get("readyReplicas") or 0)
-        replicas = int((stable_dep.get("status") or {}).get("replicas") or 0)
-        desired = self._serving_status(
-            md, current, step, replicas, ready, extra_conditions, analysis=analysis
-        )
-        if md.spec.model.alias is not None:
-            # What the alias points at, as last seen; kept through a registry outage.
-            known = resolved or (current.get("model") or {}).get("resolvedVersion")
-            desired["model"] = {"resolvedVersion": known or self._resolved(md, step)}
-        canary_dep = (
-            _deployment(result.live, name, state.canary.version) if state.canary else None
-        ) or {}
-        desired["canary"] = driver.canary_status(
-            state,
-            current.get("canary"),
-            int((canary_dep.get("status") or {}).get("replicas") or 0),
-            int((canary_dep.get("status") or {}).get("readyReplicas") or 0),
-            analysis or None,
-            step_counters=counters,
-            baseline=baseline,
-            now=time.time(),
-        )
-        last = driver.last_rollout_status(state)
-        if last is not None and write_back is not None:
-            last["writeBack"] = write_back
-        desired["lastRollout"] = last
-        for cond in extra_conditions:
-            before: Mapping[str, Any] = next(
-                (c for c in current.get("conditions") or [] if c.get("type") == cond["type"]), {}
-            )
-            if before.get("status") != cond["status"] and cond["status"] == "False":
-                events.post(self.client, body, cond["reason"], cond["message"], warning=True)
-        changes = status.status_patch(current, desired)
-        for key, value in changes.items():
-            patch.status[key] = value
-        if "phase" in changes and desired["phase"] == "Ready":
-            events.post(self.client, body, "Ready", f"serving version {state.stable}")
-
-    def _serving_status(
-        self,
-        md: api.ModelDeployment,
-        current: Mapping[str, Any],
-        step: Step,
-        replicas: int,
-        ready: int,
-        extra_conditions: list[dict[str, Any]] | None = None,
-        *,
-        analysis: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        generation = md.metadata.generation
-        version = step.state.stable
-        assert version is not None
-        phase, conditions = status.serving(desired_replicas(md), ready, version, generation)
-        if step.phase == "Progressing" and step.state.canary is not None:
-            canary = step.state.canary
-            message = (
-                f"canary of version {canary.version} at {canary.weight}% "
-                f"(step {canary.step + 1}/{len(md.spec.rollout.steps)}); "
-                f"version {version} serves the rest"
-            )
-            reason = "RolloutInProgress"
-            if canary.paused_at is not None:
-                reason, message = "RolloutPaused", f"{message}; paused by spec.rollout.paused"
-            elif canary.held_since is not None:
-                last = analysis or (current.get("canary") or {}).get("lastAnalysis") or {}
-                why = "; ".join(
-                    str(g.get("message")) for g in last.get("gates") or []
-                    if g.get("verdict") == "Inconclusive"
-                ) or "analysis inconclusive"
-                reason = "AnalysisInconclusive"
-                message = f"{message}; the step holds: {why}"[:1000]
-            phase = "Progressing"
-            conditions = status.kstatus(False, True, False, reason, message, generation)
-        elif step.phase == "RolledBack" and step.state.last is not None:
-            last = step.state.last
-            message = (
-                f"version {last.version} was rolled back ({last.reason}); version {version} "
-                "serves all traffic; change spec.model to try again"
-            )
-            phase = "RolledBack"
-            reason = DEADLINE_REASON if last.reason.startswith(DEADLINE_REASON) else "RolledBack"
-            conditions = status.kstatus(False, False, True, reason, message, generation)
-        held = status.held_back([*(extra_conditions or []), *(current.get("conditions") or [])])
-        if held is not None:
-            phase = "Failed"
-            conditions = status.kstatus(
-                False, False, True, held["reason"], held["message"], generation
-            )
-        desired: dict[str, Any] = {
-            "observedGeneration": generation,
-            "phase": phase,
-            "url": url_of(md),
-            "stable": {"version": version, "replicas": replicas, "readyReplicas": ready},
-            "conditions": status.merge_conditions(
-                current.get("conditions"), [*conditions, *(extra_conditions or [])],
-                status.now_iso(),
-            ),
-        }
-        if md.spec.model.alias is not None:
-            desired["model"] = {"resolvedVersion": self._resolved(md, step)}
-        return desired
-
-    @staticmethod
-    def _resolved(md: api.ModelDeployment, step: Step) -> str | None:
-        state = step.state
-        if state.canary is not None:
-            return state.canary.version
-        return state.stable
-
-    # -- Deployment watch ---------------------------------------------------------------
-
-    def deployment_changed(
-        self, deployment: Mapping[str, Any], *, logger: Any, deleted: bool = False
-    ) -> None:
-        """Refresh the owner's stable readiness from one of its Deployments.
-
-        Runs beside the passes, whose status kopf writes after the pass returns: so the
-        owner read here may be older than the status a pass just decided (at promotion,
-        the old Deployment's deletion arrives while status still names it stable). The
-        patch is therefore conditional on the resourceVersion read, and a Deployment that
-        is being deleted is ignored (it says nothing about what serves).
-        """
-        if deleted or deployment.get("metadata", {}).get("deletionTimestamp"):
-            return
-        meta = deployment.get("metadata", {})
-        labels = meta.get("labels") or {}
-        owners = [
-            ref.get("name")
-            for ref in meta.get("ownerReferences") or []
-            if ref.get("kind") == api.KIND and ref.get("controller")
-        ]
-        owner = owners[0] if owners else None
-        namespace = meta.get("namespace", "default")
-        if not owner:
-            return
-        with self._lock(namespace, owner):
-            try:
-                body = self.client.get(MD_KIND, namespace, owner)
-            except ApiError as exc:
-                logger.warning(f"cannot read ModelDeployment {namespace}/{owner}: {exc}")
-                return
-            if body is None:
-                return
-            current = dict(body.get("status") or {})
-            stable = current.get("stable") or {}
-            if labels.get("modelship.io/model-version") != naming.label_value(
-                str(stable.get("version"))
-            ):
-                return
-            if (current.get("observedGeneration") or 0) != body["metadata"].get("generation"):
-                return  # a pass for the new spec is under way and will report
-            try:
-                md = api.ModelDeployment.from_body(body)
-            except ValidationError:
-                return
-            dep_status = deployment.get("status") or {}
-            serving = self._serving_status(
-                md,
-                current,
-                Step(driver.read_state(current)),
-                int(dep_status.get("replicas") or 0),
-                int(dep_status.get("readyReplicas") or 0),
-            )
-            desired = {k: serving[k] for k in ("stable", "phase", "conditions")}
-            changes = status.status_patch(current, desired)
-            if not changes:
-                return
-            try:
-                self.client.patch_status(
-                    MD_KIND, namespace, owner, changes,
-                    resource_version=body["metadata"].get("resourceVersion"),
-                )
-            except ApiError as exc:
-                if exc.status == 409:  # a pass wrote status meanwhile: it reported already
-                    logger.debug(f"status of {namespace}/{owner} changed meanwhile: {exc}")
-                else:
-                    logger.warning(f"cannot update status of {namespace}/{owner}: {exc}")
-                return
-            if changes.get("phase") == "Ready":
-                events.post(self.client, body, "Ready", f"serving version {stable['version']}")
-
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """A deep plain-dict copy of a kopf Body (its nested views are not dicts)."""
@@ -822,51 +616,3 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(body, default=dict)))
 
 
-def _deployment(
-    live: Mapping[tuple[str, str, str], dict[str, Any]], name: str, version: str | None
-) -> dict[str, Any] | None:
-    if version is None:
-        return None
-    return live.get(("apps/v1", "Deployment", naming.deployment_name(name, version)))
-
-
-def _retiring(
-    current: Mapping[str, Any],
-    before: Any,
-    after: Any,
-    live: Mapping[tuple[str, str, str], dict[str, Any]],
-    name: str,
-    now: float,
-    settings: OperatorSettings,
-) -> list[retire.Entry]:
-    """Versions this pass moves (or moved) traffic off whose Deployments stay a while."""
-
-    def serving(state: Any) -> set[str]:
-        return {v for v in (state.stable, state.canary.version if state.canary else None) if v}
-
-    return retire.plan(
-        retire.read(current.get("retiring")), serving(before), serving(after),
-        lambda version: _deployment(live, name, version) is not None,
-        now, settings.retire_after_seconds,
-    )
-
-
-def _replicas(deployment: Mapping[str, Any] | None) -> int | None:
-    replicas = ((deployment or {}).get("spec") or {}).get("replicas")
-    return int(replicas) if replicas is not None else None
-
-
-def _available(deployment: Mapping[str, Any] | None) -> bool:
-    """At least one pod of a Deployment is ready."""
-    if not deployment:
-        return False
-    return int((deployment.get("status") or {}).get("readyReplicas") or 0) > 0
-
-
-def _ready(deployment: Mapping[str, Any] | None) -> bool:
-    """All the pods a Deployment asks for are ready (and at least one)."""
-    if not deployment:
-        return False
-    wanted = (deployment.get("spec") or {}).get("replicas")
-    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-    return ready >= max(1, int(wanted if wanted is not None else 1))

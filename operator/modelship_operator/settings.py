@@ -123,8 +123,13 @@ class OperatorSettings(BaseSettings):
     sending requests meanwhile. The canary Service and Ingress (or HTTPRoute backend)
     stay too, at weight 0. 0: delete in the same pass."""
 
-    resync_interval_seconds: float = Field(default=60.0, gt=0)
-    """How often every ModelDeployment is re-checked for drift (reads only when none)."""
+    resync_interval_seconds: float = Field(default=300.0, gt=0)
+    """How often a ModelDeployment that nothing changed gets a safety pass. Watches wake
+    a pass as soon as the object or one of its children changes; this one reads only the
+    watch-fed caches, so it costs no API request when there is nothing to repair."""
+
+    workers: int = Field(default=8, ge=1, le=256)
+    """Passes run at most this many at a time (each in a thread: the clients block)."""
 
     alias_poll_seconds: float = Field(default=30.0, gt=0)
     """How often a followed MLflow alias is resolved again (±10% jitter; a failed try is

@@ -320,8 +320,10 @@ def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
 class Cluster:
     """The emulator on a background loop, with thread-safe helpers for tests."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, without: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.without = without
+        """Plurals of kinds this API does not serve (e.g. a cluster without Gateway API)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._stack: Any = None
@@ -356,6 +358,8 @@ class Cluster:
         self._stack = AsyncExitStack()
         emulator = ApplyingEmulator()
         for kind in KINDS.values():
+            if kind.plural in self.without:
+                continue
             group = kind.group
             key = f"{group}/{kind.version}/{kind.plural}" if group else f"v1/{kind.plural}"
             emulator.resources[key] = kmock.ResourceInfo(

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from modelship_operator import api, rbac, status
 from modelship_operator.apply import Action, contains, decide, object_hash, with_hash
-from modelship_operator.reconcile import backoff, url_of
+from modelship_operator.plan import url_of
+from modelship_operator.reconcile import backoff
 from modelship_operator.registry import RegistryError
 from modelship_operator.resolve import Resolver
 

@@ -1,0 +1,150 @@
+"""One loop per ModelDeployment: the only place its passes run and its writes come from.
+
+kopf starts :func:`run` as an async daemon for every ModelDeployment and stops it when
+the object goes. The loop sleeps until something it depends on changes, then runs one
+pass (reconcile.Reconciler.run) in a worker thread:
+
+- the ModelDeployment changed (spec, annotations, or a status someone else wrote), or one
+  of its children did (a watch event: created, edited by hand, deleted, its pods turned
+  ready): :class:`Wakers` wakes the loop within the event's own delivery time;
+- time is the input: a rollout step (``rollout_tick_seconds`` while a canary runs or a
+  version retires), the next alias poll the resolver scheduled, a retry after an error;
+- and a slow safety pass (``resync_interval_seconds``) that reads only the caches.
+
+Passes of one ModelDeployment therefore never overlap, and a quiet ModelDeployment
+costs no request: everything a pass reads comes from the watch-fed caches (cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+from modelship_operator import cache
+from modelship_operator.naming import label_value
+from modelship_operator.reconcile import PassResult, Reconciler
+
+SETTLE_SECONDS = 0.05
+"""After a wake-up, how long to let a burst of related events arrive (one pass for all)."""
+
+
+class Wakers:
+    """The wake-up flag of every running loop, by (namespace, name). Event loop only."""
+
+    def __init__(self) -> None:
+        self._flags: dict[tuple[str, str], asyncio.Event] = {}
+
+    def register(self, namespace: str, name: str) -> asyncio.Event:
+        return self._flags.setdefault((namespace, name), asyncio.Event())
+
+    def forget(self, namespace: str, name: str, flag: asyncio.Event) -> None:
+        if self._flags.get((namespace, name)) is flag:
+            del self._flags[(namespace, name)]
+
+    def wake(self, namespace: str, name: str) -> bool:
+        """Wake one loop; False when none runs for that object (yet)."""
+        flag = self._flags.get((namespace, name))
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+
+def next_wait(
+    reconciler: Reconciler,
+    body: Mapping[str, Any],
+    result: PassResult,
+    now: float,
+) -> float:
+    """Seconds until the next pass when nothing wakes the loop earlier."""
+    settings = reconciler.settings
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    waits = [settings.resync_interval_seconds]
+    if result.retry_in is not None:
+        waits.append(result.retry_in)
+    if status.get("canary") or status.get("retiring"):
+        waits.append(settings.rollout_tick_seconds)
+    if ((body.get("spec") or {}).get("model") or {}).get("alias"):
+        due = reconciler.resolver.next_due(meta.get("namespace", "default"), meta["name"])
+        if due is not None:
+            waits.append(max(0.0, due - now))
+    return max(0.0, min(waits))
+
+
+async def _sleep(flag: asyncio.Event, stopped: Any, seconds: float) -> bool:
+    """Sleep until woken, stopped or `seconds` pass; True when woken by an event."""
+    if flag.is_set():
+        return True
+    waiters = {asyncio.ensure_future(flag.wait())}
+    stop = getattr(stopped, "wait", None)
+    if stop is not None:
+        waiters.add(asyncio.ensure_future(stop()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await waiter
+    return flag.is_set()
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep plain copy of kopf's live body, taken on the event loop."""
+    copied = cache._plain(body)
+    assert isinstance(copied, dict)
+    return copied
+
+
+async def run(
+    *,
+    body: Mapping[str, Any],
+    reconciler: Reconciler,
+    wakers: Wakers,
+    executor: Executor,
+    indexes: Iterable[Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]],
+    stopped: Any,
+    logger: Any,
+) -> None:
+    """Reconcile one ModelDeployment until kopf stops the loop (the object is gone)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
+    flag = wakers.register(namespace, name)
+    loop = asyncio.get_running_loop()
+    indexes = list(indexes)
+    overlay = cache.Overlay()
+    written: dict[str, Any] | None = None
+    retry = 0
+    try:
+        while not stopped:
+            flag.clear()
+            current = _plain(body)
+            if written is not None and cache.newer(written, current):
+                current = written  # our own status write, not yet seen by the watch
+            else:
+                written = None
+            uid = str((current.get("metadata") or {}).get("uid") or "")
+            watched = cache.children(indexes, namespace, label_value(name), uid)
+            live = overlay.over(watched)
+            result: PassResult = await loop.run_in_executor(
+                executor,
+                functools.partial(reconciler.run, current, live, retry=retry, logger=logger),
+            )
+            overlay.record(result.applied, result.deleted, live)
+            if result.written is not None:
+                written = result.written
+            retry = retry + 1 if result.retry_in is not None else 0
+            wait = next_wait(reconciler, result.written or current, result, time.time())
+            if await _sleep(flag, stopped, wait) and not stopped:
+                await asyncio.sleep(SETTLE_SECONDS)
+    finally:
+        wakers.forget(namespace, name, flag)
