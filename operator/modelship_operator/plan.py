@@ -213,7 +213,17 @@ def report(seen: Observation, planned: Plan, acted: Acted) -> tuple[dict[str, An
             found.append((cond["reason"], cond["message"], True))
     if desired["phase"] == "Ready" and current.get("phase") != "Ready":
         found.append(("Ready", f"serving version {state.stable}", False))
-    return desired, found
+    return typed(desired), found
+
+
+def typed(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A status as the typed model (api.ModelDeploymentStatus) has it: checked against the
+    model the CRD's schema is generated from, so nothing is written that the API server
+    would prune (and a pass would then write again). A top-level None stays: it removes
+    that field."""
+    out = api.ModelDeploymentStatus.model_validate(dict(desired)).dump()
+    out.update({key: None for key, value in desired.items() if value is None})
+    return out
 
 
 def serving_status(
@@ -296,7 +306,7 @@ def stalled(
             status.now_iso(),
         ),
     }
-    return desired, [(reason, message, True)]
+    return typed(desired), [(reason, message, True)]
 
 
 def unresolved(
@@ -312,7 +322,7 @@ def unresolved(
             status.now_iso(),
         ),
     }
-    return desired, [(reason, message, True)]
+    return typed(desired), [(reason, message, True)]
 
 
 # -- reading the children --------------------------------------------------------------------
