@@ -510,6 +510,8 @@ def bench(args: argparse.Namespace, count: int, workdir: Path) -> dict[str, Any]
         )
         if args.resync is not None:
             env["MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS"] = str(args.resync)
+        if args.alias_poll is not None:
+            env["MODELSHIP_OPERATOR_ALIAS_POLL_SECONDS"] = str(args.alias_poll)
         proc = subprocess.Popen(
             [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", "-m",
              "modelship_operator.handlers"],
@@ -645,6 +647,7 @@ def bench(args: argparse.Namespace, count: int, workdir: Path) -> dict[str, Any]
             "ready": count,
             "emulator": args.emulator,
             "resync_interval_seconds": args.resync if args.resync is not None else "default",
+            "alias_poll_seconds": args.alias_poll if args.alias_poll is not None else "default",
             "load_average_at_start": round(load_start[0], 2),
             "load_average_at_end": round(os.getloadavg()[0], 2),
             "setup_seconds": round(setup_seconds, 2),
@@ -782,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"fraction of ModelDeployments following the alias {ALIAS}")
     parser.add_argument("--resync", type=float, default=None,
                         help="the operator's resync interval, seconds (default: its own)")
+    parser.add_argument("--alias-poll", type=float, default=None,
+                        help="how often the operator resolves a followed alias again, "
+                             "seconds (default: its own)")
     parser.add_argument("--quiet-seconds", type=float, default=120.0,
                         help="length of the quiet window")
     parser.add_argument("--settle-seconds", type=float, default=10.0,
@@ -811,9 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.alias_fraction <= 1:
         parser.error("--alias-fraction must be between 0 and 1")
     if (args.resync is not None and args.resync <= 0) or args.quiet_seconds <= 0 \
+            or (args.alias_poll is not None and args.alias_poll <= 0) \
             or args.settle_seconds < 0 or args.changes < 0 \
             or (args.timeout is not None and args.timeout <= 0):
-        parser.error("--resync, --timeout and --quiet-seconds must be above 0, "
+        parser.error("--resync, --alias-poll, --timeout and --quiet-seconds must be above 0, "
                      "--settle-seconds and --changes not negative")
     results: list[dict[str, Any]] = []
     failed = False

@@ -17,10 +17,10 @@ from modelship_operator.settings import OperatorSettings
 
 EXPECTED = {
     # overlay: (namespace, replicas, memory limit, log flags)
-    "base": ("modelship-system", 1, "256Mi", ["--log-format=json"]),
+    "base": ("modelship-system", 1, "3Gi", ["--log-format=json"]),
     "dev": ("modelship-dev", 1, "192Mi", ["--log-format=plain", "--debug"]),
     "staging": ("modelship-staging", 2, "256Mi", ["--log-format=json"]),
-    "prod": ("modelship-system", 2, "512Mi", ["--log-format=json", "--quiet"]),
+    "prod": ("modelship-system", 2, "3Gi", ["--log-format=json", "--quiet"]),
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "ClusterKopfPeering"}
