@@ -579,16 +579,31 @@ def bench(args: argparse.Namespace, count: int, workdir: Path) -> dict[str, Any]
         cpu_before = cpu_seconds(proc.pid)
         quiet_start = time.monotonic()
         say(f"quiet window of {args.quiet_seconds:g}s")
+        # How many requests had been served at each tenth of the window: when a window's
+        # requests fall (periodic, or a backlog draining at its start).
+        marks: list[int] = []
         while time.monotonic() < quiet_start + args.quiet_seconds:
             if proc.poll() is not None:
                 raise BenchError(f"the operator exited with {proc.returncode} in the quiet window")
-            time.sleep(min(1.0, quiet_start + args.quiet_seconds - time.monotonic() + 0.01))
+            tenth = (len(marks) + 1) * args.quiet_seconds / 10
+            if time.monotonic() >= quiet_start + tenth and len(marks) < 9:
+                marks.append(emulator.request_count())
+            time.sleep(min(0.5, quiet_start + args.quiet_seconds - time.monotonic() + 0.01))
         quiet_end = time.monotonic()
         after = emulator.request_count()
+        marks.append(after)
         quiet_seconds = quiet_end - quiet_start
         quiet_minutes = quiet_seconds / 60
         cpu_quiet = cpu_seconds(proc.pid) - cpu_before
-        window = by_operator(emulator.requests(before)[: after - before])
+        served = emulator.requests(before)[: after - before]
+        window = by_operator(served)
+        tenths = [by_operator(served[(marks[k - 1] if k else before) - before:marks[k] - before])
+                  for k in range(len(marks))]
+        # Status writes of ModelDeployments that follow the alias (True) or pin a version.
+        status_writes = [follows_alias(int(r[1].split("/")[-2].removeprefix("model-")),
+                                       args.alias_fraction)
+                         for r in window
+                         if classify(*r[:3]) == ("PATCH", "modeldeployments/status")]
         verbs = by_verb(window)
         writes = sum(verbs[v] for v in WRITES)
         reads = sum(verbs[v] for v in READS)
@@ -650,6 +665,10 @@ def bench(args: argparse.Namespace, count: int, workdir: Path) -> dict[str, Any]
                 v: round(n / per_md_minute, 4) for v, n in verbs.items()},
             "quiet_requests_per_md_minute_by_kind": breakdown(window, per_md_minute),
             "quiet_writes": writes,
+            "quiet_writes_by_tenth_of_window": [
+                sum(1 for r in part if r[0] in WRITES) for part in tenths],
+            "quiet_status_writes_of_md_following_alias": sum(status_writes),
+            "quiet_status_writes_of_md_pinned": len(status_writes) - sum(status_writes),
             "quiet_reads_per_md_minute": round(reads / per_md_minute, 4),
             "quiet_registry_calls_per_minute": round(len(registry_quiet) / quiet_minutes, 2),
             "quiet_registry_calls_by_path": _tally(path for _, path in registry_quiet),

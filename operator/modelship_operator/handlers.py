@@ -47,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if not ours.standalone:
         settings.peering.name = ours.peering_name
         settings.peering.clusterwide = ours.clusterwide_peering
+        settings.peering.priority = ours.peering_priority
     memo.settings = ours
     memo.client = KubeClient.from_environment(timeout=ours.api_timeout_seconds)
     memo.reconciler = reconcile.Reconciler(memo.client, ours)

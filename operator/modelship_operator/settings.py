@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -231,3 +232,11 @@ class OperatorSettings(BaseSettings):
 
     clusterwide_peering: bool = True
     """Use ClusterKopfPeering (True) or a namespaced KopfPeering (False)."""
+
+    peering_priority: int = Field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1,
+                                  ge=0)
+    """kopf peering priority of this process, when not standalone: of the replicas in one
+    peering object, the one with the highest acts and the others stand by. kopf pauses
+    every operator that sees a peer of its own priority (all of them, when all have the
+    same), so each process draws its own by default (1 to 2^31-1); set it to make one
+    replica the preferred one."""

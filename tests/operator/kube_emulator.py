@@ -77,6 +77,8 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     log: list[tuple[str, str, dict[str, str], str]]
     writes: list[Write]
     _counter: int
+    _index: dict[tuple[str, str, str, str | None], list[Any]]
+    _indexed: int
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -84,6 +86,8 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         object.__setattr__(self, "_counter", 0)
         object.__setattr__(self, "log", [])
         object.__setattr__(self, "writes", [])
+        object.__setattr__(self, "_index", {})
+        object.__setattr__(self, "_indexed", -1)
 
     def _record_write(self, request: kmock.Request) -> None:
         method = str(request.method.value)
@@ -162,9 +166,26 @@ class ApplyingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         ):
             key = (request.resource, request.namespace, request.name)
             return [self.objects[key]] if key in self.objects else []
+        if request.resource is None:
+            candidates = list(self.objects.items())
+        else:
+            # Lists and watches: only the keys of that resource (and namespace), from an
+            # index rebuilt when objects were added (kmock never forgets a key).
+            if len(self.objects) != self._indexed:
+                index: dict[tuple[str, str, str, str | None], list[Any]] = {}
+                for key in self.objects:
+                    r = key[0]
+                    index.setdefault((r.group, r.version, r.plural, None), []).append(key)
+                    index.setdefault((r.group, r.version, r.plural, key[1]), []).append(key)
+                object.__setattr__(self, "_index", index)
+                object.__setattr__(self, "_indexed", len(self.objects))
+            wanted = request.resource
+            keys = self._index.get(
+                (wanted.group, wanted.version, wanted.plural, request.namespace), [])
+            candidates = [(key, self.objects[key]) for key in keys]
         return [
             obj
-            for (resource, namespace, name), obj in self.objects.items()
+            for (resource, namespace, name), obj in candidates
             if self._KubernetesEmulator__check(request, resource, namespace, name, strict)
         ]
 

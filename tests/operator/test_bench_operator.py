@@ -79,8 +79,6 @@ def test_short_benchmark_brings_every_modeldeployment_to_ready(figures: dict[str
     assert figures["quiet_seconds"] >= QUIET_SECONDS
 
 
-@pytest.mark.xfail(strict=True, reason="the operator lists every child kind of every "
-                   "ModelDeployment at each resync pass")
 def test_a_quiet_cluster_costs_no_list_and_no_write(figures: dict[str, Any]) -> None:
     verbs = figures["quiet_requests_by_verb"]
     assert verbs["LIST"] == 0, figures["quiet_requests_per_md_minute_by_kind"]
