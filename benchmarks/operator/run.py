@@ -187,19 +187,26 @@ class CountingProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("connection", "keep-alive", "host")}
-                conn = getattr(local, "conn", None)
-                if conn is None:
-                    conn = local.conn = http.client.HTTPConnection("127.0.0.1", upstream_port,
-                                                                   timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    response = conn.getresponse()
-                    payload = response.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    local.conn = None
-                    self.send_error(502, "MLflow unreachable")
-                    return
+                # MLflow closes a connection idle for 5 s (uvicorn's keep-alive): a reused
+                # one that fails is retried once on a fresh one, as HTTP clients' pools do.
+                for attempt in (1, 2):
+                    conn = getattr(local, "conn", None)
+                    reused = conn is not None
+                    if conn is None:
+                        conn = local.conn = http.client.HTTPConnection(
+                            "127.0.0.1", upstream_port, timeout=60)
+                    try:
+                        conn.request(self.command, self.path, body=body, headers=headers)
+                        response = conn.getresponse()
+                        payload = response.read()
+                        break
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        local.conn = None
+                        if reused and attempt == 1:
+                            continue
+                        self.send_error(502, "MLflow unreachable")
+                        return
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("connection", "keep-alive", "transfer-encoding",

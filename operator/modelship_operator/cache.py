@@ -17,6 +17,8 @@ again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +69,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def digest(obj: Mapping[str, Any]) -> str:
+    """What a pass would read of a trimmed child, as a short hash (resourceVersion aside)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    text = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"),
+                      default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def owner_name(meta: Mapping[str, Any]) -> str | None:
     """The name of the ModelDeployment that controls an object, if one does."""
     for ref in meta.get("ownerReferences") or []:
@@ -102,39 +112,68 @@ def newer(candidate: Mapping[str, Any] | None, than: Mapping[str, Any] | None) -
     return a is not None and b is not None and a > b
 
 
+OVERLAY_SECONDS = 30.0
+"""How long the loop trusts its own writes over a watch that has not shown them."""
+
+
 @dataclass
 class Overlay:
-    """The operator's own recent writes to one ModelDeployment's children."""
+    """The operator's own recent writes to one ModelDeployment's children.
 
-    applied: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    deleted: dict[Key, int | None] = field(default_factory=dict)
+    An entry goes when the watch shows the write (or something later), when the watch
+    reports that child deleted (:meth:`forget`), or after OVERLAY_SECONDS, whichever
+    comes first: the watch is the truth, the overlay only bridges its delay.
+    """
+
+    applied: dict[Key, tuple[dict[str, Any], float]] = field(default_factory=dict)
+    deleted: dict[Key, tuple[int | None, float]] = field(default_factory=dict)
     """Deleted keys, with the resourceVersion the object had when it was deleted."""
 
     def record(self, applied: Mapping[Key, dict[str, Any]], deleted: Iterable[Key],
-               live: Mapping[Key, dict[str, Any]]) -> None:
+               live: Mapping[Key, dict[str, Any]], now: float) -> None:
         for key, obj in applied.items():
-            self.applied[key] = obj
+            self.applied[key] = (obj, now)
             self.deleted.pop(key, None)
         for key in deleted:
-            self.deleted[key] = version_of(live.get(key))
+            self.deleted[key] = (version_of(live.get(key)), now)
             self.applied.pop(key, None)
 
-    def over(self, watched: dict[Key, dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    def forget(self, keys: Iterable[Key], now: float) -> None:
+        """The watch reported these children deleted: what was applied there is gone."""
+        for key in keys:
+            self.applied.pop(key, None)
+            self.deleted.pop(key, None)
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, (_, at) in self.applied.items() if now - at >= OVERLAY_SECONDS]:
+            del self.applied[key]
+        for key in [k for k, (_, at) in self.deleted.items() if now - at >= OVERLAY_SECONDS]:
+            del self.deleted[key]
+
+    def expiry(self) -> float | None:
+        """When the oldest entry expires (the loop looks again then); None when empty."""
+        times = [at for _, at in self.applied.values()] + [at for _, at in self.deleted.values()]
+        return min(times) + OVERLAY_SECONDS if times else None
+
+    def over(self, watched: dict[Key, dict[str, Any]], now: float) -> dict[Key, dict[str, Any]]:
         """`watched` with this overlay's writes where the watch has not shown them yet.
 
         An entry the watch has caught up with (same or later resourceVersion, or a
         deleted object gone from it) is dropped from the overlay.
         """
+        self._expire(now)
         merged = dict(watched)
-        for key, obj in list(self.applied.items()):
+        for key, (obj, _) in list(self.applied.items()):
             seen = watched.get(key)
             if seen is not None and not newer(obj, seen):
                 del self.applied[key]  # the watch has it (or something later)
             else:
                 merged[key] = obj
-        for key, version in list(self.deleted.items()):
+        for key, (version, _) in list(self.deleted.items()):
             seen = watched.get(key)
-            if seen is None or (version is not None and (version_of(seen) or 0) > version):
+            if seen is None or (version is not None and (version_of(seen) or 0) > version
+                                and not (seen.get("metadata") or {}).get("deletionTimestamp")):
                 del self.deleted[key]  # gone from the watch, or made again since
             else:
                 merged.pop(key, None)

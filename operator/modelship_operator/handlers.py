@@ -52,6 +52,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.client = KubeClient.from_environment(timeout=ours.api_timeout_seconds)
     memo.reconciler = reconcile.Reconciler(memo.client, ours)
     memo.wakers = loop.Wakers()
+    memo.child_digests = {}  # uid -> digest of what a pass reads of that child
     # Passes run here, at most `workers` at a time (the clients they use block).
     memo.executor = ThreadPoolExecutor(max_workers=ours.workers,
                                        thread_name_prefix="modelship-pass")
@@ -109,11 +110,23 @@ def _register_child_kind(api_version: str, kind: str) -> str:
         key = cache.index_key(meta)
         return None if key is None else {key: cache.trim(body, api_version, kind)}
 
-    async def changed(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    async def changed(
+        body: kopf.Body, meta: kopf.Meta, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
+    ) -> None:
         owner = cache.owner_name(meta)
-        wakers = getattr(memo, "wakers", None)
-        if owner and wakers is not None:
-            wakers.wake(str(meta.get("namespace") or "default"), owner)
+        wakers, seen = getattr(memo, "wakers", None), getattr(memo, "child_digests", None)
+        if not owner or wakers is None or seen is None:
+            return
+        namespace, uid = str(meta.get("namespace") or "default"), str(meta.get("uid"))
+        if event.get("type") == "DELETED":
+            seen.pop(uid, None)
+            wakers.child_deleted(namespace, owner, (api_version, kind, str(meta["name"])))
+            return
+        # Only a change a pass can see wakes it (not an HPA's metrics, say).
+        digest = cache.digest(cache.trim(body, api_version, kind))
+        if seen.get(uid) != digest:
+            seen[uid] = digest
+            wakers.wake(namespace, owner)
 
     index.__name__ = index.__qualname__ = index_id
     changed.__name__ = changed.__qualname__ = f"{where.plural}_changed"
@@ -130,8 +143,10 @@ CHILD_INDEXES = tuple(_register_child_kind(av, k) for av, k in desired_kinds())
     api.GROUP,
     api.VERSION,
     api.PLURAL,
-    # A stop (the object deleted, the operator exiting) lets a pass under way finish.
-    cancellation_timeout=max(_SETTINGS.api_timeout_seconds, 10.0),
+    # A stop (the object deleted, the operator exiting) sets `stopped` and lets a pass
+    # under way finish (the loop then returns) before kopf would cancel the task.
+    cancellation_backoff=max(_SETTINGS.api_timeout_seconds, 10.0) + 5.0,
+    cancellation_timeout=5.0,
 )
 async def reconcile_md(
     body: kopf.Body,

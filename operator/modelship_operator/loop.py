@@ -34,10 +34,12 @@ SETTLE_SECONDS = 0.05
 
 
 class Wakers:
-    """The wake-up flag of every running loop, by (namespace, name). Event loop only."""
+    """The wake-up flag of every running loop, by (namespace, name), and the children
+    whose deletion the watch reported since the loop last looked. Event loop only."""
 
     def __init__(self) -> None:
         self._flags: dict[tuple[str, str], asyncio.Event] = {}
+        self._deleted: dict[tuple[str, str], set[cache.Key]] = {}
 
     def register(self, namespace: str, name: str) -> asyncio.Event:
         return self._flags.setdefault((namespace, name), asyncio.Event())
@@ -45,6 +47,17 @@ class Wakers:
     def forget(self, namespace: str, name: str, flag: asyncio.Event) -> None:
         if self._flags.get((namespace, name)) is flag:
             del self._flags[(namespace, name)]
+            self._deleted.pop((namespace, name), None)
+
+    def child_deleted(self, namespace: str, name: str, key: cache.Key) -> None:
+        """The watch saw a child of this loop's object go: wake it, and let its overlay
+        drop what it applied under that key (the watch has moved past it)."""
+        if (namespace, name) in self._flags:
+            self._deleted.setdefault((namespace, name), set()).add(key)
+            self.wake(namespace, name)
+
+    def take_deleted(self, namespace: str, name: str) -> set[cache.Key]:
+        return self._deleted.pop((namespace, name), set())
 
     def wake(self, namespace: str, name: str) -> bool:
         """Wake one loop; False when none runs for that object (yet)."""
@@ -58,11 +71,16 @@ class Wakers:
         return len(self._flags)
 
 
+MIN_POLL_WAIT = 0.5
+"""An alias poll due now (or overdue) still waits this long: never a hot loop."""
+
+
 def next_wait(
     reconciler: Reconciler,
     body: Mapping[str, Any],
     result: PassResult,
     now: float,
+    overlay_expiry: float | None = None,
 ) -> float:
     """Seconds until the next pass when nothing wakes the loop earlier."""
     settings = reconciler.settings
@@ -75,7 +93,9 @@ def next_wait(
     if ((body.get("spec") or {}).get("model") or {}).get("alias"):
         due = reconciler.resolver.next_due(meta.get("namespace", "default"), meta["name"])
         if due is not None:
-            waits.append(max(0.0, due - now))
+            waits.append(max(MIN_POLL_WAIT, due - now))
+    if overlay_expiry is not None:
+        waits.append(max(MIN_POLL_WAIT, overlay_expiry - now))
     return max(0.0, min(waits))
 
 
@@ -123,6 +143,7 @@ async def run(
     indexes = list(indexes)
     overlay = cache.Overlay()
     written: dict[str, Any] | None = None
+    unwritten: dict[str, Any] | None = None
     retry = 0
     try:
         while not stopped:
@@ -132,18 +153,31 @@ async def run(
                 current = written  # our own status write, not yet seen by the watch
             else:
                 written = None
-            uid = str((current.get("metadata") or {}).get("uid") or "")
-            watched = cache.children(indexes, namespace, label_value(name), uid)
-            live = overlay.over(watched)
-            result: PassResult = await loop.run_in_executor(
-                executor,
-                functools.partial(reconciler.run, current, live, retry=retry, logger=logger),
-            )
-            overlay.record(result.applied, result.deleted, live)
-            if result.written is not None:
-                written = result.written
+            overlay.forget(wakers.take_deleted(namespace, name), time.time())
+            result = PassResult()
+            if unwritten is not None:
+                # The last pass's decisions first: deciding again from the status it
+                # could not write would repeat its Events, webhooks and write-back.
+                await loop.run_in_executor(executor, functools.partial(
+                    reconciler.write_status, current, unwritten, result, logger))
+                unwritten = result.unwritten
+                if result.written is not None:
+                    current = written = result.written
+            if unwritten is None:
+                uid = str((current.get("metadata") or {}).get("uid") or "")
+                watched = cache.children(indexes, namespace, label_value(name), uid)
+                live = overlay.over(watched, time.time())
+                result = await loop.run_in_executor(
+                    executor,
+                    functools.partial(reconciler.run, current, live, retry=retry, logger=logger),
+                )
+                overlay.record(result.applied, result.deleted, live, time.time())
+                if result.written is not None:
+                    written = result.written
+                unwritten = result.unwritten
             retry = retry + 1 if result.retry_in is not None else 0
-            wait = next_wait(reconciler, result.written or current, result, time.time())
+            wait = next_wait(reconciler, result.written or current, result, time.time(),
+                             overlay.expiry())
             if await _sleep(flag, stopped, wait) and not stopped:
                 await asyncio.sleep(SETTLE_SECONDS)
     finally:

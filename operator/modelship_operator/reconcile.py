@@ -98,6 +98,8 @@ class PassResult:
     live: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     """The children the pass started from (what the caches held, with its own writes)."""
     retry_in: float | None = None
+    unwritten: dict[str, Any] | None = None
+    """Status changes decided but not written (the API refused the patch)."""
     """Seconds until the pass should run again because this one could not finish."""
 
 
@@ -141,29 +143,33 @@ class Reconciler:
             logger.exception(f"pass failed, retrying: {exc}")
             result.retry_in = backoff(retry)
         if changes:
-            self._write_status(body, changes, result, logger)
+            self.write_status(body, changes.status, result, logger)
         return result
 
-    def _write_status(
-        self, body: Mapping[str, Any], changes: StatusChanges, result: PassResult, logger: Any
+    def write_status(
+        self, body: Mapping[str, Any], changes: dict[str, Any], result: PassResult, logger: Any
     ) -> None:
-        """The pass's one status write, refused (409) when the object changed since it was
-        read: the pass then runs again from the newer object."""
+        """The pass's one status write: a merge patch of what it decided.
+
+        No resourceVersion precondition: the status records what the pass did (children
+        applied, Events posted), which stays true whatever changed meanwhile; a changed
+        spec wakes the loop for a pass of its own, which starts from this status. When
+        the write fails, the loop keeps `changes` (result.unwritten) and writes them
+        before any new pass, so no decision is taken twice.
+        """
         meta = body.get("metadata", {})
         try:
             result.written = self.client.patch_status(
-                MD_KIND, meta.get("namespace"), meta["name"], changes.status,
-                resource_version=meta.get("resourceVersion"),
+                MD_KIND, meta.get("namespace"), meta["name"], changes
             )
+            result.unwritten = None
         except ApiError as exc:
             if exc.not_found:
+                result.unwritten = None
                 return  # deleted meanwhile
-            if exc.status == 409:
-                logger.debug(f"status not written, the object changed meanwhile: {exc}")
-                result.retry_in = min(result.retry_in or 0.2, 0.2)
-                return
             metrics.record_reconcile_error("TransientApiError" if exc.transient else "ApiError")
-            logger.warning(f"cannot write status, retrying: {exc}")
+            logger.warning(f"cannot write status, will write it before the next pass: {exc}")
+            result.unwritten = changes
             result.retry_in = min(result.retry_in or 60.0, backoff(1))
 
     def _run(
@@ -181,10 +187,12 @@ class Reconciler:
         try:
             md = api.ModelDeployment.from_body(_plain(body))
         except ValidationError as exc:
+            self.resolver.forget(meta.get("namespace", "default"), meta["name"])
             self._stall(body, patch, current, "InvalidSpec", validation_message(exc), generation)
             return
         untrusted = trust.registry_problem(md, self.settings)
         if untrusted is not None:
+            self.resolver.forget(md.metadata.namespace, md.metadata.name)
             # Before any Secret is read, any registry called or any child rendered.
             logger.warning(untrusted)
             self._stall(
