@@ -2,9 +2,9 @@
 
 kopf indexes (one per child kind, fed by the watch streams kopf keeps open anyway) hold
 each child the operator manages, trimmed to what a pass compares and packed (compressed
-JSON, :class:`Packed`), under the key ``(namespace, label value of its owner's name)``. kopf fills every index from its first
-LIST before any handler runs, so the first pass after a restart sees every child that
-exists and writes nothing it need not.
+JSON, :class:`Packed`), under the key ``(namespace, label value of its owner's name)``.
+kopf fills every index from its first LIST before any handler runs, so the first pass
+after a restart sees every child that exists and writes nothing it need not.
 
 A pass reads a :class:`Snapshot` copied from the indexes on the event loop (the
 indexes change there; the pass runs in a thread). The operator's own writes reach the
