@@ -1,10 +1,10 @@
 """What the watches tell: the children of every ModelDeployment, without a request.
 
 kopf indexes (one per child kind, fed by the watch streams kopf keeps open anyway) hold
-each child the operator manages, trimmed to what a pass compares, under the key
-``(namespace, label value of its owner's name)``. kopf fills every index from its first
-LIST before any handler runs, so the first pass after a restart sees every child that
-exists and writes nothing it need not.
+each child the operator manages, trimmed to what a pass compares and packed (compressed
+JSON, :class:`Packed`), under the key ``(namespace, label value of its owner's name)``.
+kopf fills every index from its first LIST before any handler runs, so the first pass
+after a restart sees every child that exists and writes nothing it need not.
 
 A pass reads a :class:`Snapshot` copied from the indexes on the event loop (the
 indexes change there; the pass runs in a thread). The operator's own writes reach the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A trimmed child as the index holds it: compressed JSON (about 3 KB for a
+    ModelDeployment's children, against about 54 KB as Python objects), and the uid of
+    its controller to pick an owner's children without unpacking the others."""
+
+    owner_uid: str | None
+    data: bytes
+
+
+def pack(obj: Mapping[str, Any]) -> Packed:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    owner = next((str(r.get("uid")) for r in refs if r.get("controller")), None)
+    text = json.dumps(obj, separators=(",", ":"), default=str)
+    return Packed(owner, zlib.compress(text.encode(), 1))
+
+
+def unpack(packed: Packed) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(zlib.decompress(packed.data))
+    return obj
 
 
 def digest(obj: Mapping[str, Any]) -> str:
@@ -184,7 +207,7 @@ class Overlay:
 
 
 def children(
-    indexes: Iterable[Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]],
+    indexes: Iterable[Mapping[tuple[str, str], Iterable[Packed]]],
     namespace: str,
     label: str,
     owner_uid: str,
@@ -192,14 +215,14 @@ def children(
     """The children of one ModelDeployment found in the indexes, keyed like apply.py.
 
     Only objects this owner controls are its children (a namesake's children share the
-    label value until the hash of a long name tells them apart; the uid does).
+    label value until the hash of a long name tells them apart; the uid does). Each is
+    unpacked into a fresh dict the pass may keep.
     """
     found: dict[Key, dict[str, Any]] = {}
     for index in indexes:
-        for obj in index.get((namespace, label), ()):
-            meta = obj.get("metadata") or {}
-            refs = meta.get("ownerReferences") or []
-            if not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+        for packed in index.get((namespace, label), ()):
+            if packed.owner_uid != owner_uid:
                 continue
-            found[(str(obj["apiVersion"]), str(obj["kind"]), str(meta["name"]))] = dict(obj)
+            obj = unpack(packed)
+            found[(str(obj["apiVersion"]), str(obj["kind"]), str(obj["metadata"]["name"]))] = obj
     return found

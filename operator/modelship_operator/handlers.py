@@ -108,7 +108,7 @@ def _register_child_kind(api_version: str, kind: str) -> str:
 
     async def index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any] | None:
         key = cache.index_key(meta)
-        return None if key is None else {key: cache.trim(body, api_version, kind)}
+        return None if key is None else {key: cache.pack(cache.trim(body, api_version, kind))}
 
     async def changed(
         body: kopf.Body, meta: kopf.Meta, event: kopf.RawEvent, memo: kopf.Memo, **_: Any

@@ -131,7 +131,7 @@ async def run(
     reconciler: Reconciler,
     wakers: Wakers,
     executor: Executor,
-    indexes: Iterable[Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]],
+    indexes: Iterable[Mapping[tuple[str, str], Iterable[cache.Packed]]],
     stopped: Any,
     logger: Any,
 ) -> None:

@@ -9,13 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kube_emulator import Cluster, wait_for
-from test_operator_integration import NS, children, manifest, md_status, scrape
-
-PASSES = ("modelship_operator_reconcile_duration_seconds_count", frozenset())
-
-
-def passes(op: Any) -> float:
-    return scrape(op.metrics_url)[PASSES]
+from test_operator_integration import NS, children, manifest, md_status, passes, scrape
 
 
 def status_patch(request: Any) -> bool:

@@ -210,21 +210,31 @@ def test_spec_changes_change_the_right_children(
 PASSES = ("modelship_operator_reconcile_duration_seconds_count", frozenset())
 
 
+def passes(op: Any) -> float:
+    """Reconcile passes the operator has made (its own metric)."""
+    return scrape(op.metrics_url)[PASSES]
+
+
+def serve_ready(cluster: Cluster, **spec: Any) -> None:
+    """Create `iris` with an Ingress, play the kubelet, and wait until it is Ready."""
+    cluster.create_md(manifest(ingress={"host": "iris.example.com"}, **spec))
+    wait_for(lambda: "ingresses" in children(cluster), what="children")
+    cluster.mark_ready(NS, "iris-v3", 2)
+    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+
+
 def test_a_quiet_modeldeployment_costs_no_request(
     cluster: Cluster, operator: Callable[..., Any]
 ) -> None:
     # Safety passes every second (the fixture's resync interval): each reads only the
     # watch-fed caches, so a ModelDeployment nothing changes costs no request at all.
     op = operator()
-    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
-    wait_for(lambda: "ingresses" in children(cluster), what="children")
-    cluster.mark_ready(NS, "iris-v3", 2)
-    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    serve_ready(cluster)
     # Settled: a pass has run after the last status write (that write woke it).
-    settled = scrape(op.metrics_url)[PASSES]
-    wait_for(lambda: scrape(op.metrics_url)[PASSES] >= settled + 1, what="a settled pass")
-    before, passes = len(cluster.requests()), scrape(op.metrics_url)[PASSES]
-    wait_for(lambda: scrape(op.metrics_url)[PASSES] >= passes + 3, what="three safety passes")
+    settled = passes(op)
+    wait_for(lambda: passes(op) >= settled + 1, what="a settled pass")
+    before, start = len(cluster.requests()), passes(op)
+    wait_for(lambda: passes(op) >= start + 3, what="three safety passes")
     window = [r for r in operator_requests(cluster)[before:] if r[2].get("watch") != "true"]
     assert window == [], window
     op.stop()
@@ -235,10 +245,7 @@ def test_a_child_deleted_or_edited_by_hand_is_repaired_from_its_watch_event(
 ) -> None:
     # No safety pass within the test (resync 10 min): only the watch can tell.
     operator(MODELSHIP_OPERATOR_RESYNC_INTERVAL_SECONDS="600")
-    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
-    wait_for(lambda: "ingresses" in children(cluster), what="children")
-    cluster.mark_ready(NS, "iris-v3", 2)
-    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    serve_ready(cluster)
     service = cluster.get("services", NS, "iris")
     assert service is not None
     cluster.delete(f"/api/v1/namespaces/{NS}/services/iris")
@@ -259,10 +266,7 @@ def test_a_cluster_without_the_gateway_api_is_served(
     # Gateway API is not installed: its kind has no watch and no index, and a
     # ModelDeployment routed by an Ingress is served all the same.
     op = operator()
-    cluster.create_md(manifest(ingress={"host": "iris.example.com"}))
-    wait_for(lambda: "ingresses" in children(cluster), what="children")
-    cluster.mark_ready(NS, "iris-v3", 2)
-    wait_for(lambda: md_status(cluster).get("phase") == "Ready", what="Ready")
+    serve_ready(cluster)
     op.stop()
     assert "Traceback" not in op.output()
 
