@@ -76,7 +76,8 @@ e2e: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e -rs tests/e2e
 
 ## bench-operator: 200 ModelDeployments to Ready with the real operator and a real MLflow
-## against the emulated API; fails unless all are Ready (benchmarks/operator)
+## against the emulated API, then a quiet window and spec changes; fails unless all are
+## Ready (benchmarks/operator: --sizes 1000,5000,10000 --check for the scale runs)
 bench-operator: $(STAMP)
 	$(BIN)/python benchmarks/operator/run.py --count 200
 
