@@ -199,8 +199,13 @@ async def run(
     indexes: Iterable[Mapping[tuple[str, str], Iterable[cache.Packed]]],
     stopped: Any,
     logger: Any,
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
-    """Reconcile one ModelDeployment until kopf stops the loop (the object is gone)."""
+    """Reconcile one ModelDeployment until kopf stops the loop (the object is gone).
+
+    `slots` (as many as the executor has threads) is taken before the pass copies its
+    object and children: thousands of loops woken at once (a restart) then wait with
+    nothing in hand, instead of each holding its copies while it waits for a thread."""
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
     flag = wakers.register(namespace, name)
@@ -210,7 +215,9 @@ async def run(
         while not stopped:
             flag.clear()
             memory.overlay.forget(wakers.take_deleted(namespace, name), time.time())
-            wait = await _step(memory, body, reconciler, executor, kept, namespace, name, logger)
+            async with slots or contextlib.nullcontext():
+                wait = await _step(memory, body, reconciler, executor, kept, namespace, name,
+                                   logger)
             if await _sleep(flag, stopped, wait) and not stopped:
                 await asyncio.sleep(SETTLE_SECONDS)
     finally:
