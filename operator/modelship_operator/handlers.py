@@ -12,6 +12,7 @@ Run with ``kopf run -m modelship_operator.handlers --all-namespaces`` (or ``-n N
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,6 +57,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Passes run here, at most `workers` at a time (the clients they use block).
     memo.executor = ThreadPoolExecutor(max_workers=ours.workers,
                                        thread_name_prefix="modelship-pass")
+    memo.pass_slots = asyncio.Semaphore(ours.workers)
 
 
 @kopf.on.startup()
@@ -164,6 +166,7 @@ async def reconcile_md(
         indexes=[kwargs[index_id] for index_id in CHILD_INDEXES],
         stopped=stopped,
         logger=logger,
+        slots=memo.pass_slots,
     )
 
 

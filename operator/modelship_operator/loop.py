@@ -23,6 +23,7 @@ import functools
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelship_operator import cache
@@ -125,6 +126,70 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return copied
 
 
+@dataclass
+class _Memory:
+    """What one loop keeps between its passes: small, since 10,000 loops keep one each.
+
+    The object and its children are read afresh for every pass (from kopf's live body
+    and the indexes) and dropped before the loop sleeps."""
+
+    overlay: cache.Overlay = field(default_factory=cache.Overlay)
+    written: tuple[int, cache.Packed] | None = None
+    """resourceVersion and packed body of our last status write, until the watch has it."""
+    unwritten: dict[str, Any] | None = None
+    retry: int = 0
+
+
+async def _step(
+    memory: _Memory,
+    body: Mapping[str, Any],
+    reconciler: Reconciler,
+    executor: Executor,
+    indexes: list[Mapping[tuple[str, str], Iterable[cache.Packed]]],
+    namespace: str,
+    name: str,
+    logger: Any,
+) -> float:
+    """One pass (or the write of the last one's status); the seconds to sleep after it."""
+    loop = asyncio.get_running_loop()
+    current = _plain(body)
+    seen = cache.version_of(current)
+    if memory.written is not None and seen is not None and memory.written[0] > seen:
+        current = cache.unpack(memory.written[1])  # our status write, not yet watched
+    else:
+        memory.written = None
+    result = PassResult()
+    if memory.unwritten is not None:
+        # The last pass's decisions first: deciding again from the status it could not
+        # write would repeat its Events, webhooks and write-back.
+        await loop.run_in_executor(executor, functools.partial(
+            reconciler.write_status, current, memory.unwritten, result, logger))
+        memory.unwritten = result.unwritten
+        if result.written is not None:
+            current = result.written
+            memory.written = _keep(result.written)
+    if memory.unwritten is None:
+        uid = str((current.get("metadata") or {}).get("uid") or "")
+        watched = cache.children(indexes, namespace, label_value(name), uid)
+        live = memory.overlay.over(watched, time.time())
+        result = await loop.run_in_executor(
+            executor,
+            functools.partial(reconciler.run, current, live, retry=memory.retry, logger=logger),
+        )
+        memory.overlay.record(result.applied, result.deleted, live, time.time())
+        if result.written is not None:
+            memory.written = _keep(result.written)
+        memory.unwritten = result.unwritten
+    memory.retry = memory.retry + 1 if result.retry_in is not None else 0
+    return next_wait(reconciler, result.written or current, result, time.time(),
+                     memory.overlay.expiry())
+
+
+def _keep(written: Mapping[str, Any]) -> tuple[int, cache.Packed] | None:
+    version = cache.version_of(written)
+    return None if version is None else (version, cache.pack(written))
+
+
 async def run(
     *,
     body: Mapping[str, Any],
@@ -134,50 +199,25 @@ async def run(
     indexes: Iterable[Mapping[tuple[str, str], Iterable[cache.Packed]]],
     stopped: Any,
     logger: Any,
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
-    """Reconcile one ModelDeployment until kopf stops the loop (the object is gone)."""
+    """Reconcile one ModelDeployment until kopf stops the loop (the object is gone).
+
+    `slots` (as many as the executor has threads) is taken before the pass copies its
+    object and children: thousands of loops woken at once (a restart) then wait with
+    nothing in hand, instead of each holding its copies while it waits for a thread."""
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
     flag = wakers.register(namespace, name)
-    loop = asyncio.get_running_loop()
-    indexes = list(indexes)
-    overlay = cache.Overlay()
-    written: dict[str, Any] | None = None
-    unwritten: dict[str, Any] | None = None
-    retry = 0
+    memory = _Memory()
+    kept = list(indexes)
     try:
         while not stopped:
             flag.clear()
-            current = _plain(body)
-            if written is not None and cache.newer(written, current):
-                current = written  # our own status write, not yet seen by the watch
-            else:
-                written = None
-            overlay.forget(wakers.take_deleted(namespace, name), time.time())
-            result = PassResult()
-            if unwritten is not None:
-                # The last pass's decisions first: deciding again from the status it
-                # could not write would repeat its Events, webhooks and write-back.
-                await loop.run_in_executor(executor, functools.partial(
-                    reconciler.write_status, current, unwritten, result, logger))
-                unwritten = result.unwritten
-                if result.written is not None:
-                    current = written = result.written
-            if unwritten is None:
-                uid = str((current.get("metadata") or {}).get("uid") or "")
-                watched = cache.children(indexes, namespace, label_value(name), uid)
-                live = overlay.over(watched, time.time())
-                result = await loop.run_in_executor(
-                    executor,
-                    functools.partial(reconciler.run, current, live, retry=retry, logger=logger),
-                )
-                overlay.record(result.applied, result.deleted, live, time.time())
-                if result.written is not None:
-                    written = result.written
-                unwritten = result.unwritten
-            retry = retry + 1 if result.retry_in is not None else 0
-            wait = next_wait(reconciler, result.written or current, result, time.time(),
-                             overlay.expiry())
+            memory.overlay.forget(wakers.take_deleted(namespace, name), time.time())
+            async with slots or contextlib.nullcontext():
+                wait = await _step(memory, body, reconciler, executor, kept, namespace, name,
+                                   logger)
             if await _sleep(flag, stopped, wait) and not stopped:
                 await asyncio.sleep(SETTLE_SECONDS)
     finally:
