@@ -49,7 +49,7 @@ def trim(body: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]
     for key, value in body.items():
         if key in ("apiVersion", "kind", "status"):
             continue
-        obj[key] = _plain(value)
+        obj[key] = plain(value)
     meta = obj.get("metadata")
     if isinstance(meta, dict):
         for dropped in _DROPPED_METADATA:
@@ -57,16 +57,16 @@ def trim(body: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]
     kept = _STATUS_KEPT.get(kind)
     status = body.get("status")
     if kept and isinstance(status, Mapping):
-        obj["status"] = {k: _plain(status[k]) for k in kept if k in status}
+        obj["status"] = {k: plain(status[k]) for k in kept if k in status}
     return obj
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Deep copy into plain dicts and lists (kopf hands out read-only views)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -201,9 +201,6 @@ class Overlay:
             else:
                 merged.pop(key, None)
         return merged
-
-    def __bool__(self) -> bool:
-        return bool(self.applied or self.deleted)
 
 
 def children(

@@ -68,9 +68,6 @@ class Wakers:
         flag.set()
         return True
 
-    def __len__(self) -> int:
-        return len(self._flags)
-
 
 MIN_POLL_WAIT = 0.5
 """An alias poll due now (or overdue) still waits this long: never a hot loop."""
@@ -119,13 +116,6 @@ async def _sleep(flag: asyncio.Event, stopped: Any, seconds: float) -> bool:
     return flag.is_set()
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep plain copy of kopf's live body, taken on the event loop."""
-    copied = cache._plain(body)
-    assert isinstance(copied, dict)
-    return copied
-
-
 @dataclass
 class _Memory:
     """What one loop keeps between its passes: small, since 10,000 loops keep one each.
@@ -152,7 +142,7 @@ async def _step(
 ) -> float:
     """One pass (or the write of the last one's status); the seconds to sleep after it."""
     loop = asyncio.get_running_loop()
-    current = _plain(body)
+    current: dict[str, Any] = cache.plain(body)  # kopf hands out read-only views
     seen = cache.version_of(current)
     if memory.written is not None and seen is not None and memory.written[0] > seen:
         current = cache.unpack(memory.written[1])  # our status write, not yet watched

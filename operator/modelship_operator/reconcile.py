@@ -185,7 +185,7 @@ class Reconciler:
         generation = meta.get("generation")
         current = dict(body.get("status") or {})
         try:
-            md = api.ModelDeployment.from_body(_plain(body))
+            md = api.ModelDeployment.from_body(body)  # a plain copy (loop.py made it)
         except ValidationError as exc:
             self.resolver.forget(meta.get("namespace", "default"), meta["name"])
             self._stall(body, patch, current, "InvalidSpec", validation_message(exc), generation)
@@ -615,12 +615,3 @@ class Reconciler:
             namespace, name, weight=canary.weight, step=canary.step,
             progressed_at=canary.progress_at, deadline_at=deadline_at(canary, md.spec.rollout),
         )
-
-
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep plain-dict copy of a kopf Body (its nested views are not dicts)."""
-    import json
-
-    return dict(json.loads(json.dumps(body, default=dict)))
-
-

@@ -84,6 +84,11 @@ def test_a_quiet_cluster_costs_no_list_and_no_write(figures: dict[str, Any]) -> 
     verbs = figures["quiet_requests_by_verb"]
     assert verbs["LIST"] == 0, figures["quiet_requests_per_md_minute_by_kind"]
     assert figures["quiet_writes"] == 0, figures["quiet_requests_per_md_minute_by_kind"]
+    # Not quiet for want of an operator: its timers ran in the window (the alias polls
+    # every 5 s reached MLflow), and it answered the spec changes made after it.
+    assert figures["quiet_registry_calls_per_minute"] > 0
+    assert figures["operator_cpu_seconds_per_quiet_minute"] > 0
+    assert all(t is not None for t in figures["spec_change_seconds"])
 
 
 def test_request_kinds() -> None:
