@@ -441,7 +441,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
                            concurrency=settings.shadow_concurrency,
                            queue_size=settings.shadow_queue,
                            timeout=settings.shadow_timeout_seconds,
-                           log_level=settings.log_level, log_json=settings.log_json)
+                           log_level=settings.log_level, log_json=settings.log_json,
+                           priority=settings.shadow_sender_priority)
     metrics.mirror_figures = sender.figures
 
     def make_mirror(url: str, fraction: float) -> Mirror:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -204,6 +204,13 @@ class RuntimeSettings(BaseSettings):
     shadow_concurrency: int = Field(default=4, ge=1, le=64)
     """Mirrored requests in flight at once from the sender process (one kept-alive
     connection each)."""
+
+    shadow_sender_priority: Literal["idle", "low", "normal"] = "idle"
+    """CPU priority of the shadow sender process. ``idle`` (Linux SCHED_IDLE): it runs only
+    on CPU time the serving process leaves, so mirroring never delays a client's request
+    and, on a saturated pod, mirrored copies are dropped instead; ``low``: nice 19;
+    ``normal``: the serving process's own priority (mirrors more under load, at the
+    clients' expense)."""
 
     shadow_max_prediction_bytes: int = Field(default=8192, ge=64, le=65536)
     """Largest X-Modelship-Stable-Prediction header; a request whose predictions encode

@@ -145,11 +145,12 @@ class SenderProcess:
 
     def __init__(self, *, version: str, token: str | None, concurrency: int,
                  queue_size: int, timeout: float, log_level: str = "INFO",
-                 log_json: bool = True) -> None:
+                 log_json: bool = True, priority: str = "idle") -> None:
         self.version = version
         self.shadow_value = token or "1"
         self.args = ["--concurrency", str(concurrency), "--queue", str(queue_size),
-                     "--timeout", str(timeout), "--log-level", log_level,
+                     "--timeout", str(timeout), "--priority", priority,
+                     "--log-level", log_level,
                      "--log-json" if log_json else "--no-log-json"]
         self.handed = 0      # written to the socket, to be settled by the sender
         self.dropped = 0     # socket full, sender gone, or lost with a dead sender

@@ -277,6 +277,28 @@ class Sender:
             link.drop()
 
 
+PRIORITIES = ("idle", "low", "normal")
+
+
+def lower_priority(priority: str) -> str:
+    """Put this process below the serving process on the CPU; the priority it got.
+
+    ``idle`` is Linux's SCHED_IDLE: the scheduler runs it only when nothing of normal
+    priority wants the core, and preempts it at once when the serving process wakes.
+    Where that is refused (or absent), nice 19. Threads started later inherit it."""
+    if priority == "normal":
+        return "normal"
+    if priority == "idle":
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except OSError:
+        return "normal"
+    return "low"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m modelship_runtime.shadow_sender",
                                 description="Send a stable's mirrored requests to the canary.")
@@ -286,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=int, default=256)
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--max-message", type=int, required=True)
+    p.add_argument("--priority", choices=PRIORITIES, default="idle")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -295,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     from .logging import configure_logging
 
     configure_logging(args.log_level, json=args.log_json)
+    got = lower_priority(args.priority)
+    if got != args.priority:
+        logger.info("shadow sender priority: %s asked, %s given", args.priority, got)
     sock = socket.socket(fileno=args.socket_fd)
     sock.setblocking(False)
     block = mmap.mmap(args.counts_fd, BLOCK_BYTES)

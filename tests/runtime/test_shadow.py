@@ -194,7 +194,8 @@ def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     pods["to-shuffled"] = Pod("to-shuffled", stable_dir, "1", logs, **quick,
                               MODELSHIP_SHADOW_URL=pods["shuffled"].url)
     pods["quarter"] = Pod("quarter", stable_dir, "1", logs, **quick,
-                          MODELSHIP_SHADOW_URL=pods["same"].url, MODELSHIP_SHADOW_FRACTION="0.25")
+                          MODELSHIP_SHADOW_URL=pods["same"].url, MODELSHIP_SHADOW_FRACTION="0.25",
+                          MODELSHIP_SHADOW_SENDER_PRIORITY="low")
     pods["to-stuck"] = Pod("to-stuck", stable_dir, "1", logs,
                            MODELSHIP_SHADOW_URL=f"http://127.0.0.1:{silent.port}",
                            MODELSHIP_SHADOW_TIMEOUT_SECONDS="3", MODELSHIP_SHADOW_QUEUE="8",
@@ -466,6 +467,24 @@ def senders(pid: int) -> list[int]:
         if int(stat[1]) == pid and stat[0] != "Z" and b"modelship_runtime.shadow_sender" in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def test_the_sender_runs_only_on_cpu_the_serving_process_leaves(cluster: Cluster) -> None:
+    """By default the sender is SCHED_IDLE (the serving process preempts it whenever it
+    wakes); MODELSHIP_SHADOW_SENDER_PRIORITY=low makes it nice 19 instead. The serving
+    process keeps its own priority."""
+    default, low = cluster["to-same"], cluster["quarter"]
+    idle_pid = one_sender(default)
+    wait_for("the default sender at SCHED_IDLE",
+             lambda: os.sched_getscheduler(idle_pid) == os.SCHED_IDLE)
+    low_pid = one_sender(low)
+    wait_for("the low sender at nice 19",
+             lambda: os.getpriority(os.PRIO_PROCESS, low_pid) == 19)
+    assert os.sched_getscheduler(low_pid) == os.SCHED_OTHER
+    for pod in (default, low):
+        assert pod.proc is not None
+        assert os.sched_getscheduler(pod.proc.pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pod.proc.pid) == 0
 
 
 def running(pid: int) -> bool:
