@@ -7,18 +7,27 @@ Four `modelship-runtime serve` processes of this work tree serve the benchmark's
 model (or `--model heavy`): `off` and `off2` (no shadow, the same settings), `on`
 (MODELSHIP_SHADOW_URL pointing at the canary, MODELSHIP_SHADOW_FRACTION `--fraction`)
 and the `canary` (the same model). The three stables are pinned to core 0 and take turns
-under wrk, pinned to core 1; the canary is pinned to core 1 too (in a cluster it runs in
-another pod, on another node if the scheduler wills, so core 0 is kept for the stable;
-wrk and the canary share core 1, which, if anything, slows the `on` runs' load
-generator). The `on` stable's sender process (it starts it when mirroring switches on)
-is moved off core 0, onto the other cores (`--sender-cpus`): it is a second process of
-the same pod, and the pod's CPU request must cover it. For each round and scenario the
-three stables are measured back to back (order rotating), a wrk warm-up before each
-measured run; the ratios on/off and off2/off are taken within each round, then the
-median over the rounds. Around each `on` run the stable's mirrored counters and its
-sender's CPU time are read, so the table says how many of its requests were really sent
-to the canary (and how many dropped or failed) and what the sender spent per request
-sent. Results: benchmarks/runtime/results/shadow-latest.{json,md}.
+under the load generator, pinned to core 1. The `on` stable's sender process (it starts
+it when mirroring switches on) stays on core 0 with it: it is a second process of the
+same pod and shares the pod's CPU, at the priority the runtime gives it (SCHED_IDLE by
+default). The canary stands for another pod on another node: it is pinned to core 1 at
+SCHED_IDLE (`--canary-priority idle`), so it runs only on what the load generator leaves
+of that core and never delays the measuring client (`normal` shares core 1 with it as an
+equal, which makes the load generator's own latency part of what the `on` runs measure).
+
+Scenarios: closed loops with wrk (`single-c1`, `single-c8`: one row per request at 1 and
+8 connections; `batch10-c8`: 10 rows), which keep the stable's core as busy as it can be,
+and `rate50-c8`: h2load at a fixed rate, 8 connections, half of what the `off` stable
+served at `single-c8` in a calibration run before the rounds (`--rate-share`): the load a
+pod carries when it is sized with headroom, where the sender has idle CPU to use. For
+each round and scenario the three stables are measured back to back (order rotating), a
+warm-up before each measured run; the ratios on/off and off2/off are taken within each
+round, then the median over the rounds; the p99 of `on` counts as unchanged when its
+median ratio to `off` is within the range of the A/A ratios of the same run. Around each
+`on` run the stable's mirrored counters and its sender's CPU time are read, so the table
+says how many of its requests were really sent to the canary (and how many dropped or
+failed) and what the sender spent per request sent.
+Results: benchmarks/runtime/results/shadow-latest.{json,md}.
 """
 
 from __future__ import annotations
@@ -39,12 +48,16 @@ sys.path.insert(0, str(HERE))
 
 import models  # noqa: E402
 from procs import LOAD_CPU, Server, free_port, run_wrk, write_lua  # noqa: E402
+from protocols import run_h2load  # noqa: E402
 from servers import REPO, base_env  # noqa: E402
 
 RESULTS = HERE / "results"
 RUNTIME = Path(sys.executable).parent / "modelship-runtime"
-#: scenario -> (rows per request, wrk connections)
-SCENARIOS = {"single-c1": (1, 1), "single-c8": (1, 8), "batch10-c8": (10, 8)}
+#: scenario -> (rows per request, connections, fixed rate as a share of the `off`
+#: stable's closed-loop single-c8 throughput; None: a closed loop with wrk)
+SCENARIOS: dict[str, tuple[int, int, float | None]] = {
+    "single-c1": (1, 1, None), "single-c8": (1, 8, None), "batch10-c8": (10, 8, None),
+    "rate50-c8": (1, 8, 0.5)}
 OUTCOMES = ("sent", "dropped", "failed", "skipped")
 FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
 SIDES = ("off", "off2", "on")
@@ -111,14 +124,31 @@ def wait_drained(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} still mirroring after {timeout}s")
 
 
+def measure(url: str, lua: Path, body_file: Path, conns: int, seconds: int,
+            rate: float | None, log_file: Path) -> tuple[dict[str, Any], str]:
+    """One run: wrk's closed loop, or h2load at `rate` requests per second in all."""
+    if rate is None:
+        res, raw = run_wrk(f"{url}/predict", lua, conns, seconds)
+        return res.to_dict(), raw
+    stats = run_h2load(f"{url}/predict", body_file,
+                       ["--h1", "-H", "content-type: application/json",
+                        f"--rps={rate / conns:.3f}"], conns, seconds, log_file)
+    if "p99_ms" not in stats:
+        raise RuntimeError(f"h2load measured nothing: {stats['raw'][-400:]}")
+    return {"requests": stats["done"], "rps": stats["rps"], "p50_ms": stats["p50_ms"],
+            "p99_ms": stats["p99_ms"], "non_2xx": stats["non_2xx"],
+            "socket_errors": stats["failed"]}, stats["raw"]
+
+
 def start(name: str, model_dir: Path, workdir: Path, body: bytes, cpu: str,
-          **env: str) -> tuple[Server, str]:
+          *, idle: bool = False, **env: str) -> tuple[Server, str]:
     port = free_port()
     environ = base_env()
     environ["PYTHONPATH"] = str(REPO / "runtime")  # this work tree's runtime
     # No gRPC listener (its default port would clash between the four servers).
     environ.update({"MODELSHIP_MODEL_NAME": "bench", "MODELSHIP_GRPC_PORT": "0", **env})
-    server = Server(name, [str(RUNTIME), "serve", "--model-dir", str(model_dir),
+    prefix = ["chrt", "--idle", "0"] if idle else []
+    server = Server(name, [*prefix, str(RUNTIME), "serve", "--model-dir", str(model_dir),
                            "--host", "127.0.0.1", "--port", str(port)],
                     environ, workdir / f"{name}.log", cpu=cpu)
     server.start()
@@ -137,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=1.0,
                    help="MODELSHIP_SHADOW_FRACTION of the `on` server (share mirrored)")
     p.add_argument("--sender-cpus", default="",
-                   help="cores of the `on` server's sender process (default: all but 0)")
+                   help="move the `on` server's sender process to these cores (default: "
+                        "it stays with its server on core 0, as in a pod)")
+    p.add_argument("--canary-priority", choices=("idle", "normal"), default="idle",
+                   help="the canary's priority on the load generator's core")
+    p.add_argument("--rate-share", type=float, default=None,
+                   help="override the fixed-rate scenarios' share of the off stable's "
+                        "closed-loop throughput")
     args = p.parse_args(argv)
     if not RUNTIME.exists():
         raise SystemExit(f"{RUNTIME} is missing (make setup)")
@@ -154,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     try:
         canary, canary_url = start("canary", model.mlflow_dir, workdir, first, LOAD_CPU,
+                                   idle=args.canary_priority == "idle",
                                    MODELSHIP_MODEL_VERSION="2")
         servers.append(canary)
         off, off_url = start("off", model.mlflow_dir, workdir, first, "0",
@@ -169,36 +206,57 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"off": off_url, "off2": off2_url, "on": on_url}
         pids = {"off": off.pid, "off2": off2.pid, "on": on.pid}
         sender = sender_of(on.pid)
-        cpus = ({int(c) for c in args.sender_cpus.split(",")} if args.sender_cpus
-                else set(range(os.cpu_count() or 2)) - {0}) or {0}
-        os.sched_setaffinity(sender, cpus)
-        log(f"sender {sender} of `on` on cores {sorted(cpus)}")
+        if args.sender_cpus:
+            os.sched_setaffinity(sender, {int(c) for c in args.sender_cpus.split(",")})
+        log(f"sender {sender} of `on` on cores {sorted(os.sched_getaffinity(sender))}, "
+            f"policy {os.sched_getscheduler(sender)} (SCHED_IDLE is {os.SCHED_IDLE})")
+        scenarios = args.scenarios.split(",")
+        capacity = None
+        if any(SCENARIOS[sc][2] is not None for sc in scenarios):
+            lua = workdir / "calibrate.lua"
+            write_lua(lua, first.decode())
+            run_wrk(f"{off_url}/predict", lua, 8, args.warmup)
+            capacity = run_wrk(f"{off_url}/predict", lua, 8, args.duration)[0].rps
+            log(f"calibration: `off` served {capacity:.0f} req/s at single-c8")
+        rates: dict[str, float] = {}
+        for sc in scenarios:
+            share = SCENARIOS[sc][2]
+            if share is not None and capacity is not None:
+                rates[sc] = capacity * (args.rate_share or share)
         for rnd in range(args.rounds):
-            for s_i, scenario in enumerate(args.scenarios.split(",")):
-                n_rows, conns = SCENARIOS[scenario]
+            for s_i, scenario in enumerate(scenarios):
+                n_rows, conns, _ = SCENARIOS[scenario]
+                rate = rates.get(scenario)
                 body = json.dumps({"features": rows[0]} if n_rows == 1
                                   else {"instances": rows[:n_rows]})
                 lua = workdir / f"{scenario}.lua"
                 write_lua(lua, body)
+                body_file = workdir / f"{scenario}.body"
+                body_file.write_text(body)
                 shift = (rnd + s_i) % len(SIDES)
                 order = [*SIDES[shift:], *SIDES[:shift]]
                 for side in order:
                     url = urls[side]
-                    run_wrk(f"{url}/predict", lua, conns, args.warmup)
+                    h2log = workdir / f"r{rnd}-{scenario}-{side}.h2log"
+                    measure(url, lua, body_file, conns, args.warmup, rate, h2log)
                     if side == "on":
                         wait_drained(url)
                     before = mirrored(url) if side == "on" else None
                     compared = agreement(canary_url) if side == "on" else 0.0
                     cpu0 = cpu_seconds(pids[side])
                     sender0 = cpu_seconds(sender) if side == "on" else 0.0
-                    res, raw = run_wrk(f"{url}/predict", lua, conns, args.duration)
+                    res, raw = measure(url, lua, body_file, conns, args.duration, rate,
+                                       h2log)
                     if side == "on":
                         wait_drained(url)  # the mirroring of the run's requests counts too
                     cpu = cpu_seconds(pids[side]) - cpu0
                     sender_cpu = cpu_seconds(sender) - sender0 if side == "on" else 0.0
+                    if not res["requests"]:
+                        raise RuntimeError(f"{scenario} {side}: no request completed")
                     record: dict[str, Any] = {"round": rnd, "scenario": scenario,
-                                              "side": side, **res.to_dict(),
-                                              "cpu_us_per_request": cpu / res.requests * 1e6}
+                                              "side": side, "rate": rate, **res,
+                                              "cpu_us_per_request":
+                                                  cpu / res["requests"] * 1e6}
                     if before is not None:
                         after = mirrored(url)
                         record["mirrored"] = {k: after[k] - before[k] for k in OUTCOMES}
@@ -208,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             if sent else 0.0)
                     (workdir / f"r{rnd}-{scenario}-{side}.txt").write_text(raw)
                     runs.append(record)
-                    log(f"round {rnd} {scenario} {side}: {res.rps:.0f} req/s, p50 "
-                        f"{res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, "
+                    log(f"round {rnd} {scenario} {side}: {res['rps']:.0f} req/s, p50 "
+                        f"{res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
                         f"{record['cpu_us_per_request']:.0f} us CPU/request"
                         + (f", mirrored {record['mirrored']}, sender "
                            f"{record['sender_cpu_us_per_sent']:.0f} us CPU/sent"
@@ -221,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, args.scenarios.split(","))
     result = {"at": stamp, "model": args.model, "rounds": args.rounds,
               "fraction": args.fraction, "duration_s": args.duration,
+              "canary_priority": args.canary_priority, "calibrated_rps": capacity,
+              "rates": rates,
               "loadavg_1m_at_start": load0, "loadavg_1m_at_end": load, "runs": runs,
               "summary": summary}
     RESULTS.mkdir(exist_ok=True)
@@ -269,7 +329,11 @@ def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> list[dict[str
             "canary_rows_compared": sum(p["on"]["canary_rows_compared"] for p in rounds),
             "non_2xx": sum(p[s]["non_2xx"] + p[s]["socket_errors"] for p in rounds
                            for s in SIDES),
+            "rate": rounds[0]["off"].get("rate"),
         })
+        row = out[-1]
+        # Unchanged: the median on/off p99 ratio lies within the A/A pair's own range.
+        row["p99_unchanged"] = row["ratio"]["p99_ms"] <= row["aa_range"]["p99_ms"][1]
     return out
 
 
@@ -278,15 +342,18 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
     lines = [
         f"shadow on (fraction {args.fraction:g}) vs off, beside off2 vs off (A/A), model "
         f"{args.model}, {args.rounds} rounds x {args.duration} s (load average "
-        f"{load0:.1f} at the start, {load:.1f} at the end)",
+        f"{load0:.1f} at the start, {load:.1f} at the end); sender "
+        f"{'on cores ' + args.sender_cpus if args.sender_cpus else 'on the stable core'}, "
+        f"canary at {args.canary_priority} priority on the load core",
         "",
-        "Ratios are medians of the per-round ratios, [min-max] over the rounds.",
+        "Ratios are medians of the per-round ratios, [min-max] over the rounds; p99 "
+        "unchanged: the on/off median within the A/A range.",
         "",
         "| scenario | off req/s | req/s on/off | req/s A/A | off p50 ms | p50 on/off "
-        "| p50 A/A | off p99 ms | on p99 ms | p99 on/off | p99 A/A "
+        "| p50 A/A | off p99 ms | on p99 ms | p99 on/off | p99 A/A | p99 unchanged "
         "| off CPU us/req | CPU on/off | CPU A/A | sender CPU us/sent "
         "| sent / requests (dropped, failed) | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|---|--:|",
     ]
 
     def r(s: dict[str, Any], key: str, which: str) -> str:
@@ -295,12 +362,14 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
 
     for s in summary:
         m = s["mirrored"]
+        name = s["scenario"] + (f" ({s['rate']:.0f}/s)" if s.get("rate") else "")
         lines.append(
-            f"| {s['scenario']} | {s['off']['rps']:.0f} | {r(s, 'rps', 'ratio')} "
+            f"| {name} | {s['off']['rps']:.0f} | {r(s, 'rps', 'ratio')} "
             f"| {r(s, 'rps', 'aa_ratio')} | {s['off']['p50_ms']:.2f} "
             f"| {r(s, 'p50_ms', 'ratio')} | {r(s, 'p50_ms', 'aa_ratio')} "
             f"| {s['off']['p99_ms']:.2f} | {s['on']['p99_ms']:.2f} "
             f"| {r(s, 'p99_ms', 'ratio')} | {r(s, 'p99_ms', 'aa_ratio')} "
+            f"| {'yes' if s['p99_unchanged'] else '**no**'} "
             f"| {s['off']['cpu_us_per_request']:.0f} | {r(s, 'cpu_us_per_request', 'ratio')} "
             f"| {r(s, 'cpu_us_per_request', 'aa_ratio')} | {s['sender_cpu_us_per_sent']:.0f} "
             f"| {m['sent']:.0f} / {s['on_requests']} ({s['sent_share']:.0%}; "

@@ -20,10 +20,11 @@ each other make no loop.
 
 The serving process does not send them: its one event loop serves the clients, and every
 microsecond spent there on the canary is taken from them. It starts a sender process
-(:mod:`modelship_runtime.shadow_sender`) when mirroring first switches on and hands it
-each chosen request with one non-blocking write on a Unix socket pair; when that socket's
-buffer is full, or the sender is gone, the copy is dropped (and counted), never waited
-for. The sender owns the connections to the canary, the timeouts
+(:mod:`modelship_runtime.shadow_sender`) when mirroring first switches on, at idle CPU
+priority, and hands it the chosen requests in batches (every ``HANDOFF_SECONDS``, or
+``HANDOFF_REQUESTS`` at a time), each with one non-blocking write on a Unix socket pair;
+when that socket's buffer is full, or the sender is gone, the batch is dropped (and
+counted), never waited for. The sender owns the connections to the canary, the timeouts
 (``MODELSHIP_SHADOW_TIMEOUT_SECONDS``), the bounded queue (``MODELSHIP_SHADOW_QUEUE``),
 the ``MODELSHIP_SHADOW_CONCURRENCY`` sending tasks and the pause after a failure. It exits
 when the server closes its end of the socket or dies; a sender that dies is started
@@ -57,7 +58,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .model import Prediction
-from .shadow_sender import BLOCK_BYTES, DROPPED, FAILED, REQUEST, SENT, TARGET
+from .shadow_sender import BATCH, BLOCK_BYTES, DROPPED, FAILED, REQUEST, SENT, TARGET
 
 logger = logging.getLogger("modelship_runtime.shadow")
 
@@ -70,6 +71,12 @@ _FORWARDED = (b"authorization", b"x-api-key")
 #: Bytes the socket to the sender may hold (the kernel caps it at net.core.wmem_max,
 #: then doubles it); the largest request handed over is a little under it.
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Chosen requests are handed over together: at most this long after the first of them
+#: (seconds), or as soon as this many are waiting. One write and one wake-up of the sender
+#: per batch instead of per request: the write is most of what mirroring costs the
+#: serving process, and every wake-up is a switch on the pod's CPU.
+HANDOFF_SECONDS = 0.005
+HANDOFF_REQUESTS = 32
 RESTART_FIRST = 1.0
 RESTART_MAX = 60.0
 STOP_SECONDS = 5.0
@@ -155,6 +162,10 @@ class SenderProcess:
         self.handed = 0      # written to the socket, to be settled by the sender
         self.dropped = 0     # socket full, sender gone, or lost with a dead sender
         self.skipped = 0
+        self._batch: list[bytes] = []  # the next write: requests, head then parts
+        self._batched = 0
+        self._batch_bytes = 0
+        self._flush_at: asyncio.TimerHandle | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._sock: socket.socket | None = None
@@ -170,10 +181,9 @@ class SenderProcess:
     # --- on the request path: cheap, never waits -----------------------------------
 
     def hand(self, target: int, item: Outgoing, prediction: bytes) -> None:
-        """Give a request to the sender with one non-blocking write; dropped if it cannot
-        take it now."""
-        sock = self._sock
-        if sock is None:
+        """Queue a request for the sender's next write (within HANDOFF_SECONDS); one that
+        the socket could never carry is skipped."""
+        if self._sock is None:
             self.dropped += 1
             return
         chunks = item.chunks
@@ -182,19 +192,48 @@ class SenderProcess:
             size += len(c)
         head = REQUEST.pack(b"R", target, len(item.path), len(item.request_id),
                             len(prediction), len(item.forwarded), size)
+        size += len(head) + len(item.path) + len(item.request_id) + len(prediction) \
+            + len(item.forwarded)
+        if size + BATCH.size > self.max_message:  # more than a write to the sender carries
+            self.skipped += 1
+            return
+        if self._batch_bytes + size + BATCH.size > self.max_message:
+            self.flush()
+        self._batch += (head, item.path, item.request_id, prediction, item.forwarded, *chunks)
+        self._batched += 1
+        self._batch_bytes += size
+        if self._batched >= HANDOFF_REQUESTS:
+            self.flush()
+        elif self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(HANDOFF_SECONDS,
+                                                                  self.flush)
+
+    def flush(self) -> None:
+        """Write the waiting requests to the sender in one packet, never waiting: if the
+        socket cannot take it now, they are dropped."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if not self._batched:
+            return
+        batch, n = self._batch, self._batched
+        self._batch, self._batched, self._batch_bytes = [], 0, 0
+        sock = self._sock
+        if sock is None:
+            self.dropped += n
+            return
         try:
-            sock.sendmsg([head, item.path, item.request_id, prediction, item.forwarded,
-                          *chunks])
+            sock.sendmsg([BATCH.pack(b"B", n), *batch])
         except BlockingIOError:  # the sender is behind: never wait for it
-            self.dropped += 1
+            self.dropped += n
         except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:  # larger than the socket carries
-                self.skipped += 1
+            if exc.errno == errno.EMSGSIZE:  # the kernel carries less than it said
+                self.skipped += n
             else:  # the sender is gone
-                self.dropped += 1
+                self.dropped += n
                 self._gone()
         else:
-            self.handed += 1
+            self.handed += n
 
     def new_target(self) -> int:
         """An index for a canary not named before."""
@@ -209,7 +248,7 @@ class SenderProcess:
         if self._counts is not None:
             sent, failed, dropped = (self._counts[SENT], self._counts[FAILED],
                                      self._counts[DROPPED])
-        pending = max(self.handed - sent - failed - dropped, 0)
+        pending = max(self.handed - sent - failed - dropped, 0) + self._batched
         return ({"sent": sent, "dropped": self.dropped + dropped, "failed": failed,
                  "skipped": self.skipped}, pending)
 
@@ -288,6 +327,11 @@ class SenderProcess:
         if self._sock is None:
             return
         self._unwatch()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self.dropped += self._batched  # never handed over: lost with this sender
+        self._batch, self._batched, self._batch_bytes = [], 0, 0
         self._sock.close()
         self._sock = None
         proc, self.proc = self.proc, None
@@ -326,6 +370,7 @@ class SenderProcess:
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
+        self.flush()  # the last requests chosen: the sender settles them before it exits
         self._unwatch()
         if self._sock is not None:
             self._sock.close()

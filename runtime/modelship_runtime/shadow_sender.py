@@ -12,8 +12,9 @@ Messages from the serving process, one per packet:
 
 - ``T``: a target: index, then JSON ``{"url", "shadow", "version"}`` (the canary's base
   URL, the ``X-Modelship-Shadow`` value, this stable's version);
-- ``R``: a request: target index, route, request id, the stable's predictions (ASCII
-  JSON), the forwarded headers (``\\r\\nname: value`` each) and the body.
+- ``B``: a batch: how many requests follow, then each as an ``R`` record: target index,
+  route, request id, the stable's predictions (ASCII JSON), the forwarded headers
+  (``\\r\\nname: value`` each) and the body.
 
 Outcomes are counted in a small shared block (``SLOTS``, unsigned 64-bit, this process
 the only writer), which the serving process adds to its ``/metrics``. The serving process
@@ -58,6 +59,8 @@ BLOCK_BYTES = 64
 #: forwarded headers and body.
 REQUEST = struct.Struct("!cHHHIII")
 TARGET = struct.Struct("!cH")
+#: ``B`` message: kind, then how many ``R`` records follow in the same packet.
+BATCH = struct.Struct("!cH")
 PIPELINE_REQUESTS = 16
 PIPELINE_BYTES = 256 * 1024
 BACKOFF_FIRST = 0.05
@@ -151,44 +154,63 @@ class Sender:
 
     def _message(self, msg: memoryview) -> None:
         kind = msg[0]
-        if kind == 0x52:  # b"R"
-            _, index, lp, lr, lh, lf, lb = REQUEST.unpack_from(msg)
-            target = self.targets.get(index)
-            if target is None:
-                raise KeyError(f"unknown target {index}")
-            if self.queue.full():
-                self.count(DROPPED)
-                return
-            o = REQUEST.size
-            path = msg[o:o + lp]
-            o += lp
-            route = target.paths.get(bytes(path))
-            if route is None:
-                route = target.prefix + quote_path(bytes(path).decode())
-                if len(target.paths) < 64:  # routes of the served model: a handful
-                    target.paths[bytes(path)] = route
-            rid = msg[o:o + lr]
-            o += lr
-            prediction = msg[o:o + lh]
-            o += lh
-            forwarded = msg[o:o + lf]
-            o += lf
-            body = msg[o:o + lb]
-            # Every value is fit for a header: the request id and the forwarded headers
-            # were parsed as headers, the prediction is ASCII JSON.
-            request = b"".join((
-                b"POST ", route, b" HTTP/1.1", target.head,
-                b"\r\ncontent-type: application/json\r\ncontent-length: ",
-                str(lb).encode(), target.tail, b"\r\nx-request-id: ", rid,
-                b"\r\n", STABLE_PREDICTION_HEADER, b": ", prediction, forwarded,
-                b"\r\n\r\n", body))
-            self.queue.put_nowait((target, request))
+        if kind == 0x42:  # b"B": a batch of requests, one after another
+            _, n = BATCH.unpack_from(msg)
+            o = BATCH.size
+            for i in range(n):
+                try:
+                    o = self._request(msg, o)
+                except Exception:  # the rest of the batch cannot be read: all dropped
+                    logger.exception("shadow sender: request not understood")
+                    self.count(DROPPED, n - i)
+                    return
         elif kind == 0x54:  # b"T"
             _, index = TARGET.unpack_from(msg)
             data = json.loads(bytes(msg[TARGET.size:]))
             self.targets[index] = Target(data["url"], data["shadow"], data["version"])
         else:
             raise ValueError(f"unknown message kind {kind:#x}")
+
+    def _request(self, msg: memoryview, o: int) -> int:
+        """Queue the request at offset ``o`` of a packet (or count it dropped); the offset
+        of the next."""
+        kind, index, lp, lr, lh, lf, lb = REQUEST.unpack_from(msg, o)
+        if kind != b"R":
+            raise ValueError(f"unknown record kind {kind!r}")
+        o += REQUEST.size
+        end = o + lp + lr + lh + lf + lb
+        if end > len(msg):
+            raise ValueError("truncated request record")
+        target = self.targets.get(index)
+        if target is None:
+            raise KeyError(f"unknown target {index}")
+        if self.queue.full():
+            self.count(DROPPED)
+            return end
+        path = msg[o:o + lp]
+        o += lp
+        route = target.paths.get(bytes(path))
+        if route is None:
+            route = target.prefix + quote_path(bytes(path).decode())
+            if len(target.paths) < 64:  # routes of the served model: a handful
+                target.paths[bytes(path)] = route
+        rid = msg[o:o + lr]
+        o += lr
+        prediction = msg[o:o + lh]
+        o += lh
+        forwarded = msg[o:o + lf]
+        o += lf
+        body = msg[o:o + lb]
+        # Every value is fit for a header: the request id and the forwarded headers
+        # were parsed as headers, the prediction is ASCII JSON.
+        request = b"".join((
+            b"POST ", route, b" HTTP/1.1", target.head,
+            b"\r\ncontent-type: application/json\r\ncontent-length: ",
+            str(lb).encode(), target.tail, b"\r\nx-request-id: ", rid,
+            b"\r\n", STABLE_PREDICTION_HEADER, b": ", prediction, forwarded,
+            b"\r\n\r\n", body))
+        self.queue.put_nowait((target, request))
+        return end
 
     async def _work(self) -> None:
         queue = self.queue
