@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                         "it stays with its server on core 0, as in a pod)")
     p.add_argument("--canary-priority", choices=("idle", "normal"), default="idle",
                    help="the canary's priority on the load generator's core")
+    p.add_argument("--canary", choices=("runtime", "sink"), default="runtime",
+                   help="the canary: a modelship runtime (its model's work lands on the "
+                        "load generator's core), or peers/sink_server.py, which answers "
+                        "at once (as if the canary ran on another machine)")
     p.add_argument("--rate-share", type=float, default=None,
                    help="override the fixed-rate scenarios' share of the off stable's "
                         "closed-loop throughput")
@@ -189,9 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     runs: list[dict[str, Any]] = []
     try:
-        canary, canary_url = start("canary", model.mlflow_dir, workdir, first, LOAD_CPU,
-                                   idle=args.canary_priority == "idle",
-                                   MODELSHIP_MODEL_VERSION="2")
+        if args.canary == "sink":
+            port = free_port()
+            prefix = ["chrt", "--idle", "0"] if args.canary_priority == "idle" else []
+            canary = Server("canary", [*prefix, sys.executable,
+                                       str(HERE / "peers" / "sink_server.py"), str(port)],
+                            base_env(), workdir / "canary.log", cpu=LOAD_CPU)
+            canary.start()
+            canary_url = f"http://127.0.0.1:{port}"
+            canary.wait_ready(f"{canary_url}/predict", first, 60)
+        else:
+            canary, canary_url = start("canary", model.mlflow_dir, workdir, first, LOAD_CPU,
+                                       idle=args.canary_priority == "idle",
+                                       MODELSHIP_MODEL_VERSION="2")
         servers.append(canary)
         off, off_url = start("off", model.mlflow_dir, workdir, first, "0",
                              MODELSHIP_MODEL_VERSION="1")
@@ -279,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, args.scenarios.split(","))
     result = {"at": stamp, "model": args.model, "rounds": args.rounds,
               "fraction": args.fraction, "duration_s": args.duration,
-              "canary_priority": args.canary_priority, "calibrated_rps": capacity,
+              "canary": args.canary, "canary_priority": args.canary_priority,
+              "calibrated_rps": capacity,
               "rates": rates,
               "loadavg_1m_at_start": load0, "loadavg_1m_at_end": load, "runs": runs,
               "summary": summary}
@@ -344,7 +359,7 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
         f"{args.model}, {args.rounds} rounds x {args.duration} s (load average "
         f"{load0:.1f} at the start, {load:.1f} at the end); sender "
         f"{'on cores ' + args.sender_cpus if args.sender_cpus else 'on the stable core'}, "
-        f"canary at {args.canary_priority} priority on the load core",
+        f"canary ({args.canary}) at {args.canary_priority} priority on the load core",
         "",
         "Ratios are medians of the per-round ratios, [min-max] over the rounds; p99 "
         "unchanged: the on/off median within the A/A range.",
