@@ -218,14 +218,15 @@ class ServingMiddleware:
                 outgoing = mirror.choose(scope["method"], scope["path"], rid, headers)
                 if outgoing is not None:
                     scope[SHADOW_SCOPE_KEY] = shadow = outgoing
-                    receive = outgoing.capture(receive)
             fast = fastpath.match(scope["path"], headers) \
                 if self.plane is not None and scope["method"] == "POST" else None
             if fast is not None and self.plane is not None:
                 await self._fast_predict(self.plane, fast, scope, start, receive,
-                                         send_wrapper, shadow)
+                                         send_wrapper, shadow, outgoing)
                 scope["route"] = fast
             else:
+                if outgoing is not None:
+                    receive = outgoing.capture(receive)
                 await self.app(scope, self._limited(receive), send_wrapper)
         finally:
             if counted:
@@ -247,7 +248,8 @@ class ServingMiddleware:
 
     async def _fast_predict(self, plane: DataPlane, route: fastpath.Match, scope: Scope,
                             start: float, receive: Receive, send: Send,
-                            shadow: ShadowContext | None) -> None:
+                            shadow: ShadowContext | None,
+                            outgoing: Outgoing | None = None) -> None:
         """A prediction (``/predict``, V1, V2 JSON, ``/invocations``) without routing or
         per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
@@ -270,6 +272,8 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if outgoing is not None:  # the body, kept for the mirror
+                outgoing.chunks = chunks
             answer = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
             if isinstance(answer, binary.Answer):  # V2 binary outputs asked for
                 body, headers = answer.body, answer.asgi_headers()
