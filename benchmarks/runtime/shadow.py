@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                         "it stays with its server on core 0, as in a pod)")
     p.add_argument("--canary-priority", choices=("idle", "normal"), default="idle",
                    help="the canary's priority on the load generator's core")
-    p.add_argument("--canary", choices=("runtime", "sink"), default="runtime",
+    p.add_argument("--neighbour", choices=("busy", "none"), default="busy",
+                   help="busy: a busy loop at idle priority on the load core for the whole "
+                        "run, so every side meets the same interference from the other "
+                        "core (on this machine work there slows core 0 by about 7%%)")
+    p.add_argument("--canary", choices=("runtime", "sink"), default="sink",
                    help="the canary: a modelship runtime (its model's work lands on the "
                         "load generator's core), or peers/sink_server.py, which answers "
                         "at once (as if the canary ran on another machine)")
@@ -193,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     runs: list[dict[str, Any]] = []
     try:
+        if args.neighbour == "busy":
+            neighbour = Server("neighbour", ["chrt", "--idle", "0", sys.executable, "-c",
+                                             "while True: pass"],
+                               base_env(), workdir / "neighbour.log", cpu=LOAD_CPU)
+            neighbour.start()
+            servers.append(neighbour)
         if args.canary == "sink":
             port = free_port()
             prefix = ["chrt", "--idle", "0"] if args.canary_priority == "idle" else []
@@ -294,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"at": stamp, "model": args.model, "rounds": args.rounds,
               "fraction": args.fraction, "duration_s": args.duration,
               "canary": args.canary, "canary_priority": args.canary_priority,
+              "neighbour": args.neighbour,
               "calibrated_rps": capacity,
               "rates": rates,
               "loadavg_1m_at_start": load0, "loadavg_1m_at_end": load, "runs": runs,
@@ -359,7 +370,8 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
         f"{args.model}, {args.rounds} rounds x {args.duration} s (load average "
         f"{load0:.1f} at the start, {load:.1f} at the end); sender "
         f"{'on cores ' + args.sender_cpus if args.sender_cpus else 'on the stable core'}, "
-        f"canary ({args.canary}) at {args.canary_priority} priority on the load core",
+        f"canary ({args.canary}) at {args.canary_priority} priority on the load core, "
+        f"neighbour {args.neighbour}",
         "",
         "Ratios are medians of the per-round ratios, [min-max] over the rounds; p99 "
         "unchanged: the on/off median within the A/A range.",
