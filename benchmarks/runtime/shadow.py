@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -140,6 +141,18 @@ def measure(url: str, lua: Path, body_file: Path, conns: int, seconds: int,
             "socket_errors": stats["failed"]}, stats["raw"]
 
 
+def start_replay(url: str, body_file: Path, rate: float,
+                 seconds: float) -> subprocess.Popen[bytes]:
+    """h2load at idle priority on the load core, sending the canary `rate` requests a
+    second, as the `on` stable's sender would (stopped by the caller)."""
+    conns = 4
+    return subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, "chrt", "--idle", "0", "h2load", "--h1", "-H",
+         "content-type: application/json", "-d", str(body_file), "-t1", f"-c{conns}", "-m1",
+         f"--rps={rate / conns:.3f}", f"-D{seconds:.0f}", f"{url}/predict"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start(name: str, model_dir: Path, workdir: Path, body: bytes, cpu: str,
           *, idle: bool = False, **env: str) -> tuple[Server, str]:
     port = free_port()
@@ -171,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                         "it stays with its server on core 0, as in a pod)")
     p.add_argument("--canary-priority", choices=("idle", "normal"), default="idle",
                    help="the canary's priority on the load generator's core")
-    p.add_argument("--neighbour", choices=("busy", "none"), default="busy",
-                   help="busy: a busy loop at idle priority on the load core for the whole "
-                        "run, so every side meets the same interference from the other "
-                        "core (on this machine work there slows core 0 by about 7%%)")
+    p.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
+                   help="during the `off` and `off2` runs, send the canary what the `on` "
+                        "stable mirrors (h2load at idle priority on the load core, at the "
+                        "rate `on` mirrored in a probe), so the canary's work on the other "
+                        "core is the same for every side")
     p.add_argument("--canary", choices=("runtime", "sink"), default="sink",
                    help="the canary: a modelship runtime (its model's work lands on the "
                         "load generator's core), or peers/sink_server.py, which answers "
@@ -197,12 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     runs: list[dict[str, Any]] = []
     try:
-        if args.neighbour == "busy":
-            neighbour = Server("neighbour", ["chrt", "--idle", "0", sys.executable, "-c",
-                                             "while True: pass"],
-                               base_env(), workdir / "neighbour.log", cpu=LOAD_CPU)
-            neighbour.start()
-            servers.append(neighbour)
         if args.canary == "sink":
             port = free_port()
             prefix = ["chrt", "--idle", "0"] if args.canary_priority == "idle" else []
@@ -247,55 +255,83 @@ def main(argv: list[str] | None = None) -> int:
             share = SCENARIOS[sc][2]
             if share is not None and capacity is not None:
                 rates[sc] = capacity * (args.rate_share or share)
+        bodies: dict[str, tuple[Path, Path]] = {}
+        for scenario in scenarios:
+            n_rows = SCENARIOS[scenario][0]
+            body = json.dumps({"features": rows[0]} if n_rows == 1
+                              else {"instances": rows[:n_rows]})
+            lua = workdir / f"{scenario}.lua"
+            write_lua(lua, body)
+            body_file = workdir / f"{scenario}.body"
+            body_file.write_text(body)
+            bodies[scenario] = (lua, body_file)
+        replay_rates: dict[str, float] = {}
+        if args.replay:  # what `on` mirrors per second in each scenario, probed
+            for scenario in scenarios:
+                lua, body_file = bodies[scenario]
+                wait_drained(on_url)
+                before = mirrored(on_url)["sent"]
+                t0 = time.monotonic()
+                measure(on_url, lua, body_file, SCENARIOS[scenario][1], args.warmup,
+                        rates.get(scenario), workdir / f"probe-{scenario}.h2log")
+                wait_drained(on_url)
+                replay_rates[scenario] = (mirrored(on_url)["sent"] - before) / (
+                    time.monotonic() - t0)
+                log(f"probe {scenario}: `on` mirrored {replay_rates[scenario]:.0f}/s")
         for rnd in range(args.rounds):
             for s_i, scenario in enumerate(scenarios):
                 n_rows, conns, _ = SCENARIOS[scenario]
                 rate = rates.get(scenario)
-                body = json.dumps({"features": rows[0]} if n_rows == 1
-                                  else {"instances": rows[:n_rows]})
-                lua = workdir / f"{scenario}.lua"
-                write_lua(lua, body)
-                body_file = workdir / f"{scenario}.body"
-                body_file.write_text(body)
+                lua, body_file = bodies[scenario]
                 shift = (rnd + s_i) % len(SIDES)
                 order = [*SIDES[shift:], *SIDES[:shift]]
                 for side in order:
                     url = urls[side]
                     h2log = workdir / f"r{rnd}-{scenario}-{side}.h2log"
-                    measure(url, lua, body_file, conns, args.warmup, rate, h2log)
-                    if side == "on":
-                        wait_drained(url)
-                    before = mirrored(url) if side == "on" else None
-                    compared = agreement(canary_url) if side == "on" else 0.0
-                    cpu0 = cpu_seconds(pids[side])
-                    sender0 = cpu_seconds(sender) if side == "on" else 0.0
-                    res, raw = measure(url, lua, body_file, conns, args.duration, rate,
-                                       h2log)
-                    if side == "on":
-                        wait_drained(url)  # the mirroring of the run's requests counts too
-                    cpu = cpu_seconds(pids[side]) - cpu0
-                    sender_cpu = cpu_seconds(sender) - sender0 if side == "on" else 0.0
-                    if not res["requests"]:
-                        raise RuntimeError(f"{scenario} {side}: no request completed")
-                    record: dict[str, Any] = {"round": rnd, "scenario": scenario,
-                                              "side": side, "rate": rate, **res,
-                                              "cpu_us_per_request":
-                                                  cpu / res["requests"] * 1e6}
-                    if before is not None:
-                        after = mirrored(url)
-                        record["mirrored"] = {k: after[k] - before[k] for k in OUTCOMES}
-                        record["canary_rows_compared"] = agreement(canary_url) - compared
-                        sent = record["mirrored"]["sent"]
-                        record["sender_cpu_us_per_sent"] = (sender_cpu / sent * 1e6
-                                                            if sent else 0.0)
-                    (workdir / f"r{rnd}-{scenario}-{side}.txt").write_text(raw)
-                    runs.append(record)
-                    log(f"round {rnd} {scenario} {side}: {res['rps']:.0f} req/s, p50 "
-                        f"{res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
-                        f"{record['cpu_us_per_request']:.0f} us CPU/request"
-                        + (f", mirrored {record['mirrored']}, sender "
-                           f"{record['sender_cpu_us_per_sent']:.0f} us CPU/sent"
-                           if before else ""))
+                    replay = None
+                    if side != "on" and replay_rates.get(scenario):
+                        replay = start_replay(canary_url, body_file,
+                                              replay_rates[scenario],
+                                              args.warmup + args.duration + 30)
+                    try:
+                        measure(url, lua, body_file, conns, args.warmup, rate, h2log)
+                        if side == "on":
+                            wait_drained(url)
+                        before = mirrored(url) if side == "on" else None
+                        compared = agreement(canary_url) if side == "on" else 0.0
+                        cpu0 = cpu_seconds(pids[side])
+                        sender0 = cpu_seconds(sender) if side == "on" else 0.0
+                        res, raw = measure(url, lua, body_file, conns, args.duration, rate,
+                                           h2log)
+                        if side == "on":
+                            wait_drained(url)  # the mirroring of the run's requests counts too
+                        cpu = cpu_seconds(pids[side]) - cpu0
+                        sender_cpu = cpu_seconds(sender) - sender0 if side == "on" else 0.0
+                        if not res["requests"]:
+                            raise RuntimeError(f"{scenario} {side}: no request completed")
+                        record: dict[str, Any] = {"round": rnd, "scenario": scenario,
+                                                  "side": side, "rate": rate, **res,
+                                                  "cpu_us_per_request":
+                                                      cpu / res["requests"] * 1e6}
+                        if before is not None:
+                            after = mirrored(url)
+                            record["mirrored"] = {k: after[k] - before[k] for k in OUTCOMES}
+                            record["canary_rows_compared"] = agreement(canary_url) - compared
+                            sent = record["mirrored"]["sent"]
+                            record["sender_cpu_us_per_sent"] = (sender_cpu / sent * 1e6
+                                                                if sent else 0.0)
+                        (workdir / f"r{rnd}-{scenario}-{side}.txt").write_text(raw)
+                        runs.append(record)
+                        log(f"round {rnd} {scenario} {side}: {res['rps']:.0f} req/s, p50 "
+                            f"{res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
+                            f"{record['cpu_us_per_request']:.0f} us CPU/request"
+                            + (f", mirrored {record['mirrored']}, sender "
+                               f"{record['sender_cpu_us_per_sent']:.0f} us CPU/sent"
+                               if before else ""))
+                    finally:
+                        if replay is not None:
+                            replay.terminate()
+                            replay.wait(10)
     finally:
         for server in servers:
             server.stop()
@@ -304,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"at": stamp, "model": args.model, "rounds": args.rounds,
               "fraction": args.fraction, "duration_s": args.duration,
               "canary": args.canary, "canary_priority": args.canary_priority,
-              "neighbour": args.neighbour,
+              "replay": args.replay, "replay_rates": replay_rates,
               "calibrated_rps": capacity,
               "rates": rates,
               "loadavg_1m_at_start": load0, "loadavg_1m_at_end": load, "runs": runs,
@@ -371,7 +407,8 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
         f"{load0:.1f} at the start, {load:.1f} at the end); sender "
         f"{'on cores ' + args.sender_cpus if args.sender_cpus else 'on the stable core'}, "
         f"canary ({args.canary}) at {args.canary_priority} priority on the load core, "
-        f"neighbour {args.neighbour}",
+        f"{'the same traffic replayed to it' if args.replay else 'nothing'} during the "
+        "off runs",
         "",
         "Ratios are medians of the per-round ratios, [min-max] over the rounds; p99 "
         "unchanged: the on/off median within the A/A range.",
