@@ -180,12 +180,9 @@ class InferenceServicer:
             outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
                      for t in meta["outputs"]])
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        return await self._infer(request)
-
     # --- the work ------------------------------------------------------------------
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         plane = self.plane
         self._check_name(request.model_name, request.model_version)
         batcher = plane.batcher

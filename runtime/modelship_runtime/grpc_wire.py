@@ -156,6 +156,7 @@ class Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self.blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}  # see _decode
         self.calls: dict[int, Call] = {}
         self.last_stream = 0
         self.send_window = DEFAULT_WINDOW
@@ -282,8 +283,28 @@ class Connection(asyncio.Protocol):
         else:
             self.block = (sid, flags, bytearray(payload))
 
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The header list of ``block``. A client sends the same block call after call
+        once its fields are in the dynamic table; a block that left the table as it was
+        decodes alike until the table changes, so it is decoded once."""
+        headers = self.blocks.get(block)
+        if headers is not None:
+            return headers
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        n, first, size = len(entries), entries[0] if entries else None, table.maxsize
+        headers = list(self.decoder.decode(block, raw=True))  # type: ignore[arg-type]
+        if (len(entries) == n and (entries[0] if entries else None) is first
+                and table.maxsize == size):
+            if len(self.blocks) >= 32:
+                self.blocks.clear()
+            self.blocks[block] = headers
+        else:
+            self.blocks.clear()
+        return headers
+
     def _headers_done(self, flags: int, sid: int, block: bytes) -> None:
-        headers = self.decoder.decode(block, raw=True)  # keeps the decoder's table in step
+        headers = self._decode(block)  # keeps the decoder's table in step
         call = self.calls.get(sid)
         if call is not None:  # trailers, which must end the stream
             if not flags & END_STREAM:
