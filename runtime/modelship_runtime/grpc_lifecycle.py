@@ -1,8 +1,8 @@
 """Running the gRPC server beside uvicorn: started once HTTP listens, drained with it.
 
-Kept apart from :mod:`.grpc_server` so that ``serve`` imports grpc (a hundred
-milliseconds or more) only after HTTP is up and answering: the HTTP cold start does not
-pay for gRPC, and with ``MODELSHIP_GRPC_PORT=0`` grpc is never imported at all.
+Kept apart from :mod:`.grpc_server` so that ``serve`` imports the gRPC side (protobuf
+and its generated modules, hpack) only after HTTP is up and answering: the HTTP cold
+start does not pay for gRPC, and with ``MODELSHIP_GRPC_PORT=0`` it is never imported.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The Open Inference Protocol (V2) over gRPC, beside HTTP in the same process.
 
-``modelship-runtime serve`` starts a ``grpc.aio`` server on ``MODELSHIP_GRPC_PORT``
-(default 8081; 0: none) on uvicorn's own event loop, so both protocols share the one data
-plane: the same validation, cache, micro-batcher (requests over gRPC and HTTP join the
-same batches) and metrics. The service is the specification's
+``modelship-runtime serve`` listens for gRPC on ``MODELSHIP_GRPC_PORT`` (default 8081;
+0: none) on uvicorn's own event loop, with :mod:`.grpc_wire`'s HTTP/2 protocol (not
+``grpc.aio``, whose hand-off of every call from its poller thread to the loop cost more
+CPU than the HTTP V2 route's whole path), so both protocols share the one data plane: the
+same validation, cache, micro-batcher (requests over gRPC and HTTP join the same batches)
+and metrics. The service is the specification's
 ``inference.GRPCInferenceService`` (``_proto/grpc_predict_v2.proto``): ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inputs in
 ``contents`` or ``raw_input_contents`` (answered in the same form).
@@ -11,15 +13,17 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inpu
 Errors are gRPC status codes with the HTTP route's message: INVALID_ARGUMENT (400),
 UNAUTHENTICATED (401: API keys are configured and neither ``authorization: Bearer KEY``
 nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model),
-RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key), UNAVAILABLE
-(503: not loaded yet), INTERNAL (500). Each call is counted in ``http_requests_total``
+RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key; or a request
+message over ``max_body_bytes``), UNAVAILABLE (503: not loaded yet), INTERNAL (500),
+UNIMPLEMENTED (a method the service does not have). Each call is counted in ``http_requests_total``
 and ``http_request_duration_seconds`` with ``method="GRPC"``, ``route="grpc:<Method>"``
 and the HTTP status its code maps to (:data:`HTTP_STATUS`), so the rollout's error-rate
 queries (``status=~"5.."``) see gRPC failures too.
 
 Shutdown follows HTTP's (:mod:`.drain`): during the drain period gRPC keeps answering and
-ServerReady says false; when the drain ends the server stops accepting calls and finishes
-those in flight (at most ``shutdown_timeout_seconds``) before the model is released.
+ServerReady says false; when the drain ends the server stops listening, sends GOAWAY on
+every connection and finishes the calls in flight (at most ``shutdown_timeout_seconds``)
+before the model is released.
 
 The generated modules register the ``inference`` protobuf package in the process's
 default descriptor pool, as tritonclient's do: the two cannot be imported into one
@@ -44,8 +48,16 @@ from ._proto import grpc_predict_v2_pb2 as pb
 from .dataplane import DataPlane
 from .drain import Drain
 from .errors import BadRequest, ModelNotFound, ModelshipError, Unauthorized
-from .grpc_wire import (INTERNAL, INVALID_ARGUMENT, OK, RESOURCE_EXHAUSTED, UNIMPLEMENTED,
-                        Call, GrpcError, GrpcWireServer)
+from .grpc_wire import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    OK,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    Call,
+    GrpcError,
+    GrpcWireServer,
+)
 from .metrics import Metrics
 from .ratelimit import ANONYMOUS
 from .settings import RuntimeSettings
@@ -137,7 +149,8 @@ class InferenceServicer:
                 raise BadRequest(f"the request is not a {request_type.DESCRIPTOR.full_name}: "
                                  f"{exc}") from None
             response = await answer(request)
-            return response.SerializeToString()
+            answer_bytes: bytes = response.SerializeToString()
+            return answer_bytes
         except ModelshipError as exc:
             code = _CODE_OF.get(exc.status_code, INTERNAL)
             raise GrpcError(code, exc.message) from None

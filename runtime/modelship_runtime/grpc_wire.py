@@ -112,8 +112,8 @@ class GrpcError(Exception):
 class Call:
     """One call: what its request said, and whether it was cancelled."""
 
-    __slots__ = ("body", "cancelled", "headers", "path", "send_window", "stream_id", "task",
-                 "waiting")
+    __slots__ = ("body", "cancelled", "headers", "path", "send_window", "started", "stream_id",
+                 "task", "waiting")
 
     def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
                  send_window: int) -> None:
@@ -125,7 +125,9 @@ class Call:
         self.cancelled = False
         """True once the client reset the stream or the connection went away."""
         self.send_window = send_window
-        self.task: asyncio.Task[None] | None = None
+        self.started = False
+        """True once the request is complete and being answered."""
+        self.task: asyncio.Task[None] | None = None  # while the handler runs
         self.waiting: bytes | None = None  # DATA payload still to send (flow control)
 
     def header(self, name: bytes) -> bytes | None:
@@ -293,7 +295,7 @@ class Connection(asyncio.Protocol):
         table = self.decoder.header_table
         entries = table.dynamic_entries
         n, first, size = len(entries), entries[0] if entries else None, table.maxsize
-        headers = list(self.decoder.decode(block, raw=True))  # type: ignore[arg-type]
+        headers = list(self.decoder.decode(block, raw=True))
         if (len(entries) == n and (entries[0] if entries else None) is first
                 and table.maxsize == size):
             if len(self.blocks) >= 32:
@@ -351,7 +353,7 @@ class Connection(asyncio.Protocol):
                               _HEAD.pack(self.connection_window - self.recv_window)))
             self.recv_window = self.connection_window
         call = self.calls.get(sid)
-        if call is None or call.task is not None:
+        if call is None or call.started:
             if sid > self.last_stream:
                 raise _ProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             return  # a stream reset or refused here: its late frames are dropped
@@ -408,8 +410,9 @@ class Connection(asyncio.Protocol):
     # --- calls -------------------------------------------------------------------------
 
     def _request_done(self, call: Call) -> None:
-        if call.task is not None:
+        if call.started:
             return
+        call.started = True
         body = call.body
         if len(body) < 5:
             self._answer_error(call, INVALID_ARGUMENT, "a unary call needs one request "
@@ -461,6 +464,8 @@ class Connection(asyncio.Protocol):
             logger.exception("unexpected error in a gRPC call")
             self._answer_error(call, INTERNAL, "internal error")
             return
+        finally:
+            call.task = None  # no cycle call -> task -> this frame -> call left to the GC
         self._answer(call, answer)
 
     def _cancel(self, call: Call) -> None:
@@ -541,8 +546,7 @@ class Connection(asyncio.Protocol):
 
     def _finished(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
-        if call.task is not None or self.going_away:
-            self.server.changed()
+        self.server.changed()
         if self.going_away:
             self._close_if_idle()
 
