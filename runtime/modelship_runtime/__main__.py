@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         # Starting imports some 1,500 modules; the collector would walk their long-lived
         # objects again and again meanwhile (a tenth of the start's CPU). The app's
-        # lifespan collects once, freezes what is loaded and turns collection back on.
+        # lifespan freezes what is loaded and turns collection back on.
         gc.disable()
     previous = {sig: signal.signal(sig, _stop) for sig in _SIGNALS}
     try:

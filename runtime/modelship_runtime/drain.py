@@ -34,11 +34,15 @@ CONNECTION_CLOSE = (b"connection", b"close")
 
 
 class Drain:
-    """Whether the server drains; readiness and the response headers read it."""
+    """Whether the server drains, and what it still starts; readiness and the response
+    headers read it."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.draining = False
+        self.starting: set[str] = set()
+        """Listeners not up yet (the gRPC server starts after HTTP answers): readiness
+        fails until this is empty."""
         self.deadline: float | None = None
         """time.monotonic() at which the drain ends (None: not draining, or no drain)."""
 

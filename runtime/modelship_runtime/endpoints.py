@@ -46,6 +46,8 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
     def check_serving() -> None:
         if drain.draining:
             raise ModelNotReady("draining: the server is shutting down")
+        if drain.starting:
+            raise ModelNotReady(f"{', '.join(sorted(drain.starting))} not listening yet")
     model = plane.model
     info = model.info
     batcher = plane.batcher
@@ -195,7 +197,7 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", tags=["health"], responses=_ERRORS,
-                summary="Readiness (model loaded, not draining)")
+                summary="Readiness (model loaded, every listener up, not draining)")
     async def readyz() -> dict[str, Any]:
         if not model.ready:
             raise ModelNotReady("model not loaded")

@@ -1,13 +1,18 @@
 """Running the gRPC server beside uvicorn: started once HTTP listens, drained with it.
 
-Kept apart from :mod:`.grpc_server` so that ``serve`` imports grpc (a hundred
-milliseconds or more) only after HTTP is up and answering: the HTTP cold start does not
-pay for gRPC, and with ``MODELSHIP_GRPC_PORT=0`` grpc is never imported at all.
+Kept apart from :mod:`.grpc_server` so that ``serve`` imports the gRPC side (protobuf
+and its generated modules, hpack) only after HTTP is up and answering: the import runs on
+a worker thread while the event loop answers HTTP, so the first HTTP prediction does not
+wait for it, and readiness (``/readyz``, ``/v2/health/ready``) fails until the gRPC server
+listens (:attr:`.drain.Drain.starting`). With ``MODELSHIP_GRPC_PORT=0`` it is never
+imported at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import logging
 import socket
 from collections.abc import Awaitable
@@ -23,6 +28,8 @@ if TYPE_CHECKING:
     from .grpc_server import GrpcServer
 
 logger = logging.getLogger("modelship_runtime")
+
+LISTENER = "gRPC"
 
 
 class _AfterGrpc:
@@ -53,22 +60,38 @@ class GrpcDrainingServer(DrainingServer):
         self._app = app
         self._settings = settings
         self.grpc: GrpcServer | None = None
+        self._starting: asyncio.Task[None] | None = None
+        drain.starting.add(LISTENER)  # not ready before gRPC listens
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not self.started:
-            return
-        from .grpc_server import GrpcServer
+        if self.started:
+            self._starting = asyncio.create_task(self._start_grpc())
 
-        self.grpc = GrpcServer(self._app, self._settings)
+    async def _start_grpc(self) -> None:
+        # the gRPC side (protobuf, the generated module, hpack) is imported off the
+        # loop, which answers HTTP meanwhile; nothing else imports them, so the threads
+        # share no module import
         try:
-            await self.grpc.start()
-        except RuntimeError as exc:
-            logger.error("%s", exc)
+            module = await asyncio.to_thread(importlib.import_module,
+                                             f"{__package__}.grpc_server")
+            server = module.GrpcServer(self._app, self._settings)
+            await server.start()
+        except Exception as exc:
+            if isinstance(exc, RuntimeError):  # the port cannot be bound
+                logger.error("%s", exc)
+            else:
+                logger.exception("the gRPC server did not start")
             self.should_exit = True
             self.grpc_failed = True
+            return
+        self.grpc = server
+        gc.freeze()  # the gRPC side's modules are long-lived too, as the lifespan's freeze says
+        self.drain.starting.discard(LISTENER)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._starting is not None:  # a start under way finishes, then stops
+            await self._starting
         if self.grpc is None:
             await super().shutdown(sockets)
             return

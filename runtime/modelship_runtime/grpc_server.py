@@ -1,9 +1,11 @@
 """The Open Inference Protocol (V2) over gRPC, beside HTTP in the same process.
 
-``modelship-runtime serve`` starts a ``grpc.aio`` server on ``MODELSHIP_GRPC_PORT``
-(default 8081; 0: none) on uvicorn's own event loop, so both protocols share the one data
-plane: the same validation, cache, micro-batcher (requests over gRPC and HTTP join the
-same batches) and metrics. The service is the specification's
+``modelship-runtime serve`` listens for gRPC on ``MODELSHIP_GRPC_PORT`` (default 8081;
+0: none) on uvicorn's own event loop, with :mod:`.grpc_wire`'s HTTP/2 protocol (not
+``grpc.aio``, whose hand-off of every call from its poller thread to the loop cost more
+CPU than the HTTP V2 route's whole path), so both protocols share the one data plane: the
+same validation, cache, micro-batcher (requests over gRPC and HTTP join the same batches)
+and metrics. The service is the specification's
 ``inference.GRPCInferenceService`` (``_proto/grpc_predict_v2.proto``): ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inputs in
 ``contents`` or ``raw_input_contents`` (answered in the same form).
@@ -11,15 +13,17 @@ ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inpu
 Errors are gRPC status codes with the HTTP route's message: INVALID_ARGUMENT (400),
 UNAUTHENTICATED (401: API keys are configured and neither ``authorization: Bearer KEY``
 nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model),
-RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key), UNAVAILABLE
-(503: not loaded yet), INTERNAL (500). Each call is counted in ``http_requests_total``
+RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key; or a request
+message over ``max_body_bytes``), UNAVAILABLE (503: not loaded yet), INTERNAL (500),
+UNIMPLEMENTED (a method the service does not have). Each call is counted in ``http_requests_total``
 and ``http_request_duration_seconds`` with ``method="GRPC"``, ``route="grpc:<Method>"``
 and the HTTP status its code maps to (:data:`HTTP_STATUS`), so the rollout's error-rate
 queries (``status=~"5.."``) see gRPC failures too.
 
 Shutdown follows HTTP's (:mod:`.drain`): during the drain period gRPC keeps answering and
-ServerReady says false; when the drain ends the server stops accepting calls and finishes
-those in flight (at most ``shutdown_timeout_seconds``) before the model is released.
+ServerReady says false; when the drain ends the server stops listening, sends GOAWAY on
+every connection and finishes the calls in flight (at most ``shutdown_timeout_seconds``)
+before the model is released.
 
 The generated modules register the ``inference`` protobuf package in the process's
 default descriptor pool, as tritonclient's do: the two cannot be imported into one
@@ -28,22 +32,32 @@ process (the runtime imports only its own; tests drive it from another process).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 from fastapi import FastAPI
+from google.protobuf.message import DecodeError, Message
 
 from . import __version__, binary, protocols
 from ._proto import grpc_predict_v2_pb2 as pb
-from ._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .dataplane import DataPlane
 from .drain import Drain
 from .errors import BadRequest, ModelNotFound, ModelshipError, Unauthorized
+from .grpc_wire import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    OK,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    Call,
+    GrpcError,
+    GrpcWireServer,
+)
 from .metrics import Metrics
 from .ratelimit import ANONYMOUS
 from .settings import RuntimeSettings
@@ -54,26 +68,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("modelship_runtime")
 
-#: The HTTP status each gRPC code is counted under in http_requests_total.
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.INTERNAL: 500,
+SERVICE = "inference.GRPCInferenceService"
+UNAUTHENTICATED, NOT_FOUND, UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED = 16, 5, 14, 1, 4
+
+#: The HTTP status each gRPC status code is counted under in http_requests_total.
+HTTP_STATUS: dict[int, int] = {
+    OK: 200, INVALID_ARGUMENT: 400, UNAUTHENTICATED: 401, NOT_FOUND: 404,
+    RESOURCE_EXHAUSTED: 429, CANCELLED: 499, DEADLINE_EXCEEDED: 504, UNAVAILABLE: 503,
+    INTERNAL: 500,
 }
-_CODE_OF: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
+_CODE_OF: dict[int, int] = {
+    400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND, 429: RESOURCE_EXHAUSTED,
+    415: INVALID_ARGUMENT, 503: UNAVAILABLE,
 }
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
              "INT64": "int64_contents"}
 _OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
+
 
 class RateLimited(ModelshipError):
     """Over the rate limit (RESOURCE_EXHAUSTED; 429 in the metrics, as over HTTP)."""
@@ -81,22 +92,17 @@ class RateLimited(ModelshipError):
     status_code = 429
 
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
-
-def _given_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes:
+def _given_key(metadata: list[tuple[bytes, bytes]]) -> bytes:
     given = b""
-    for k, v in metadata or ():
-        value = v.encode() if isinstance(v, str) else v
-        if k == "authorization" and value[:7].lower() == b"bearer ":
+    for k, value in metadata:
+        if k == b"authorization" and value[:7].lower() == b"bearer ":
             given = value[7:].strip()
-        elif k == "x-api-key":
+        elif k == b"x-api-key":
             given = value.strip()
     return given
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """The V2 gRPC service over one data plane; the HTTP side's API keys (reloaded as
     they change) and rate limiter, when set."""
 
@@ -109,59 +115,87 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.metrics: Metrics = plane.metrics
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
+        # path -> (request type, answer, guarded by API key and rate limit, method name)
+        self.methods: dict[str, tuple[type[Message], Callable[[Any], Awaitable[Message]],
+                                      bool, str]] = {
+            f"/{SERVICE}/{name}": (request, getattr(self, name), guarded, name)
+            for name, request, guarded in (
+                ("ServerLive", pb.ServerLiveRequest, False),
+                ("ServerReady", pb.ServerReadyRequest, False),
+                ("ModelReady", pb.ModelReadyRequest, True),
+                ("ServerMetadata", pb.ServerMetadataRequest, True),
+                ("ModelMetadata", pb.ModelMetadataRequest, True),
+                ("ModelInfer", pb.ModelInferRequest, True),
+            )}
+
+    async def handle(self, call: Call, message: bytes) -> bytes:
+        """The serialized answer to one call (:data:`.grpc_wire.Handler`), or GrpcError."""
+        method = self.methods.get(call.path)
+        if method is None:
+            raise GrpcError(UNIMPLEMENTED, f"method {call.path} is not served here")
+        request_type, answer, guarded, name = method
+        start = time.perf_counter()
+        code = OK
+        try:
+            if guarded:
+                bucket = ANONYMOUS
+                if self.api_keys is not None:
+                    bucket = self._authorize(call.headers)
+                if self.limiter is not None:
+                    await self._limit(bucket)
+            try:
+                request = request_type.FromString(message)
+            except DecodeError as exc:
+                raise BadRequest(f"the request is not a {request_type.DESCRIPTOR.full_name}: "
+                                 f"{exc}") from None
+            response = await answer(request)
+            answer_bytes: bytes = response.SerializeToString()
+            return answer_bytes
+        except ModelshipError as exc:
+            code = _CODE_OF.get(exc.status_code, INTERNAL)
+            raise GrpcError(code, exc.message) from None
+        except asyncio.CancelledError:
+            code = CANCELLED
+            raise
+        except Exception:
+            logger.exception("unexpected error")
+            code = INTERNAL
+            raise GrpcError(code, "internal error") from None
+        finally:
+            self._observe(name, HTTP_STATUS.get(code, 500), time.perf_counter() - start)
 
     # --- the calls -------------------------------------------------------------------
 
-    async def ServerLive(self, request: pb.ServerLiveRequest,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerLiveResponse:
-        return await self._serve("ServerLive", context, False,
-                                 lambda: self._done(pb.ServerLiveResponse(live=True)))
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]
-                          ) -> pb.ServerReadyResponse:
-        ready = self.plane.model.ready and not self.drain.draining
-        return await self._serve("ServerReady", context, False,
-                                 lambda: self._done(pb.ServerReadyResponse(ready=ready)))
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.model.ready and not self.drain.draining)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelReadyResponse:
-        async def answer() -> pb.ModelReadyResponse:
-            self._check_name(request.name, request.version)
-            return pb.ModelReadyResponse(ready=self.plane.model.ready)
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        self._check_name(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.plane.model.ready)
 
-        return await self._serve("ModelReady", context, True, answer)
-
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: grpc.aio.ServicerContext[Any, Any]
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest
                              ) -> pb.ServerMetadataResponse:
-        return await self._serve("ServerMetadata", context, True, lambda: self._done(
-            pb.ServerMetadataResponse(name="modelship-runtime", version=__version__)))
+        return pb.ServerMetadataResponse(name="modelship-runtime", version=__version__)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: grpc.aio.ServicerContext[Any, Any]
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest
                             ) -> pb.ModelMetadataResponse:
-        async def answer() -> pb.ModelMetadataResponse:
-            self._check_name(request.name, request.version)
-            self.plane.check_ready()
-            meta = protocols.v2_model_metadata(self.plane.model.info)
-            tensor = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(
-                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
-                inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-                        for t in meta["inputs"]],
-                outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-                         for t in meta["outputs"]])
-
-        return await self._serve("ModelMetadata", context, True, answer)
-
-    async def ModelInfer(self, request: pb.ModelInferRequest,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse:
-        return await self._serve("ModelInfer", context, True, lambda: self._infer(request))
+        self._check_name(request.name, request.version)
+        self.plane.check_ready()
+        meta = protocols.v2_model_metadata(self.plane.model.info)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                    for t in meta["inputs"]],
+            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                     for t in meta["outputs"]])
 
     # --- the work ------------------------------------------------------------------
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         plane = self.plane
         self._check_name(request.model_name, request.model_version)
         batcher = plane.batcher
@@ -224,41 +258,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotFound(f"model {name!r} version {version!r} is not served here; this "
                                 f"server serves version {info.version}")
 
-    @staticmethod
-    async def _done(value: Resp) -> Resp:
-        return value
+    # --- auth, rate limit and metrics ----------------------------------------------
 
-    # --- auth, errors and metrics, around every call ------------------------------
-
-    async def _serve(self, method: str, context: grpc.aio.ServicerContext[Any, Any],
-                     guarded: bool, call: Callable[[], Awaitable[Resp]]) -> Resp:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            if guarded:
-                bucket = ANONYMOUS
-                if self.api_keys is not None:
-                    bucket = self._authorize(context.invocation_metadata())
-                if self.limiter is not None:
-                    await self._limit(bucket)
-            return await call()
-        except ModelshipError as exc:
-            code = _CODE_OF.get(exc.status_code, grpc.StatusCode.INTERNAL)
-            await context.abort(code, exc.message)
-            raise  # abort raises; never reached
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            logger.exception("unexpected error")
-            code = grpc.StatusCode.INTERNAL
-            await context.abort(code, "internal error")
-            raise
-        finally:
-            if context.cancelled() and code is grpc.StatusCode.OK:
-                code = grpc.StatusCode.CANCELLED
-            self._observe(method, HTTP_STATUS.get(code, 500), time.perf_counter() - start)
-
-    def _authorize(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+    def _authorize(self, metadata: list[tuple[bytes, bytes]]) -> str:
         """The key's id (the rate limit's bucket), or Unauthorized."""
         assert self.api_keys is not None
         found = self.api_keys.match(_given_key(metadata))  # constant time over every key
@@ -302,27 +304,17 @@ class GrpcServer:
         self.settings = settings
         self.servicer = InferenceServicer(app.state.plane, app.state.drain,
                                           app.state.api_keys, app.state.limiter)
-        self.server: grpc.aio.Server | None = None
+        self.server: GrpcWireServer | None = None
 
     async def start(self) -> None:
         """Listen on ``settings.grpc_port``; RuntimeError when the port cannot be bound."""
         s = self.settings
-        limit = s.max_body_bytes
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, as for HTTP
-        ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            self.servicer, server)
+        server = GrpcWireServer(self.servicer.handle, s.max_body_bytes)
         where = address(s.host, s.grpc_port)
         try:
-            bound = server.add_insecure_port(where)
-        except RuntimeError as exc:
+            await server.start(s.host, s.grpc_port)
+        except OSError as exc:
             raise RuntimeError(f"cannot listen for gRPC on {where}: {exc}") from None
-        if bound == 0:
-            raise RuntimeError(f"cannot listen for gRPC on {where}")
-        await server.start()
         self.server = server
         logger.info("gRPC (Open Inference Protocol V2) on %s", where,
                     extra={"grpc_port": s.grpc_port})

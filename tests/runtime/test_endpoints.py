@@ -137,6 +137,26 @@ async def test_readyz_is_503_until_the_model_is_loaded(lr_dir: Path) -> None:
             assert r.status_code == 200
 
 
+async def test_readiness_waits_for_every_listener_but_predictions_do_not(
+        lr_dir: Path) -> None:
+    """A listener still starting (serve's gRPC server, started after HTTP answers) fails
+    readiness; predictions are answered meanwhile."""
+    from modelship_runtime import RuntimeSettings, create_app
+
+    app = create_app(RuntimeSettings(model_dir=lr_dir))
+    app.state.drain.starting.add("gRPC")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client, \
+            app.router.lifespan_context(app):
+        for path in ("/readyz", "/v2/health/ready"):
+            r = await client.get(path)
+            assert (r.status_code, r.json()) == (503, {"error": "gRPC not listening yet"})
+        assert (await client.post("/predict", json={"features": [0.0] * 8})).status_code == 200
+        app.state.drain.starting.discard("gRPC")
+        for path in ("/readyz", "/v2/health/ready"):
+            assert (await client.get(path)).status_code == 200
+
+
 def test_metrics_use_route_templates(lr_url: str, registry: Any) -> None:
     httpx.post(f"{lr_url}/v1/models/ms-lr:predict", json={"instances": registry.X[:2].tolist()})
     httpx.get(f"{lr_url}/no/such/path")

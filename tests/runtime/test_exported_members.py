@@ -18,7 +18,8 @@ def test_exported_names() -> None:
     public = {n for n in dir(modelship_runtime) if not n.startswith("_")}
     assert public <= set(modelship_runtime.__all__) | {
         "annotations", "TYPE_CHECKING", "agreement", "app", "cache", "dataplane", "drain",
-        "binary", "endpoints", "errors", "grpc_lifecycle", "grpc_server", "httpclient",
+        "binary", "endpoints", "errors", "grpc_lifecycle", "grpc_server", "grpc_wire",
+        "httpclient",
         "logging", "metrics",
         "model", "protocols", "pull",
         "settings",

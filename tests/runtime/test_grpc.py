@@ -618,3 +618,37 @@ def test_sigterm_drains_grpc_then_exits_0(local_models: Any, tmp_path: Path) -> 
     assert runtime.proc.returncode == 0, runtime.log.read_text()
     assert {o for _, o in load.outcomes} == {"OK"}, runs(load.outcomes)
     assert gone.value.status() == "StatusCode.UNAVAILABLE"
+
+
+def test_readiness_waits_for_the_grpc_listener(local_models: Any, tmp_path: Path) -> None:
+    """grpc is imported and started after HTTP answers; /readyz is 503 ("gRPC not
+    listening yet") until then, so once it says ready, gRPC answers at once."""
+    port, gport = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [RUNTIME, "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--grpc-port", str(gport), "--model-dir", str(local_models.lr_dir)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "MODELSHIP_DRAIN_SECONDS": "0"})
+    refusals: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            except httpx.TransportError:  # not listening yet
+                time.sleep(0.005)
+                continue
+            if r.status_code == 200:
+                break
+            refusals.add(f"{r.status_code} {r.json()['error']}")
+        else:
+            raise AssertionError(f"/readyz never answered 200:\n{log.read_text()}")
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as channel:  # no wait for ready
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+    finally:
+        stop(proc)
+    assert refusals <= {"503 gRPC not listening yet"}, refusals
+    assert proc.returncode == 0, log.read_text()

@@ -21,12 +21,15 @@ PROBE = r'''
 import gc, importlib.abc, json, os, signal, socket, sys, threading, time, traceback
 
 attempts = []
+grpc_threads = []
 
 class Image(importlib.abc.MetaPathFinder):
     """pandas (and pyarrow) are not installed in the image: make them absent here too,
-    recording who asked."""
+    recording who asked; and record the thread that imports the gRPC server."""
 
     def find_spec(self, name, path, target=None):
+        if name == "modelship_runtime.grpc_server":
+            grpc_threads.append(threading.current_thread().name)
         if name.split(".")[0] in ("pandas", "pyarrow"):
             caller = [f for f in traceback.extract_stack() if "importlib" not in f.filename]
             attempts.append(f"{name} <- {caller[-2].filename}:{caller[-2].lineno}")
@@ -37,9 +40,9 @@ sys.meta_path.insert(0, Image())
 port, out, body = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
 request = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+readyz = b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
-def first_prediction():
-    deadline = time.monotonic() + 120
+def until_200(request, deadline):
     status = b""
     while time.monotonic() < deadline and not status.startswith(b"HTTP/1.1 200"):
         try:
@@ -48,9 +51,16 @@ def first_prediction():
                 status = s.recv(64)
         except OSError:
             time.sleep(0.05)
+    return status.decode(errors="replace")[:12]
+
+def first_prediction():
+    deadline = time.monotonic() + 120
+    status = until_200(request, deadline)
+    modules = sorted(sys.modules)  # at the first answer
+    ready = until_200(readyz, deadline)  # every listener up (gRPC, when on)
     with open(out, "w") as f:
-        json.dump({"status": status.decode(errors="replace")[:12], "gc": gc.isenabled(),
-                   "modules": sorted(sys.modules), "attempts": attempts}, f)
+        json.dump({"status": status, "gc": gc.isenabled(), "modules": modules,
+                   "attempts": attempts, "ready": ready, "grpc_threads": grpc_threads}, f)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=first_prediction, daemon=True).start()
@@ -66,12 +76,14 @@ FORBIDDEN = ("mlflow", "modelship_runtime.mlflow_rest", "requests", "urllib3", "
              "pandas", "pyarrow", "polars", "matplotlib")
 
 
-def _serve_once(model_dir: Path, row: list[float], tmp_path: Path) -> dict[str, Any]:
+def _serve_once(model_dir: Path, row: list[float], tmp_path: Path,
+                grpc_port: int = 0) -> dict[str, Any]:
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items()
            if k in ("PATH", "PYTHONPATH", "HOME", "TMPDIR", "LANG")}
     env["MODELSHIP_DRAIN_SECONDS"] = "0"
-    env["MODELSHIP_GRPC_PORT"] = "0"  # the default 8081 is shared by parallel test runs
+    # 0 unless given: the default 8081 is shared by parallel test runs
+    env["MODELSHIP_GRPC_PORT"] = str(grpc_port)
     r = subprocess.run([sys.executable, "-c", PROBE, str(free_port()), str(out),
                         json.dumps({"features": row}), str(model_dir)],
                        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
@@ -95,6 +107,18 @@ def test_serving_imports_neither_mlflow_nor_pandas_nor_the_pull_client(
     # nothing else may ask for it
     others = [a for a in result["attempts"] if "sklearn/utils/fixes.py:" not in a]
     assert others == [], others
+
+
+def test_grpc_is_imported_off_the_loop_and_readiness_waits_for_it(
+        local_models: Any, tmp_path: Path) -> None:
+    """With gRPC on, the gRPC server's module (protobuf, the generated module, hpack) is
+    imported on a worker thread after HTTP answers (the loop answers meanwhile), and
+    /readyz says ready only once it listens (test_grpc.py)."""
+    result = _serve_once(local_models.lr_dir, local_models.X[0].tolist(), tmp_path,
+                         grpc_port=free_port())
+    assert (result["status"], result["ready"]) == ("HTTP/1.1 200", "HTTP/1.1 200")
+    assert result["grpc_threads"], "the gRPC server was never imported"
+    assert "MainThread" not in result["grpc_threads"], result["grpc_threads"]
 
 
 SKOPS_TRUST = '''

@@ -1,0 +1,634 @@
+"""Unary gRPC over cleartext HTTP/2 (h2c), as an asyncio protocol on the running loop.
+
+:mod:`.grpc_server` serves the Open Inference Protocol's gRPC service with this instead of
+``grpc.aio``: grpc.aio hands each call from its own poller thread to the event loop and
+back, which cost about 140 us of CPU per call before any work (a constant-answer
+grpc.aio server); the HTTP V2 route's whole path, prediction included, costs less. Here a
+call is read and answered on the loop that serves HTTP, like an HTTP/1.1 request under
+uvicorn: the frames of a call usually arrive in one read and its answer leaves in one
+write.
+
+What it implements is what unary calls need (RFC 9113, the gRPC HTTP/2 protocol):
+the connection preface and SETTINGS, PING, WINDOW_UPDATE and flow control both ways,
+HEADERS with CONTINUATION (header blocks decoded by ``hpack``, the HTTP/2 project's HPACK
+codec), DATA (padding allowed), RST_STREAM (the call's task is cancelled), GOAWAY both
+ways; PRIORITY and unknown frames are ignored. A request is one length-prefixed message
+(identity, or gzip/deflate compressed); the answer is response headers, one message and
+``grpc-status`` trailers, or a trailers-only error. Answers are not compressed, and the
+client's deadline (``grpc-timeout``) is the client's to keep: when it passes, the client
+resets the stream, which cancels the call here.
+
+Limits: at most :data:`MAX_STREAMS` calls at once per connection (more are refused with
+REFUSED_STREAM, which clients retry), a request message of at most ``max_message`` bytes
+(RESOURCE_EXHAUSTED), a header list of at most :data:`MAX_HEADER_LIST` bytes; a peer that
+breaks the protocol gets GOAWAY and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import hpack
+
+logger = logging.getLogger("modelship_runtime")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAMS = 128
+MAX_HEADER_LIST = 16 * 1024
+DEFAULT_WINDOW = 65_535
+MAX_WINDOW = 2**31 - 1
+FRAME_MAX = 16_384  # SETTINGS_MAX_FRAME_SIZE of both sides' defaults; ours is not raised
+
+# frame types and flags
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+# error codes
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
+# gRPC status codes used here
+OK, CANCELLED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = \
+    0, 1, 3, 8, 12, 13
+
+_HEAD = struct.Struct(">I")
+_FRAME = struct.Struct(">HBBBI")  # length (24 bits: H then B), type, flags, stream id
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame."""
+    n = len(payload)
+    return _FRAME.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) with ``first``'s high bits above the prefix."""
+    top = (1 << prefix_bits) - 1
+    if value < top:
+        return bytes([first | value])
+    out = bytearray([first | top])
+    value -= top
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field as an HPACK literal without indexing, new name, no Huffman coding:
+    the answers never touch the peer's dynamic table, so they need no encoder state."""
+    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+
+
+def percent_encode(message: str) -> bytes:
+    """``grpc-message``'s encoding: bytes outside printable ASCII, and ``%``, as %XX."""
+    return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b
+                    for b in message.encode())
+
+
+# ":status: 200" (static table entry 8) and "content-type: application/grpc" (a literal
+# with the static table's name 31)
+RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + b"\x10application/grpc"
+OK_TRAILERS = literal(b"grpc-status", b"0")
+
+
+class GrpcError(Exception):
+    """A call's failure: its gRPC status code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Call:
+    """One call: what its request said, and whether it was cancelled."""
+
+    __slots__ = ("body", "cancelled", "headers", "path", "send_window", "started", "stream_id",
+                 "task", "waiting")
+
+    def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
+                 send_window: int) -> None:
+        self.stream_id = stream_id
+        self.path = path
+        self.headers = headers
+        """The request's headers (metadata), names in lower case, as bytes."""
+        self.body = bytearray()
+        self.cancelled = False
+        """True once the client reset the stream or the connection went away."""
+        self.send_window = send_window
+        self.started = False
+        """True once the request is complete and being answered."""
+        self.task: asyncio.Task[None] | None = None  # while the handler runs
+        self.waiting: bytes | None = None  # DATA payload still to send (flow control)
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+#: answers a call's message (the request's payload, decompressed) with the response's
+Handler = Callable[[Call, bytes], Awaitable[bytes]]
+
+
+class _ProtocolError(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames in, calls dispatched as tasks, answers out."""
+
+    def __init__(self, server: GrpcWireServer) -> None:
+        self.server = server
+        self.handler = server.handler
+        self.max_message = server.max_message
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.preface = False
+        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self.blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}  # see _decode
+        self.calls: dict[int, Call] = {}
+        self.last_stream = 0
+        self.send_window = DEFAULT_WINDOW
+        self.peer_window = DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of the peer
+        self.peer_frame = FRAME_MAX
+        # a whole request message fits a stream's window, so streams need no WINDOW_UPDATE
+        self.stream_window = min(MAX_WINDOW, self.max_message + 1024)
+        self.connection_window = min(MAX_WINDOW, max(4 * self.stream_window, 1 << 20))
+        self.recv_window = self.connection_window  # what the peer may still send
+        self.block: tuple[int, int, bytearray] | None = None  # a header block in pieces
+        self.going_away = False
+        self.blocked: list[Call] = []  # answers waiting for flow-control window
+
+    # --- asyncio ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (a whole message fits a
+        # stream's window), MAX_HEADER_LIST_SIZE; then a connection window of the same
+        settings = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, self.stream_window,
+                               0x6, MAX_HEADER_LIST)
+        transport.write(frame(SETTINGS, 0, 0, settings) + frame(
+            WINDOW_UPDATE, 0, 0, _HEAD.pack(self.connection_window - DEFAULT_WINDOW)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        for call in self.calls.values():
+            self._cancel(call)
+        self.calls.clear()
+        self.server.changed()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        try:
+            pos = 0
+            if not self.preface:
+                if len(buf) < 24:
+                    if not PREFACE.startswith(bytes(buf)):
+                        raise _ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    return
+                if buf[:24] != PREFACE:
+                    raise _ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                self.preface = True
+                pos = 24
+            end = len(buf)
+            while end - pos >= 9:
+                hi, lo, kind, flags, sid = _FRAME.unpack_from(buf, pos)
+                n = (hi << 8) | lo
+                if n > FRAME_MAX:
+                    raise _ProtocolError(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
+                if end - pos - 9 < n:
+                    break
+                payload = bytes(buf[pos + 9:pos + 9 + n])
+                pos += 9 + n
+                self._frame(kind, flags, sid & 0x7FFFFFFF, payload)
+            del buf[:pos]
+        except _ProtocolError as exc:
+            self._go_away(exc.code, str(exc))
+        except hpack.HPACKError as exc:
+            self._go_away(COMPRESSION_ERROR, f"bad header block: {exc}")
+
+    # --- frames in ---------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if self.block is not None and kind != CONTINUATION:
+            raise _ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
+        if kind == HEADERS:
+            self._headers(flags, sid, payload)
+        elif kind == DATA:
+            self._data(flags, sid, payload)
+        elif kind == CONTINUATION:
+            if self.block is None or self.block[0] != sid:
+                raise _ProtocolError(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            block = self.block[2]
+            block += payload
+            if len(block) > MAX_HEADER_LIST:
+                raise _ProtocolError(PROTOCOL_ERROR, "header block too large")
+            if flags & END_HEADERS:
+                first_flags = self.block[1]
+                self.block = None
+                self._headers_done(first_flags, sid, bytes(block))
+        elif kind == SETTINGS:
+            self._settings(flags, sid, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(sid, payload)
+        elif kind == PING:
+            if len(payload) != 8 or sid:
+                raise _ProtocolError(FRAME_SIZE_ERROR if len(payload) != 8 else PROTOCOL_ERROR,
+                                     "bad PING")
+            if not flags & ACK:
+                self._write(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            if not sid or len(payload) != 4:
+                raise _ProtocolError(PROTOCOL_ERROR, "bad RST_STREAM")
+            call = self.calls.pop(sid, None)
+            if call is not None:
+                self._cancel(call)
+                self.server.changed()
+        elif kind == GOAWAY:
+            self.going_away = True
+            self._close_if_idle()
+        elif kind == PUSH_PROMISE:
+            raise _ProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        # PRIORITY and unknown frame types are ignored
+
+    @staticmethod
+    def _unpad(flags: int, payload: bytes) -> bytes:
+        if flags & PADDED:
+            if not payload or payload[0] >= len(payload):
+                raise _ProtocolError(PROTOCOL_ERROR, "bad padding")
+            return payload[1:len(payload) - payload[0]]
+        return payload
+
+    def _headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if not sid:
+            raise _ProtocolError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        payload = self._unpad(flags, payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        if flags & END_HEADERS:
+            self._headers_done(flags, sid, payload)
+        else:
+            self.block = (sid, flags, bytearray(payload))
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The header list of ``block``. A client sends the same block call after call
+        once its fields are in the dynamic table; a block that left the table as it was
+        decodes alike until the table changes, so it is decoded once."""
+        headers = self.blocks.get(block)
+        if headers is not None:
+            return headers
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        n, first, size = len(entries), entries[0] if entries else None, table.maxsize
+        headers = list(self.decoder.decode(block, raw=True))
+        if (len(entries) == n and (entries[0] if entries else None) is first
+                and table.maxsize == size):
+            if len(self.blocks) >= 32:
+                self.blocks.clear()
+            self.blocks[block] = headers
+        else:
+            self.blocks.clear()
+        return headers
+
+    def _headers_done(self, flags: int, sid: int, block: bytes) -> None:
+        headers = self._decode(block)  # keeps the decoder's table in step
+        call = self.calls.get(sid)
+        if call is not None:  # trailers, which must end the stream
+            if not flags & END_STREAM:
+                raise _ProtocolError(PROTOCOL_ERROR, f"a second HEADERS on stream {sid}")
+            self._request_done(call)
+            return
+        if sid <= self.last_stream:
+            return  # the late frames of a stream answered early (or refused) are dropped
+        if not sid & 1:
+            raise _ProtocolError(PROTOCOL_ERROR, f"even stream id {sid} from a client")
+        self.last_stream = sid
+        if self.going_away or len(self.calls) >= MAX_STREAMS:
+            self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(REFUSED_STREAM)))
+            return
+        method = path = content_type = b""
+        meta: list[tuple[bytes, bytes]] = []
+        for k, v in headers:
+            if k[:1] == b":":
+                if k == b":path":
+                    path = v
+                elif k == b":method":
+                    method = v
+            else:
+                if k == b"content-type":
+                    content_type = v
+                meta.append((k, v))
+        call = Call(sid, path.decode("latin-1"), meta, self.peer_window)
+        self.calls[sid] = call
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            self._refuse_http(call, b"415" if method == b"POST" else b"405")
+            return
+        if flags & END_STREAM:
+            self._request_done(call)
+
+    def _data(self, flags: int, sid: int, payload: bytes) -> None:
+        if not sid:
+            raise _ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
+        n = len(payload)
+        self.recv_window -= n
+        if self.recv_window < 0:
+            raise _ProtocolError(FLOW_CONTROL_ERROR, "connection window exceeded")
+        if self.recv_window < self.connection_window // 2:
+            self._write(frame(WINDOW_UPDATE, 0, 0,
+                              _HEAD.pack(self.connection_window - self.recv_window)))
+            self.recv_window = self.connection_window
+        call = self.calls.get(sid)
+        if call is None or call.started:
+            if sid > self.last_stream:
+                raise _ProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            return  # a stream reset or refused here: its late frames are dropped
+        payload = self._unpad(flags, payload)
+        if len(call.body) + len(payload) > self.max_message + 5:
+            # answered at once, and the rest of the request refused: RST_STREAM NO_ERROR
+            self._answer_error(call, RESOURCE_EXHAUSTED, "request message larger than "
+                               f"the maximum of {self.max_message} bytes")
+            self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(NO_ERROR)))
+            return
+        call.body += payload
+        if flags & END_STREAM:
+            self._request_done(call)
+
+    def _settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid:
+            raise _ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            return
+        if len(payload) % 6:
+            raise _ProtocolError(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, i)
+            if key == 0x4:
+                if value > MAX_WINDOW:
+                    raise _ProtocolError(FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self.peer_window
+                self.peer_window = value
+                for call in self.calls.values():
+                    call.send_window += delta
+            elif key == 0x5:
+                if not FRAME_MAX <= value <= 2**24 - 1:
+                    raise _ProtocolError(PROTOCOL_ERROR, "bad max frame size")
+                self.peer_frame = value
+        self._write(frame(SETTINGS, ACK, 0))
+        self._flush_blocked()
+
+    def _window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _ProtocolError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        inc = _HEAD.unpack(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if not inc:
+                raise _ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.send_window += inc
+            if self.send_window > MAX_WINDOW:
+                raise _ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
+        else:
+            call = self.calls.get(sid)
+            if call is not None:
+                call.send_window += inc
+        self._flush_blocked()
+
+    # --- calls -------------------------------------------------------------------------
+
+    def _request_done(self, call: Call) -> None:
+        if call.started:
+            return
+        call.started = True
+        body = call.body
+        if len(body) < 5:
+            self._answer_error(call, INVALID_ARGUMENT, "a unary call needs one request "
+                               "message; none came")
+            return
+        size = _HEAD.unpack_from(body, 1)[0]
+        if len(body) != 5 + size:
+            self._answer_error(call, INVALID_ARGUMENT, "a unary call takes one request "
+                               "message; the request held "
+                               + ("more" if len(body) > 5 + size else "a truncated one"))
+            return
+        message = bytes(body[5:])
+        call.body = bytearray()
+        if body[0]:
+            try:
+                message = self._decompress(call, message)
+            except GrpcError as exc:
+                self._answer_error(call, exc.code, exc.message)
+                return
+        call.task = asyncio.get_running_loop().create_task(self._run(call, message))
+
+    def _decompress(self, call: Call, message: bytes) -> bytes:
+        encoding = call.header(b"grpc-encoding") or b"identity"
+        wbits = {b"gzip": 31, b"deflate": 15}.get(encoding)
+        if wbits is None:
+            raise GrpcError(UNIMPLEMENTED, f"message compression {encoding.decode('latin-1')!r}"
+                            " is not supported (gzip, deflate are)")
+        try:
+            d = zlib.decompressobj(wbits)
+            out = d.decompress(message, self.max_message + 1)
+        except zlib.error as exc:
+            raise GrpcError(INTERNAL, f"cannot decompress the request message: {exc}") from None
+        if len(out) > self.max_message or d.unconsumed_tail:
+            raise GrpcError(RESOURCE_EXHAUSTED, "request message larger than the maximum of "
+                            f"{self.max_message} bytes")
+        return out
+
+    async def _run(self, call: Call, message: bytes) -> None:
+        try:
+            answer = await self.handler(call, message)
+        except GrpcError as exc:
+            self._answer_error(call, exc.code, exc.message)
+            return
+        except asyncio.CancelledError:
+            if not call.cancelled:  # the server's stop, not the client
+                self._answer_error(call, CANCELLED, "the server is shutting down")
+            return
+        except Exception:
+            logger.exception("unexpected error in a gRPC call")
+            self._answer_error(call, INTERNAL, "internal error")
+            return
+        finally:
+            call.task = None  # no cycle call -> task -> this frame -> call left to the GC
+        self._answer(call, answer)
+
+    def _cancel(self, call: Call) -> None:
+        call.cancelled = True
+        if call.task is not None and not call.task.done():
+            call.task.cancel()
+
+    # --- frames out --------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _answer(self, call: Call, message: bytes) -> None:
+        if call.cancelled:
+            return
+        sid = call.stream_id
+        data = b"\0" + _HEAD.pack(len(message)) + message
+        n = len(data)
+        head = frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS)
+        if n <= self.send_window and n <= call.send_window and n <= self.peer_frame:
+            self.send_window -= n
+            self._write(head + frame(DATA, 0, sid, data)
+                        + frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS))
+            self._finished(call)
+            return
+        self._write(head)
+        call.waiting = data
+        self.blocked.append(call)
+        self._flush_blocked()
+
+    def _flush_blocked(self) -> None:
+        if not self.blocked:
+            return
+        still: list[Call] = []
+        for call in self.blocked:
+            data = call.waiting
+            if data is None or call.cancelled:
+                continue
+            out = []
+            while data:
+                n = min(len(data), self.send_window, call.send_window, self.peer_frame)
+                if n <= 0:
+                    break
+                out.append(frame(DATA, 0, call.stream_id, data[:n]))
+                data = data[n:]
+                self.send_window -= n
+                call.send_window -= n
+            if data:
+                call.waiting = data
+                still.append(call)
+            else:
+                call.waiting = None
+                out.append(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id,
+                                 OK_TRAILERS))
+            if out:
+                self._write(b"".join(out))
+            if not data:
+                self._finished(call)
+        self.blocked = still
+
+    def _answer_error(self, call: Call, code: int, message: str) -> None:
+        """A trailers-only answer: status 200, grpc-status and grpc-message."""
+        if call.cancelled:
+            return
+        block = (RESPONSE_HEADERS + literal(b"grpc-status", str(code).encode())
+                 + literal(b"grpc-message", percent_encode(message)))
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id, block))
+        self._finished(call)
+
+    def _refuse_http(self, call: Call, status: bytes) -> None:
+        """Not a gRPC request: a plain HTTP status, as the gRPC protocol asks."""
+        block = (literal(b":status", status) + literal(b"grpc-status", str(INTERNAL).encode())
+                 + literal(b"grpc-message", b"not a gRPC request (POST, content-type "
+                           b"application/grpc)"))
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id, block))
+        self._finished(call)
+
+    def _finished(self, call: Call) -> None:
+        self.calls.pop(call.stream_id, None)
+        self.server.changed()
+        if self.going_away:
+            self._close_if_idle()
+
+    # --- the end -----------------------------------------------------------------------
+
+    def _go_away(self, code: int, why: str) -> None:
+        logger.info("closing a gRPC connection: %s", why)
+        self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)))
+        for call in self.calls.values():
+            self._cancel(call)
+        self.calls.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shut(self) -> None:
+        """GOAWAY: no new calls on this connection; it closes once its calls are answered."""
+        if self.going_away:
+            return
+        self.going_away = True
+        self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, NO_ERROR)))
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self.calls and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cancel the calls still running and drop the connection."""
+        for call in list(self.calls.values()):
+            if call.task is not None and not call.task.done():
+                call.task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class GrpcWireServer:
+    """The listening socket and its connections."""
+
+    def __init__(self, handler: Handler, max_message: int) -> None:
+        self.handler = handler
+        self.max_message = max_message
+        self.connections: set[Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._changed: asyncio.Event | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen; OSError when the address cannot be bound."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Connection(self), host, port,
+                                                reuse_address=True, backlog=1024)
+
+    @property
+    def calls(self) -> int:
+        """Calls open on all connections."""
+        return sum(len(c.calls) for c in self.connections)
+
+    def changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, GOAWAY every connection, wait at most ``grace`` seconds for
+        the calls in flight, then cancel what is left and close."""
+        if self._server is not None:
+            self._server.close()
+        self._changed = asyncio.Event()
+        for conn in list(self.connections):
+            conn.shut()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.calls and loop.time() < deadline:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        tasks: list[asyncio.Task[Any]] = []
+        for conn in list(self.connections):
+            tasks.extend(c.task for c in conn.calls.values() if c.task is not None)
+            conn.abort()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
