@@ -178,7 +178,7 @@ class Sender:
         if kind != b"R":
             raise ValueError(f"unknown record kind {kind!r}")
         o += REQUEST.size
-        end = o + lp + lr + lh + lf + lb
+        end: int = o + lp + lr + lh + lf + lb
         if end > len(msg):
             raise ValueError("truncated request record")
         target = self.targets.get(index)
