@@ -21,7 +21,9 @@ resets the stream, which cancels the call here.
 Limits: at most :data:`MAX_STREAMS` calls at once per connection (more are refused with
 REFUSED_STREAM, which clients retry), a request message of at most ``max_message`` bytes
 (RESOURCE_EXHAUSTED), a header list of at most :data:`MAX_HEADER_LIST` bytes; a peer that
-breaks the protocol gets GOAWAY and the connection is closed.
+breaks the protocol gets GOAWAY and the connection is closed. A peer that does not read
+what it is sent is not read from either, once the transport's write buffer is past its
+high-water mark, so its answers cannot pile up here.
 """
 
 from __future__ import annotations
@@ -183,6 +185,16 @@ class Connection(asyncio.Protocol):
                                0x6, MAX_HEADER_LIST)
         transport.write(frame(SETTINGS, 0, 0, settings) + frame(
             WINDOW_UPDATE, 0, 0, _HEAD.pack(self.connection_window - DEFAULT_WINDOW)))
+
+    def pause_writing(self) -> None:
+        """The peer is not reading what we write: stop reading from it until it does, so
+        nothing it sends (calls, PINGs, SETTINGS) can pile answers up here."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

@@ -12,7 +12,10 @@ new connections are refused.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -167,3 +170,37 @@ def test_stop_finishes_the_call_in_flight_and_refuses_new_ones() -> None:
         assert not s.cancelled.is_set()
     finally:
         s.close()
+
+
+def test_a_peer_that_does_not_read_cannot_make_the_server_buffer_without_bound(
+        served: Served) -> None:
+    """PINGs sent without reading the PING ACKs: once the server's write buffer is past
+    its high-water mark it stops reading from that peer; other clients are served."""
+    ping = struct.pack(">HBBBI", 0, 8, 6, 0, 0) + b"12345678"  # PING, 8 bytes, stream 0
+    sock = socket.create_connection(("127.0.0.1", served.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(0.5)
+    sent = 0
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">HBBBI", 0, 0, 4, 0, 0))
+        burst = ping * 4096  # 69 KB of PINGs, 4096 ACKs to answer
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(burst)
+            except TimeoutError:
+                break  # the server stopped reading us: our send buffer filled
+            sent += 4096
+        assert time.monotonic() < deadline, "the server kept reading a peer that never reads"
+
+        async def buffered() -> int:
+            return sum(c.transport.get_write_buffer_size() for c in served.server.connections
+                       if c.transport is not None)
+
+        # Far less than the ACKs of what was sent (17 bytes each) is held.
+        held = served.run(buffered())
+        assert held < 1024 * 1024, (held, sent)
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            assert method(channel, "Echo")(b"others", timeout=30) == b"others"
+    finally:
+        sock.close()
