@@ -20,8 +20,13 @@ resets the stream, which cancels the call here.
 
 Limits: at most :data:`MAX_STREAMS` calls at once per connection (more are refused with
 REFUSED_STREAM, which clients retry), a request message of at most ``max_message`` bytes
-(RESOURCE_EXHAUSTED), a header list of at most :data:`MAX_HEADER_LIST` bytes; a peer that
-breaks the protocol gets GOAWAY and the connection is closed. A peer that does not read
+(RESOURCE_EXHAUSTED), request bytes held per connection and in all (RESOURCE_EXHAUSTED
+over :data:`CONNECTION_BUFFER_MESSAGES` / :data:`SERVER_BUFFER_MESSAGES` messages), a
+header list of at most :data:`MAX_HEADER_LIST` bytes, a grpc-message of at most
+:data:`MAX_STATUS_MESSAGE`, :data:`CONTROL_PER_SECOND` control frames a second; a preface
+within :data:`HANDSHAKE_TIMEOUT`, a request's data within :data:`REQUEST_TIMEOUT`
+(DEADLINE_EXCEEDED), and an idle connection closed after :data:`IDLE_TIMEOUT`. A peer
+that breaks the protocol gets GOAWAY and the connection is closed. A peer that does not read
 what it is sent is not read from either, once the transport's write buffer is past its
 high-water mark, so its answers cannot pile up here.
 """
@@ -41,6 +46,23 @@ logger = logging.getLogger("modelship_runtime")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAMS = 128
+#: Request bytes held (calls whose message has not all arrived) per connection and in
+#: the whole server, at most ``max_message`` times these (and at least 16 and 64 MiB);
+#: a call whose data would go over is answered RESOURCE_EXHAUSTED.
+CONNECTION_BUFFER_MESSAGES = 4
+SERVER_BUFFER_MESSAGES = 16
+#: Seconds: the connection preface's, a request's (HEADERS to its last DATA), and an
+#: idle connection's (no call open, nothing received).
+HANDSHAKE_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 60.0
+IDLE_TIMEOUT = 600.0
+SWEEP_SECONDS = 5.0
+#: Control frames (PING, RST_STREAM, PRIORITY; a SETTINGS frame counts once per open call
+#: plus one) a connection may send per second before it is told to calm down (GOAWAY
+#: ENHANCE_YOUR_CALM): the shapes of CVE-2019-9512/9515 and CVE-2023-44487.
+CONTROL_PER_SECOND = 2000
+#: The longest grpc-message sent (after percent-encoding).
+MAX_STATUS_MESSAGE = 1024
 MAX_HEADER_LIST = 16 * 1024
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
@@ -56,9 +78,10 @@ PRIORITY_FLAG = 0x20
 # error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
+ENHANCE_YOUR_CALM = 0xB
 # gRPC status codes used here
-OK, CANCELLED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = \
-    0, 1, 3, 8, 12, 13
+OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, \
+    INTERNAL = 0, 1, 3, 4, 8, 12, 13
 
 _HEAD = struct.Struct(">I")
 _FRAME = struct.Struct(">HBBBI")  # length (24 bits: H then B), type, flags, stream id
@@ -91,9 +114,15 @@ def literal(name: bytes, value: bytes) -> bytes:
 
 
 def percent_encode(message: str) -> bytes:
-    """``grpc-message``'s encoding: bytes outside printable ASCII, and ``%``, as %XX."""
-    return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b
-                    for b in message.encode())
+    """``grpc-message``'s encoding: bytes outside printable ASCII, and ``%``, as %XX; at
+    most MAX_STATUS_MESSAGE bytes (a longer message is cut, and ends in ``...``)."""
+    out = b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b
+                   for b in message.encode()[:MAX_STATUS_MESSAGE])
+    if len(out) > MAX_STATUS_MESSAGE:
+        cut = out[:MAX_STATUS_MESSAGE - 3]
+        tail = cut.rfind(b"%", len(cut) - 2)  # never half an escape
+        out = (cut[:tail] if tail >= 0 else cut) + b"..."
+    return out
 
 
 # ":status: 200" (static table entry 8) and "content-type: application/grpc" (a literal
@@ -114,8 +143,8 @@ class GrpcError(Exception):
 class Call:
     """One call: what its request said, and whether it was cancelled."""
 
-    __slots__ = ("body", "cancelled", "headers", "path", "send_window", "started", "stream_id",
-                 "task", "waiting")
+    __slots__ = ("arrived", "body", "cancelled", "headers", "path", "send_window", "started",
+                 "stream_id", "task", "waiting")
 
     def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
                  send_window: int) -> None:
@@ -131,6 +160,7 @@ class Call:
         """True once the request is complete and being answered."""
         self.task: asyncio.Task[None] | None = None  # while the handler runs
         self.waiting: bytes | None = None  # DATA payload still to send (flow control)
+        self.arrived = 0.0  # the loop's time of its HEADERS
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -138,6 +168,9 @@ class Call:
                 return v
         return None
 
+
+#: Frames counted against CONTROL_PER_SECOND.
+_CONTROL = frozenset({SETTINGS, PING, RST_STREAM, PRIORITY})
 
 #: answers a call's message (the request's payload, decompressed) with the response's
 Handler = Callable[[Call, bytes], Awaitable[bytes]]
@@ -173,12 +206,18 @@ class Connection(asyncio.Protocol):
         self.block: tuple[int, int, bytearray] | None = None  # a header block in pieces
         self.going_away = False
         self.blocked: list[Call] = []  # answers waiting for flow-control window
+        self.buffered = 0  # request bytes held for calls not started
+        self.buffer_limit = max(CONNECTION_BUFFER_MESSAGES * self.max_message, 16 << 20)
+        self.control = 0  # control frames in the current second
+        self.control_second = 0
+        self.opened = self.seen = 0.0  # the loop's times: connected, last frame received
 
     # --- asyncio ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
+        self.opened = self.seen = asyncio.get_running_loop().time()
         # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (a whole message fits a
         # stream's window), MAX_HEADER_LIST_SIZE; then a connection window of the same
         settings = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, self.stream_window,
@@ -200,12 +239,14 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for call in self.calls.values():
             self._cancel(call)
+            self._release(call)
         self.calls.clear()
         self.server.changed()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
+        self.seen = asyncio.get_running_loop().time()
         try:
             pos = 0
             if not self.preface:
@@ -239,6 +280,14 @@ class Connection(asyncio.Protocol):
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.block is not None and kind != CONTINUATION:
             raise _ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
+        if kind in _CONTROL:
+            second = int(self.seen)
+            if second != self.control_second:
+                self.control_second, self.control = second, 0
+            # a SETTINGS frame may touch every open call: it counts for each of them
+            self.control += 1 + len(self.calls) if kind == SETTINGS else 1
+            if self.control > CONTROL_PER_SECOND:
+                raise _ProtocolError(ENHANCE_YOUR_CALM, "too many control frames")
         if kind == HEADERS:
             self._headers(flags, sid, payload)
         elif kind == DATA:
@@ -270,6 +319,7 @@ class Connection(asyncio.Protocol):
             call = self.calls.pop(sid, None)
             if call is not None:
                 self._cancel(call)
+                self._release(call)
                 self.server.changed()
         elif kind == GOAWAY:
             self.going_away = True
@@ -346,6 +396,7 @@ class Connection(asyncio.Protocol):
                     content_type = v
                 meta.append((k, v))
         call = Call(sid, path.decode("latin-1"), meta, self.peer_window)
+        call.arrived = self.seen
         self.calls[sid] = call
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             self._refuse_http(call, b"415" if method == b"POST" else b"405")
@@ -370,13 +421,22 @@ class Connection(asyncio.Protocol):
                 raise _ProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             return  # a stream reset or refused here: its late frames are dropped
         payload = self._unpad(flags, payload)
-        if len(call.body) + len(payload) > self.max_message + 5:
+        n = len(payload)
+        why = None
+        if len(call.body) + n > self.max_message + 5:
+            why = f"request message larger than the maximum of {self.max_message} bytes"
+        elif self.buffered + n > self.buffer_limit or \
+                self.server.buffered + n > self.server.buffer_limit:
+            why = "too many request bytes in flight; retry later"
+        if why is not None:
             # answered at once, and the rest of the request refused: RST_STREAM NO_ERROR
-            self._answer_error(call, RESOURCE_EXHAUSTED, "request message larger than "
-                               f"the maximum of {self.max_message} bytes")
+            self._release(call)
+            self._answer_error(call, RESOURCE_EXHAUSTED, why)
             self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(NO_ERROR)))
             return
         call.body += payload
+        self.buffered += n
+        self.server.buffered += n
         if flags & END_STREAM:
             self._request_done(call)
 
@@ -387,19 +447,24 @@ class Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise _ProtocolError(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        window = None
         for i in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, i)
             if key == 0x4:
                 if value > MAX_WINDOW:
                     raise _ProtocolError(FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self.peer_window
-                self.peer_window = value
-                for call in self.calls.values():
-                    call.send_window += delta
+                window = value  # the last one counts: applied once, below
             elif key == 0x5:
                 if not FRAME_MAX <= value <= 2**24 - 1:
                     raise _ProtocolError(PROTOCOL_ERROR, "bad max frame size")
                 self.peer_frame = value
+        if window is not None and window != self.peer_window:
+            delta = window - self.peer_window
+            self.peer_window = window
+            for call in self.calls.values():
+                call.send_window += delta
+                if call.send_window > MAX_WINDOW:
+                    raise _ProtocolError(FLOW_CONTROL_ERROR, "stream window overflow")
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_blocked()
 
@@ -421,11 +486,20 @@ class Connection(asyncio.Protocol):
 
     # --- calls -------------------------------------------------------------------------
 
+    def _release(self, call: Call) -> None:
+        """Forget the request bytes a call holds."""
+        n = len(call.body)
+        if n:
+            self.buffered -= n
+            self.server.buffered -= n
+            call.body = bytearray()
+
     def _request_done(self, call: Call) -> None:
         if call.started:
             return
         call.started = True
         body = call.body
+        self._release(call)
         if len(body) < 5:
             self._answer_error(call, INVALID_ARGUMENT, "a unary call needs one request "
                                "message; none came")
@@ -437,7 +511,6 @@ class Connection(asyncio.Protocol):
                                + ("more" if len(body) > 5 + size else "a truncated one"))
             return
         message = bytes(body[5:])
-        call.body = bytearray()
         if body[0]:
             try:
                 message = self._decompress(call, message)
@@ -478,7 +551,12 @@ class Connection(asyncio.Protocol):
             return
         finally:
             call.task = None  # no cycle call -> task -> this frame -> call left to the GC
-        self._answer(call, answer)
+        try:
+            self._answer(call, answer)
+        except Exception:  # an answer that cannot be framed: the stream is reset
+            logger.exception("cannot send a gRPC answer")
+            self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(INTERNAL_ERROR)))
+            self._finished(call)
 
     def _cancel(self, call: Call) -> None:
         call.cancelled = True
@@ -569,7 +647,9 @@ class Connection(asyncio.Protocol):
         self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)))
         for call in self.calls.values():
             self._cancel(call)
+            self._release(call)
         self.calls.clear()
+        self.server.changed()
         if self.transport is not None:
             self.transport.close()
 
@@ -580,6 +660,32 @@ class Connection(asyncio.Protocol):
         self.going_away = True
         self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, NO_ERROR)))
         self._close_if_idle()
+
+    def sweep(self, now: float) -> None:
+        """Close a connection whose preface never came or that idles; answer calls whose
+        request has not all arrived in time DEADLINE_EXCEEDED."""
+        if not self.preface:
+            if now - self.opened > HANDSHAKE_TIMEOUT and self.transport is not None:
+                self.transport.close()
+            return
+        if not self.calls:
+            if now - self.seen > IDLE_TIMEOUT:
+                self._go_away(NO_ERROR, "idle")
+            return
+        late = [c for c in self.calls.values()
+                if not c.started and now - c.arrived > REQUEST_TIMEOUT]
+        for call in late:
+            self._release(call)
+            self._answer_error(call, DEADLINE_EXCEEDED, "the request did not arrive in "
+                               f"{REQUEST_TIMEOUT:g} s")
+            self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(CANCEL)))
+
+    def drop_unstarted(self) -> None:
+        """At shutdown: calls whose request has not all arrived are refused at once."""
+        for call in [c for c in self.calls.values() if not c.started]:
+            self._release(call)
+            self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(REFUSED_STREAM)))
+            self._finished(call)
 
     def _close_if_idle(self) -> None:
         if not self.calls and self.transport is not None:
@@ -603,12 +709,26 @@ class GrpcWireServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._changed: asyncio.Event | None = None
+        self.buffered = 0  # request bytes held by all connections
+        self.buffer_limit = max(SERVER_BUFFER_MESSAGES * max_message, 64 << 20)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen; OSError when the address cannot be bound."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host, port,
                                                 reuse_address=True, backlog=1024)
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            try:
+                conn.sweep(now)
+            except Exception:  # never let the sweep stop
+                logger.exception("gRPC connection sweep")
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     @property
     def calls(self) -> int:
@@ -624,8 +744,12 @@ class GrpcWireServer:
         the calls in flight, then cancel what is left and close."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._changed = asyncio.Event()
         for conn in list(self.connections):
+            conn.drop_unstarted()
             conn.shut()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace

@@ -66,6 +66,8 @@ class Served:
             return call.header(b"x-api-key") or b""
         if method == "Fail":
             raise GrpcError(3, MESSAGE)
+        if method == "Long":
+            raise GrpcError(5, "ü" * 20000)
         if method == "Slow":
             self.release = asyncio.Event()
             self.slow_started.set()
@@ -172,35 +174,145 @@ def test_stop_finishes_the_call_in_flight_and_refuses_new_ones() -> None:
         s.close()
 
 
-def test_a_peer_that_does_not_read_cannot_make_the_server_buffer_without_bound(
-        served: Served) -> None:
-    """PINGs sent without reading the PING ACKs: once the server's write buffer is past
-    its high-water mark it stops reading from that peer; other clients are served."""
-    ping = struct.pack(">HBBBI", 0, 8, 6, 0, 0) + b"12345678"  # PING, 8 bytes, stream 0
-    sock = socket.create_connection(("127.0.0.1", served.port))
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">HBBBI", 0, 0, 4, 0, 0)
+
+
+def raw_frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return struct.pack(">HBBBI", n >> 8, n & 0xFF, kind, flags, sid) + payload
+
+
+def flood(port: int, chunk: Callable[[int], bytes], seconds: float = 30) -> str:
+    """Send chunk(i) for i = 0, 1, ... without reading anything, until the server stops
+    reading (our send times out) or closes; which of the two happened."""
+    sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(0.5)
-    sent = 0
+    deadline = time.monotonic() + seconds
     try:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">HBBBI", 0, 0, 4, 0, 0))
-        burst = ping * 4096  # 69 KB of PINGs, 4096 ACKs to answer
-        deadline = time.monotonic() + 30
+        sock.sendall(PREFACE)
+        i = 0
         while time.monotonic() < deadline:
             try:
-                sock.sendall(burst)
+                sock.sendall(chunk(i))
             except TimeoutError:
-                break  # the server stopped reading us: our send buffer filled
-            sent += 4096
-        assert time.monotonic() < deadline, "the server kept reading a peer that never reads"
-
-        async def buffered() -> int:
-            return sum(c.transport.get_write_buffer_size() for c in served.server.connections
-                       if c.transport is not None)
-
-        # Far less than the ACKs of what was sent (17 bytes each) is held.
-        held = served.run(buffered())
-        assert held < 1024 * 1024, (held, sent)
-        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            assert method(channel, "Echo")(b"others", timeout=30) == b"others"
+                return "not read"
+            except OSError:
+                return "closed"
+            i += 1
+        raise AssertionError("the server kept reading a peer that never reads")
     finally:
         sock.close()
+
+
+def held(served: Served) -> int:
+    async def buffered() -> int:
+        return sum(c.transport.get_write_buffer_size() for c in served.server.connections
+                   if c.transport is not None)
+
+    return int(served.run(buffered()))
+
+
+def test_a_peer_that_does_not_read_its_answers_is_not_read_from(served: Served) -> None:
+    """Calls whose answers are never read: once the server's write buffer is past its
+    high-water mark it stops reading from that peer, so answers cannot pile up."""
+    import hpack
+
+    encoder = hpack.Encoder()
+    message = b"x" * 16000
+    data = b"\0" + struct.pack(">I", len(message)) + message
+
+    def call(i: int) -> bytes:
+        sid = 2 * i + 1
+        block = encoder.encode([(":method", "POST"), (":scheme", "http"),
+                                (":path", "/test.Wire/Echo"), (":authority", "x"),
+                                ("content-type", "application/grpc"), ("te", "trailers")])
+        return raw_frame(1, 0x4, sid, block) + raw_frame(0, 0x1, sid, data)
+
+    assert flood(served.port, call) == "not read"
+    assert held(served) < 1024 * 1024
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        assert method(channel, "Echo")(b"others", timeout=30) == b"others"
+
+
+def test_a_ping_flood_is_cut_short(served: Served) -> None:
+    ping = raw_frame(6, 0, 0, b"12345678") * 512
+    assert flood(served.port, lambda i: ping) in ("closed", "not read")
+    assert held(served) < 1024 * 1024
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        assert method(channel, "Echo")(b"others", timeout=30) == b"others"
+
+
+def test_a_long_status_message_is_cut_and_the_call_still_answered(served: Served) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            method(channel, "Long")(b"", timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        details = err.value.details() or ""
+        assert details.startswith("ü") and details.endswith("...")
+        assert len(details.encode()) <= 1024
+
+
+def open_streams(port: int, n: int, each: int) -> socket.socket:
+    """n calls whose request sends `each` bytes and never ends."""
+    import hpack
+
+    encoder = hpack.Encoder()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(PREFACE)
+    head = b"\0" + struct.pack(">I", 1 << 20)  # a message longer than what follows
+    for i in range(n):
+        sid = 2 * i + 1
+        block = encoder.encode([(":method", "POST"), (":scheme", "http"),
+                                (":path", "/test.Wire/Echo"), (":authority", "x"),
+                                ("content-type", "application/grpc")])
+        out = [raw_frame(1, 0x4, sid, block), raw_frame(0, 0, sid, head)]
+        for _ in range(each // 16000):
+            out.append(raw_frame(0, 0, sid, b"y" * 16000))
+        sock.sendall(b"".join(out))
+    return sock
+
+
+def test_request_bytes_held_are_bounded_and_unfinished_requests_time_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelship_runtime import grpc_wire
+
+    monkeypatch.setattr(grpc_wire, "CONNECTION_BUFFER_MESSAGES", 1)
+    monkeypatch.setattr(grpc_wire, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(grpc_wire, "SWEEP_SECONDS", 0.2)
+    s = Served()
+    s.server = GrpcWireServer(s.handle, 16 << 20)  # 16 MiB held at most per connection
+    s.start()
+    socks = []
+    try:
+        # 40 calls of 1 MiB each that never end: only 16 MiB of them is kept.
+        socks.append(open_streams(s.port, 40, 1 << 20))
+
+        async def state() -> tuple[int, int]:
+            return s.server.buffered, s.server.calls
+
+        def wait(check: Callable[[tuple[int, int]], bool]) -> tuple[int, int]:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = s.run(state())
+                if check(now):
+                    return now
+                time.sleep(0.05)
+            raise AssertionError(f"not within 60 s: {s.run(state())}")
+
+        buffered, _ = wait(lambda st: st[0] > 8 << 20)
+        assert buffered <= 16 << 20
+        # Their requests never finish: answered DEADLINE_EXCEEDED, and nothing is held.
+        assert wait(lambda st: st == (0, 0)) == (0, 0)
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
+            assert method(channel, "Echo")(b"after", timeout=30) == b"after"
+        # A stop does not wait for a request that never finishes.
+        socks.append(open_streams(s.port, 1, 16000))
+        wait(lambda st: st[1] == 1)
+        t0 = time.monotonic()
+        s.run(s.server.stop(30))
+        assert time.monotonic() - t0 < 10
+    finally:
+        for sock in socks:
+            sock.close()
+        s.close()
