@@ -159,7 +159,21 @@ def test_stop_finishes_the_call_in_flight_and_refuses_new_ones() -> None:
             slow = pool.submit(method(channel, "Slow"), b"", timeout=60)
             assert s.slow_started.wait(30)
             stopping = asyncio.run_coroutine_threadsafe(s.server.stop(60), s.loop)
-            with grpc.insecure_channel(f"127.0.0.1:{s.port}") as fresh, \
+            deadline = time.monotonic() + 60  # the stop runs on the server's loop: until
+            while time.monotonic() < deadline:  # it has closed the listening socket
+                try:
+                    socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
+                except ConnectionRefusedError:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"still listening; stop: {stopping.done()} "
+                                     f"{stopping.exception() if stopping.done() else ''}")
+            # a channel of its own (grpcio would otherwise reuse the first channel's
+            # connection for the same address): a new connection, which is refused
+            with grpc.insecure_channel(f"127.0.0.1:{s.port}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)]
+                                       ) as fresh, \
                     pytest.raises(grpc.RpcError) as refused:
                 method(fresh, "Echo")(b"", timeout=30)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
