@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 wait_drained(on_url)
                 replay_rates[scenario] = (mirrored(on_url)["sent"] - before) / (
                     time.monotonic() - t0)
+                if not replay_rates[scenario]:  # nothing to replay: the runs would differ
+                    raise RuntimeError(f"probe {scenario}: the on stable mirrored nothing")
                 log(f"probe {scenario}: `on` mirrored {replay_rates[scenario]:.0f}/s")
         for rnd in range(args.rounds):
             for s_i, scenario in enumerate(scenarios):

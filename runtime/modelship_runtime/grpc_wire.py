@@ -190,6 +190,7 @@ class Connection(asyncio.Protocol):
         self.handler = server.handler
         self.max_message = server.max_message
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()  # made by the server, on its loop
         self.buf = bytearray()
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
@@ -217,7 +218,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        self.opened = self.seen = asyncio.get_running_loop().time()
+        self.opened = self.seen = self.loop.time()
         # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (a whole message fits a
         # stream's window), MAX_HEADER_LIST_SIZE; then a connection window of the same
         settings = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, self.stream_window,
@@ -246,7 +247,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        self.seen = asyncio.get_running_loop().time()
+        self.seen = self.loop.time()
         try:
             pos = 0
             if not self.preface:
@@ -517,7 +518,7 @@ class Connection(asyncio.Protocol):
             except GrpcError as exc:
                 self._answer_error(call, exc.code, exc.message)
                 return
-        call.task = asyncio.get_running_loop().create_task(self._run(call, message))
+        call.task = self.loop.create_task(self._run(call, message))
 
     def _decompress(self, call: Call, message: bytes) -> bytes:
         encoding = call.header(b"grpc-encoding") or b"identity"
