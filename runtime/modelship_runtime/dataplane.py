@@ -91,13 +91,16 @@ class Validator:
     """Turns JSON values into float64 matrices the model accepts, or raises BadRequest."""
 
     def __init__(self, n_features: int | None, allow_nan: bool, max_rows: int,
-                 max_columns: int = 10_000, kinds: list[str] | None = None) -> None:
+                 max_columns: int = 10_000, kinds: list[str] | None = None,
+                 names: list[str] | None = None) -> None:
         self.n_features = n_features
         self.allow_nan = allow_nan
         self.max_rows = max_rows
         self.max_columns = max_columns
         self.kinds = kinds
         """Per column, the kind of value a typed model takes (:mod:`.typed`); None: numbers."""
+        self.names = names
+        """The model's input names (in its order), to name a typed model's bad cells."""
 
     def row(self, values: object, where: str = "features") -> np.ndarray:
         """One row (a JSON array of numbers) as a 1 x n matrix."""
@@ -105,7 +108,7 @@ class Validator:
             raise BadRequest(f"{where} must be an array of numbers, got {_type_name(values)}")
         self._check_width(len(values), where)
         if self.kinds is not None:
-            return typed_rows(values, self.kinds, self.allow_nan, where, single=True)
+            return typed_rows(values, self.kinds, self.allow_nan, where, True, self.names)
         for i, v in enumerate(values):
             t = type(v)
             if t is not float and t is not int:
@@ -129,20 +132,28 @@ class Validator:
         if n > self.max_rows:
             raise BadRequest(f"{where} has {n} rows; the maximum is {self.max_rows} "
                              "(MODELSHIP_MAX_ROWS)")
+        if self.kinds is not None:
+            return self._typed(values, where)
         for r, row in enumerate(values):
             if not isinstance(row, list):
                 raise BadRequest(f"{where}[{r}] must be an array of numbers, got "
                                  f"{_type_name(row)}")
             self._check_width(len(row), f"{where}[{r}]")
-            if self.kinds is not None:
-                continue
             for i, v in enumerate(row):
                 t = type(v)
                 if t is not float and t is not int:
                     self._not_a_number(v, f"{where}[{r}][{i}]")
-        if self.kinds is not None:
-            return typed_rows(values, self.kinds, self.allow_nan, where, single=False)
         return self._finish(values, where, single=False, n_rows=n)
+
+    def _typed(self, values: list[Any], where: str) -> np.ndarray:
+        """Rows of a model of typed columns (:mod:`.typed`) as an object matrix."""
+        assert self.kinds is not None
+        for r, row in enumerate(values):
+            if not isinstance(row, list):
+                raise BadRequest(f"{where}[{r}] must be an array of values, got "
+                                 f"{_type_name(row)}")
+            self._check_width(len(row), f"{where}[{r}]")
+        return typed_rows(values, self.kinds, self.allow_nan, where, False, self.names)
 
     def tensor_shape(self, shape: list[int], where: str) -> tuple[int, int]:
         """(rows, features) of a V2 input tensor's shape, checked against the model's width
@@ -406,7 +417,7 @@ class DataPlane:
         """Read the loaded model's shape into the validator; call once after load."""
         info = self.model.info
         self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size,
-                                   self.max_columns, info.input_kinds)
+                                   self.max_columns, info.input_kinds, info.input_columns)
         self._artifact = artifact_tag(info.uri, info.run_id, info.artifact_sha256)
 
     def _on_call(self, n_rows: int, elapsed: float) -> None:

@@ -179,15 +179,18 @@ def cell(value: object, kind: str, allow_nan: bool, where: str) -> Any:
 
 
 def typed_rows(values: list[Any], kinds: list[str], allow_nan: bool, where: str,
-               single: bool) -> np.ndarray:
+               single: bool, names: list[str] | None = None) -> np.ndarray:
     """A JSON array of rows (or one row, ``single``) of typed values as an object matrix;
-    the caller has checked each row's width."""
+    the caller has checked each row's width. An error names the cell by its column's
+    name when ``names`` are given."""
     rows = [values] if single else values
     out = np.empty((len(rows), len(kinds)), dtype=object)
+    labels = [f"[{i}] ({n!r})" for i, n in enumerate(names)] if names is not None \
+        and len(names) == len(kinds) else [f"[{i}]" for i in range(len(kinds))]
     for r, row in enumerate(rows):
         at = where if single else f"{where}[{r}]"
-        out[r] = [cell(v, k, allow_nan, f"{at}[{i}]")
-                  for i, (v, k) in enumerate(zip(row, kinds, strict=True))]
+        out[r] = [cell(v, k, allow_nan, at + label)
+                  for v, k, label in zip(row, kinds, labels, strict=True)]
     return out
 
 
