@@ -120,8 +120,10 @@ def test_two_versions_never_share_an_answer(
     httpx.post(f"{urls[0]}/predict", json=row)
     import time
 
-    time.sleep(0.2)
-    assert httpx.post(f"{urls[0]}/predict", json=row).json()["cache_hit"] is True
+    deadline = time.monotonic() + 30  # the entry is written after the answer is sent
+    while httpx.post(f"{urls[0]}/predict", json=row).json()["cache_hit"] is False:
+        assert time.monotonic() < deadline, "the first answer was never cached"
+        time.sleep(0.05)
     assert httpx.post(f"{urls[1]}/predict", json=row).json()["cache_hit"] is False
 
 

@@ -578,7 +578,10 @@ def test_at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() -
             s = socket.create_connection(("127.0.0.1", port))
             s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12")
             busy.append(s)
-        time.sleep(0.2)  # let the server read their headers
+        deadline = time.monotonic() + 60  # until the server has read all their headers
+        while len(server.server_state.connections) < 8 or protocol._idle:
+            assert time.monotonic() < deadline, "the busy connections were not all read"
+            time.sleep(0.01)
         with socket.create_connection(("127.0.0.1", port)) as extra:
             answer = extra.recv(65536)
             assert answer.startswith(b"HTTP/1.1 503"), answer

@@ -39,11 +39,11 @@ def make(rec: Recorder, *, enabled: bool = True, max_rows: int = 64,
 
 async def test_a_lone_request_is_predicted_at_once_off_the_loop() -> None:
     rec = Recorder(delay=0.0)
-    b = make(rec, max_wait_s=0.05)
+    b = make(rec, max_wait_s=30)
     await b.predict(np.array([[0.0, 0.0]]))  # starts the worker thread
     t0 = time.perf_counter()
     pred, _ = await b.predict(np.array([[7.0, 1.0]]))
-    assert time.perf_counter() - t0 < 0.04  # did not wait out max_wait
+    assert time.perf_counter() - t0 < 15  # did not wait out max_wait
     assert pred.labels == [7.0] and rec.calls == [1, 1]
     assert rec.threads == {"modelship-predict_0"}
     b.close()
@@ -114,12 +114,12 @@ async def test_max_wait_lets_requests_still_being_read_join() -> None:
 
 async def test_a_light_model_never_waits() -> None:
     rec = Recorder(delay=0.0)
-    b = make(rec, max_wait_s=0.5)
+    b = make(rec, max_wait_s=30)
     await b.predict(np.array([[0.0]]))
     b.arriving = 3  # would be waited for, were predict calls expensive
     t0 = time.perf_counter()
     await b.predict(np.array([[1.0]]))
-    assert time.perf_counter() - t0 < 0.25
+    assert time.perf_counter() - t0 < 15  # far from the 30 s it would have waited
     b.close()
 
 
