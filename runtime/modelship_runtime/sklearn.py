@@ -291,7 +291,13 @@ class SKLearnModel(Model):
                 raise type(exc)(f"{exc.message} (the model was saved with scikit-learn "
                                      f"{saved}; this runtime has {have})") from exc
             raise
-        self.use(estimator, fmt)
+        try:
+            self.use(estimator, fmt)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # an estimator of a shape this runtime does not know
+            raise ModelLoadError(f"cannot serve {type(estimator).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from exc
         self.info.artifact_sha256 = digest
         if self.info.run_id is None and self.model_dir.is_dir():
             try:
