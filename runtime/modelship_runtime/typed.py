@@ -81,11 +81,9 @@ def first_step(est: Any) -> Any:
 def takes_text(est: Any) -> bool:
     """Whether the model's input is one column of text: a pipeline starting with (or an
     estimator that is) one of scikit-learn's text vectorizers."""
-    try:
-        from sklearn.feature_extraction.text import _VectorizerMixin
-    except ImportError:  # pragma: no cover - a scikit-learn without it
-        return False
-    return isinstance(first_step(est), _VectorizerMixin)
+    # by name: importing sklearn.feature_extraction.text would cost every cold start
+    return any(c.__name__ == "_VectorizerMixin" and c.__module__.startswith("sklearn.")
+               for c in type(first_step(est)).__mro__)
 
 
 def _positions(columns: Any, names: list[str]) -> Any:

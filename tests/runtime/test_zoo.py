@@ -464,6 +464,20 @@ def test_bad_values_of_a_typed_model_are_a_400_naming_the_cell(
     assert "[0][1] ('size') is null; this model takes no missing values" in r.text, r.text
 
 
+def test_v2_metadata_names_each_typed_input_and_its_datatype(zoo: dict[str, Served]) -> None:
+    s = zoo["mixed-pets"]
+    meta = httpx.get(f"{s.url}/v2/models/{s.name}").json()
+    assert meta["inputs"] == [
+        {"name": "color", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "size", "datatype": "FP64", "shape": [-1, 1]},
+        {"name": "shape", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "weight", "datatype": "FP64", "shape": [-1, 1]}], meta
+    meta = httpx.get(f"{zoo['scaled-lr'].url}/v2/models/zoo-scaled-lr").json()
+    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 3]}]
+    meta = httpx.get(f"{zoo['kmeans'].url}/v2/models/zoo-kmeans").json()
+    assert meta["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1]}]
+
+
 def test_a_model_holding_an_untrusted_type_is_refused_at_start(
         mlflow_server: str, tmp_path: Path) -> None:
     """A skops model whose FunctionTransformer calls ``operator.neg`` (trusted when it was
