@@ -514,3 +514,40 @@ def test_a_model_holding_an_untrusted_type_is_refused_at_start(
     assert len(lines) == 1 and extra[0] in lines[0] and "MODELSHIP_TRUSTED_TYPES" \
         in lines[0], r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_a_category_the_encoder_refuses_is_a_400_and_typed_rows_cache_apart() -> None:
+    """In process: OneHotEncoder(handle_unknown="error") meeting an unseen category is a
+    BadRequest carrying its message; boolean columns take booleans only; typed rows get
+    cache keys of their values (equal rows, equal keys)."""
+    from modelship_runtime.cache import cache_key
+    from modelship_runtime.dataplane import Validator
+    from modelship_runtime.errors import BadRequest
+    from modelship_runtime.sklearn import SKLearnModel
+    from modelship_runtime.typed import BOOL, NUMBER, STRING
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"color": ["red", "blue"] * 10, "n": [float(i) for i in range(20)]})
+    est = Pipeline([("ct", ColumnTransformer([("c", OneHotEncoder(), ["color"])],
+                                             remainder="passthrough")),
+                    ("lr", LogisticRegression())]).fit(frame, frame["n"] > 9)
+    model = SKLearnModel("m", "1", Path("."), allow_pickle=False)
+    model.use(est)
+    assert model.info.input_kinds == ["any", "any"]  # no signature: values as sent
+    v = Validator(2, False, 10, kinds=model.info.input_kinds, names=["color", "n"])
+    rows = v.rows([["red", 3.0], ["blue", 12.0]])
+    assert model.predict(rows).labels == est.predict(frame.iloc[[0, 11]].assign(
+        n=[3.0, 12.0])).tolist()
+    with pytest.raises(BadRequest, match="Found unknown categories"):
+        model.predict(v.rows([["purple", 1.0]]))
+    flags = Validator(3, False, 10, kinds=[BOOL, STRING, NUMBER])
+    assert flags.rows([[True, "x", 1]]).tolist() == [[True, "x", 1]]
+    with pytest.raises(BadRequest, match=r"\[0\]\[0\] must be true or false, got int"):
+        flags.rows([[1, "x", 1]])
+    a, b = v.rows([["red", 3.0]]), v.rows([["red", 3.0]])
+    assert cache_key("m", "1", a) == cache_key("m", "1", b)
+    assert cache_key("m", "1", a) != cache_key("m", "1", v.rows([["blue", 3.0]]))
