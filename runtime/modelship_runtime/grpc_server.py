@@ -155,7 +155,7 @@ class InferenceServicer:
             code = _CODE_OF.get(exc.status_code, INTERNAL)
             raise GrpcError(code, exc.message) from None
         except asyncio.CancelledError:
-            code = CANCELLED
+            code = DEADLINE_EXCEEDED if call.expired else CANCELLED
             raise
         except Exception:
             logger.exception("unexpected error")
@@ -309,7 +309,8 @@ class GrpcServer:
     async def start(self) -> None:
         """Listen on ``settings.grpc_port``; RuntimeError when the port cannot be bound."""
         s = self.settings
-        server = GrpcWireServer(self.servicer.handle, s.max_body_bytes)
+        server = GrpcWireServer(self.servicer.handle, s.max_body_bytes,
+                                max_connections=s.max_connections)
         where = address(s.host, s.grpc_port)
         try:
             await server.start(s.host, s.grpc_port)
