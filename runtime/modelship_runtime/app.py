@@ -520,6 +520,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     app.state.drain = drain
     app.state.api_keys = keys  # the gRPC server checks keys and rate limits with these too
     app.state.limiter = limiter
+    app.state.mirror = mirror  # and mirrors its predictions with this
     router = build_router(plane, drain)
     app.include_router(router)
 

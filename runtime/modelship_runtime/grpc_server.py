@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -59,8 +60,10 @@ from .grpc_wire import (
     GrpcWireServer,
 )
 from .metrics import Metrics
+from .model import Prediction
 from .ratelimit import ANONYMOUS
 from .settings import RuntimeSettings
+from .shadow import Mirror, MirrorSwitch
 
 if TYPE_CHECKING:
     from .auth import KeyRing
@@ -83,7 +86,30 @@ _CODE_OF: dict[int, int] = {
 }
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
              "INT64": "int64_contents"}
+_TYPED_CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents"}
 _OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
+
+
+_CREDENTIALS = (b"authorization", b"x-api-key")
+
+
+def _request_id(metadata: list[tuple[bytes, bytes]], given: str) -> bytes | None:
+    """The call's ``x-request-id`` metadata, else the request's ``id``, when fit for an
+    HTTP header (printable ASCII, at most 128 characters); else None."""
+    for k, v in metadata:
+        if k == b"x-request-id" and 0 < len(v) <= 128 and v.isascii() \
+                and v.decode().isprintable():
+            return v
+    if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
+        return given.encode()
+    return None
+
+
+def _mirror_head(shape: tuple[int, ...]) -> bytes:
+    """The JSON part of a binary V2 request of one FP64 tensor of ``shape``."""
+    size = math.prod(shape) * 8
+    return (b'{"inputs":[{"name":"input-0","shape":[%d,%d],"datatype":"FP64",'
+            b'"parameters":{"binary_data_size":%d}}]}' % (shape[0], shape[1], size))
 
 
 class RateLimited(ModelshipError):
@@ -107,17 +133,21 @@ class InferenceServicer:
     they change) and rate limiter, when set."""
 
     def __init__(self, plane: DataPlane, drain: Drain, api_keys: KeyRing | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None,
+                 mirror: MirrorSwitch | None = None) -> None:
         self.plane = plane
         self.drain = drain
         self.api_keys = api_keys
         self.limiter = limiter
+        self.mirror = mirror
+        self._counter = 0
+        self._prefix = "grpc-" + os.urandom(4).hex()
         self.metrics: Metrics = plane.metrics
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
         # path -> (request type, answer, guarded by API key and rate limit, method name)
-        self.methods: dict[str, tuple[type[Message], Callable[[Any], Awaitable[Message]],
-                                      bool, str]] = {
+        self.methods: dict[str, tuple[type[Message],
+                                      Callable[[Any, Call], Awaitable[Message]], bool, str]] = {
             f"/{SERVICE}/{name}": (request, getattr(self, name), guarded, name)
             for name, request, guarded in (
                 ("ServerLive", pb.ServerLiveRequest, False),
@@ -148,7 +178,7 @@ class InferenceServicer:
             except DecodeError as exc:
                 raise BadRequest(f"the request is not a {request_type.DESCRIPTOR.full_name}: "
                                  f"{exc}") from None
-            response = await answer(request)
+            response = await answer(request, call)
             answer_bytes: bytes = response.SerializeToString()
             return answer_bytes
         except ModelshipError as exc:
@@ -166,21 +196,22 @@ class InferenceServicer:
 
     # --- the calls -------------------------------------------------------------------
 
-    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, call: Call
+                          ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.plane.model.ready and not self.drain.draining)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
         self._check_name(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.plane.model.ready)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, call: Call
                              ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="modelship-runtime", version=__version__)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call
                             ) -> pb.ModelMetadataResponse:
         self._check_name(request.name, request.version)
         self.plane.check_ready()
@@ -195,7 +226,8 @@ class InferenceServicer:
 
     # --- the work ------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, call: Call
+                         ) -> pb.ModelInferResponse:
         plane = self.plane
         self._check_name(request.model_name, request.model_version)
         batcher = plane.batcher
@@ -207,6 +239,8 @@ class InferenceServicer:
         finally:
             batcher.arriving -= 1
         result = await plane.infer(rows)
+        if self.mirror is not None and (mirror := self.mirror.current) is not None:
+            self._mirror(mirror, request, call, rows, result.prediction)
         info = plane.model.info
         response = pb.ModelInferResponse(model_name=info.name, model_version=info.version,
                                          id=request.id)
@@ -222,12 +256,37 @@ class InferenceServicer:
                 getattr(out.contents, _OUT_CONTENTS[datatype]).extend(values.tolist())
         return response
 
+    def _mirror(self, mirror: Mirror, request: pb.ModelInferRequest, call: Call,
+                rows: np.ndarray, prediction: Prediction) -> None:
+        """Hand the call to the shadow sender, once its answer is written, as the Open
+        Inference Protocol's binary HTTP request of the same rows (the canary's V2 route
+        compares it like any mirrored request); the client's credentials go with it."""
+        if rows.dtype != np.float64:
+            return  # only numeric rows are carried
+        rid = _request_id(call.headers, request.id)
+        if rid is None:
+            self._counter += 1
+            rid = f"{self._prefix}-{self._counter:x}".encode()
+        head = _mirror_head(rows.shape)
+        headers = [(k, v) for k, v in call.headers if k in _CREDENTIALS]
+        headers.append((b"content-type", b"application/octet-stream"))
+        headers.append((b"inference-header-content-length", str(len(head)).encode()))
+        outgoing = mirror.choose("POST", f"/v2/models/{self.plane.model.info.name}/infer",
+                                 rid, headers)
+        if outgoing is None:
+            return
+        outgoing.chunks = [head, rows.tobytes()]
+        outgoing.observe(prediction)
+        # after this call's answer is written: the handler returns it first
+        asyncio.get_running_loop().call_soon(mirror.submit, outgoing, 200)
+
     @staticmethod
     def _rows(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
         v = plane.validator
         n = len(request.inputs)
-        if n != 1:
-            raise BadRequest(f"expected one input tensor of shape [rows, features], got {n}")
+        if n != 1 or v.kinds is not None or (
+                n and request.inputs[0].datatype in protocols.TYPED_DATATYPES):
+            return InferenceServicer._by_columns(request, plane)
         t = request.inputs[0]
         datatype = binary.check_datatype(t.datatype, "inputs[0]")
         shape = binary.check_shape(list(t.shape), "inputs[0]")
@@ -248,6 +307,46 @@ class InferenceServicer:
                              f"{shape} of {datatype} needs {need}")
         array = np.array(values, dtype=binary.INPUT_DTYPES[datatype])
         return binary.to_rows(array, shape, datatype, v, "inputs[0]")
+
+    @staticmethod
+    def _by_columns(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
+        """Rows of a request going by columns (several inputs, or strings: BYTES)."""
+        v = plane.validator
+        if not request.inputs:
+            raise BadRequest('missing field: "inputs" must hold at least one tensor')
+        if len(request.inputs) > max(v.max_columns, 1):
+            raise BadRequest(f"{len(request.inputs)} input tensors; the maximum is "
+                             f"{v.max_columns}")
+        raws = request.raw_input_contents
+        if raws and len(raws) != len(request.inputs):
+            raise BadRequest(f"raw_input_contents has {len(raws)} entries for "
+                             f"{len(request.inputs)} inputs")
+        tensors: list[tuple[str, list[int], str, list[Any]]] = []
+        for i, t in enumerate(request.inputs):
+            where = f"inputs[{i}]"
+            datatype = protocols.check_input_datatype(t.datatype, where, v)
+            shape = binary.check_shape(list(t.shape), where)
+            if raws:
+                flat = binary.raw_values(raws[i], shape, datatype, where,
+                                         f"raw_input_contents[{i}]")
+            else:
+                field = _TYPED_CONTENTS.get(datatype) or _CONTENTS[datatype]
+                values = getattr(t.contents, field)
+                need = math.prod(shape)
+                if len(values) != need:
+                    raise BadRequest(f"{where}.contents.{field} has {len(values)} values; "
+                                     f"shape {shape} of {datatype} needs {need}")
+                if datatype == "BYTES":
+                    try:
+                        flat = [b.decode() for b in values]
+                    except UnicodeDecodeError:
+                        raise BadRequest(f"{where}.contents.bytes_contents holds an element "
+                                         "that is not UTF-8") from None
+                else:
+                    flat = list(values)
+            tensors.append((t.name, shape, datatype,
+                            protocols.tensor_values(flat, datatype, where)))
+        return protocols.tensors_to_rows(tensors, v, plane.model.info)
 
     def _check_name(self, name: str, version: str) -> None:
         info = self.plane.model.info
@@ -303,7 +402,8 @@ class GrpcServer:
     def __init__(self, app: FastAPI, settings: RuntimeSettings) -> None:
         self.settings = settings
         self.servicer = InferenceServicer(app.state.plane, app.state.drain,
-                                          app.state.api_keys, app.state.limiter)
+                                          app.state.api_keys, app.state.limiter,
+                                          app.state.mirror)
         self.server: GrpcWireServer | None = None
 
     async def start(self) -> None:

@@ -13,8 +13,12 @@ Service with:
   ``MODELSHIP_SHADOW_MAX_PREDICTION_BYTES`` long (longer: not mirrored);
 - ``X-Modelship-Stable-Version``, and the client's ``Authorization`` / ``X-API-Key``.
 
-``/predict``, ``/v1/models/{name}:predict`` and ``/v2/models/{name}/infer`` are mirrored
-(the versioned V2 route goes to the unversioned one: the canary serves another version).
+``/predict``, ``/v1/models/{name}:predict``, ``/v2/models/{name}/infer`` and
+``/invocations`` are mirrored (the versioned V2 route goes to the unversioned one: the
+canary serves another version), with the client's ``Content-Type`` and
+``Inference-Header-Content-Length``, so binary tensors and CSV bodies reach the canary
+as they reached the stable. gRPC ``ModelInfer`` calls are mirrored by
+:mod:`modelship_runtime.grpc_server` as the binary V2 request of the same rows.
 A request that carries ``X-Modelship-Shadow`` is never mirrored, so two pods mirroring to
 each other make no loop.
 
@@ -67,7 +71,10 @@ Receive = Callable[[], Awaitable[Message]]
 
 _V1 = re.compile(r"/v1/models/[^/]+:predict")
 _V2 = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
-_FORWARDED = (b"authorization", b"x-api-key")
+#: The client's headers a copy carries: its credentials, and what says how to read its
+#: body (an Open Inference Protocol binary request, a CSV for ``/invocations``).
+_FORWARDED = (b"authorization", b"x-api-key", b"content-type", b"inference-header-content-length")
+_JSON = b"\r\ncontent-type: application/json"
 #: Bytes the socket to the sender may hold (the kernel caps it at net.core.wmem_max,
 #: then doubles it); the largest request handed over is a little under it.
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -84,7 +91,7 @@ STOP_SECONDS = 5.0
 
 def mirror_path(path: str) -> str | None:
     """The canary's route for a prediction route of this runtime; None: not mirrored."""
-    if path == "/predict":
+    if path == "/predict" or path == "/invocations":
         return path
     if path.startswith("/v1/") and _V1.fullmatch(path):
         return path
@@ -432,9 +439,13 @@ class Mirror:
             if len(self._paths) < 64:  # routes of the served model: a handful
                 self._paths[path] = target
         forwarded = b""
+        typed = False
         for k, v in headers:
             if k in _FORWARDED:
                 forwarded += b"\r\n" + k + b": " + v
+                typed = typed or k == b"content-type"
+        if not typed:  # what the runtime reads a body without one as
+            forwarded += _JSON
         return Outgoing(target, request_id, forwarded, self)
 
     def submit(self, outgoing: Outgoing, status: int) -> None:

@@ -14,7 +14,7 @@ Messages from the serving process, one per packet:
   URL, the ``X-Modelship-Shadow`` value, this stable's version);
 - ``B``: a batch: how many requests follow, then each as an ``R`` record: target index,
   route, request id, the stable's predictions (ASCII JSON), the forwarded headers
-  (``\\r\\nname: value`` each) and the body.
+  (``\\r\\nname: value`` each, ``Content-Type`` always among them) and the body.
 
 Outcomes are counted in a small shared block (``SLOTS``, unsigned 64-bit, this process
 the only writer), which the serving process adds to its ``/metrics``. The serving process
@@ -205,7 +205,7 @@ class Sender:
         # were parsed as headers, the prediction is ASCII JSON.
         request = b"".join((
             b"POST ", route, b" HTTP/1.1", target.head,
-            b"\r\ncontent-type: application/json\r\ncontent-length: ",
+            b"\r\ncontent-length: ",
             str(lb).encode(), target.tail, b"\r\nx-request-id: ", rid,
             b"\r\n", STABLE_PREDICTION_HEADER, b": ", prediction, forwarded,
             b"\r\n\r\n", body))

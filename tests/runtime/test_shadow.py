@@ -21,13 +21,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from helpers import free_port
 from modelship_operator.rollout.analysis import parse_metrics
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 RUNTIME = Path(sys.executable).parent / "modelship-runtime"
 NAME = "shadowed"
@@ -66,6 +70,7 @@ class Pod:
         self.env = {**os.environ, "MODELSHIP_LOG_LEVEL": "WARNING", "MODELSHIP_DRAIN_SECONDS": "0",
                     "MODELSHIP_MODEL_NAME": NAME, "MODELSHIP_MODEL_VERSION": version, **env}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.grpc = ""  # host:port of its gRPC listener, when on
 
     def spawn(self) -> None:
         with self.log.open("wb") as out:
@@ -191,6 +196,11 @@ def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                        MODELSHIP_SHADOW_URL=f"http://127.0.0.1:{to_same_port}")
     pods["to-same"] = Pod("to-same", stable_dir, "1", logs, port=to_same_port, **quick,
                           MODELSHIP_SHADOW_URL=pods["same"].url)
+    grpc_port = free_port()
+    pods["grpc-to-same"] = Pod("grpc-to-same", stable_dir, "1", logs, **quick,
+                               MODELSHIP_GRPC_PORT=str(grpc_port),
+                               MODELSHIP_SHADOW_URL=pods["same"].url)
+    pods["grpc-to-same"].grpc = f"127.0.0.1:{grpc_port}"
     pods["to-shuffled"] = Pod("to-shuffled", stable_dir, "1", logs, **quick,
                               MODELSHIP_SHADOW_URL=pods["shuffled"].url)
     pods["quarter"] = Pod("quarter", stable_dir, "1", logs, **quick,
@@ -247,9 +257,11 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
     X = cluster.X
     before_out, before = stable.outcomes(), canary.scrape()
     rows = 0
+    triton = httpclient.InferenceServerClient(stable.url.removeprefix("http://"),
+                                              connection_timeout=60, network_timeout=60)
     with httpx.Client(timeout=30) as client:
-        for i in range(40):
-            kind = i % 4
+        for i in range(70):
+            kind = i % 7
             if kind == 0:
                 r = client.post(f"{stable.url}/predict", json={"features": X[i].tolist()})
                 got, n = [r.json()["prediction"]], 1
@@ -260,16 +272,34 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
                 r = client.post(f"{stable.url}/v1/models/{NAME}:predict",
                                 json={"instances": X[i:i + 2].tolist()})
                 got, n = r.json()["predictions"], 2
-            else:
+            elif kind == 3:
                 r = client.post(f"{stable.url}/v2/models/{NAME}/versions/1/infer", json={
                     "inputs": [{"name": "x", "shape": [3, X.shape[1]], "datatype": "FP64",
                                 "data": X[i:i + 3].ravel().tolist()}]})
                 got, n = r.json()["outputs"][0]["data"], 3
-            assert r.status_code == 200
+            elif kind == 4:  # tritonclient at its defaults: binary tensors both ways
+                tensor = httpclient.InferInput("x", [2, X.shape[1]], "FP64")
+                tensor.set_data_from_numpy(X[i:i + 2])
+                result = triton.infer(NAME, [tensor])
+                got, n = result.as_numpy("predict").tolist(), 2
+                assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"]
+                r = httpx.Response(200)
+            elif kind == 5:  # an `mlflow models serve` client, JSON
+                r = client.post(f"{stable.url}/invocations", json={
+                    "dataframe_split": {"data": X[i:i + 2].tolist()}})
+                got, n = r.json()["predictions"], 2
+            else:  # and CSV
+                csv_text = "\n".join(",".join(map(repr, row)) for row in X[i:i + 3].tolist())
+                header = ",".join(f"f{j}" for j in range(X.shape[1]))
+                r = client.post(f"{stable.url}/invocations", content=f"{header}\n{csv_text}\n",
+                                headers={"Content-Type": "text/csv"})
+                got, n = r.json()["predictions"], 3
+            assert r.status_code == 200, r.text
             assert got == cluster.stable.predict(X[i:i + n]).tolist()
             rows += n
-    settle(stable, sent={stable.name: sum(before_out.values()) + 40})
-    assert delta(stable.outcomes(), before_out) == {"sent": 40, "dropped": 0, "failed": 0,
+    triton.close()
+    settle(stable, sent={stable.name: sum(before_out.values()) + 70})
+    assert delta(stable.outcomes(), before_out) == {"sent": 70, "dropped": 0, "failed": 0,
                                                     "skipped": 0}
     after = canary.scrape()
     agree = total(after, "model_shadow_agreement_total", result="agree") - \
@@ -281,9 +311,54 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
         total(before, "model_shadow_uncompared_total")
     received = {route: total(after, "model_shadow_requests_total", route=route, status="200")
                 - total(before, "model_shadow_requests_total", route=route, status="200")
-                for route in ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer")}
+                for route in ("/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
+                              "/invocations")}
     assert received == {"/predict": 20, "/v1/models/{name}:predict": 10,
-                        "/v2/models/{name}/infer": 10}
+                        "/v2/models/{name}/infer": 20, "/invocations": 20}
+
+
+def test_grpc_predictions_are_mirrored_as_binary_v2_requests(cluster: Cluster) -> None:
+    """tritonclient.grpc at its defaults (raw tensors) and typed contents: the canary
+    gets each call's rows over its V2 HTTP route and compares them row by row."""
+    stable, canary = cluster["grpc-to-same"], cluster["same"]
+    X = cluster.X
+    before_out, before = stable.outcomes(), canary.scrape()
+    client = grpcclient.InferenceServerClient(stable.grpc)
+    rows = 0
+    for i in range(12):
+        n = 1 + i % 3
+        batch = X[i:i + n]
+        if i % 2:
+            tensor = grpcclient.InferInput("input-0", list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch.astype(np.float32))
+            got = client.infer(NAME, [tensor], headers={"x-request-id": f"g-{i}"}
+                               ).as_numpy("predict").tolist()
+            want = cluster.stable.predict(batch.astype(np.float32).astype(np.float64))
+        else:
+            request = service_pb2.ModelInferRequest(model_name=NAME, id=f"typed-{i}")
+            request.inputs.add(name="input-0", datatype="FP64", shape=list(batch.shape)
+                               ).contents.fp64_contents.extend(batch.ravel().tolist())
+            with grpc.insecure_channel(stable.grpc) as channel:
+                response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    request, timeout=30)
+            got = list(response.outputs[0].contents.int64_contents)
+            want = cluster.stable.predict(batch)
+        assert got == want.tolist()
+        rows += n
+    client.close()
+    settle(stable, sent={stable.name: sum(before_out.values()) + 12})
+    assert delta(stable.outcomes(), before_out) == {"sent": 12, "dropped": 0, "failed": 0,
+                                                    "skipped": 0}
+    after = canary.scrape()
+    compared = {r: total(after, "model_shadow_agreement_total", result=r)
+                - total(before, "model_shadow_agreement_total", result=r)
+                for r in ("agree", "disagree")}
+    assert compared == {"agree": rows, "disagree": 0}
+    assert total(after, "model_shadow_requests_total", route="/v2/models/{name}/infer",
+                 status="200") - total(before, "model_shadow_requests_total",
+                                       route="/v2/models/{name}/infer", status="200") == 12
+    assert total(after, "model_shadow_uncompared_total") == \
+        total(before, "model_shadow_uncompared_total")
 
 
 def test_a_canary_trained_on_shuffled_labels_disagrees_and_clients_see_only_the_stable(
@@ -420,17 +495,19 @@ def test_the_mounted_config_turns_mirroring_on_and_off_without_a_restart(
                 assert r.status_code == 200
 
     def switched(on: bool) -> bool:
-        """Whether mirroring is on, judged from one request's fate."""
+        """Whether mirroring is on, judged from one request's fate: once nothing is
+        pending (a copy waits in the hand-off batch, then with the sender), it was
+        mirrored if the outcomes grew. (The stable hands a copy over before it serves
+        the next request, the /metrics that says what is pending.)"""
         before = sum(stable.outcomes().values())
         send(1)
-        return (sum(stable.outcomes().values()) > before) is on or (
-            on and (time.sleep(0.3) or sum(stable.outcomes().values()) > before))
+        wait_for("nothing pending", lambda: stable.pending() == 0)
+        return (sum(stable.outcomes().values()) > before) is on
 
     send(10)
     assert sum(stable.outcomes().values()) == 0  # `{}`: nothing chosen for mirroring
     cluster.config.write_text(orjson.dumps(
         {"mirrorFrom": "7", "url": canary.url, "fraction": 1.0}).decode())
-    time.sleep(0)  # (the wait below is on the outcome, not on time)
     send(10)
     assert sum(stable.outcomes().values()) == 0  # another version's config: not ours
     cluster.config.write_text(orjson.dumps(
