@@ -239,12 +239,18 @@ def test_a_peer_that_does_not_read_its_answers_is_not_read_from(served: Served) 
     message = b"x" * 16000
     data = b"\0" + struct.pack(">I", len(message)) + message
 
+    # windows as large as they go, so the answers are sent, not held for flow control
+    # (where the calls would stay open, and past 128 of them be refused)
+    windows = raw_frame(4, 0, 0, struct.pack(">HI", 0x4, 2**31 - 1)) + raw_frame(
+        8, 0, 0, struct.pack(">I", 2**31 - 1 - 65_535))
+
     def call(i: int) -> bytes:
         sid = 2 * i + 1
         block = encoder.encode([(":method", "POST"), (":scheme", "http"),
                                 (":path", "/test.Wire/Echo"), (":authority", "x"),
                                 ("content-type", "application/grpc"), ("te", "trailers")])
-        return raw_frame(1, 0x4, sid, block) + raw_frame(0, 0x1, sid, data)
+        return (windows if i == 0 else b"") + raw_frame(1, 0x4, sid, block) + raw_frame(
+            0, 0x1, sid, data)
 
     assert flood(served.port, call) == "not read"
     assert held(served) < 1024 * 1024
@@ -613,14 +619,17 @@ def test_a_cap_on_connections() -> None:
         refused = Raw(s.port)  # every connection busy: refused
         busy.append(refused)
         assert refused.goaway() == (0, REFUSED_STREAM) and refused.read() is None
-        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel, \
+        # channels with subchannels of their own: grpcio would otherwise keep the refused
+        # connection's backoff for the next channel to the same address
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}", options=own) as channel, \
                 pytest.raises(grpc.RpcError) as err:
             method(channel, "Echo")(b"", timeout=30)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert s.run(count()) == 2
         a.send(a.message(1, b"a, done"))
         assert a.end_of(1)[1] == {"grpc-status": "0"}
-        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:  # a is idle now
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}", options=own) as channel:  # a idles
             assert method(channel, "Echo")(b"in", timeout=30) == b"in"
     finally:
         for r in busy:
