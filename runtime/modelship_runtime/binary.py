@@ -30,7 +30,15 @@ import orjson
 from .dataplane import Validator, _type_name
 from .errors import BadRequest
 from .model import ModelInfo, Prediction
-from .protocols import v2_response
+from .protocols import (
+    TYPED_DATATYPES,
+    check_input_datatype,
+    flat_labels,
+    tensor_values,
+    tensors_to_rows,
+    v2_response,
+)
+from .typed import decode_bytes
 
 if TYPE_CHECKING:
     from .dataplane import DataPlane, ShadowContext
@@ -117,10 +125,11 @@ def output_tensors(pred: Prediction, info: ModelInfo, names: list[str] | None
     for name in names or OUTPUT_NAMES:
         if name == "predict":
             dt = info.label_datatype
+            labels, shape = flat_labels(pred.labels)
             if dt == "BYTES":
-                out.append((name, dt, [n], [str(x) for x in pred.labels]))
+                out.append((name, dt, shape, [str(x) for x in labels]))
             else:
-                out.append((name, dt, [n], np.asarray(pred.labels, dtype=_OUTPUT_DTYPES[dt])))
+                out.append((name, dt, shape, np.asarray(labels, dtype=_OUTPUT_DTYPES[dt])))
         elif pred.probabilities is not None:
             probs = np.asarray(pred.probabilities, dtype=np.float64).reshape(n, -1)
             out.append((name, "FP64", list(probs.shape), probs.reshape(-1)))
@@ -187,9 +196,11 @@ def parse(body: bytes, json_length: int | None, v: Validator, info: ModelInfo
     inputs = obj.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('missing field: "inputs" must be a non-empty array of tensors')
-    if len(inputs) != 1:
-        raise BadRequest(f"expected one input tensor of shape [rows, features], got {len(inputs)}")
     t = inputs[0]
+    if len(inputs) != 1 or v.kinds is not None or (
+            isinstance(t, dict) and t.get("datatype") in TYPED_DATATYPES):
+        _check_outputs(obj, info)
+        return _by_columns(inputs, tail, v, info), obj
     if not isinstance(t, dict):
         raise BadRequest(f"inputs[0] must be an object, got {_type_name(t)}")
     params = t.get("parameters")
@@ -220,6 +231,70 @@ def parse(body: bytes, json_length: int | None, v: Validator, info: ModelInfo
                          f"binary_data_size {size}")
     return rows_from_bytes(tail, shape, datatype, v, "inputs[0]",
                            "inputs[0].parameters.binary_data_size"), obj
+
+
+def raw_values(raw: bytes | memoryview, shape: list[int], datatype: str, where: str,
+               source: str) -> list[Any]:
+    """The elements of a raw tensor of ``shape`` and ``datatype`` (numbers, booleans or,
+    for BYTES, strings), its size checked."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes(raw, count, source)
+    dtype = np.dtype("?") if datatype == "BOOL" else INPUT_DTYPES[datatype]
+    need = count * dtype.itemsize
+    if len(raw) != need:
+        raise BadRequest(f"{source} has {len(raw)} bytes; {where}.shape {shape} of {datatype} "
+                         f"needs {need}")
+    values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+    return values
+
+
+def _by_columns(inputs: list[Any], tail: memoryview, v: Validator, info: ModelInfo
+                ) -> np.ndarray:
+    """Rows of a request going by columns (several inputs, or strings), each input in
+    ``data`` or in binary after the header, in their order."""
+    if len(inputs) > max(v.max_columns, 1):
+        raise BadRequest(f"{len(inputs)} input tensors; the maximum is {v.max_columns}")
+    tensors: list[tuple[str, list[int], str, list[Any]]] = []
+    pos = 0
+    for i, t in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(t, dict):
+            raise BadRequest(f"{where} must be an object, got {_type_name(t)}")
+        for key in ("name", "shape", "datatype"):
+            if key not in t:
+                raise BadRequest(f"missing field: {where}.{key}")
+        if not isinstance(t["name"], str):
+            raise BadRequest(f"{where}.name must be a string")
+        datatype = check_input_datatype(t["datatype"], where, v)
+        shape = check_shape(t["shape"], where)
+        params = t.get("parameters")
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            from .protocols import _flatten
+
+            data = t.get("data")
+            if not isinstance(data, list):
+                raise BadRequest(f"missing field: {where}.data (or parameters.binary_data_size)")
+            flat = _flatten(data)
+            if len(flat) != math.prod(shape):
+                raise BadRequest(f"{where}.shape {shape} needs {math.prod(shape)} elements; "
+                                 f"data has {len(flat)}")
+        else:
+            if type(size) is not int or size < 0:
+                raise BadRequest(f"{where}.parameters.binary_data_size must be a "
+                                 "non-negative integer")
+            if pos + size > len(tail):
+                raise BadRequest(f"{where}.parameters.binary_data_size {size} is beyond the "
+                                 f"{len(tail) - pos} bytes left after the inference header")
+            flat = raw_values(tail[pos:pos + size], shape, datatype, where,
+                              f"{where}.parameters.binary_data_size")
+            pos += size
+        tensors.append((t["name"], shape, datatype, tensor_values(flat, datatype, where)))
+    if pos != len(tail):
+        raise BadRequest(f"the body has {len(tail) - pos} bytes after the inputs' "
+                         "binary data")
+    return tensors_to_rows(tensors, v, info)
 
 
 def _check_outputs(obj: dict[str, Any], info: ModelInfo) -> None:

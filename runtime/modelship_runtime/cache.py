@@ -18,6 +18,7 @@ import time
 from typing import Protocol
 
 import numpy as np
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ def cache_key(model: str, version: str, rows: np.ndarray, artifact: str = "") ->
     BLAKE2 hash of the canonical rows."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str(rows.shape).encode())
-    h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
+    if rows.dtype == object:  # typed rows (strings among numbers): their JSON
+        h.update(b"object:" + orjson.dumps(rows.tolist()))
+    else:
+        h.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
     return f"modelship:{model}:{version}:{artifact}:{h.hexdigest()}"
 
 

@@ -38,6 +38,7 @@ from .cache import Cache, CacheError, artifact_tag, cache_key
 from .errors import BadRequest, ModelNotReady, NotJSON, OutputNotFinite
 from .metrics import Metrics
 from .model import Model, Prediction
+from .typed import typed_rows
 
 T = TypeVar("T")
 
@@ -90,22 +91,36 @@ class Validator:
     """Turns JSON values into float64 matrices the model accepts, or raises BadRequest."""
 
     def __init__(self, n_features: int | None, allow_nan: bool, max_rows: int,
-                 max_columns: int = 10_000) -> None:
+                 max_columns: int = 10_000, kinds: list[str] | None = None,
+                 names: list[str] | None = None) -> None:
         self.n_features = n_features
         self.allow_nan = allow_nan
         self.max_rows = max_rows
         self.max_columns = max_columns
+        self.kinds = kinds
+        """Per column, the kind of value a typed model takes (:mod:`.typed`); None: numbers."""
+        self.names = names
+        """The model's input names (in its order), to name a typed model's bad cells."""
 
     def row(self, values: object, where: str = "features") -> np.ndarray:
         """One row (a JSON array of numbers) as a 1 x n matrix."""
         if not isinstance(values, list):
             raise BadRequest(f"{where} must be an array of numbers, got {_type_name(values)}")
         self._check_width(len(values), where)
+        if self.kinds is not None:
+            return typed_rows(values, self.kinds, self.allow_nan, where, True, self.names)
         for i, v in enumerate(values):
             t = type(v)
             if t is not float and t is not int:
-                raise BadRequest(f"{where}[{i}] must be a number, got {_type_name(v)}")
+                self._not_a_number(v, f"{where}[{i}]")
         return self._finish(values, where, single=True, n_rows=1)
+
+    def _not_a_number(self, v: object, where: str) -> None:
+        """A value that is not a number: null is a missing value (NaN, as pandas writes
+        it) for a model that takes them; anything else is a 400."""
+        if v is None and self.allow_nan:
+            return
+        raise BadRequest(f"{where} must be a number, got {_type_name(v)}")
 
     def rows(self, values: object, where: str = "instances") -> np.ndarray:
         """A batch (a JSON array of arrays of numbers) as a matrix."""
@@ -117,6 +132,8 @@ class Validator:
         if n > self.max_rows:
             raise BadRequest(f"{where} has {n} rows; the maximum is {self.max_rows} "
                              "(MODELSHIP_MAX_ROWS)")
+        if self.kinds is not None:
+            return self._typed(values, where)
         for r, row in enumerate(values):
             if not isinstance(row, list):
                 raise BadRequest(f"{where}[{r}] must be an array of numbers, got "
@@ -125,8 +142,18 @@ class Validator:
             for i, v in enumerate(row):
                 t = type(v)
                 if t is not float and t is not int:
-                    raise BadRequest(f"{where}[{r}][{i}] must be a number, got {_type_name(v)}")
+                    self._not_a_number(v, f"{where}[{r}][{i}]")
         return self._finish(values, where, single=False, n_rows=n)
+
+    def _typed(self, values: list[Any], where: str) -> np.ndarray:
+        """Rows of a model of typed columns (:mod:`.typed`) as an object matrix."""
+        assert self.kinds is not None
+        for r, row in enumerate(values):
+            if not isinstance(row, list):
+                raise BadRequest(f"{where}[{r}] must be an array of values, got "
+                                 f"{_type_name(row)}")
+            self._check_width(len(row), f"{where}[{r}]")
+        return typed_rows(values, self.kinds, self.allow_nan, where, False, self.names)
 
     def tensor_shape(self, shape: list[int], where: str) -> tuple[int, int]:
         """(rows, features) of a V2 input tensor's shape, checked against the model's width
@@ -399,7 +426,7 @@ class DataPlane:
         """Read the loaded model's shape into the validator; call once after load."""
         info = self.model.info
         self.validator = Validator(info.n_features, info.allow_nan, self.max_batch_size,
-                                   self.max_columns)
+                                   self.max_columns, info.input_kinds, info.input_columns)
         self._artifact = artifact_tag(info.uri, info.run_id, info.artifact_sha256)
 
     def _on_call(self, n_rows: int, elapsed: float) -> None:
@@ -455,9 +482,12 @@ class DataPlane:
             values = itertools.chain.from_iterable(pred.probabilities)
         elif self.model.info.classes is None:
             values = pred.labels
+            if values and isinstance(values[0], list):  # several outputs per row
+                values = itertools.chain.from_iterable(values)
         for i, value in enumerate(values):
             if isinstance(value, float) and not math.isfinite(value):
-                width = len(pred.probabilities[0]) if pred.probabilities else 1
+                width = len(pred.probabilities[0]) if pred.probabilities else (
+                    len(pred.labels[0]) if isinstance(pred.labels[0], list) else 1)
                 raise OutputNotFinite(
                     f"the model's answer for row {i // width} is {value} (an input too large "
                     "for it?): not sent as a number")

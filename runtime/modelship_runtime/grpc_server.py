@@ -86,6 +86,7 @@ _CODE_OF: dict[int, int] = {
 }
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
              "INT64": "int64_contents"}
+_TYPED_CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents"}
 _OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
 
 
@@ -283,8 +284,9 @@ class InferenceServicer:
     def _rows(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
         v = plane.validator
         n = len(request.inputs)
-        if n != 1:
-            raise BadRequest(f"expected one input tensor of shape [rows, features], got {n}")
+        if n != 1 or v.kinds is not None or (
+                n and request.inputs[0].datatype in protocols.TYPED_DATATYPES):
+            return InferenceServicer._by_columns(request, plane)
         t = request.inputs[0]
         datatype = binary.check_datatype(t.datatype, "inputs[0]")
         shape = binary.check_shape(list(t.shape), "inputs[0]")
@@ -305,6 +307,46 @@ class InferenceServicer:
                              f"{shape} of {datatype} needs {need}")
         array = np.array(values, dtype=binary.INPUT_DTYPES[datatype])
         return binary.to_rows(array, shape, datatype, v, "inputs[0]")
+
+    @staticmethod
+    def _by_columns(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
+        """Rows of a request going by columns (several inputs, or strings: BYTES)."""
+        v = plane.validator
+        if not request.inputs:
+            raise BadRequest('missing field: "inputs" must hold at least one tensor')
+        if len(request.inputs) > max(v.max_columns, 1):
+            raise BadRequest(f"{len(request.inputs)} input tensors; the maximum is "
+                             f"{v.max_columns}")
+        raws = request.raw_input_contents
+        if raws and len(raws) != len(request.inputs):
+            raise BadRequest(f"raw_input_contents has {len(raws)} entries for "
+                             f"{len(request.inputs)} inputs")
+        tensors: list[tuple[str, list[int], str, list[Any]]] = []
+        for i, t in enumerate(request.inputs):
+            where = f"inputs[{i}]"
+            datatype = protocols.check_input_datatype(t.datatype, where, v)
+            shape = binary.check_shape(list(t.shape), where)
+            if raws:
+                flat = binary.raw_values(raws[i], shape, datatype, where,
+                                         f"raw_input_contents[{i}]")
+            else:
+                field = _TYPED_CONTENTS.get(datatype) or _CONTENTS[datatype]
+                values = getattr(t.contents, field)
+                need = math.prod(shape)
+                if len(values) != need:
+                    raise BadRequest(f"{where}.contents.{field} has {len(values)} values; "
+                                     f"shape {shape} of {datatype} needs {need}")
+                if datatype == "BYTES":
+                    try:
+                        flat = [b.decode() for b in values]
+                    except UnicodeDecodeError:
+                        raise BadRequest(f"{where}.contents.bytes_contents holds an element "
+                                         "that is not UTF-8") from None
+                else:
+                    flat = list(values)
+            tensors.append((t.name, shape, datatype,
+                            protocols.tensor_values(flat, datatype, where)))
+        return protocols.tensors_to_rows(tensors, v, plane.model.info)
 
     def _check_name(self, name: str, version: str) -> None:
         info = self.plane.model.info

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from .dataplane import Validator, _type_name, loads
 from .errors import BadRequest, ModelshipError, NotJSON, UnsupportedMediaType
 from .model import ModelInfo, Prediction
 from .protocols import named_rows, unknown_or_missing, wants_proba
+from .typed import BOOL, STRING
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _REQUIRED = ("the body must be a JSON object with exactly one of the input fields "
@@ -138,8 +140,23 @@ def split_rows(data: object, v: Validator, info: ModelInfo) -> np.ndarray:
                 if isinstance(row, list) and len(row) != len(names):
                     raise BadRequest(f"dataframe_split.data[{r}] has {len(row)} values for "
                                      f"{len(names)} columns")
-    arr = v.rows(data["data"], "dataframe_split.data")
+    rows = data["data"]
+    if order is not None and v.kinds is not None:  # typed values: check in the model's order
+        return v.rows(_reordered(rows, order, "dataframe_split.data"), "dataframe_split.data")
+    arr = v.rows(rows, "dataframe_split.data")
     return arr if order is None else np.ascontiguousarray(arr[:, order])
+
+
+def _reordered(rows: object, order: list[int], where: str) -> list[list[Any]]:
+    """Rows of values (checked to be arrays of the columns' width) in the model's order."""
+    if not isinstance(rows, list):
+        raise BadRequest(f"{where} must be an array of rows, got {_type_name(rows)}")
+    out = []
+    for r, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(order):
+            raise BadRequest(f"{where}[{r}] must be an array of {len(order)} values")
+        out.append([row[i] for i in order])
+    return out
 
 
 def record_rows(data: object, v: Validator, info: ModelInfo, where: str) -> np.ndarray:
@@ -153,8 +170,7 @@ def record_rows(data: object, v: Validator, info: ModelInfo, where: str) -> np.n
     if info.input_columns is None and isinstance(data[0], dict):
         # no input names: the columns in the order the first record gives them, as pandas
         names = list(data[0])
-        info = ModelInfo(info.name, info.version, estimator=info.estimator,
-                         has_proba=info.has_proba, input_columns=names)
+        info = replace(info, input_columns=names)
     return v.rows(named_rows(data, info, where), where)
 
 
@@ -169,7 +185,10 @@ def column_rows(data: dict[str, Any], v: Validator, info: ModelInfo, where: str)
         if len(col) != len(cols[0]):
             raise BadRequest(f"{where}: column {name!r} has {len(col)} values, column "
                              f"{names[0]!r} has {len(cols[0])}")
-    arr = v.rows([list(r) for r in zip(*cols, strict=True)], where)
+    rows = [list(r) for r in zip(*cols, strict=True)]
+    if order is not None and v.kinds is not None:
+        return v.rows(_reordered(rows, order, where), where)
+    arr = v.rows(rows, where)
     return arr if order is None else np.ascontiguousarray(arr[:, order])
 
 
@@ -190,6 +209,8 @@ def csv_rows(raw: bytes, v: Validator, info: ModelInfo) -> np.ndarray:
         if v.n_features is not None and width != v.n_features:
             raise BadRequest(f"the CSV header has {width} columns; the model takes "
                              f"{v.n_features} features")
+        if v.kinds is not None:
+            return _typed_csv(reader, header, order, v)
         rows: list[list[float]] = []
         for line in reader:
             if not line:
@@ -213,6 +234,44 @@ def csv_rows(raw: bytes, v: Validator, info: ModelInfo) -> np.ndarray:
     arr = np.array(rows, dtype=np.float64)
     v.check_finite(arr, "CSV")
     return arr if order is None else np.ascontiguousarray(arr[:, order])
+
+
+def _typed_cell(text: str, kind: str) -> Any:
+    """A CSV cell as the value a column of ``kind`` takes (empty: missing)."""
+    if not text.strip():
+        return None
+    if kind == BOOL:
+        low = text.strip().lower()
+        return True if low in ("true", "1") else False if low in ("false", "0") else text
+    if kind == STRING:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a number column: refused by the validator, naming the cell
+
+
+def _typed_csv(reader: Any, header: list[str], order: list[int] | None, v: Validator
+               ) -> np.ndarray:
+    """The rows of a CSV body for a model of typed columns (:mod:`.typed`)."""
+    assert v.kinds is not None
+    width = len(header)
+    at = order if order is not None else list(range(width))
+    kinds = v.kinds
+    rows: list[list[Any]] = []
+    for line in reader:
+        if not line:
+            continue
+        n = len(rows) + 1
+        if n > v.max_rows:
+            raise BadRequest(f"the CSV body has more than {v.max_rows} rows; the maximum "
+                             f"is {v.max_rows}")
+        if len(line) != width:
+            raise BadRequest(f"CSV row {n} has {len(line)} values for {width} columns")
+        rows.append([_typed_cell(line[i], kinds[j]) for j, i in enumerate(at)])
+    if not rows:
+        raise BadRequest("the CSV body has a header but no rows")
+    return v.rows(rows, "CSV")
 
 
 def _is_float(cell: str) -> bool:

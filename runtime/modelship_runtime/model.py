@@ -47,6 +47,12 @@ class ModelInfo:
     """Names requests may give the features by, in the order the model takes them: the
     MLmodel signature's input columns, or the estimator's ``feature_names_in_`` when it
     was fitted with names (see :func:`modelship_runtime.signature.choose_columns`)."""
+    input_kinds: list[str] | None = None
+    """The kind of value each input column takes (``number``, ``string``, ``bool``,
+    ``any``) when not all are numbers; None: a float64 matrix (:mod:`.typed`)."""
+    multi_output: bool = False
+    """A classifier of several outputs (MultiOutputClassifier): rows of labels, no
+    probabilities."""
     predict_fn: str = "predict"
     """The MLmodel pyfunc ``predict_fn``: what ``/invocations`` answers by default."""
     extra: dict[str, Any] = field(default_factory=dict)

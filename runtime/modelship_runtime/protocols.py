@@ -25,6 +25,7 @@ import orjson
 from .dataplane import Validator, _type_name
 from .errors import BadRequest, ModelshipError, NotJSON, UnsupportedMediaType
 from .model import ModelInfo, Prediction
+from .typed import V2_DATATYPE, columns_to_rows, tensor_columns
 
 V2_SUPPORTED = {"FP32": "f", "FP64": "f", "INT32": "i", "INT64": "i"}
 V2_KNOWN = {
@@ -78,9 +79,17 @@ METHODS = ("predict", "predict_proba")
 
 
 def no_proba(info: ModelInfo, where: str) -> BadRequest:
-    """The 400 for probabilities asked of a model without them (a regressor)."""
+    """The 400 for probabilities asked of a model without them (a regressor, a clusterer,
+    a classifier fitted without them, a multi-output classifier)."""
+    if info.multi_output:
+        why = "the probabilities of a multi-output classifier are not served"
+    elif info.classes is not None:
+        why = ("this classifier has none (an SVC has them when fitted with "
+               "probability=True)")
+    else:
+        why = "probabilities exist for classifiers only"
     return BadRequest(f"{where}: model {info.name} ({info.estimator or 'estimator'}) has no "
-                      "predict_proba: probabilities exist for classifiers only")
+                      f"predict_proba: {why}")
 
 
 def wants_proba(params: object, where: str, info: ModelInfo, default: bool = False) -> bool:
@@ -123,9 +132,12 @@ def named_rows(records: list[Any], info: ModelInfo, where: str) -> list[list[Any
         if len(record) != len(columns) or not known.issuperset(record):
             raise unknown_or_missing(list(record), columns, f"{where}[{r}]")
         row = [record[c] for c in columns]
-        for c, x in zip(columns, row, strict=True):
-            if type(x) is not float and type(x) is not int:
-                raise BadRequest(f"{where}[{r}][{c!r}] must be a number, got {_type_name(x)}")
+        if info.input_kinds is None:  # typed values are checked by the validator
+            for c, x in zip(columns, row, strict=True):
+                if type(x) is not float and type(x) is not int and not (
+                        x is None and info.allow_nan):
+                    raise BadRequest(f"{where}[{r}][{c!r}] must be a number, got "
+                                     f"{_type_name(x)}")
         out.append(row)
     return out
 
@@ -197,9 +209,10 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
     inputs = obj.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('missing field: "inputs" must be a non-empty array of tensors')
-    if len(inputs) != 1:
-        raise BadRequest(f"expected one input tensor of shape [rows, features], got {len(inputs)}")
     t = inputs[0]
+    if len(inputs) != 1 or v.kinds is not None or (
+            isinstance(t, dict) and t.get("datatype") in TYPED_DATATYPES):
+        return v2_typed_rows(inputs, v, info), _checked_outputs(obj, info)
     if not isinstance(t, dict):
         raise BadRequest(f"inputs[0] must be an object, got {_type_name(t)}")
     for key in ("name", "shape", "datatype", "data"):
@@ -233,7 +246,7 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
             bound = _INT_BOUNDS[datatype]
             if not -bound <= x < bound:
                 raise BadRequest(f"inputs[0].data[{i}] does not fit in {datatype}")
-        elif tx is not float and tx is not int:
+        elif tx is not float and tx is not int and not (x is None and v.allow_nan):
             raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; {datatype} needs numbers")
     n_rows, width = v.tensor_shape(shape, "inputs[0]")
     try:
@@ -243,6 +256,11 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
     if datatype == "FP32":
         rows = rows.astype(np.float32).astype(np.float64)
     v.check_finite(rows, "inputs[0].data")
+    return rows, _checked_outputs(obj, info)
+
+
+def _checked_outputs(obj: dict[str, Any], info: ModelInfo) -> dict[str, Any]:
+    """The request, once its ``outputs`` are checked."""
     wanted = obj.get("outputs")
     if wanted is not None:
         if not isinstance(wanted, list) or not all(
@@ -259,7 +277,107 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
                                  "ask for each output once")
             if o["name"] == "predict_proba" and not info.has_proba:
                 raise no_proba(info, "outputs predict_proba")
-    return rows, obj
+    return obj
+
+
+TYPED_DATATYPES = ("BYTES", "BOOL")
+"""V2 datatypes of non-numeric columns (typed models, :mod:`.typed`)."""
+
+
+def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
+    """The checked elements of one input tensor of ``datatype`` (JSON values, or decoded
+    from bytes): strings for BYTES, booleans for BOOL, numbers (null: missing) else."""
+    if datatype == "BYTES":
+        for i, x in enumerate(flat):
+            if type(x) is not str:
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BYTES needs strings")
+        return flat
+    if datatype == "BOOL":
+        for i, x in enumerate(flat):
+            if type(x) is not bool:
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BOOL needs true or false")
+        return flat
+    kind = V2_SUPPORTED[datatype]
+    for i, x in enumerate(flat):
+        tx = type(x)
+        if x is None:
+            continue  # a missing value: refused by the validator unless the model takes NaN
+        if kind == "i":
+            if tx is not int:
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs integers")
+        elif tx is not float and tx is not int:
+            raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs numbers")
+    if datatype == "FP32":
+        return [None if x is None else float(np.float32(x)) for x in flat]
+    return flat
+
+
+def check_input_datatype(datatype: object, where: str, v: Validator) -> str:
+    """``datatype`` of an input tensor of a request going by columns."""
+    if not isinstance(datatype, str) or datatype not in V2_KNOWN:
+        raise BadRequest(f"{where}.datatype {datatype!r} is not a V2 datatype")
+    if datatype in TYPED_DATATYPES and v.kinds is None:
+        raise BadRequest(f"{where}.datatype {datatype}: this model takes numbers only; use "
+                         "FP32, FP64, INT32 or INT64")
+    if datatype not in V2_SUPPORTED and datatype not in TYPED_DATATYPES:
+        raise BadRequest(f"{where}.datatype {datatype} is not supported; use FP32, FP64, "
+                         "INT32, INT64, BYTES (strings) or BOOL")
+    return datatype
+
+
+def tensors_to_rows(tensors: list[tuple[str, list[int], str, list[Any]]], v: Validator,
+                    info: ModelInfo) -> np.ndarray:
+    """Rows from V2 input tensors given by column (name, shape, datatype, checked flat
+    values): several tensors of one column each (named as the model's inputs, or in its
+    order), or one of [rows, columns]; each column of the kind the model takes."""
+    columns: list[tuple[str | None, list[Any]]] = []
+    for i, (name, shape, _, flat) in enumerate(tensors):
+        columns.extend(tensor_columns(name, shape, flat, f"inputs[{i}]"))
+    if not columns:
+        raise BadRequest("inputs is empty: send at least one row")
+    rows = columns_to_rows(columns, info.input_columns, "inputs")
+    return v.rows(rows, "inputs (as rows)")
+
+
+def v2_typed_rows(inputs: list[Any], v: Validator, info: ModelInfo) -> np.ndarray:
+    """Rows of a V2 JSON request going by columns (:func:`tensors_to_rows`)."""
+    if len(inputs) > max(v.max_columns, 1):
+        raise BadRequest(f"{len(inputs)} input tensors; the maximum is {v.max_columns}")
+    tensors: list[tuple[str, list[int], str, list[Any]]] = []
+    for i, t in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(t, dict):
+            raise BadRequest(f"{where} must be an object, got {_type_name(t)}")
+        for key in ("name", "shape", "datatype", "data"):
+            if key not in t:
+                raise BadRequest(f"missing field: {where}.{key}")
+        name, shape, data = t["name"], t["shape"], t["data"]
+        if not isinstance(name, str):
+            raise BadRequest(f"{where}.name must be a string")
+        datatype = check_input_datatype(t["datatype"], where, v)
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+                or any(type(d) is not int or d < 0 for d in shape)):
+            raise BadRequest(f"{where}.shape must be [rows] or [rows, columns] with "
+                             "non-negative integers")
+        if not isinstance(data, list):
+            raise BadRequest(f"{where}.data must be an array, got {_type_name(data)}")
+        flat = _flatten(data)
+        need = math.prod(shape)
+        if len(flat) != need:
+            raise BadRequest(f"{where}.shape {shape} needs {need} elements; data has "
+                             f"{len(flat)}")
+        tensors.append((name, shape, datatype,
+                        tensor_values(flat, datatype, f"{where}.data")))
+    return tensors_to_rows(tensors, v, info)
+
+
+def flat_labels(labels: list[Any]) -> tuple[list[Any], list[int]]:
+    """Labels (or values) row-major, and their V2 shape: ``[rows]``, or ``[rows, outputs]``
+    for a multi-output model."""
+    n = len(labels)
+    if n and isinstance(labels[0], list):
+        return [x for row in labels for x in row], [n, len(labels[0])]
+    return labels, [n]
 
 
 def v2_response(pred: Prediction, info: ModelInfo, request: dict[str, Any]) -> bytes:
@@ -270,10 +388,10 @@ def v2_response(pred: Prediction, info: ModelInfo, request: dict[str, Any]) -> b
     outputs: list[dict[str, Any]] = []
     for name in names:
         if name == "predict":
-            labels = pred.labels
+            labels, shape = flat_labels(pred.labels)
             if info.label_datatype == "BYTES":
                 labels = [str(x) for x in labels]
-            outputs.append({"name": "predict", "shape": [n], "datatype": info.label_datatype,
+            outputs.append({"name": "predict", "shape": shape, "datatype": info.label_datatype,
                             "data": labels})
         elif pred.probabilities is not None:
             k = len(pred.probabilities[0]) if n else 0
@@ -321,6 +439,15 @@ def not_json(exc: NotJSON, content_type: bytes | None, url: str,
                                 f"({exc.message}); {hint}")
 
 
+def _input_metadata(info: ModelInfo, width: int) -> list[dict[str, Any]]:
+    kinds = info.input_kinds
+    if kinds is None:
+        return [{"name": "input-0", "datatype": "FP64", "shape": [-1, width]}]
+    names = info.input_columns or [f"input-{i}" for i in range(len(kinds))]
+    return [{"name": n, "datatype": V2_DATATYPE[k], "shape": [-1, 1]}
+            for n, k in zip(names, kinds, strict=True)]
+
+
 def v2_model_metadata(info: ModelInfo) -> dict[str, Any]:
     """V2 model metadata: name, versions, platform, input and output tensors."""
     width = info.n_features if info.n_features is not None else -1
@@ -334,7 +461,7 @@ def v2_model_metadata(info: ModelInfo) -> dict[str, Any]:
         "name": info.name,
         "versions": [info.version],
         "platform": f"{info.flavor}",
-        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, width]}],
+        "inputs": _input_metadata(info, width),
         "outputs": outputs,
     }
     params: dict[str, Any] = {"estimator": info.estimator}
@@ -376,8 +503,10 @@ V2_BODY = {
             "properties": {
                 "name": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer"}},
-                "datatype": {"type": "string", "enum": sorted(V2_SUPPORTED)},
-                "data": {"type": "array", "items": {"type": "number"}},
+                "datatype": {"type": "string",
+                             "enum": sorted([*V2_SUPPORTED, *TYPED_DATATYPES])},
+                "data": {"type": "array", "items": {
+                    "type": ["number", "string", "boolean", "null"]}},
             },
         }},
         "outputs": {"type": "array", "items": {

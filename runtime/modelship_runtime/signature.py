@@ -34,6 +34,9 @@ class MLmodelInputs:
 
     columns: list[str] | None
     predict_fn: str
+    types: list[str] | None = None
+    """The MLflow type of each input column (``double``, ``long``, ``string``, ...) of a
+    column-based signature, named or not; None for a tensor-based one or none."""
 
 
 def signature_columns(inputs: object) -> list[str] | None:
@@ -59,6 +62,26 @@ def signature_columns(inputs: object) -> list[str] | None:
     return names
 
 
+def signature_types(inputs: object) -> list[str] | None:
+    """The MLflow type of each column of an MLmodel ``signature.inputs`` value (a JSON
+    string or a list of column specs), named or not; None when it is absent or
+    tensor-based."""
+    if isinstance(inputs, str):
+        try:
+            inputs = json.loads(inputs)
+        except ValueError:
+            return None
+    if not isinstance(inputs, list) or not inputs:
+        return None
+    types: list[str] = []
+    for spec in inputs:
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind == "tensor":
+            return None
+        types.append(kind)
+    return types
+
+
 def read_inputs(model_dir: Path) -> MLmodelInputs:
     """The signature's input columns and the pyfunc ``predict_fn`` of a model directory
     (no MLmodel, or one that cannot be read: no columns and ``predict``)."""
@@ -75,10 +98,13 @@ def read_inputs(model_dir: Path) -> MLmodelInputs:
     if not isinstance(spec, dict):
         return MLmodelInputs(None, "predict")
     signature = spec.get("signature")
-    columns = signature_columns(signature.get("inputs")) if isinstance(signature, dict) else None
-    pyfunc = (spec.get("flavors") or {}).get("python_function")
+    raw = signature.get("inputs") if isinstance(signature, dict) else None
+    flavors = spec.get("flavors")
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
     predict_fn = pyfunc.get("predict_fn") if isinstance(pyfunc, dict) else None
-    return MLmodelInputs(columns, predict_fn if isinstance(predict_fn, str) else "predict")
+    return MLmodelInputs(signature_columns(raw),
+                         predict_fn if isinstance(predict_fn, str) else "predict",
+                         signature_types(raw))
 
 
 def choose_columns(signature: list[str] | None, fitted: list[str] | None,

@@ -37,10 +37,11 @@ from typing import Any, BinaryIO
 import numpy as np
 import yaml
 
-from .errors import ModelLoadError, UntrustedArtifact
+from .errors import BadRequest, ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
 from .signature import choose_columns, read_inputs
 from .trust import check_tree, inside, split_types
+from .typed import by_position, estimator_input, input_kinds, takes_text
 
 logger = logging.getLogger(__name__)
 
@@ -241,9 +242,16 @@ def _allow_nan(estimator: Any) -> bool:
         return False
 
 
-def _label_datatype(classes: np.ndarray | None) -> str:
+def _label_datatype(classes: np.ndarray | None, estimator: Any = None) -> str:
     if classes is None:
-        return "FP64"
+        try:
+            from sklearn.utils import get_tags
+
+            kind = get_tags(estimator).estimator_type
+        except Exception:  # old or third-party estimators without tags
+            kind = None
+        # cluster indices and outlier flags (-1/1) are integers
+        return "INT64" if kind in ("clusterer", "outlier_detector") else "FP64"
     kind = classes.dtype.kind
     return {"b": "BOOL", "i": "INT64", "u": "INT64", "f": "FP64"}.get(kind, "BYTES")
 
@@ -261,6 +269,7 @@ class SKLearnModel(Model):
         self._proba_decides = False
         self._classes: np.ndarray | None = None
         self._forest: tuple[list[Any], int] | None = None
+        self._text = False
 
     def load_sync(self) -> None:
         """Deserialize the estimator and read what validation and metadata need."""
@@ -282,7 +291,13 @@ class SKLearnModel(Model):
                 raise type(exc)(f"{exc.message} (the model was saved with scikit-learn "
                                      f"{saved}; this runtime has {have})") from exc
             raise
-        self.use(estimator, fmt)
+        try:
+            self.use(estimator, fmt)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # an estimator of a shape this runtime does not know
+            raise ModelLoadError(f"cannot serve {type(estimator).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from exc
         self.info.artifact_sha256 = digest
         if self.info.run_id is None and self.model_dir.is_dir():
             try:
@@ -300,6 +315,8 @@ class SKLearnModel(Model):
             self.info.input_columns = columns
             if problem is not None:
                 logger.warning(f"model {self.name}: {problem}")
+            self.info.input_kinds = input_kinds(self.estimator, inputs.types,
+                                                self.info.n_features)
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""
@@ -309,17 +326,35 @@ class SKLearnModel(Model):
         info = self.info
         info.estimator = type(estimator).__name__
         info.extra["serialization_format"] = fmt
-        n = getattr(estimator, "n_features_in_", None)
-        info.n_features = int(n) if n is not None else None
+        try:
+            info.extra["by_position"] = by_position(estimator)
+        except (KeyError, TypeError, ValueError) as exc:  # served as it is
+            logger.warning(f"model {self.name}: its column transformer selects columns "
+                           f"this runtime cannot place ({exc!r}); rows go to it unchanged")
+        self._text = takes_text(estimator)
+        try:
+            n = getattr(estimator, "n_features_in_", None)
+        except AttributeError:  # a pipeline whose first step does not count its inputs
+            n = None
+        info.n_features = int(n) if n is not None else (1 if self._text else None)
         names = getattr(estimator, "feature_names_in_", None)
         info.feature_names = [str(x) for x in names] if names is not None else None
         info.input_columns = info.feature_names
+        info.input_kinds = input_kinds(estimator, None, info.n_features)
         classes = getattr(estimator, "classes_", None)
+        info.multi_output = isinstance(classes, list) or (
+            classes is not None and np.ndim(classes[0]) > 0)
+        if info.multi_output:  # MultiOutputClassifier: one array of classes per output
+            assert classes is not None
+            numeric = all(np.asarray(c).dtype.kind in "biuf" for c in classes)
+            classes = None
         self._classes = np.asarray(classes) if classes is not None else None
         info.classes = self._classes.tolist() if self._classes is not None else None
         info.has_proba = hasattr(estimator, "predict_proba") and self._classes is not None
         info.allow_nan = _allow_nan(estimator)
-        info.label_datatype = _label_datatype(self._classes)
+        info.label_datatype = _label_datatype(self._classes, estimator)
+        if info.multi_output:
+            info.label_datatype = "INT64" if numeric else "BYTES"
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
         self._proba_decides = info.has_proba and type(final).__name__ in _PROBA_DECIDES
         self._forest = None
@@ -353,9 +388,17 @@ class SKLearnModel(Model):
     def predict(self, rows: np.ndarray) -> Prediction:
         """Labels and (for classifiers) probabilities of validated float64 rows. An overflow
         inside the estimator is not a warning per request: its non-finite answer is
-        refused by the dataplane (OutputNotFinite)."""
+        refused by the dataplane (OutputNotFinite). Typed rows (an object matrix, see
+        :mod:`.typed`) that the estimator refuses (an unknown category, a value of the
+        wrong type) are a BadRequest with its message."""
         with np.errstate(all="ignore"):
-            return self._predict(rows)
+            if rows.dtype != object:
+                return self._predict(rows)
+            try:
+                return self._predict(estimator_input(rows, self._text))
+            except (ValueError, TypeError) as exc:
+                raise BadRequest("the model cannot take these values: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
 
     def _predict(self, rows: np.ndarray) -> Prediction:
         est = self.estimator

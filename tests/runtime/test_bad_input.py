@@ -71,7 +71,7 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("v2-int32-overflow", V2, v2([1, 8], "INT32", [2**40] + [1] * 7), 400,
      "does not fit in INT32"),
     ("v2-unsupported-datatype", V2, v2([1, 8], "BYTES", ["a"] * 8), 400,
-     "BYTES is not supported"),
+     "BYTES: this model takes numbers only"),
     ("v2-unknown-datatype", V2, v2([1, 8], "FLOAT", GOOD), 400, "is not a V2 datatype"),
     ("v2-string-in-fp", V2, v2([1, 8], "FP64", ["x", *GOOD[1:]]), 400, "FP64 needs numbers"),
     ("v2-nan", V2, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP64",'

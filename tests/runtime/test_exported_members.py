@@ -24,7 +24,8 @@ def test_exported_names() -> None:
         "model", "protocols", "pull",
         "settings",
         "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature", "auth",
-        "ratelimit", "redact", "trust", "bounds", "guard", "mlflow_rest", "skops_import"}
+        "ratelimit", "redact", "trust", "bounds", "guard", "mlflow_rest", "skops_import",
+        "typed"}
 
 
 def test_exports_are_defined_in_the_package() -> None:

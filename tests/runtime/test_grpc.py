@@ -268,13 +268,14 @@ def _unknown_output() -> Any:
 
 BAD = {
     "features": (lambda: _request(shape=(1, 5)), "5 features; the model takes 8"),
-    "datatype": (lambda: _request(datatype="BYTES", raw=b""), "BYTES is not supported"),
+    "datatype": (lambda: _request(datatype="BYTES", raw=b""),
+                 "BYTES: this model takes numbers only"),
     "unknown datatype": (lambda: _request(datatype="FP128", raw=b""), "not a V2 datatype"),
     "short raw": (lambda: _request(raw=b"\0" * 12), "raw_input_contents[0] has 12 bytes"),
     "long raw": (lambda: _request(raw=b"\0" * 72), "needs 64"),
     "typed count": (_typed_short, "fp32_contents has 8 values"),
     "NaN": (_nan, "NaN"),
-    "inputs": (_two_inputs, "expected one input tensor"),
+    "inputs": (_two_inputs, "raw_input_contents has 1 entries for 2 inputs"),
     "rank": (lambda: _request(shape=(1, 2, 4)), "shape must be [features] or [rows"),
     "empty": (lambda: _request(shape=(0, N_FEATURES)), "is empty"),
     "output": (_unknown_output, "'logits' is not an output"),
