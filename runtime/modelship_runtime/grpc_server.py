@@ -260,9 +260,8 @@ class InferenceServicer:
                 rows: np.ndarray, prediction: Prediction) -> None:
         """Hand the call to the shadow sender, once its answer is written, as the Open
         Inference Protocol's binary HTTP request of the same rows (the canary's V2 route
-        compares it like any mirrored request); the client's credentials go with it."""
-        if rows.dtype != np.float64:
-            return  # only numeric rows are carried
+        compares it like any mirrored request); the client's credentials go with it.
+        Rows of typed columns (strings, booleans) have no such tensor: skipped."""
         rid = _request_id(call.headers, request.id)
         if rid is None:
             self._counter += 1
@@ -274,6 +273,9 @@ class InferenceServicer:
         outgoing = mirror.choose("POST", f"/v2/models/{self.plane.model.info.name}/infer",
                                  rid, headers)
         if outgoing is None:
+            return
+        if self.plane.validator.kinds is not None or rows.dtype != np.float64:
+            mirror.sender.skipped += 1
             return
         outgoing.chunks = [head, rows.tobytes()]
         outgoing.observe(prediction)
