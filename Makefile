@@ -34,10 +34,23 @@ $(CHECKOV):
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
 
-## setup: create .venv with every Python package the tests need, plus system packages
-setup: system-deps $(STAMP) $(CHECKOV)
+# Node's gRPC client of the gRPC interop test (tests/runtime/test_grpc_interop.py)
+GRPCJS := tests/runtime/grpcjs
+GRPCJS_STAMP := $(GRPCJS)/node_modules/.installed
 
-## system-deps: redis-server, prometheus, wrk and h2load from Debian when missing (root only)
+$(GRPCJS_STAMP): $(GRPCJS)/package.json $(GRPCJS)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix $(GRPCJS) --silent --no-audit --no-fund && touch $(GRPCJS_STAMP); \
+	else \
+	  echo "npm missing: the grpc-js interop test will skip (make setup as root installs it)"; \
+	fi
+
+## setup: create .venv with every Python package the tests need, plus system packages
+## (and the npm packages of the grpc-js test)
+setup: system-deps $(STAMP) $(CHECKOV) $(GRPCJS_STAMP)
+
+## system-deps: redis-server, prometheus, wrk, h2load, nodejs and npm from Debian when
+## missing (root only)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -45,6 +58,8 @@ system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -59,7 +59,7 @@ RUNTIME = Path(sys.executable).parent / "modelship-runtime"
 SCENARIOS: dict[str, tuple[int, int, float | None]] = {
     "single-c1": (1, 1, None), "single-c8": (1, 8, None), "batch10-c8": (10, 8, None),
     "rate50-c8": (1, 8, 0.5)}
-OUTCOMES = ("sent", "dropped", "failed", "skipped")
+OUTCOMES = ("sent", "dropped", "failed", "skipped", "shed")
 FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
 SIDES = ("off", "off2", "on")
 
@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--fraction", type=float, default=1.0,
                    help="MODELSHIP_SHADOW_FRACTION of the `on` server (share mirrored)")
+    p.add_argument("--when-busy", choices=("shed", "mirror"), default="shed",
+                   help="MODELSHIP_SHADOW_WHEN_BUSY of the `on` server: shed the copies "
+                        "of requests that arrive while others are served (the default), "
+                        "or mirror them anyway")
     p.add_argument("--sender-cpus", default="",
                    help="move the `on` server's sender process to these cores (default: "
                         "it stays with its server on core 0, as in a pod)")
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(off2)
         on, on_url = start("on", model.mlflow_dir, workdir, first, "0",
                            MODELSHIP_MODEL_VERSION="1", MODELSHIP_SHADOW_URL=canary_url,
-                           MODELSHIP_SHADOW_FRACTION=str(args.fraction))
+                           MODELSHIP_SHADOW_FRACTION=str(args.fraction),
+                           MODELSHIP_SHADOW_WHEN_BUSY=args.when_busy)
         servers.append(on)
         urls = {"off": off_url, "off2": off2_url, "on": on_url}
         pids = {"off": off.pid, "off2": off2.pid, "on": on.pid}
@@ -270,16 +275,20 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 lua, body_file = bodies[scenario]
                 wait_drained(on_url)
-                before = mirrored(on_url)["sent"]
+                before = mirrored(on_url)
                 t0 = time.monotonic()
                 measure(on_url, lua, body_file, SCENARIOS[scenario][1], args.warmup,
                         rates.get(scenario), workdir / f"probe-{scenario}.h2log")
                 wait_drained(on_url)
-                replay_rates[scenario] = (mirrored(on_url)["sent"] - before) / (
+                after = mirrored(on_url)
+                replay_rates[scenario] = (after["sent"] - before["sent"]) / (
                     time.monotonic() - t0)
-                if not replay_rates[scenario]:  # nothing to replay: the runs would differ
-                    raise RuntimeError(f"probe {scenario}: the on stable mirrored nothing")
-                log(f"probe {scenario}: `on` mirrored {replay_rates[scenario]:.0f}/s")
+                shed = after["shed"] - before["shed"]
+                if not replay_rates[scenario] and not shed:  # nothing chosen: a broken setup
+                    raise RuntimeError(f"probe {scenario}: the on stable mirrored nothing "
+                                       "and shed nothing")
+                log(f"probe {scenario}: `on` mirrored {replay_rates[scenario]:.0f}/s, "
+                    f"shed {shed:.0f}")
         for rnd in range(args.rounds):
             for s_i, scenario in enumerate(scenarios):
                 n_rows, conns, _ = SCENARIOS[scenario]
@@ -405,7 +414,8 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
            load: float) -> str:
     lines = [
         f"shadow on (fraction {args.fraction:g}) vs off, beside off2 vs off (A/A), model "
-        f"{args.model}, {args.rounds} rounds x {args.duration} s (load average "
+        f"{args.model}, when busy: {args.when_busy}, {args.rounds} rounds x {args.duration} s "
+        "(load average "
         f"{load0:.1f} at the start, {load:.1f} at the end); sender "
         f"{'on cores ' + args.sender_cpus if args.sender_cpus else 'on the stable core'}, "
         f"canary ({args.canary}) at {args.canary_priority} priority on the load core, "
@@ -418,7 +428,7 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
         "| scenario | off req/s | req/s on/off | req/s A/A | off p50 ms | p50 on/off "
         "| p50 A/A | off p99 ms | on p99 ms | p99 on/off | p99 A/A | p99 unchanged "
         "| off CPU us/req | CPU on/off | CPU A/A | sender CPU us/sent "
-        "| sent / requests (dropped, failed) | errors |",
+        "| sent / requests (dropped, failed, shed) | errors |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|---|--:|",
     ]
 
@@ -439,7 +449,7 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
             f"| {s['off']['cpu_us_per_request']:.0f} | {r(s, 'cpu_us_per_request', 'ratio')} "
             f"| {r(s, 'cpu_us_per_request', 'aa_ratio')} | {s['sender_cpu_us_per_sent']:.0f} "
             f"| {m['sent']:.0f} / {s['on_requests']} ({s['sent_share']:.0%}; "
-            f"{m['dropped']:.0f}, {m['failed']:.0f}) | {s['non_2xx']} |")
+            f"{m['dropped']:.0f}, {m['failed']:.0f}, {m['shed']:.0f}) | {s['non_2xx']} |")
     return "\n".join(lines) + "\n"
 
 

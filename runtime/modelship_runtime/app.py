@@ -451,7 +451,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
 
     def make_mirror(url: str, fraction: float) -> Mirror:
         return Mirror(url, sender, fraction=fraction,
-                      max_header=settings.shadow_max_prediction_bytes)
+                      max_header=settings.shadow_max_prediction_bytes,
+                      busy=plane.busy if settings.shadow_when_busy == "shed" else None)
 
     mirror = MirrorSwitch(make_mirror, model.version)
     if settings.shadow_url and settings.shadow_fraction > 0:

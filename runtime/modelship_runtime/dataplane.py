@@ -241,9 +241,14 @@ class Batcher:
         self.call_cost = 0.0
         """Moving average of one predict call's duration, in seconds."""
         self._inflight = 0
+        self._direct = 0  # predictions outside the batcher (too large, or batching off)
         self._peak = 0
         self._last_peak = 0
         self._window_end = 0.0
+
+    def busy(self) -> bool:
+        """Whether requests are being read or predicted."""
+        return self._running or self.arriving > 0 or self._inflight > 0 or self._direct > 0
 
     def expected(self) -> int:
         """Requests expected per batch: the most in flight at once in the last 1-2 s."""
@@ -268,7 +273,11 @@ class Batcher:
         """Predictions for ``rows`` and the duration of the estimator call that made them."""
         loop = asyncio.get_running_loop()
         if not self.enabled or rows.shape[0] >= self.max_rows:
-            return await loop.run_in_executor(self._executor, self._timed, rows)
+            self._direct += 1
+            try:
+                return await loop.run_in_executor(self._executor, self._timed, rows)
+            finally:
+                self._direct -= 1
         if not self._running and not self._pending and not self._should_wait():
             return await self._alone(loop, rows)
         fut: asyncio.Future[tuple[Prediction, float]] = loop.create_future()
@@ -434,6 +443,11 @@ class DataPlane:
         v = self.validator
         precheck(raw, v.max_rows, v.n_features or v.max_columns)
         return read(raw, *args)
+
+    def busy(self) -> bool:
+        """Whether prediction requests are being read or predicted (the shadow mirror
+        sheds copies meanwhile)."""
+        return self.batcher.busy()
 
     def check_ready(self) -> None:
         """Raise ModelNotReady (503) until the model is loaded."""

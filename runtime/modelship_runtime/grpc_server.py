@@ -185,7 +185,7 @@ class InferenceServicer:
             code = _CODE_OF.get(exc.status_code, INTERNAL)
             raise GrpcError(code, exc.message) from None
         except asyncio.CancelledError:
-            code = CANCELLED
+            code = DEADLINE_EXCEEDED if call.expired else CANCELLED
             raise
         except Exception:
             logger.exception("unexpected error")
@@ -260,9 +260,8 @@ class InferenceServicer:
                 rows: np.ndarray, prediction: Prediction) -> None:
         """Hand the call to the shadow sender, once its answer is written, as the Open
         Inference Protocol's binary HTTP request of the same rows (the canary's V2 route
-        compares it like any mirrored request); the client's credentials go with it."""
-        if rows.dtype != np.float64:
-            return  # only numeric rows are carried
+        compares it like any mirrored request); the client's credentials go with it.
+        Rows of typed columns (strings, booleans) have no such tensor: skipped."""
         rid = _request_id(call.headers, request.id)
         if rid is None:
             self._counter += 1
@@ -274,6 +273,9 @@ class InferenceServicer:
         outgoing = mirror.choose("POST", f"/v2/models/{self.plane.model.info.name}/infer",
                                  rid, headers)
         if outgoing is None:
+            return
+        if self.plane.validator.kinds is not None or rows.dtype != np.float64:
+            mirror.sender.skipped += 1
             return
         outgoing.chunks = [head, rows.tobytes()]
         outgoing.observe(prediction)
@@ -409,7 +411,8 @@ class GrpcServer:
     async def start(self) -> None:
         """Listen on ``settings.grpc_port``; RuntimeError when the port cannot be bound."""
         s = self.settings
-        server = GrpcWireServer(self.servicer.handle, s.max_body_bytes)
+        server = GrpcWireServer(self.servicer.handle, s.max_body_bytes,
+                                max_connections=s.max_connections)
         where = address(s.host, s.grpc_port)
         try:
             await server.start(s.host, s.grpc_port)

@@ -12,13 +12,20 @@ What it implements is what unary calls need (RFC 9113, the gRPC HTTP/2 protocol)
 the connection preface and SETTINGS, PING, WINDOW_UPDATE and flow control both ways,
 HEADERS with CONTINUATION (header blocks decoded by ``hpack``, the HTTP/2 project's HPACK
 codec), DATA (padding allowed), RST_STREAM (the call's task is cancelled), GOAWAY both
-ways; PRIORITY and unknown frames are ignored. A request is one length-prefixed message
-(identity, or gzip/deflate compressed); the answer is response headers, one message and
-``grpc-status`` trailers, or a trailers-only error. Answers are not compressed, and the
-client's deadline (``grpc-timeout``) is the client's to keep: when it passes, the client
-resets the stream, which cancels the call here.
+ways; PRIORITY (once checked) and unknown frames are ignored. A request is one
+length-prefixed message (identity, or gzip/deflate compressed); the answer is response
+headers, one message and ``grpc-status`` trailers, or a trailers-only error. Answers are
+not compressed. The
+client's deadline (``grpc-timeout``, any unit H M S m u n) is kept here too: when it passes
+the call's task is cancelled and the call answered DEADLINE_EXCEEDED (a malformed value is
+answered INTERNAL, as grpc-go does); a client that resets the stream cancels the call too.
 
-Limits: at most :data:`MAX_STREAMS` calls at once per connection (more are refused with
+Limits: at most ``max_connections`` connections (:data:`MAX_CONNECTIONS` unless given): a
+new one past it closes the connection idle the longest (no call open) with GOAWAY
+NO_ERROR, or, when every one is busy, is sent GOAWAY REFUSED_STREAM in place of the
+server's SETTINGS and closed (clients then fail its calls UNAVAILABLE at once and back
+off: grpcio, refused after SETTINGS, reconnected until the call's deadline); at most
+:data:`MAX_STREAMS` calls at once per connection (more are refused with
 REFUSED_STREAM, which clients retry), a request message of at most ``max_message`` bytes
 (RESOURCE_EXHAUSTED), request bytes held per connection and in all (RESOURCE_EXHAUSTED
 over :data:`CONNECTION_BUFFER_MESSAGES` / :data:`SERVER_BUFFER_MESSAGES` messages), a
@@ -26,9 +33,12 @@ header list of at most :data:`MAX_HEADER_LIST` bytes, a grpc-message of at most
 :data:`MAX_STATUS_MESSAGE`, :data:`CONTROL_PER_SECOND` control frames a second; a preface
 within :data:`HANDSHAKE_TIMEOUT`, a request's data within :data:`REQUEST_TIMEOUT`
 (DEADLINE_EXCEEDED), and an idle connection closed after :data:`IDLE_TIMEOUT`. A peer
-that breaks the protocol gets GOAWAY and the connection is closed. A peer that does not read
-what it is sent is not read from either, once the transport's write buffer is past its
-high-water mark, so its answers cannot pile up here.
+that breaks the protocol gets GOAWAY and the connection is closed (a stream's own error,
+such as a stream window grown past 2^31-1 or a PRIORITY frame of the wrong size, resets
+only that stream). After GOAWAY (a stop) a new stream is refused with RST_STREAM
+REFUSED_STREAM: it was not processed, and the client may retry it elsewhere. A peer
+that does not read what it is sent is not read from either, once the transport's write
+buffer is past its high-water mark, so its answers cannot pile up here.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -46,6 +57,11 @@ logger = logging.getLogger("modelship_runtime")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAMS = 128
+#: Open connections per server unless the server is given another cap.
+MAX_CONNECTIONS = 1024
+#: Streams closed here before their client ended them, remembered per connection so
+#: their late frames are told from a reused stream id (the oldest are forgotten first).
+MAX_UNENDED = 4 * MAX_STREAMS
 #: Request bytes held (calls whose message has not all arrived) per connection and in
 #: the whole server, at most ``max_message`` times these (and at least 16 and 64 MiB);
 #: a call whose data would go over is answered RESOURCE_EXHAUSTED.
@@ -125,6 +141,22 @@ def percent_encode(message: str) -> bytes:
     return out
 
 
+#: grpc-timeout's units in seconds
+_TIMEOUT_UNITS = {0x48: 3600.0, 0x4D: 60.0, 0x53: 1.0, 0x6D: 1e-3, 0x75: 1e-6, 0x6E: 1e-9}
+#: Deadlines further away than this (seconds; about 116 days) are not timed.
+_LONGEST_DEADLINE = 1e7
+
+
+def parse_timeout(value: bytes) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (1 to 8 ASCII digits and a unit: H M S m u n);
+    None when it is malformed."""
+    digits = value[:-1]
+    unit = _TIMEOUT_UNITS.get(value[-1]) if value else None
+    if unit is None or not 1 <= len(digits) <= 8 or not digits.isdigit():
+        return None
+    return int(digits) * unit
+
+
 # ":status: 200" (static table entry 8) and "content-type: application/grpc" (a literal
 # with the static table's name 31)
 RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + b"\x10application/grpc"
@@ -143,8 +175,8 @@ class GrpcError(Exception):
 class Call:
     """One call: what its request said, and whether it was cancelled."""
 
-    __slots__ = ("arrived", "body", "cancelled", "headers", "path", "send_window", "started",
-                 "stream_id", "task", "waiting")
+    __slots__ = ("arrived", "body", "cancelled", "expired", "headers", "path", "send_window",
+                 "started", "stream_id", "task", "timer", "waiting")
 
     def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
                  send_window: int) -> None:
@@ -161,6 +193,9 @@ class Call:
         self.task: asyncio.Task[None] | None = None  # while the handler runs
         self.waiting: bytes | None = None  # DATA payload still to send (flow control)
         self.arrived = 0.0  # the loop's time of its HEADERS
+        self.timer: asyncio.TimerHandle | None = None  # its grpc-timeout, while open
+        self.expired = False
+        """True once its deadline (grpc-timeout) passed here."""
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -212,13 +247,26 @@ class Connection(asyncio.Protocol):
         self.control = 0  # control frames in the current second
         self.control_second = 0
         self.opened = self.seen = 0.0  # the loop's times: connected, last frame received
+        # streams closed here whose client had not ended them: their late frames are
+        # dropped, where a HEADERS on any other stream id not above the last is an error
+        self.unended: dict[int, None] = {}
+        self.refused = False  # over the server's connection cap: only GOAWAY is sent
 
     # --- asyncio ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.server.connections.add(self)
         self.opened = self.seen = self.loop.time()
+        if not self.server.admit():
+            # over the cap with every connection busy: GOAWAY instead of the server's
+            # preface, so the client counts a failed connection (UNAVAILABLE, backoff)
+            # rather than one that went away (grpcio reconnects at once, again and again)
+            self.refused = True
+            transport.write(frame(
+                GOAWAY, 0, 0, struct.pack(">II", 0, REFUSED_STREAM) + b"too many connections"))
+            transport.close()
+            return
+        self.server.connections.add(self)
         # SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE (a whole message fits a
         # stream's window), MAX_HEADER_LIST_SIZE; then a connection window of the same
         settings = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, self.stream_window,
@@ -245,6 +293,8 @@ class Connection(asyncio.Protocol):
         self.server.changed()
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         buf = self.buf
         buf += data
         self.seen = self.loop.time()
@@ -272,9 +322,9 @@ class Connection(asyncio.Protocol):
                 self._frame(kind, flags, sid & 0x7FFFFFFF, payload)
             del buf[:pos]
         except _ProtocolError as exc:
-            self._go_away(exc.code, str(exc))
+            self.go_away(exc.code, str(exc))
         except hpack.HPACKError as exc:
-            self._go_away(COMPRESSION_ERROR, f"bad header block: {exc}")
+            self.go_away(COMPRESSION_ERROR, f"bad header block: {exc}")
 
     # --- frames in ---------------------------------------------------------------------
 
@@ -316,18 +366,27 @@ class Connection(asyncio.Protocol):
                 self._write(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             if not sid or len(payload) != 4:
-                raise _ProtocolError(PROTOCOL_ERROR, "bad RST_STREAM")
+                raise _ProtocolError(PROTOCOL_ERROR if not sid else FRAME_SIZE_ERROR,
+                                     "bad RST_STREAM")
+            if sid > self.last_stream:
+                raise _ProtocolError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            self.unended.pop(sid, None)
             call = self.calls.pop(sid, None)
             if call is not None:
                 self._cancel(call)
                 self._release(call)
                 self.server.changed()
+        elif kind == PRIORITY:  # advice this server does not follow; checked, then ignored
+            if not sid:
+                raise _ProtocolError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:  # a stream error (RFC 9113 6.3)
+                self._reset(sid, FRAME_SIZE_ERROR)
         elif kind == GOAWAY:
             self.going_away = True
             self._close_if_idle()
         elif kind == PUSH_PROMISE:
             raise _ProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        # PRIORITY and unknown frame types are ignored
+        # unknown frame types are ignored
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
@@ -377,14 +436,23 @@ class Connection(asyncio.Protocol):
             self._request_done(call)
             return
         if sid <= self.last_stream:
-            return  # the late frames of a stream answered early (or refused) are dropped
+            if sid in self.unended:  # the late trailers of a stream closed early here
+                if flags & END_STREAM:
+                    del self.unended[sid]
+                return
+            # a new stream must have an id above every one before (RFC 9113 5.1.1)
+            raise _ProtocolError(PROTOCOL_ERROR, f"stream id {sid} is not above the last "
+                                 f"one, {self.last_stream}")
         if not sid & 1:
             raise _ProtocolError(PROTOCOL_ERROR, f"even stream id {sid} from a client")
         self.last_stream = sid
         if self.going_away or len(self.calls) >= MAX_STREAMS:
             self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(REFUSED_STREAM)))
+            if not flags & END_STREAM:
+                self._unended(sid)
             return
         method = path = content_type = b""
+        timeout: bytes | None = None
         meta: list[tuple[bytes, bytes]] = []
         for k, v in headers:
             if k[:1] == b":":
@@ -395,6 +463,8 @@ class Connection(asyncio.Protocol):
             else:
                 if k == b"content-type":
                     content_type = v
+                elif k == b"grpc-timeout":
+                    timeout = v
                 meta.append((k, v))
         call = Call(sid, path.decode("latin-1"), meta, self.peer_window)
         call.arrived = self.seen
@@ -402,6 +472,15 @@ class Connection(asyncio.Protocol):
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             self._refuse_http(call, b"415" if method == b"POST" else b"405")
             return
+        if timeout is not None:
+            seconds = parse_timeout(timeout)
+            if seconds is None:
+                self._answer_early(call, INTERNAL, "malformed grpc-timeout "
+                                   f"{timeout.decode('latin-1')!r}: 1 to 8 digits and a "
+                                   "unit, one of H M S m u n", flags)
+                return
+            if seconds < _LONGEST_DEADLINE:
+                call.timer = self.loop.call_at(self.seen + seconds, self._expire, call)
         if flags & END_STREAM:
             self._request_done(call)
 
@@ -420,6 +499,8 @@ class Connection(asyncio.Protocol):
         if call is None or call.started:
             if sid > self.last_stream:
                 raise _ProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            if flags & END_STREAM:
+                self.unended.pop(sid, None)
             return  # a stream reset or refused here: its late frames are dropped
         payload = self._unpad(flags, payload)
         n = len(payload)
@@ -480,9 +561,18 @@ class Connection(asyncio.Protocol):
             if self.send_window > MAX_WINDOW:
                 raise _ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
         else:
+            if sid > self.last_stream:
+                raise _ProtocolError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
             call = self.calls.get(sid)
-            if call is not None:
-                call.send_window += inc
+            if call is None:
+                return  # a closed stream's
+            if not inc:  # stream errors (RFC 9113 6.9, 6.9.1)
+                self._reset(sid, PROTOCOL_ERROR)
+                return
+            call.send_window += inc
+            if call.send_window > MAX_WINDOW:
+                self._reset(sid, FLOW_CONTROL_ERROR)
+                return
         self._flush_blocked()
 
     # --- calls -------------------------------------------------------------------------
@@ -561,8 +651,47 @@ class Connection(asyncio.Protocol):
 
     def _cancel(self, call: Call) -> None:
         call.cancelled = True
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         if call.task is not None and not call.task.done():
             call.task.cancel()
+
+    def _expire(self, call: Call) -> None:
+        """The call's deadline passed: answered DEADLINE_EXCEEDED (or its stream reset,
+        when its answer is part-sent), and its task cancelled."""
+        call.timer = None
+        if self.calls.get(call.stream_id) is not call:
+            return
+        call.expired = True
+        self._release(call)
+        if call.waiting is not None:  # its response headers are out: no status can follow
+            call.waiting = None
+            self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(CANCEL)))
+            self._finished(call)
+        else:
+            self._answer_early(call, DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout "
+                               f"{(call.header(b'grpc-timeout') or b'').decode('latin-1')})")
+        self._cancel(call)
+
+    def _reset(self, sid: int, code: int) -> None:
+        """A stream error: RST_STREAM ``code``, and the stream's call, if open, cancelled."""
+        self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(code)))
+        call = self.calls.pop(sid, None)
+        if call is not None:
+            if not call.started:
+                self._unended(sid)
+            self._cancel(call)
+            self._release(call)
+            self.server.changed()
+            if self.going_away:
+                self._close_if_idle()
+
+    def _unended(self, sid: int) -> None:
+        unended = self.unended
+        unended[sid] = None
+        if len(unended) > MAX_UNENDED:
+            del unended[next(iter(unended))]
 
     # --- frames out --------------------------------------------------------------------
 
@@ -627,6 +756,15 @@ class Connection(asyncio.Protocol):
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id, block))
         self._finished(call)
 
+    def _answer_early(self, call: Call, code: int, message: str, flags: int = 0) -> None:
+        """A trailers-only answer before the request has all arrived (unless ``flags``,
+        its HEADERS', end the stream): then RST_STREAM NO_ERROR too, as the gRPC protocol
+        asks, so the client stops sending."""
+        ended = call.started or bool(flags & END_STREAM)
+        self._answer_error(call, code, message)
+        if not ended:
+            self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(NO_ERROR)))
+
     def _refuse_http(self, call: Call, status: bytes) -> None:
         """Not a gRPC request: a plain HTTP status, as the gRPC protocol asks."""
         block = (literal(b":status", status) + literal(b"grpc-status", str(INTERNAL).encode())
@@ -637,13 +775,19 @@ class Connection(asyncio.Protocol):
 
     def _finished(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        if not call.started:
+            self._unended(call.stream_id)
         self.server.changed()
         if self.going_away:
             self._close_if_idle()
 
     # --- the end -----------------------------------------------------------------------
 
-    def _go_away(self, code: int, why: str) -> None:
+    def go_away(self, code: int, why: str) -> None:
+        """GOAWAY ``code`` and close the connection; its open calls are cancelled."""
         logger.info("closing a gRPC connection: %s", why)
         self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)))
         for call in self.calls.values():
@@ -671,7 +815,7 @@ class Connection(asyncio.Protocol):
             return
         if not self.calls:
             if now - self.seen > IDLE_TIMEOUT:
-                self._go_away(NO_ERROR, "idle")
+                self.go_away(NO_ERROR, "idle")
             return
         late = [c for c in self.calls.values()
                 if not c.started and now - c.arrived > REQUEST_TIMEOUT]
@@ -704,9 +848,13 @@ class Connection(asyncio.Protocol):
 class GrpcWireServer:
     """The listening socket and its connections."""
 
-    def __init__(self, handler: Handler, max_message: int) -> None:
+    def __init__(self, handler: Handler, max_message: int,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.handler = handler
         self.max_message = max_message
+        self.max_connections = max_connections
+        self.refused = 0  # connections refused at the cap
+        self._refusal_logged = -1e9
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._changed: asyncio.Event | None = None
@@ -730,6 +878,28 @@ class GrpcWireServer:
             except Exception:  # never let the sweep stop
                 logger.exception("gRPC connection sweep")
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def admit(self) -> bool:
+        """Whether a new connection may open: below the cap, or at it once the connection
+        idle the longest (no call open) is sent GOAWAY and closed; False when every
+        connection has a call open."""
+        if len(self.connections) < self.max_connections:
+            return True
+        idle = [c for c in self.connections if not c.calls]
+        if not idle:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._refusal_logged > 60:  # at most a line a minute
+                self._refusal_logged = now
+                logger.warning("gRPC connections refused: %d connections open, all busy "
+                               "(the cap); %d refused so far", len(self.connections),
+                               self.refused)
+            return False
+        oldest = min(idle, key=lambda c: c.seen)
+        self.connections.discard(oldest)
+        oldest.go_away(NO_ERROR, f"{len(self.connections) + 1} connections open (the cap): "
+                        "the one idle the longest is closed for a new one")
+        return True
 
     @property
     def calls(self) -> int:

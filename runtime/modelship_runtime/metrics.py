@@ -29,7 +29,7 @@ ABS_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     25.0, 50.0, 100.0, 1000.0)
 # |canary - stable| / max(|canary|, |stable|): between 0 (equal) and 2 (opposite signs).
 REL_DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-MIRROR_OUTCOMES = ("sent", "dropped", "failed", "skipped")
+MIRROR_OUTCOMES = ("sent", "dropped", "failed", "skipped", "shed")
 CLOSE_REASONS = ("header_too_large", "read_timeout", "evicted", "over_capacity")
 AGREEMENT_RESULTS = ("agree", "disagree")
 
@@ -55,7 +55,7 @@ class _MirrorCollector(Collector):
             "Prediction requests chosen to be mirrored to the canary, by outcome: sent (the "
             "canary answered), dropped (no room to queue it, or the sender process was "
             "gone), failed (no answer in time), skipped (an error answer, or predictions or "
-            "body too large to send).",
+            "body too large to send), shed (other requests were being served).",
             labels=["model", "version", "outcome"])
         for outcome in MIRROR_OUTCOMES:
             mirrored.add_metric([m.model, m.version, outcome], float(counts[outcome]))

@@ -205,6 +205,12 @@ class RuntimeSettings(BaseSettings):
     """Mirrored requests in flight at once from the sender process (one kept-alive
     connection each)."""
 
+    shadow_when_busy: Literal["shed", "mirror"] = "shed"
+    """A prediction request chosen for mirroring while others are being served: ``shed``
+    (not mirrored, counted as ``shed``: copies come only from moments the pod has CPU
+    to spare, so a loaded pod's clients never share it with the mirror) or ``mirror``
+    (mirrored anyway, the sender's priority decides)."""
+
     shadow_sender_priority: Literal["idle", "low", "normal"] = "idle"
     """CPU priority of the shadow sender process. ``idle`` (Linux SCHED_IDLE): it runs only
     on CPU time the serving process leaves, so mirroring never delays a client's request

@@ -169,6 +169,7 @@ class SenderProcess:
         self.handed = 0      # written to the socket, to be settled by the sender
         self.dropped = 0     # socket full, sender gone, or lost with a dead sender
         self.skipped = 0
+        self.shed = 0        # chosen while other requests were being served
         self._batch: list[bytes] = []  # the next write: requests, head then parts
         self._batched = 0
         self._batch_bytes = 0
@@ -257,7 +258,7 @@ class SenderProcess:
                                      self._counts[DROPPED])
         pending = max(self.handed - sent - failed - dropped, 0) + self._batched
         return ({"sent": sent, "dropped": self.dropped + dropped, "failed": failed,
-                 "skipped": self.skipped}, pending)
+                 "skipped": self.skipped, "shed": self.shed}, pending)
 
     # --- the process -------------------------------------------------------------------
 
@@ -412,12 +413,13 @@ class Mirror:
     """One canary to mirror to, at a fraction; hands chosen requests to the sender."""
 
     def __init__(self, url: str, sender: SenderProcess, *, fraction: float,
-                 max_header: int) -> None:
+                 max_header: int, busy: Callable[[], bool] | None = None) -> None:
         check_url(url)
         self.url = url
         self.sender = sender
         self.fraction = fraction
         self.max_header = max_header
+        self.busy = busy  # True while other requests are being served: shed this one
         self.target = sender.new_target()
         self._paths: dict[str, bytes] = {}
 
@@ -438,6 +440,9 @@ class Mirror:
             target = route.encode()
             if len(self._paths) < 64:  # routes of the served model: a handful
                 self._paths[path] = target
+        if self.busy is not None and self.busy():
+            self.sender.shed += 1
+            return None
         forwarded = b""
         typed = False
         for k, v in headers:

@@ -12,6 +12,7 @@ new connections are refused.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
@@ -238,12 +239,18 @@ def test_a_peer_that_does_not_read_its_answers_is_not_read_from(served: Served) 
     message = b"x" * 16000
     data = b"\0" + struct.pack(">I", len(message)) + message
 
+    # windows as large as they go, so the answers are sent, not held for flow control
+    # (where the calls would stay open, and past 128 of them be refused)
+    windows = raw_frame(4, 0, 0, struct.pack(">HI", 0x4, 2**31 - 1)) + raw_frame(
+        8, 0, 0, struct.pack(">I", 2**31 - 1 - 65_535))
+
     def call(i: int) -> bytes:
         sid = 2 * i + 1
         block = encoder.encode([(":method", "POST"), (":scheme", "http"),
                                 (":path", "/test.Wire/Echo"), (":authority", "x"),
                                 ("content-type", "application/grpc"), ("te", "trailers")])
-        return raw_frame(1, 0x4, sid, block) + raw_frame(0, 0x1, sid, data)
+        return (windows if i == 0 else b"") + raw_frame(1, 0x4, sid, block) + raw_frame(
+            0, 0x1, sid, data)
 
     assert flood(served.port, call) == "not read"
     assert held(served) < 1024 * 1024
@@ -331,4 +338,300 @@ def test_request_bytes_held_are_bounded_and_unfinished_requests_time_out(
     finally:
         for sock in socks:
             sock.close()
+        s.close()
+
+
+# --- raw frames: the RFC 9113 and gRPC rules that clients do not exercise ---------------
+
+H_DATA, H_HEADERS, H_PRIORITY, H_RST, H_SETTINGS, H_PING, H_GOAWAY, H_WINDOW = \
+    0, 1, 2, 3, 4, 6, 7, 8
+PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM = 0x1, 0x3, 0x6, 0x7
+
+
+class Raw:
+    """An HTTP/2 client connection of raw frames: what it sends is exactly what a test
+    writes, and every frame the server sends is read and decoded."""
+
+    def __init__(self, port: int, settings: bytes = b"") -> None:
+        import hpack
+
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.buf = b""
+        self.sock.sendall(PREFACE[:24] + raw_frame(H_SETTINGS, 0, 0, settings))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def headers(self, sid: int, name: str = "Echo", end: bool = False,
+                extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        block = self.encoder.encode([(":method", "POST"), (":scheme", "http"),
+                                     (":path", f"/test.Wire/{name}"), (":authority", "x"),
+                                     ("content-type", "application/grpc"), ("te", "trailers"),
+                                     *extra])
+        return raw_frame(H_HEADERS, 0x4 | (0x1 if end else 0), sid, block)
+
+    @staticmethod
+    def message(sid: int, payload: bytes, end: bool = True) -> bytes:
+        return raw_frame(H_DATA, 0x1 if end else 0, sid,
+                         b"\0" + struct.pack(">I", len(payload)) + payload)
+
+    def call(self, sid: int, name: str = "Echo", payload: bytes = b"",
+             extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send(self.headers(sid, name, extra=extra), self.message(sid, payload))
+
+    def read(self) -> tuple[int, int, int, bytes] | None:
+        """The next frame (type, flags, stream, payload; a header block decoded into
+        headers as JSON), None once the server closed the connection."""
+        while True:
+            if len(self.buf) >= 9:
+                hi, lo, kind, flags, sid = struct.unpack_from(">HBBBI", self.buf)
+                n = (hi << 8) | lo
+                if len(self.buf) >= 9 + n:
+                    payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
+                    if kind == H_HEADERS:
+                        payload = json.dumps(dict(self.decoder.decode(payload))).encode()
+                    return kind, flags, sid & 0x7FFFFFFF, payload
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return None
+            self.buf += data
+
+    def until(self, wanted: Callable[[int, int, int, bytes], bool]
+              ) -> tuple[int, int, int, bytes]:
+        """Frames read until one is ``wanted``; AssertionError when the connection ends."""
+        seen = []
+        while (f := self.read()) is not None:
+            if wanted(*f):
+                return f
+            seen.append(f[:3])
+        raise AssertionError(f"the connection closed first; frames seen: {seen}")
+
+    def end_of(self, sid: int) -> tuple[str, Any]:
+        """How stream ``sid`` ended: ("status", headers) or ("reset", error code)."""
+        kind, _, _, payload = self.until(
+            lambda k, fl, s, p: s == sid and (k == H_RST or (k == H_HEADERS and fl & 1)))
+        if kind == H_RST:
+            return "reset", struct.unpack(">I", payload)[0]
+        return "status", json.loads(payload)
+
+    def goaway(self) -> tuple[int, int]:
+        """(last stream id, error code) of the GOAWAY the server sends."""
+        payload = self.until(lambda k, fl, s, p: k == H_GOAWAY)[3]
+        last, code = struct.unpack_from(">II", payload)
+        return last, code
+
+
+def wait_for(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(0.02)
+
+
+def test_grpc_timeout_values() -> None:
+    from modelship_runtime.grpc_wire import parse_timeout
+
+    assert parse_timeout(b"2H") == 7200
+    assert parse_timeout(b"3M") == 180
+    assert parse_timeout(b"5S") == 5
+    assert parse_timeout(b"250m") == pytest.approx(0.25)
+    assert parse_timeout(b"99999999u") == pytest.approx(99.999999)
+    assert parse_timeout(b"1000000n") == pytest.approx(1e-3)
+    for bad in (b"", b"S", b"5", b"5s", b"-5S", b"1.5S", b"123456789S", b" 5S", b"5 S"):
+        assert parse_timeout(bad) is None, bad
+
+
+def test_the_servers_own_deadline_answers_deadline_exceeded(served: Served) -> None:
+    """The client's grpc-timeout is kept here too: a call still running when it passes
+    is answered DEADLINE_EXCEEDED and its handler cancelled; one whose request never
+    finishes arriving too; a malformed grpc-timeout is INTERNAL."""
+    served.cancelled.clear()
+    served.slow_started.clear()
+    raw = Raw(served.port)
+    try:
+        raw.call(1, "Slow", extra=(("grpc-timeout", "300m"),))
+        assert raw.end_of(1) == ("status", {":status": "200",
+                                            "content-type": "application/grpc",
+                                            "grpc-status": "4", "grpc-message":
+                                            "deadline exceeded (grpc-timeout 300m)"})
+        assert served.slow_started.is_set()
+        assert served.cancelled.wait(30), "the handler was not cancelled"
+        # a request that never ends: answered, then the stream reset (NO_ERROR) so the
+        # client stops sending; its late DATA is dropped
+        raw.send(raw.headers(3, extra=(("grpc-timeout", "200000u"),)))
+        ended = raw.end_of(3)
+        assert ended[0] == "status" and ended[1]["grpc-status"] == "4"
+        assert raw.until(lambda k, fl, s, p: k == H_RST and s == 3)[3] == bytes(4)
+        raw.send(raw.message(3, b"late"))
+        raw.call(5, extra=(("grpc-timeout", "1x"),))
+        ended = raw.end_of(5)
+        assert ended[1]["grpc-status"] == "13"
+        assert "malformed grpc-timeout '1x'" in ended[1]["grpc-message"]
+        raw.call(7, payload=b"in time", extra=(("grpc-timeout", "1M"),))
+        assert raw.end_of(7)[1]["grpc-status"] == "0"
+        wait_for(lambda: served.run(_open_calls(served)) == 0, "no call left open")
+    finally:
+        raw.close()
+
+
+async def _open_calls(served: Served) -> int:
+    return served.server.calls
+
+
+def test_answers_wait_for_the_clients_stream_and_connection_windows(served: Served) -> None:
+    """An answer larger than the windows the client gives is sent only as far as they
+    reach, and the rest as WINDOW_UPDATEs come: never a byte more (the PING's ACK, sent
+    after whatever the server could send, shows nothing followed)."""
+    request = bytes(range(256)) * 16  # 4 KiB; Big answers it 32 times: 128 KiB + 5
+    # stream windows of 100 KB; the connection's stays at 65,535
+    raw = Raw(served.port, struct.pack(">HI", 0x4, 100_000))
+    try:
+        raw.call(1, "Big", request)
+        got = 0
+
+        def data_until(total: int) -> None:
+            nonlocal got
+            while got < total:
+                _, _, sid, payload = raw.until(lambda k, fl, s, p: k == H_DATA)
+                assert sid == 1
+                got += len(payload)
+            assert got == total, got
+            raw.send(raw_frame(H_PING, 0, 0, b"windows!"))
+            raw.until(lambda k, fl, s, p: k == H_PING and fl & 1)
+            assert got == total  # nothing sent past the window before the PING's ACK
+
+        data_until(65_535)  # the connection's window (the stream's is 100,000)
+        raw.send(raw_frame(H_WINDOW, 0, 0, struct.pack(">I", 50_000)))
+        data_until(100_000)  # now the stream's
+        raw.send(raw_frame(H_WINDOW, 0, 1, struct.pack(">I", 1_000)))
+        data_until(101_000)  # the stream's again
+        raw.send(raw_frame(H_WINDOW, 0, 1, struct.pack(">I", 1 << 20)))
+        data_until(115_535)  # the connection's: 65,535 + 50,000
+        raw.send(raw_frame(H_WINDOW, 0, 0, struct.pack(">I", 1 << 20)))
+        while (f := raw.read()) is not None and f[0] != H_HEADERS:  # the rest
+            got += len(f[3]) if f[0] == H_DATA else 0
+        assert f is not None and json.loads(f[3]) == {"grpc-status": "0"}
+        assert got == 5 + len(request) * 32
+    finally:
+        raw.close()
+
+
+def test_window_overflows_reused_stream_ids_and_bad_priority(served: Served) -> None:
+    """RFC 9113: a stream window past 2^31-1 resets that stream (FLOW_CONTROL_ERROR); a
+    PRIORITY frame of the wrong size resets its stream (FRAME_SIZE_ERROR); both leave
+    the connection serving. A connection window past 2^31-1, or a new stream whose id is
+    not above the last one, is a connection error: GOAWAY, and the connection closes."""
+    served.cancelled.clear()
+    served.slow_started.clear()
+    raw = Raw(served.port)
+    try:
+        raw.call(1, "Slow")
+        assert served.slow_started.wait(30)
+        raw.send(raw_frame(H_WINDOW, 0, 1, struct.pack(">I", 2**31 - 1)))
+        assert raw.end_of(1) == ("reset", FLOW_CONTROL_ERROR)
+        assert served.cancelled.wait(30), "the call of the reset stream was not cancelled"
+        raw.send(raw_frame(H_PRIORITY, 0, 3, b"\0\0\0\0"))
+        assert raw.end_of(3) == ("reset", FRAME_SIZE_ERROR)
+        raw.send(raw_frame(H_PRIORITY, 0, 5, b"\0\0\0\0\x10"))  # well formed: ignored
+        raw.call(5, payload=b"still serving")
+        assert raw.end_of(5)[1] == {"grpc-status": "0"}
+        raw.call(3)  # 3 is below 5: not a new stream
+        assert raw.goaway() == (5, PROTOCOL_ERROR)
+        assert raw.read() is None
+    finally:
+        raw.close()
+    raw = Raw(served.port)
+    try:
+        raw.call(1)
+        assert raw.end_of(1)[1] == {"grpc-status": "0"}
+        raw.send(raw_frame(H_WINDOW, 0, 0, struct.pack(">I", 2**31 - 1)))
+        assert raw.goaway() == (1, FLOW_CONTROL_ERROR)
+        assert raw.read() is None
+    finally:
+        raw.close()
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        assert method(channel, "Echo")(b"others", timeout=30) == b"others"
+
+
+def test_after_goaway_a_new_stream_is_refused_and_the_one_in_flight_finishes() -> None:
+    """A stop's GOAWAY names the last stream taken; a stream the client opens after it
+    (its GOAWAY not yet read) is reset REFUSED_STREAM, so the client may retry it
+    elsewhere, while the call in flight is answered and the connection then closes."""
+    s = Served()
+    s.start()
+    raw = Raw(s.port)
+    try:
+        raw.call(1, "Echo", b"first")
+        assert raw.end_of(1)[1] == {"grpc-status": "0"}
+        raw.call(3, "Slow")
+        assert s.slow_started.wait(30)
+        stopping = asyncio.run_coroutine_threadsafe(s.server.stop(60), s.loop)
+        assert raw.goaway() == (3, 0)
+        raw.call(5, "Echo", b"after the goaway")
+        assert raw.end_of(5) == ("reset", REFUSED_STREAM)
+        release = s.release
+        assert release is not None
+        s.loop.call_soon_threadsafe(release.set)
+        assert raw.end_of(3)[1] == {"grpc-status": "0"}
+        assert raw.read() is None  # closed once its last call was answered
+        stopping.result(30)
+        assert not s.cancelled.is_set()
+    finally:
+        raw.close()
+        s.close()
+
+
+def test_a_cap_on_connections() -> None:
+    """At the cap a new connection closes the one idle the longest (GOAWAY NO_ERROR);
+    when every connection has a call open the new one is sent GOAWAY and closed."""
+    s = Served()
+    s.server = GrpcWireServer(s.handle, LIMIT, max_connections=2)
+    s.start()
+
+    async def count() -> int:
+        return len(s.server.connections)
+
+    busy: list[Raw] = []
+    try:
+        a = Raw(s.port)
+        busy.append(a)
+        a.send(a.headers(1))  # a request that has not all arrived: a call open
+        wait_for(lambda: s.run(_open_calls(s)) == 1, "a's call open")
+        idle = Raw(s.port)
+        busy.append(idle)
+        idle.call(1, payload=b"idle after this")
+        assert idle.end_of(1)[1] == {"grpc-status": "0"}
+        b = Raw(s.port)  # the third: the idle one makes way
+        busy.append(b)
+        assert idle.goaway() == (1, 0) and idle.read() is None
+        b.send(b.headers(1))
+        wait_for(lambda: s.run(_open_calls(s)) == 2, "b's call open")
+        assert s.run(count()) == 2
+        refused = Raw(s.port)  # every connection busy: refused
+        busy.append(refused)
+        assert refused.goaway() == (0, REFUSED_STREAM) and refused.read() is None
+        # channels with subchannels of their own: grpcio would otherwise keep the refused
+        # connection's backoff for the next channel to the same address
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}", options=own) as channel, \
+                pytest.raises(grpc.RpcError) as err:
+            method(channel, "Echo")(b"", timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert s.run(count()) == 2
+        a.send(a.message(1, b"a, done"))
+        assert a.end_of(1)[1] == {"grpc-status": "0"}
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}", options=own) as channel:  # a idles
+            assert method(channel, "Echo")(b"in", timeout=30) == b"in"
+    finally:
+        for r in busy:
+            r.close()
         s.close()

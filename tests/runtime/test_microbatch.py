@@ -142,3 +142,32 @@ async def test_concurrent_http_requests_share_predict_calls(
     calls1, rows1 = batch_metrics()
     assert rows1 - rows0 == len(rows)
     assert calls1 - calls0 < len(rows)  # predict calls were shared
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["batched", "unbatched"])
+async def test_busy_while_a_request_is_read_or_predicted(enabled: bool) -> None:
+    """What the shadow mirror sheds copies by: requests being read or predicted."""
+    rec = Recorder(delay=0.0)
+    b = make(rec, enabled=enabled)
+    assert not b.busy()
+    b.arriving += 1
+    assert b.busy()
+    b.arriving -= 1
+    started, release = threading.Event(), threading.Event()
+
+    def held(rows: np.ndarray) -> Prediction:
+        started.set()
+        assert release.wait(60)
+        return Prediction(rows[:, 0].tolist(), None)
+
+    b._predict = held  # type: ignore[method-assign]
+    call = asyncio.ensure_future(b.predict(np.array([[1.0]])))
+    deadline = time.monotonic() + 60
+    while not started.is_set():
+        assert time.monotonic() < deadline, "the prediction never started"
+        await asyncio.sleep(0.01)
+    assert b.busy()
+    release.set()
+    assert (await call)[0].labels == [1.0]
+    assert not b.busy()
+    b.close()

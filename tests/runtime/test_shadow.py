@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class Pod:
     def outcomes(self) -> dict[str, float]:
         samples = self.scrape()
         return {o: total(samples, "modelship_shadow_mirrored_total", outcome=o)
-                for o in ("sent", "dropped", "failed", "skipped")}
+                for o in ("sent", "dropped", "failed", "skipped", "shed")}
 
     def pending(self) -> float:
         return total(self.scrape(), "modelship_shadow_pending")
@@ -201,6 +202,9 @@ def cluster(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                                MODELSHIP_GRPC_PORT=str(grpc_port),
                                MODELSHIP_SHADOW_URL=pods["same"].url)
     pods["grpc-to-same"].grpc = f"127.0.0.1:{grpc_port}"
+    pods["busy-mirror"] = Pod("busy-mirror", stable_dir, "1", logs, **quick,
+                              MODELSHIP_SHADOW_URL=pods["same"].url,
+                              MODELSHIP_SHADOW_WHEN_BUSY="mirror")
     pods["to-shuffled"] = Pod("to-shuffled", stable_dir, "1", logs, **quick,
                               MODELSHIP_SHADOW_URL=pods["shuffled"].url)
     pods["quarter"] = Pod("quarter", stable_dir, "1", logs, **quick,
@@ -300,7 +304,7 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
     triton.close()
     settle(stable, sent={stable.name: sum(before_out.values()) + 70})
     assert delta(stable.outcomes(), before_out) == {"sent": 70, "dropped": 0, "failed": 0,
-                                                    "skipped": 0}
+                                                    "skipped": 0, "shed": 0}
     after = canary.scrape()
     agree = total(after, "model_shadow_agreement_total", result="agree") - \
         total(before, "model_shadow_agreement_total", result="agree")
@@ -348,7 +352,7 @@ def test_grpc_predictions_are_mirrored_as_binary_v2_requests(cluster: Cluster) -
     client.close()
     settle(stable, sent={stable.name: sum(before_out.values()) + 12})
     assert delta(stable.outcomes(), before_out) == {"sent": 12, "dropped": 0, "failed": 0,
-                                                    "skipped": 0}
+                                                    "skipped": 0, "shed": 0}
     after = canary.scrape()
     compared = {r: total(after, "model_shadow_agreement_total", result=r)
                 - total(before, "model_shadow_agreement_total", result=r)
@@ -439,6 +443,33 @@ def test_a_stuck_or_closed_canary_costs_the_stable_clients_nothing(cluster: Clus
     assert total(stable.scrape(), "http_requests_total", status="200", route="/predict") >= 160
 
 
+def test_copies_of_requests_arriving_while_others_are_served_are_shed(
+        cluster: Cluster) -> None:
+    """16 clients at once: the default stable mirrors only requests that arrive while
+    nothing else is served and counts the others `shed`; `busy-mirror`
+    (MODELSHIP_SHADOW_WHEN_BUSY=mirror) mirrors them all. Clients get every answer."""
+    X = cluster.X
+    burst: dict[str, dict[str, float]] = {}
+    for name in ("to-same", "busy-mirror"):
+        pod = cluster[name]
+        before = pod.outcomes()
+
+        def client(k: int, pod: Pod = pod) -> None:
+            with httpx.Client(timeout=60) as c:
+                for i in range(10):
+                    r = c.post(f"{pod.url}/predict", json={"features": X[k + i].tolist()})
+                    assert r.status_code == 200
+                    assert r.json()["prediction"] == cluster.stable.predict(X[k + i:k + i + 1])[0]
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(client, range(16)))
+        settle(pod, sent={name: sum(before.values()) + 160})
+        burst[name] = delta(pod.outcomes(), before)
+    shed, mirrored = burst["to-same"], burst["busy-mirror"]
+    assert shed["shed"] > 0 and shed["failed"] == shed["skipped"] == 0, shed
+    assert mirrored["shed"] == 0 and mirrored["sent"] + mirrored["dropped"] == 160, mirrored
+
+
 def test_a_quarter_of_the_requests_are_mirrored(cluster: Cluster) -> None:
     stable, canary = cluster["quarter"], cluster["same"]
     X = cluster.X
@@ -470,12 +501,16 @@ def test_a_mirrored_request_is_never_mirrored_again(cluster: Cluster) -> None:
                 r = client.post(f"{pod.url}/predict", json={"features": X[i].tolist()})
                 assert r.status_code == 200
     settle(a, b, sent={a.name: sum(out_a.values()) + 20, b.name: sum(out_b.values()) + 20})
+    # A client request may reach one while it answers the other's copy: shed, not sent.
+    sent_a, sent_b = delta(a.outcomes(), out_a), delta(b.outcomes(), out_b)
+    assert sent_a["sent"] + sent_a["shed"] == 20 and sent_a["sent"] > 0, sent_a
+    assert sent_b["sent"] + sent_b["shed"] == 20 and sent_b["sent"] > 0, sent_b
     for _ in range(2):  # twice: a loop would keep both busy, and the counts growing
         wait_for("nothing pending", lambda: a.pending() == 0 and b.pending() == 0)
-        assert delta(a.outcomes(), out_a)["sent"] == 20
-        assert delta(b.outcomes(), out_b)["sent"] == 20
-        assert total(a.scrape(), "model_shadow_requests_total") - got_a == 20
-        assert total(b.scrape(), "model_shadow_requests_total") - got_b == 20
+        assert delta(a.outcomes(), out_a) == sent_a
+        assert delta(b.outcomes(), out_b) == sent_b
+        assert total(a.scrape(), "model_shadow_requests_total") - got_a == sent_b["sent"]
+        assert total(b.scrape(), "model_shadow_requests_total") - got_b == sent_a["sent"]
 
 
 def test_the_mounted_config_turns_mirroring_on_and_off_without_a_restart(
@@ -604,7 +639,8 @@ def test_a_killed_sender_costs_clients_nothing_and_goes_when_its_server_stops(
     os.kill(first, 9)
     wait_for("the 20 unsettled copies dropped",
              lambda: stable.pending() == 0 and stable.outcomes()["dropped"] == 20)
-    assert stable.outcomes() == {"sent": 0, "dropped": 20, "failed": 0, "skipped": 0}
+    assert stable.outcomes() == {"sent": 0, "dropped": 20, "failed": 0, "skipped": 0,
+                                 "shed": 0}
     post_rows(stable, X, 10)  # no client sees the sender's death
     # A new sender is started; every copy is accounted for, pending or settled.
     second = one_sender(stable)

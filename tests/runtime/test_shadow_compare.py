@@ -293,7 +293,8 @@ def test_a_burst_is_pipelined_and_every_request_compared(
                                               model_version="2")))
     stable = serve(create_app(RuntimeSettings(
         model_dir=local_models.lr_dir, model_name="pl", model_version="1", shadow_url=canary,
-        shadow_concurrency=1, shadow_queue=1000, max_concurrency=256)))  # 200 at once
+        shadow_concurrency=1, shadow_queue=1000, max_concurrency=256,  # 200 at once
+        shadow_when_busy="mirror")))  # every copy of the burst, none shed
     X = local_models.X
 
     async def burst() -> list[int]:
