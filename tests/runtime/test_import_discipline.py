@@ -112,7 +112,8 @@ def test_serving_imports_neither_mlflow_nor_pandas_nor_the_pull_client(
 def test_a_pipeline_fitted_on_a_dataframe_of_strings_is_served_without_pandas(
         tmp_path: Path) -> None:
     """A ColumnTransformer selecting columns by name (OneHotEncoder on strings) needs a
-    DataFrame in scikit-learn; the runtime serves it without pandas (:mod:`typed`)."""
+    DataFrame in scikit-learn, and a pipeline set to pass DataFrames between its steps
+    needs pandas to make them; the runtime serves it without pandas (:mod:`typed`)."""
     import warnings
 
     import pandas as pd
@@ -123,9 +124,11 @@ def test_a_pipeline_fitted_on_a_dataframe_of_strings_is_served_without_pandas(
 
     frame = pd.DataFrame({"color": ["red", "blue", "green", "red"] * 5,
                           "size": [float(i % 7) for i in range(20)]})
-    est = Pipeline([("ct", ColumnTransformer([("cat", OneHotEncoder(), ["color"]),
-                                              ("num", StandardScaler(), ["size"])])),
-                    ("lr", LogisticRegression())]).fit(frame, frame["size"] > 3)
+    encode = ColumnTransformer([("cat", OneHotEncoder(sparse_output=False), ["color"]),
+                                ("num", StandardScaler(), ["size"])])
+    est = Pipeline([("ct", encode), ("lr", LogisticRegression())]).set_output(
+        transform="pandas")
+    est.fit(frame, frame["size"] > 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mlflow.sklearn

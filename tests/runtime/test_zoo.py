@@ -107,9 +107,10 @@ def _zoo() -> list[Case]:
     gaps[rng.random(gaps.shape) < 0.25] = np.nan
     counts = pd.DataFrame(rng.integers(0, 10, size=(n, 3)), columns=["x", "y", "z"])
 
-    def encode() -> Any:
+    def encode(dense: bool = False) -> Any:
         return ColumnTransformer([
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["color", "shape"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=not dense),
+             ["color", "shape"]),
             ("num", StandardScaler(), ["size", "weight"])])
 
     return [
@@ -117,6 +118,9 @@ def _zoo() -> list[Case]:
                                     ("lr", LogisticRegression())]), num, ints),
         Case("mixed-pets", Pipeline([("encode", encode()), ("lr", LogisticRegression())]),
              mixed, mixed_y),
+        Case("pandas-output", Pipeline([("encode", encode(dense=True)),
+                                        ("lr", LogisticRegression())]
+                                       ).set_output(transform="pandas"), mixed, mixed_y),
         Case("mixed-pets-unsigned", Pipeline([("encode", encode()),
                                               ("lr", LogisticRegression())]),
              mixed, mixed_y, signature=False, cloudpickle=True),
