@@ -75,7 +75,10 @@ IDLE_TIMEOUT = 600.0
 SWEEP_SECONDS = 5.0
 #: Control frames (PING, RST_STREAM, PRIORITY; a SETTINGS frame counts once per open call
 #: plus one) a connection may send per second before it is told to calm down (GOAWAY
-#: ENHANCE_YOUR_CALM): the shapes of CVE-2019-9512/9515 and CVE-2023-44487.
+#: ENHANCE_YOUR_CALM): the shapes of CVE-2019-9512/9515 and CVE-2023-44487. The first
+#: PING after an answer went out is not counted: grpc-go and grpc-java clients send one
+#: per round trip while answers arrive (to size their windows: BDP estimation), which on
+#: a fast network and a busy connection is thousands a second.
 CONTROL_PER_SECOND = 2000
 #: The longest grpc-message sent (after percent-encoding).
 MAX_STATUS_MESSAGE = 1024
@@ -246,6 +249,7 @@ class Connection(asyncio.Protocol):
         self.buffer_limit = max(CONNECTION_BUFFER_MESSAGES * self.max_message, 16 << 20)
         self.control = 0  # control frames in the current second
         self.control_second = 0
+        self.answered = False  # an answer (HEADERS, DATA) sent since the last PING
         self.opened = self.seen = 0.0  # the loop's times: connected, last frame received
         # streams closed here whose client had not ended them: their late frames are
         # dropped, where a HEADERS on any other stream id not above the last is an error
@@ -331,7 +335,7 @@ class Connection(asyncio.Protocol):
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.block is not None and kind != CONTINUATION:
             raise _ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
-        if kind in _CONTROL:
+        if kind in _CONTROL and not (kind == PING and self.answered):
             second = int(self.seen)
             if second != self.control_second:
                 self.control_second, self.control = second, 0
@@ -339,6 +343,8 @@ class Connection(asyncio.Protocol):
             self.control += 1 + len(self.calls) if kind == SETTINGS else 1
             if self.control > CONTROL_PER_SECOND:
                 raise _ProtocolError(ENHANCE_YOUR_CALM, "too many control frames")
+        elif kind == PING:  # the first PING since an answer went out: not counted
+            self.answered = False
         if kind == HEADERS:
             self._headers(flags, sid, payload)
         elif kind == DATA:
@@ -706,6 +712,7 @@ class Connection(asyncio.Protocol):
         data = b"\0" + _HEAD.pack(len(message)) + message
         n = len(data)
         head = frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS)
+        self.answered = True
         if n <= self.send_window and n <= call.send_window and n <= self.peer_frame:
             self.send_window -= n
             self._write(head + frame(DATA, 0, sid, data)
@@ -742,6 +749,7 @@ class Connection(asyncio.Protocol):
                 out.append(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id,
                                  OK_TRAILERS))
             if out:
+                self.answered = True
                 self._write(b"".join(out))
             if not data:
                 self._finished(call)
@@ -753,6 +761,7 @@ class Connection(asyncio.Protocol):
             return
         block = (RESPONSE_HEADERS + literal(b"grpc-status", str(code).encode())
                  + literal(b"grpc-message", percent_encode(message)))
+        self.answered = True
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id, block))
         self._finished(call)
 
