@@ -504,6 +504,8 @@ def test_the_servers_own_deadline_answers_deadline_exceeded(served: Served) -> N
         assert "malformed grpc-timeout '1x'" in ended[1]["grpc-message"]
         raw.call(7, payload=b"in time", extra=(("grpc-timeout", "1M"),))
         assert raw.end_of(7)[1]["grpc-status"] == "0"
+        raw.call(9, payload=b"too late", extra=(("grpc-timeout", "0n"),))  # passed already
+        assert raw.end_of(9)[1]["grpc-status"] == "4"
         wait_for(lambda: served.run(_open_calls(served)) == 0, "no call left open")
     finally:
         raw.close()
