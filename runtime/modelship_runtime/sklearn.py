@@ -41,7 +41,7 @@ from .errors import BadRequest, ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
 from .signature import choose_columns, read_inputs
 from .trust import check_tree, inside, split_types
-from .typed import by_position, estimator_input, input_kinds, takes_text
+from .typed import by_position, estimator_input, input_kinds, plain_output, takes_text
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +326,7 @@ class SKLearnModel(Model):
         info = self.info
         info.estimator = type(estimator).__name__
         info.extra["serialization_format"] = fmt
+        info.extra["plain_output"] = plain_output(estimator)
         try:
             info.extra["by_position"] = by_position(estimator)
         except (KeyError, TypeError, ValueError) as exc:  # served as it is

@@ -11,6 +11,8 @@ Most models take a float64 matrix, and every protocol parses its body straight i
   numbers and strings as they come. These rows travel as an object matrix, one Python
   value per cell, checked column by column here; a text model gets its one column as
   the 1-D array of strings the vectorizer takes.
+- a pipeline told to pass DataFrames between its steps (``set_output(transform=
+  "pandas")``) is set back to arrays at load, for the same reason as the next point.
 - a ``ColumnTransformer`` fitted on a DataFrame selects its columns by name, which
   scikit-learn allows on DataFrames only, and the runtime carries no pandas (importing it
   costs every cold start most of a second). At load its fitted column selections are
@@ -81,11 +83,9 @@ def first_step(est: Any) -> Any:
 def takes_text(est: Any) -> bool:
     """Whether the model's input is one column of text: a pipeline starting with (or an
     estimator that is) one of scikit-learn's text vectorizers."""
-    try:
-        from sklearn.feature_extraction.text import _VectorizerMixin
-    except ImportError:  # pragma: no cover - a scikit-learn without it
-        return False
-    return isinstance(first_step(est), _VectorizerMixin)
+    # by name: importing sklearn.feature_extraction.text would cost every cold start
+    return any(c.__name__ == "_VectorizerMixin" and c.__module__.startswith("sklearn.")
+               for c in type(first_step(est)).__mro__)
 
 
 def _positions(columns: Any, names: list[str]) -> Any:
@@ -113,6 +113,19 @@ def by_position(est: Any) -> int:
         rewritten = [(t[0], t[1], _positions(t[2], names), *t[3:]) for t in fitted]
         if rewritten != fitted:
             part.transformers_ = rewritten
+            count += 1
+    return count
+
+
+def plain_output(est: Any) -> int:
+    """Set every part of ``est`` that was told to return DataFrames
+    (``set_output(transform="pandas")``, or polars) back to arrays; the number reset. The
+    runtime has no pandas, and the next steps compute the same numbers from arrays."""
+    count = 0
+    for part in walk(est):
+        config = getattr(part, "_sklearn_output_config", None)
+        if isinstance(config, dict) and config.get("transform") not in (None, "default"):
+            part.set_output(transform="default")
             count += 1
     return count
 

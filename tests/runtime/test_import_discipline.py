@@ -76,7 +76,7 @@ FORBIDDEN = ("mlflow", "modelship_runtime.mlflow_rest", "requests", "urllib3", "
              "pandas", "pyarrow", "polars", "matplotlib")
 
 
-def _serve_once(model_dir: Path, row: list[float], tmp_path: Path,
+def _serve_once(model_dir: Path, row: list[Any], tmp_path: Path,
                 grpc_port: int = 0) -> dict[str, Any]:
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items()
@@ -106,6 +106,43 @@ def test_serving_imports_neither_mlflow_nor_pandas_nor_the_pull_client(
     # scikit-learn probes for pandas once (sklearn.utils.fixes: try: import pandas);
     # nothing else may ask for it
     others = [a for a in result["attempts"] if "sklearn/utils/fixes.py:" not in a]
+    assert others == [], others
+
+
+def test_a_pipeline_fitted_on_a_dataframe_of_strings_is_served_without_pandas(
+        tmp_path: Path) -> None:
+    """A ColumnTransformer selecting columns by name (OneHotEncoder on strings) needs a
+    DataFrame in scikit-learn, and a pipeline set to pass DataFrames between its steps
+    needs pandas to make them; the runtime serves it without pandas (:mod:`typed`)."""
+    import warnings
+
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pd.DataFrame({"color": ["red", "blue", "green", "red"] * 5,
+                          "size": [float(i % 7) for i in range(20)]})
+    encode = ColumnTransformer([("cat", OneHotEncoder(sparse_output=False), ["color"]),
+                                ("num", StandardScaler(), ["size"])])
+    est = Pipeline([("ct", encode), ("lr", LogisticRegression())]).set_output(
+        transform="pandas")
+    est.fit(frame, frame["size"] > 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        mlflow.sklearn.save_model(est, tmp_path / "m", pip_requirements=[],
+                                  signature=infer_signature(frame, est.predict(frame)))
+    result = _serve_once(tmp_path / "m", ["red", 5.0], tmp_path)
+    assert result["status"] == "HTTP/1.1 200", result["status"]
+    loaded = sorted(m for m in result["modules"] if m.split(".")[0] in FORBIDDEN)
+    assert loaded == []
+    # scikit-learn's own optional probes (fixes.py; ColumnTransformer's check of its
+    # transformers' output) find no pandas and go on; nothing of the runtime asks
+    others = [a for a in result["attempts"] if "/sklearn/" not in a]
     assert others == [], others
 
 

@@ -107,9 +107,10 @@ def _zoo() -> list[Case]:
     gaps[rng.random(gaps.shape) < 0.25] = np.nan
     counts = pd.DataFrame(rng.integers(0, 10, size=(n, 3)), columns=["x", "y", "z"])
 
-    def encode() -> Any:
+    def encode(dense: bool = False) -> Any:
         return ColumnTransformer([
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["color", "shape"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=not dense),
+             ["color", "shape"]),
             ("num", StandardScaler(), ["size", "weight"])])
 
     return [
@@ -117,6 +118,9 @@ def _zoo() -> list[Case]:
                                     ("lr", LogisticRegression())]), num, ints),
         Case("mixed-pets", Pipeline([("encode", encode()), ("lr", LogisticRegression())]),
              mixed, mixed_y),
+        Case("pandas-output", Pipeline([("encode", encode(dense=True)),
+                                        ("lr", LogisticRegression())]
+                                       ).set_output(transform="pandas"), mixed, mixed_y),
         Case("mixed-pets-unsigned", Pipeline([("encode", encode()),
                                               ("lr", LogisticRegression())]),
              mixed, mixed_y, signature=False, cloudpickle=True),
@@ -464,6 +468,20 @@ def test_bad_values_of_a_typed_model_are_a_400_naming_the_cell(
     assert "[0][1] ('size') is null; this model takes no missing values" in r.text, r.text
 
 
+def test_v2_metadata_names_each_typed_input_and_its_datatype(zoo: dict[str, Served]) -> None:
+    s = zoo["mixed-pets"]
+    meta = httpx.get(f"{s.url}/v2/models/{s.name}").json()
+    assert meta["inputs"] == [
+        {"name": "color", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "size", "datatype": "FP64", "shape": [-1, 1]},
+        {"name": "shape", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "weight", "datatype": "FP64", "shape": [-1, 1]}], meta
+    meta = httpx.get(f"{zoo['scaled-lr'].url}/v2/models/zoo-scaled-lr").json()
+    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 3]}]
+    meta = httpx.get(f"{zoo['kmeans'].url}/v2/models/zoo-kmeans").json()
+    assert meta["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1]}]
+
+
 def test_a_model_holding_an_untrusted_type_is_refused_at_start(
         mlflow_server: str, tmp_path: Path) -> None:
     """A skops model whose FunctionTransformer calls ``operator.neg`` (trusted when it was
@@ -500,3 +518,40 @@ def test_a_model_holding_an_untrusted_type_is_refused_at_start(
     assert len(lines) == 1 and extra[0] in lines[0] and "MODELSHIP_TRUSTED_TYPES" \
         in lines[0], r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_a_category_the_encoder_refuses_is_a_400_and_typed_rows_cache_apart() -> None:
+    """In process: OneHotEncoder(handle_unknown="error") meeting an unseen category is a
+    BadRequest carrying its message; boolean columns take booleans only; typed rows get
+    cache keys of their values (equal rows, equal keys)."""
+    from modelship_runtime.cache import cache_key
+    from modelship_runtime.dataplane import Validator
+    from modelship_runtime.errors import BadRequest
+    from modelship_runtime.sklearn import SKLearnModel
+    from modelship_runtime.typed import BOOL, NUMBER, STRING
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"color": ["red", "blue"] * 10, "n": [float(i) for i in range(20)]})
+    est = Pipeline([("ct", ColumnTransformer([("c", OneHotEncoder(), ["color"])],
+                                             remainder="passthrough")),
+                    ("lr", LogisticRegression())]).fit(frame, frame["n"] > 9)
+    model = SKLearnModel("m", "1", Path("."), allow_pickle=False)
+    model.use(est)
+    assert model.info.input_kinds == ["any", "any"]  # no signature: values as sent
+    v = Validator(2, False, 10, kinds=model.info.input_kinds, names=["color", "n"])
+    rows = v.rows([["red", 3.0], ["blue", 12.0]])
+    assert model.predict(rows).labels == est.predict(frame.iloc[[0, 11]].assign(
+        n=[3.0, 12.0])).tolist()
+    with pytest.raises(BadRequest, match="Found unknown categories"):
+        model.predict(v.rows([["purple", 1.0]]))
+    flags = Validator(3, False, 10, kinds=[BOOL, STRING, NUMBER])
+    assert flags.rows([[True, "x", 1]]).tolist() == [[True, "x", 1]]
+    with pytest.raises(BadRequest, match=r"\[0\]\[0\] must be true or false, got int"):
+        flags.rows([[1, "x", 1]])
+    a, b = v.rows([["red", 3.0]]), v.rows([["red", 3.0]])
+    assert cache_key("m", "1", a) == cache_key("m", "1", b)
+    assert cache_key("m", "1", a) != cache_key("m", "1", v.rows([["blue", 3.0]]))
