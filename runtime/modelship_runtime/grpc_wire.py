@@ -16,9 +16,10 @@ ways; PRIORITY (once checked) and unknown frames are ignored. A request is one
 length-prefixed message (identity, or gzip/deflate compressed); the answer is response
 headers, one message and ``grpc-status`` trailers, or a trailers-only error. Answers are
 not compressed. The
-client's deadline (``grpc-timeout``, any unit H M S m u n) is kept here too: when it passes
-the call's task is cancelled and the call answered DEADLINE_EXCEEDED (a malformed value is
-answered INTERNAL, as grpc-go does); a client that resets the stream cancels the call too.
+client's deadline (``grpc-timeout``, any unit H M S m u n) is kept here too: once it has
+passed (checked every :data:`DEADLINE_TICK`) the call's task is cancelled and the call
+answered DEADLINE_EXCEEDED (a malformed value is answered INTERNAL, as grpc-go does); a
+client that resets the stream cancels the call too.
 
 Limits: at most ``max_connections`` connections (:data:`MAX_CONNECTIONS` unless given): a
 new one past it closes the connection idle the longest (no call open) with GOAWAY
@@ -75,7 +76,10 @@ IDLE_TIMEOUT = 600.0
 SWEEP_SECONDS = 5.0
 #: Control frames (PING, RST_STREAM, PRIORITY; a SETTINGS frame counts once per open call
 #: plus one) a connection may send per second before it is told to calm down (GOAWAY
-#: ENHANCE_YOUR_CALM): the shapes of CVE-2019-9512/9515 and CVE-2023-44487.
+#: ENHANCE_YOUR_CALM): the shapes of CVE-2019-9512/9515 and CVE-2023-44487. The first
+#: PING after an answer went out is not counted: grpc-go and grpc-java clients send one
+#: per round trip while answers arrive (to size their windows: BDP estimation), which on
+#: a fast network and a busy connection is thousands a second.
 CONTROL_PER_SECOND = 2000
 #: The longest grpc-message sent (after percent-encoding).
 MAX_STATUS_MESSAGE = 1024
@@ -145,6 +149,10 @@ def percent_encode(message: str) -> bytes:
 _TIMEOUT_UNITS = {0x48: 3600.0, 0x4D: 60.0, 0x53: 1.0, 0x6D: 1e-3, 0x75: 1e-6, 0x6E: 1e-9}
 #: Deadlines further away than this (seconds; about 116 days) are not timed.
 _LONGEST_DEADLINE = 1e7
+#: Deadlines are kept to within this many seconds: while calls with a deadline are open,
+#: the server looks at them this often (a timer per call cost about 1 us a call, 5% of a
+#: one-row ModelInfer's throughput; calls mostly end long before their deadline).
+DEADLINE_TICK = 0.05
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -175,8 +183,8 @@ class GrpcError(Exception):
 class Call:
     """One call: what its request said, and whether it was cancelled."""
 
-    __slots__ = ("arrived", "body", "cancelled", "expired", "headers", "path", "send_window",
-                 "started", "stream_id", "task", "timer", "waiting")
+    __slots__ = ("arrived", "body", "cancelled", "deadline", "expired", "headers", "path",
+                 "send_window", "started", "stream_id", "task", "waiting")
 
     def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
                  send_window: int) -> None:
@@ -193,7 +201,7 @@ class Call:
         self.task: asyncio.Task[None] | None = None  # while the handler runs
         self.waiting: bytes | None = None  # DATA payload still to send (flow control)
         self.arrived = 0.0  # the loop's time of its HEADERS
-        self.timer: asyncio.TimerHandle | None = None  # its grpc-timeout, while open
+        self.deadline = 0.0  # its grpc-timeout's end in the loop's time; 0: none
         self.expired = False
         """True once its deadline (grpc-timeout) passed here."""
 
@@ -246,6 +254,7 @@ class Connection(asyncio.Protocol):
         self.buffer_limit = max(CONNECTION_BUFFER_MESSAGES * self.max_message, 16 << 20)
         self.control = 0  # control frames in the current second
         self.control_second = 0
+        self.answered = False  # an answer (HEADERS, DATA) sent since the last PING
         self.opened = self.seen = 0.0  # the loop's times: connected, last frame received
         # streams closed here whose client had not ended them: their late frames are
         # dropped, where a HEADERS on any other stream id not above the last is an error
@@ -331,7 +340,7 @@ class Connection(asyncio.Protocol):
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.block is not None and kind != CONTINUATION:
             raise _ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
-        if kind in _CONTROL:
+        if kind in _CONTROL and not (kind == PING and self.answered):
             second = int(self.seen)
             if second != self.control_second:
                 self.control_second, self.control = second, 0
@@ -339,6 +348,8 @@ class Connection(asyncio.Protocol):
             self.control += 1 + len(self.calls) if kind == SETTINGS else 1
             if self.control > CONTROL_PER_SECOND:
                 raise _ProtocolError(ENHANCE_YOUR_CALM, "too many control frames")
+        elif kind == PING:  # the first PING since an answer went out: not counted
+            self.answered = False
         if kind == HEADERS:
             self._headers(flags, sid, payload)
         elif kind == DATA:
@@ -480,7 +491,12 @@ class Connection(asyncio.Protocol):
                                    "unit, one of H M S m u n", flags)
                 return
             if seconds < _LONGEST_DEADLINE:
-                call.timer = self.loop.call_at(self.seen + seconds, self._expire, call)
+                call.deadline = self.seen + seconds
+                if not seconds:  # "0S" and the like: passed already
+                    self.expire(call)
+                    return
+                if not self.server.ticking:
+                    self.server.start_ticking()
         if flags & END_STREAM:
             self._request_done(call)
 
@@ -651,16 +667,12 @@ class Connection(asyncio.Protocol):
 
     def _cancel(self, call: Call) -> None:
         call.cancelled = True
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
         if call.task is not None and not call.task.done():
             call.task.cancel()
 
-    def _expire(self, call: Call) -> None:
+    def expire(self, call: Call) -> None:
         """The call's deadline passed: answered DEADLINE_EXCEEDED (or its stream reset,
         when its answer is part-sent), and its task cancelled."""
-        call.timer = None
         if self.calls.get(call.stream_id) is not call:
             return
         call.expired = True
@@ -706,6 +718,7 @@ class Connection(asyncio.Protocol):
         data = b"\0" + _HEAD.pack(len(message)) + message
         n = len(data)
         head = frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS)
+        self.answered = True
         if n <= self.send_window and n <= call.send_window and n <= self.peer_frame:
             self.send_window -= n
             self._write(head + frame(DATA, 0, sid, data)
@@ -742,6 +755,7 @@ class Connection(asyncio.Protocol):
                 out.append(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id,
                                  OK_TRAILERS))
             if out:
+                self.answered = True
                 self._write(b"".join(out))
             if not data:
                 self._finished(call)
@@ -753,6 +767,7 @@ class Connection(asyncio.Protocol):
             return
         block = (RESPONSE_HEADERS + literal(b"grpc-status", str(code).encode())
                  + literal(b"grpc-message", percent_encode(message)))
+        self.answered = True
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id, block))
         self._finished(call)
 
@@ -775,9 +790,6 @@ class Connection(asyncio.Protocol):
 
     def _finished(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
         if not call.started:
             self._unended(call.stream_id)
         self.server.changed()
@@ -854,6 +866,8 @@ class GrpcWireServer:
         self.max_message = max_message
         self.max_connections = max_connections
         self.refused = 0  # connections refused at the cap
+        self.ticking = False  # calls with a deadline are open: tick() is scheduled
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._refusal_logged = -1e9
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -864,7 +878,7 @@ class GrpcWireServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen; OSError when the address cannot be bound."""
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host, port,
                                                 reuse_address=True, backlog=1024)
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
@@ -878,6 +892,32 @@ class GrpcWireServer:
             except Exception:  # never let the sweep stop
                 logger.exception("gRPC connection sweep")
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def start_ticking(self) -> None:
+        assert self._loop is not None
+        self.ticking = True
+        self._loop.call_later(DEADLINE_TICK, self.tick)
+
+    def tick(self) -> None:
+        """Expire the calls whose deadline passed; again in :data:`DEADLINE_TICK` while
+        calls with a deadline are open."""
+        assert self._loop is not None
+        now = self._loop.time()
+        waiting = False
+        for conn in list(self.connections):
+            if not conn.calls:
+                continue
+            for call in [c for c in conn.calls.values() if c.deadline]:
+                if call.deadline <= now:
+                    try:
+                        conn.expire(call)
+                    except Exception:  # never let one call keep the others open
+                        logger.exception("gRPC deadline")
+                else:
+                    waiting = True
+        self.ticking = waiting
+        if waiting:
+            self._loop.call_later(DEADLINE_TICK, self.tick)
 
     def admit(self) -> bool:
         """Whether a new connection may open: below the cap, or at it once the connection

@@ -266,6 +266,32 @@ def test_a_ping_flood_is_cut_short(served: Served) -> None:
         assert method(channel, "Echo")(b"others", timeout=30) == b"others"
 
 
+def test_a_ping_after_each_answer_is_not_a_flood(served: Served,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpc-go and grpc-java clients send a PING per round trip while answers arrive (BDP
+    estimation): a PING after each answer is never cut short, where as many PINGs
+    alone are (here with the limit lowered to 5 a second)."""
+    from modelship_runtime import grpc_wire
+
+    monkeypatch.setattr(grpc_wire, "CONTROL_PER_SECOND", 5)
+    raw = Raw(served.port)
+    try:
+        for i in range(30):
+            sid = 2 * i + 1
+            raw.call(sid, payload=b"%d" % i)
+            assert raw.end_of(sid)[1] == {"grpc-status": "0"}
+            raw.send(raw_frame(H_PING, 0, 0, b"bdp-ping"))
+            raw.until(lambda k, fl, s, p: k == H_PING and fl & 1)
+    finally:
+        raw.close()
+    raw = Raw(served.port)
+    try:
+        raw.send(raw_frame(H_PING, 0, 0, b"12345678") * 30)
+        assert raw.goaway() == (0, 0xB)  # ENHANCE_YOUR_CALM
+    finally:
+        raw.close()
+
+
 def test_a_long_status_message_is_cut_and_the_call_still_answered(served: Served) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
@@ -478,6 +504,8 @@ def test_the_servers_own_deadline_answers_deadline_exceeded(served: Served) -> N
         assert "malformed grpc-timeout '1x'" in ended[1]["grpc-message"]
         raw.call(7, payload=b"in time", extra=(("grpc-timeout", "1M"),))
         assert raw.end_of(7)[1]["grpc-status"] == "0"
+        raw.call(9, payload=b"too late", extra=(("grpc-timeout", "0n"),))  # passed already
+        assert raw.end_of(9)[1]["grpc-status"] == "4"
         wait_for(lambda: served.run(_open_calls(served)) == 0, "no call left open")
     finally:
         raw.close()
