@@ -618,6 +618,23 @@ def test_after_goaway_a_new_stream_is_refused_and_the_one_in_flight_finishes() -
         s.close()
 
 
+def test_streams_past_the_advertised_maximum_are_refused(served: Served) -> None:
+    """A client that opens more than the 128 streams the server's SETTINGS allow has the
+    extra ones reset REFUSED_STREAM (not processed: safe to retry), and the connection
+    keeps serving; once a call ends, a new stream is taken."""
+    raw = Raw(served.port)
+    try:
+        raw.send(*(raw.headers(2 * i + 1) for i in range(128)))  # requests left open
+        raw.call(257, payload=b"one too many")
+        assert raw.end_of(257) == ("reset", REFUSED_STREAM)
+        raw.send(raw.message(1, b"first"))  # one of the 128 ends
+        assert raw.end_of(1)[1] == {"grpc-status": "0"}
+        raw.call(259, payload=b"room again")
+        assert raw.end_of(259)[1] == {"grpc-status": "0"}
+    finally:
+        raw.close()
+
+
 def test_a_cap_on_connections() -> None:
     """At the cap a new connection closes the one idle the longest (GOAWAY NO_ERROR);
     when every connection has a call open the new one is sent GOAWAY and closed."""
