@@ -146,8 +146,12 @@ class Validator:
         return self._finish(values, where, single=False, n_rows=n)
 
     def _typed(self, values: list[Any], where: str) -> np.ndarray:
-        """Rows of a model of typed columns (:mod:`.typed`) as an object matrix."""
+        """Rows of a model of typed columns (:mod:`.typed`) as an object matrix. A model
+        of one column (a text model) also takes one value per row, unwrapped
+        (``{"instances": ["good", "bad"]}``)."""
         assert self.kinds is not None
+        if len(self.kinds) == 1 and not any(type(row) is list for row in values):
+            values = [[row] for row in values]
         for r, row in enumerate(values):
             if not isinstance(row, list):
                 raise BadRequest(f"{where}[{r}] must be an array of values, got "

@@ -468,6 +468,18 @@ def test_bad_values_of_a_typed_model_are_a_400_naming_the_cell(
     assert "[0][1] ('size') is null; this model takes no missing values" in r.text, r.text
 
 
+def test_a_text_model_takes_one_string_per_row_unwrapped(zoo: dict[str, Served]) -> None:
+    """``{"instances": ["text", ...]}``, as KServe V1 and MLflow clients send one column."""
+    s = zoo["reviews"]
+    texts = s.case.ask().tolist()
+    want = {"predictions": s.case.estimator.predict(s.case.ask()).tolist()}
+    assert _post(f"{s.url}/v1/models/{s.name}:predict", json={"instances": texts}) == want
+    assert _post(f"{s.url}/invocations", json={"inputs": texts}) == want
+    r = httpx.post(f"{s.url}/v1/models/{s.name}:predict", json={"instances": [texts[0], 3]})
+    assert r.status_code == 400, r.text
+    assert "instances[1][0] ('review') must be a string, got int" in r.text, r.text
+
+
 def test_v2_metadata_names_each_typed_input_and_its_datatype(zoo: dict[str, Served]) -> None:
     s = zoo["mixed-pets"]
     meta = httpx.get(f"{s.url}/v2/models/{s.name}").json()
