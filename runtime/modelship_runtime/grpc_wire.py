@@ -628,6 +628,9 @@ class Connection(asyncio.Protocol):
 
     def _decompress(self, call: Call, message: bytes) -> bytes:
         encoding = call.header(b"grpc-encoding") or b"identity"
+        if encoding == b"identity":  # the gRPC protocol: then the flag must be 0
+            raise GrpcError(INTERNAL, "the request message is flagged compressed but "
+                            "grpc-encoding names no compression")
         wbits = {b"gzip": 31, b"deflate": 15}.get(encoding)
         if wbits is None:
             raise GrpcError(UNIMPLEMENTED, f"message compression {encoding.decode('latin-1')!r}"

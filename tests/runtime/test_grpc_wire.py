@@ -618,6 +618,45 @@ def test_after_goaway_a_new_stream_is_refused_and_the_one_in_flight_finishes() -
         s.close()
 
 
+def test_compressed_flags_and_encodings(served: Served) -> None:
+    """A message flagged compressed is read with its grpc-encoding (gzip, deflate); without
+    one it is INTERNAL (the gRPC protocol), and an encoding not served is UNIMPLEMENTED."""
+    import zlib
+
+    raw = Raw(served.port)
+    try:
+        body = b"squeeze me " * 100
+        for sid, encoding, payload, status in (
+                (1, "deflate", zlib.compress(body), "0"),
+                (3, "identity", zlib.compress(body), "13"),
+                (5, None, zlib.compress(body), "13"),
+                (7, "snappy", body, "12")):
+            extra = (("grpc-encoding", encoding),) if encoding else ()
+            raw.send(raw.headers(sid, extra=extra), raw_frame(
+                H_DATA, 1, sid, b"\1" + struct.pack(">I", len(payload)) + payload))
+            ended = raw.end_of(sid)
+            assert ended[1]["grpc-status"] == status, (encoding, ended)
+    finally:
+        raw.close()
+
+
+def test_streams_past_the_advertised_maximum_are_refused(served: Served) -> None:
+    """A client that opens more than the 128 streams the server's SETTINGS allow has the
+    extra ones reset REFUSED_STREAM (not processed: safe to retry), and the connection
+    keeps serving; once a call ends, a new stream is taken."""
+    raw = Raw(served.port)
+    try:
+        raw.send(*(raw.headers(2 * i + 1) for i in range(128)))  # requests left open
+        raw.call(257, payload=b"one too many")
+        assert raw.end_of(257) == ("reset", REFUSED_STREAM)
+        raw.send(raw.message(1, b"first"))  # one of the 128 ends
+        assert raw.end_of(1)[1] == {"grpc-status": "0"}
+        raw.call(259, payload=b"room again")
+        assert raw.end_of(259)[1] == {"grpc-status": "0"}
+    finally:
+        raw.close()
+
+
 def test_a_cap_on_connections() -> None:
     """At the cap a new connection closes the one idle the longest (GOAWAY NO_ERROR);
     when every connection has a call open the new one is sent GOAWAY and closed."""
