@@ -41,7 +41,15 @@ from .errors import BadRequest, ModelLoadError, UntrustedArtifact
 from .model import Model, Prediction
 from .signature import choose_columns, read_inputs
 from .trust import check_tree, inside, split_types
-from .typed import by_position, estimator_input, input_kinds, plain_output, takes_text
+from .typed import (
+    REFUSES,
+    by_position,
+    estimator_input,
+    input_kinds,
+    nan_handling,
+    plain_output,
+    takes_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -234,12 +242,7 @@ def _load_skops(name: str, f: BinaryIO, trusted_types: Sequence[str]) -> Any:
 
 
 def _allow_nan(estimator: Any) -> bool:
-    try:
-        from sklearn.utils import get_tags
-
-        return bool(get_tags(estimator).input_tags.allow_nan)
-    except Exception:  # old or third-party estimators without tags: be strict
-        return False
+    return nan_handling(estimator) != REFUSES
 
 
 def _label_datatype(classes: np.ndarray | None, estimator: Any = None) -> str:
@@ -397,11 +400,11 @@ class SKLearnModel(Model):
         :mod:`.typed`) that the estimator refuses (an unknown category, a value of the
         wrong type) are a BadRequest with its message."""
         with np.errstate(all="ignore"):
-            if rows.dtype != object:
-                return self._predict(rows)
             try:
+                if rows.dtype != object:
+                    return self._predict(rows)
                 return self._predict(estimator_input(rows, self._text))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError) as exc:  # scikit-learn refusing the values
                 raise BadRequest("the model cannot take these values: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
 

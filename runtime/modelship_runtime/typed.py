@@ -130,6 +130,45 @@ def plain_output(est: Any) -> int:
     return count
 
 
+_IMPUTERS = ("SimpleImputer", "KNNImputer", "IterativeImputer")
+REMOVES, PASSES, REFUSES = "removes", "passes", "refuses"
+
+
+def _empty(columns: Any) -> bool:
+    try:
+        return len(columns) == 0
+    except TypeError:  # a scalar column, a slice, a callable
+        return False
+
+
+def nan_handling(est: Any, depth: int = 0) -> str:
+    """What ``est`` does with a missing value (NaN) in its input: ``removes`` it (an
+    imputer, or a pipeline or column transformer whose every path meets one first),
+    ``passes`` it on (takes NaN, and its output may hold NaN: a scaler, or an estimator
+    that takes NaN) or ``refuses`` it. A pipeline's own tags say it refuses NaN whatever
+    its steps do, so the steps are asked one by one."""
+    if isinstance(est, str) or est is None:  # "passthrough", "drop"
+        return REMOVES if est == "drop" else PASSES
+    if type(est).__name__ in _IMPUTERS:
+        return REMOVES
+    if depth < 16 and isinstance(getattr(est, "steps", None), list):
+        for step in est.steps:
+            state = nan_handling(step[1], depth + 1)
+            if state != PASSES:
+                return state
+        return PASSES
+    fitted = getattr(est, "transformers_", None)
+    if depth < 16 and isinstance(fitted, list) and hasattr(est, "_hstack"):
+        states = {nan_handling(t[1], depth + 1) for t in fitted if not _empty(t[2])}
+        return REFUSES if REFUSES in states else PASSES if PASSES in states else REMOVES
+    try:
+        from sklearn.utils import get_tags
+
+        return PASSES if get_tags(est).input_tags.allow_nan else REFUSES
+    except Exception:  # old or third-party estimators without tags: be strict
+        return REFUSES
+
+
 def _string_categories(est: Any) -> bool:
     for part in walk(est):
         for cats in getattr(part, "categories_", None) or ():
@@ -182,6 +221,8 @@ def cell(value: object, kind: str, allow_nan: bool, where: str) -> Any:
                 raise BadRequest(f"{where} is null; this model takes no missing values")
             return math.nan
         raise _bad(where, "a number", value)
+    if value is None and allow_nan:  # a missing category, for the model's imputer
+        return math.nan
     if kind == BOOL:
         if t is not bool:
             raise _bad(where, "true or false", value)

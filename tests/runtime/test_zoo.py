@@ -82,9 +82,10 @@ def _zoo() -> list[Case]:
         RandomForestRegressor,
     )
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.multioutput import MultiOutputClassifier
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
     from sklearn.svm import SVC
 
@@ -106,6 +107,11 @@ def _zoo() -> list[Case]:
     gaps = num.to_numpy().copy()
     gaps[rng.random(gaps.shape) < 0.25] = np.nan
     counts = pd.DataFrame(rng.integers(0, 10, size=(n, 3)), columns=["x", "y", "z"])
+    holes = mixed.copy()  # missing numbers everywhere, missing categories when training
+    holes.loc[rng.random(n) < 0.3, "size"] = np.nan
+    holes.loc[rng.random(n) < 0.3, "weight"] = np.nan
+    holes["color"] = holes["color"].astype(object)
+    holes.loc[(rng.random(n) < 0.3) & (np.arange(n) < N_TRAIN), "color"] = np.nan
 
     def encode(dense: bool = False) -> Any:
         return ColumnTransformer([
@@ -118,6 +124,11 @@ def _zoo() -> list[Case]:
                                     ("lr", LogisticRegression())]), num, ints),
         Case("mixed-pets", Pipeline([("encode", encode()), ("lr", LogisticRegression())]),
              mixed, mixed_y),
+        Case("imputed", Pipeline([("encode", ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["size", "weight"]),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                  OneHotEncoder(handle_unknown="ignore")),
+             ["color", "shape"])])), ("lr", LogisticRegression())]), holes, mixed_y),
         Case("pandas-output", Pipeline([("encode", encode(dense=True)),
                                         ("lr", LogisticRegression())]
                                        ).set_output(transform="pandas"), mixed, mixed_y),
@@ -478,6 +489,28 @@ def test_a_text_model_takes_one_string_per_row_unwrapped(zoo: dict[str, Served])
     r = httpx.post(f"{s.url}/v1/models/{s.name}:predict", json={"instances": [texts[0], 3]})
     assert r.status_code == 400, r.text
     assert "instances[1][0] ('review') must be a string, got int" in r.text, r.text
+
+
+def test_an_imputing_pipeline_takes_missing_numbers_and_categories(
+        zoo: dict[str, Served]) -> None:
+    """A pipeline's own tags refuse NaN; one whose every path meets an imputer first takes
+    null numbers and null categories, as pandas writes NaN."""
+    s = zoo["imputed"]
+    rows = [{"color": None, "size": None, "shape": "round", "weight": 1.0},
+            {"color": "red", "size": 0.5, "shape": None, "weight": None}]
+    want = s.case.estimator.predict_proba(pd.DataFrame(rows).fillna(np.nan))
+    got = _post(f"{s.url}/v1/models/{s.name}:predict", json={
+        "instances": rows, "parameters": {"method": "predict_proba"}})["predictions"]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    csv_text = "color,size,shape,weight\n,,round,1.0\nred,0.5,,\n"
+    got = _post(f"{s.url}/invocations", content=csv_text, headers={
+        "Content-Type": "text/csv"})["predictions"]
+    assert got == s.case.estimator.predict(pd.DataFrame(rows).fillna(np.nan)).tolist()
+    # a pipeline without an imputer still refuses them, by name
+    r = httpx.post(f"{zoo['scaled-lr'].url}/v1/models/zoo-scaled-lr:predict",
+                   json={"instances": [[None, 1.0, 2.0]]})
+    assert r.status_code == 400, r.text
+    assert "instances[0][0] must be a number, got null" in r.text, r.text
 
 
 def test_v2_metadata_names_each_typed_input_and_its_datatype(zoo: dict[str, Served]) -> None:
