@@ -315,8 +315,12 @@ class SKLearnModel(Model):
             self.info.input_columns = columns
             if problem is not None:
                 logger.warning(f"model {self.name}: {problem}")
-            self.info.input_kinds = input_kinds(self.estimator, inputs.types,
-                                                self.info.n_features)
+            types = inputs.types
+            if types is not None and inputs.columns is not None and columns is not None \
+                    and columns != inputs.columns and set(columns) == set(inputs.columns):
+                by_name = dict(zip(inputs.columns, types, strict=True))
+                types = [by_name[c] for c in columns]  # the estimator's order
+            self.info.input_kinds = input_kinds(self.estimator, types, self.info.n_features)
 
     def use(self, estimator: Any, fmt: str = "memory") -> None:
         """Serve an estimator object (used by ``load_sync``; handy in tests)."""

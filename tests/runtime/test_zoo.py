@@ -567,3 +567,37 @@ def test_a_category_the_encoder_refuses_is_a_400_and_typed_rows_cache_apart() ->
     a, b = v.rows([["red", 3.0]]), v.rows([["red", 3.0]])
     assert cache_key("m", "1", a) == cache_key("m", "1", b)
     assert cache_key("m", "1", a) != cache_key("m", "1", v.rows([["blue", 3.0]]))
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_a_signature_in_another_order_than_the_fitted_columns_types_each_by_name(
+        tmp_path: Path) -> None:
+    """The signature names color, size; the pipeline was fitted on size, color: rows go in
+    the fitted order, and each column keeps its own type."""
+    from modelship_runtime.dataplane import Validator
+    from modelship_runtime.sklearn import SKLearnModel
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"size": [float(i) for i in range(20)],
+                          "color": ["red", "blue"] * 10})
+    est = Pipeline([("ct", ColumnTransformer([("c", OneHotEncoder(), ["color"])],
+                                             remainder="passthrough")),
+                    ("lr", LogisticRegression())]).fit(frame, frame["size"] > 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(frame[["color", "size"]], est.predict(frame))
+        mlflow.sklearn.save_model(est, tmp_path / "m", signature=signature,
+                                  pip_requirements=[])
+    model = SKLearnModel("m", "1", tmp_path / "m", allow_pickle=False)
+    model.load_sync()
+    assert model.info.input_columns == ["size", "color"]
+    assert model.info.input_kinds == ["number", "string"]
+    v = Validator(2, False, 10, kinds=model.info.input_kinds, names=["size", "color"])
+    assert model.predict(v.rows([[3.0, "red"], [12.0, "blue"]])).labels == est.predict(
+        pd.DataFrame({"size": [3.0, 12.0], "color": ["red", "blue"]})).tolist()
