@@ -42,6 +42,7 @@ class Served:
         self.port = free_port()
         self.server = GrpcWireServer(self.handle, LIMIT)
         self.cancelled = threading.Event()
+        self.expired: list[bool] = []  # call.expired of each cancelled Slow call
         self.slow_started = threading.Event()
         self.release: asyncio.Event | None = None
 
@@ -75,6 +76,7 @@ class Served:
             try:
                 await self.release.wait()
             except asyncio.CancelledError:
+                self.expired.append(call.expired)
                 self.cancelled.set()
                 raise
             return b"done"
@@ -482,6 +484,7 @@ def test_the_servers_own_deadline_answers_deadline_exceeded(served: Served) -> N
     finishes arriving too; a malformed grpc-timeout is INTERNAL."""
     served.cancelled.clear()
     served.slow_started.clear()
+    served.expired.clear()
     raw = Raw(served.port)
     try:
         raw.call(1, "Slow", extra=(("grpc-timeout", "300m"),))
@@ -491,6 +494,7 @@ def test_the_servers_own_deadline_answers_deadline_exceeded(served: Served) -> N
                                             "deadline exceeded (grpc-timeout 300m)"})
         assert served.slow_started.is_set()
         assert served.cancelled.wait(30), "the handler was not cancelled"
+        assert served.expired == [True]  # what the service counts DEADLINE_EXCEEDED by
         # a request that never ends: answered, then the stream reset (NO_ERROR) so the
         # client stops sending; its late DATA is dropped
         raw.send(raw.headers(3, extra=(("grpc-timeout", "200000u"),)))
