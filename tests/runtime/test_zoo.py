@@ -377,6 +377,13 @@ def v2_json(s: Served) -> None:
     assert out["predict"]["shape"] == list(np.shape(_want(case)[0]))
     if _want(case)[1] is not None:
         _same_proba(out["predict_proba"]["data"], case)
+    if case.named:  # one tensor per column, named, in another order (MLServer's codec)
+        frame = case.frame()
+        columns = [{"name": c, "datatype": "BYTES" if _strings(frame[c]) else "FP64",
+                    "shape": [len(frame), 1], "data": [_json(v) for v in frame[c]]}
+                   for c in reversed(frame.columns)]
+        body = _post(f"{s.url}/v2/models/{s.name}/infer", json={"inputs": columns})
+        _same({o["name"]: o for o in body["outputs"]}["predict"]["data"], case)
 
 
 def _triton(s: Served, module: Any, address: str) -> None:
@@ -387,7 +394,12 @@ def _triton(s: Served, module: Any, address: str) -> None:
         tensor = module.InferInput(name, list(values.shape), dt)
         tensor.set_data_from_numpy(values)
         inputs.append(tensor)
-    result = client.infer(s.name, inputs)
+    outputs = None
+    if module is httpclient:  # answers in binary too
+        outputs = [module.InferRequestedOutput("predict", binary_data=True)]
+        if _want(case)[1] is not None:
+            outputs.append(module.InferRequestedOutput("predict_proba", binary_data=True))
+    result = client.infer(s.name, inputs, outputs=outputs)
     labels = result.as_numpy("predict")
     if labels.dtype == object:
         labels = np.array([x.decode() for x in labels.ravel()]).reshape(labels.shape)
