@@ -525,6 +525,31 @@ def test_an_imputing_pipeline_takes_missing_numbers_and_categories(
     assert "instances[0][0] must be a number, got null" in r.text, r.text
 
 
+def test_grpc_typed_contents_as_kserve_clients_send_them(zoo: dict[str, Served]) -> None:
+    """ModelInfer with each column in typed ``contents`` (bytes_contents for strings), as
+    clients that do not use raw_input_contents send it."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    s = zoo["mixed-pets"]
+    frame = s.case.frame()
+    request = service_pb2.ModelInferRequest(model_name=s.name)
+    for c in frame.columns:
+        tensor = request.inputs.add(name=c, shape=[len(frame)])
+        if _strings(frame[c]):
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.extend(v.encode() for v in frame[c])
+        else:
+            tensor.datatype = "FP64"
+            tensor.contents.fp64_contents.extend(frame[c].astype(float))
+    with grpc.insecure_channel(s.grpc) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request,
+                                                                               timeout=30)
+    outputs = {o.name: o for o in answer.outputs}
+    _same([b.decode() for b in outputs["predict"].contents.bytes_contents], s.case)
+    _same_proba(list(outputs["predict_proba"].contents.fp64_contents), s.case)
+
+
 def test_v2_metadata_names_each_typed_input_and_its_datatype(zoo: dict[str, Served]) -> None:
     s = zoo["mixed-pets"]
     meta = httpx.get(f"{s.url}/v2/models/{s.name}").json()
