@@ -46,7 +46,7 @@ from .model import Model
 from .pull import read_metadata
 from .ratelimit import ANONYMOUS, RateLimiter
 from .settings import RuntimeSettings
-from .shadow import Mirror, MirrorSwitch, Outgoing, SenderProcess
+from .shadow import Busy, Mirror, MirrorSwitch, Outgoing, SenderProcess
 from .shadow_sender import SHADOW_HEADER, STABLE_PREDICTION_HEADER, STABLE_VERSION_HEADER
 from .sklearn import SKLearnModel
 
@@ -452,7 +452,7 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     def make_mirror(url: str, fraction: float) -> Mirror:
         return Mirror(url, sender, fraction=fraction,
                       max_header=settings.shadow_max_prediction_bytes,
-                      busy=plane.busy if settings.shadow_when_busy == "shed" else None)
+                      busy=Busy(plane.busy) if settings.shadow_when_busy == "shed" else None)
 
     mirror = MirrorSwitch(make_mirror, model.version)
     if settings.shadow_url and settings.shadow_fraction > 0:

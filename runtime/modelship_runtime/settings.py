@@ -206,10 +206,10 @@ class RuntimeSettings(BaseSettings):
     connection each)."""
 
     shadow_when_busy: Literal["shed", "mirror"] = "shed"
-    """A prediction request chosen for mirroring while others are being served: ``shed``
+    """A prediction request chosen for mirroring while others are being served, or while
+    the serving process has used more than 75% of a core over the last 50 ms: ``shed``
     (not mirrored, counted as ``shed``: copies come only from moments the pod has CPU
-    to spare, so a loaded pod's clients never share it with the mirror) or ``mirror``
-    (mirrored anyway, the sender's priority decides)."""
+    to spare) or ``mirror`` (mirrored anyway, the sender's priority decides)."""
 
     shadow_sender_priority: Literal["idle", "low", "normal"] = "idle"
     """CPU priority of the shadow sender process. ``idle`` (Linux SCHED_IDLE): it runs only

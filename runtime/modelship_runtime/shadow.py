@@ -409,6 +409,39 @@ def _shared_fd(size: int) -> int:
     return fd
 
 
+#: The serving process counts as busy above this share of one core's time (its own CPU
+#: time, the predict thread's included) over the last CPU_WINDOW seconds.
+BUSY_CPU = 0.75
+CPU_WINDOW = 0.05
+
+
+class Busy:
+    """Whether the serving process has no CPU to spare for a copy: requests are being
+    served (``in_flight``), or it used more than BUSY_CPU of a core lately. The second
+    catches a pod kept busy by requests that never overlap (one client sending back to
+    back), where a copy's sending would take the CPU its next request needs."""
+
+    def __init__(self, in_flight: Callable[[], bool],
+                 cpu: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.in_flight = in_flight
+        self.cpu = cpu
+        self.clock = clock
+        self._at = clock()
+        self._used = cpu()
+        self.share = 0.0  # of one core, over the last window measured
+
+    def __call__(self) -> bool:
+        if self.in_flight():
+            return True
+        now = self.clock()
+        if now - self._at >= CPU_WINDOW:  # one process-CPU read per window, not per call
+            used = self.cpu()
+            self.share = (used - self._used) / (now - self._at)
+            self._at, self._used = now, used
+        return self.share > BUSY_CPU
+
+
 class Mirror:
     """One canary to mirror to, at a fraction; hands chosen requests to the sender."""
 

@@ -131,3 +131,22 @@ def test_a_batch_the_socket_cannot_take_is_dropped_whole(full: bool) -> None:
 
     figures = asyncio.run(main())
     assert figures["dropped"] == 4 and figures["skipped"] == 0
+
+
+def test_busy_is_requests_in_flight_or_most_of_a_core_lately() -> None:
+    """The shadow mirror's shedding signal, on clocks the test moves."""
+    wall, cpu, flight = [100.0], [10.0], [False]
+    busy = shadow.Busy(lambda: flight[0], cpu=lambda: cpu[0], clock=lambda: wall[0])
+    assert not busy()  # nothing measured yet, nothing in flight
+    flight[0] = True
+    assert busy()
+    flight[0] = False
+    wall[0] += 0.1
+    cpu[0] += 0.09  # 90% of a core over the last 100 ms: a client sending back to back
+    assert busy() and busy.share == pytest.approx(0.9)
+    wall[0] += 0.01  # within the window: the last figure holds, the CPU is not read
+    cpu[0] += 0.001
+    assert busy() and busy.share == pytest.approx(0.9)
+    wall[0] += 0.1
+    cpu[0] += 0.01  # since the last reading: 11 ms of CPU in 110 ms, 10% of a core
+    assert not busy() and busy.share == pytest.approx(0.1)
