@@ -42,6 +42,7 @@ from modelship_operator.api import ModelDeployment
 from modelship_operator.reconcilers import shadowtoken
 from modelship_operator.render import RolloutState, render
 from modelship_operator.settings import OperatorSettings
+from runtime_proc import free_port
 
 BLOCKS = blocks()
 RUNTIME_BLOCKS = [b for b in BLOCKS if b.mark in (RUNTIME, RUNTIME_WITH_KEYS)]
@@ -300,7 +301,11 @@ def full_example_pod(demo_mlflow: MlflowServer, tmp_path_factory: pytest.TempPat
         assert pulled.returncode == 0, pulled.stdout + pulled.stderr
         main = kubelet.container(pod, "runtime", root / "volumes", namespace=NAMESPACE,
                                  secrets=secrets)
-        runtime = Runtime(_serve_args(main.command), root / "runtime.log", env=main.env).start()
+        # The pod's own ports: a pod has its network to itself, this test shares the
+        # machine's (the rendered gRPC port, 8081, may be another test's meanwhile).
+        assert main.env["MODELSHIP_GRPC_PORT"] == str(OperatorSettings().runtime_grpc_port)
+        env = {**main.env, "MODELSHIP_GRPC_PORT": str(free_port())}
+        runtime = Runtime(_serve_args(main.command), root / "runtime.log", env=env).start()
         try:
             yield Pod(runtime.url, secrets, main.env)
         finally:
