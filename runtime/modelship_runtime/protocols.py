@@ -287,14 +287,14 @@ TYPED_DATATYPES = ("BYTES", "BOOL")
 def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
     """The checked elements of one input tensor of ``datatype`` (JSON values, or decoded
     from bytes): strings for BYTES, booleans for BOOL, numbers (null: missing) else."""
-    if datatype == "BYTES":
+    if datatype == "BYTES":  # null: a missing value, for a model that takes them
         for i, x in enumerate(flat):
-            if type(x) is not str:
+            if type(x) is not str and x is not None:
                 raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BYTES needs strings")
         return flat
     if datatype == "BOOL":
         for i, x in enumerate(flat):
-            if type(x) is not bool:
+            if type(x) is not bool and x is not None:
                 raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BOOL needs true or false")
         return flat
     kind = V2_SUPPORTED[datatype]

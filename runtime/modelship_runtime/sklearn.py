@@ -354,7 +354,7 @@ class SKLearnModel(Model):
             classes is not None and np.ndim(classes[0]) > 0)
         if info.multi_output:  # MultiOutputClassifier: one array of classes per output
             assert classes is not None
-            numeric = all(np.asarray(c).dtype.kind in "biuf" for c in classes)
+            kinds = {np.asarray(c).dtype.kind for c in classes}
             classes = None
         self._classes = np.asarray(classes) if classes is not None else None
         info.classes = self._classes.tolist() if self._classes is not None else None
@@ -362,7 +362,8 @@ class SKLearnModel(Model):
         info.allow_nan = _allow_nan(estimator)
         info.label_datatype = _label_datatype(self._classes, estimator)
         if info.multi_output:
-            info.label_datatype = "INT64" if numeric else "BYTES"
+            info.label_datatype = "INT64" if kinds <= set("biu") else (
+                "FP64" if kinds <= set("biuf") else "BYTES")
         final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
         self._proba_decides = info.has_proba and type(final).__name__ in _PROBA_DECIDES
         self._forest = None

@@ -514,6 +514,11 @@ def test_an_imputing_pipeline_takes_missing_numbers_and_categories(
     got = _post(f"{s.url}/v1/models/{s.name}:predict", json={
         "instances": rows, "parameters": {"method": "predict_proba"}})["predictions"]
     np.testing.assert_allclose(got, want, atol=1e-6)
+    inputs = [{"name": c, "datatype": "BYTES" if c in ("color", "shape") else "FP64",
+               "shape": [2, 1], "data": [r[c] for r in rows]} for c in rows[0]]
+    got = _post(f"{s.url}/v2/models/{s.name}/infer", json={"inputs": inputs})
+    np.testing.assert_allclose({o["name"]: o for o in got["outputs"]}["predict_proba"][
+        "data"], want.ravel(), atol=1e-6)
     csv_text = "color,size,shape,weight\n,,round,1.0\nred,0.5,,\n"
     got = _post(f"{s.url}/invocations", content=csv_text, headers={
         "Content-Type": "text/csv"})["predictions"]
@@ -523,6 +528,11 @@ def test_an_imputing_pipeline_takes_missing_numbers_and_categories(
                    json={"instances": [[None, 1.0, 2.0]]})
     assert r.status_code == 400, r.text
     assert "instances[0][0] must be a number, got null" in r.text, r.text
+    r = httpx.post(f"{zoo['mixed-pets'].url}/v2/models/zoo-mixed-pets/infer", json={
+        "inputs": [{**i, "data": [None, "red"] if i["name"] == "color" else i["data"]}
+                   for i in inputs]})
+    assert r.status_code == 400, r.text
+    assert "[0][0] ('color') must be a string, got null" in r.text, r.text
 
 
 def test_grpc_typed_contents_as_kserve_clients_send_them(zoo: dict[str, Served]) -> None:
