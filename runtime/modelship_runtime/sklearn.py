@@ -401,9 +401,11 @@ class SKLearnModel(Model):
         :mod:`.typed`) that the estimator refuses (an unknown category, a value of the
         wrong type) are a BadRequest with its message."""
         with np.errstate(all="ignore"):
+            if rows.dtype != object:
+                # Numbers the validator passed: an estimator that raises on them fails
+                # (500), which is what a canary's error-rate gate must see.
+                return self._predict(rows)
             try:
-                if rows.dtype != object:
-                    return self._predict(rows)
                 return self._predict(estimator_input(rows, self._text))
             except (ValueError, TypeError) as exc:  # scikit-learn refusing the values
                 raise BadRequest("the model cannot take these values: "
