@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -212,15 +213,7 @@ def csv_rows(raw: bytes, v: Validator, info: ModelInfo) -> np.ndarray:
         if v.kinds is not None:
             return _typed_csv(reader, header, order, v)
         rows: list[list[float]] = []
-        for line in reader:
-            if not line:
-                continue
-            n = len(rows) + 1
-            if n > v.max_rows:
-                raise BadRequest(f"the CSV body has more than {v.max_rows} rows; the maximum "
-                                 f"is {v.max_rows}")
-            if len(line) != width:
-                raise BadRequest(f"CSV row {n} has {len(line)} values for {width} columns")
+        for n, line in _csv_rows(reader, width, v.max_rows):
             try:
                 rows.append([float(c) if c.strip() else float("nan") for c in line])
             except ValueError:
@@ -234,6 +227,23 @@ def csv_rows(raw: bytes, v: Validator, info: ModelInfo) -> np.ndarray:
     arr = np.array(rows, dtype=np.float64)
     v.check_finite(arr, "CSV")
     return arr if order is None else np.ascontiguousarray(arr[:, order])
+
+
+def _csv_rows(reader: Iterable[list[str]], width: int, max_rows: int
+              ) -> Iterator[tuple[int, list[str]]]:
+    """The non-empty lines of a CSV body, numbered from 1, each ``width`` cells long;
+    BadRequest past ``max_rows`` rows or at a line of another width."""
+    n = 0
+    for line in reader:
+        if not line:
+            continue
+        n += 1
+        if n > max_rows:
+            raise BadRequest(f"the CSV body has more than {max_rows} rows; the maximum "
+                             f"is {max_rows}")
+        if len(line) != width:
+            raise BadRequest(f"CSV row {n} has {len(line)} values for {width} columns")
+        yield n, line
 
 
 def _typed_cell(text: str, kind: str) -> Any:
@@ -259,15 +269,7 @@ def _typed_csv(reader: Any, header: list[str], order: list[int] | None, v: Valid
     at = order if order is not None else list(range(width))
     kinds = v.kinds
     rows: list[list[Any]] = []
-    for line in reader:
-        if not line:
-            continue
-        n = len(rows) + 1
-        if n > v.max_rows:
-            raise BadRequest(f"the CSV body has more than {v.max_rows} rows; the maximum "
-                             f"is {v.max_rows}")
-        if len(line) != width:
-            raise BadRequest(f"CSV row {n} has {len(line)} values for {width} columns")
+    for _, line in _csv_rows(reader, width, v.max_rows):
         rows.append([_typed_cell(line[i], kinds[j]) for j, i in enumerate(at)])
     if not rows:
         raise BadRequest("the CSV body has a header but no rows")

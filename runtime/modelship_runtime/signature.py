@@ -39,9 +39,9 @@ class MLmodelInputs:
     column-based signature, named or not; None for a tensor-based one or none."""
 
 
-def signature_columns(inputs: object) -> list[str] | None:
-    """Column names of an MLmodel ``signature.inputs`` value (a JSON string or a list of
-    column specs); None when it is absent, tensor-based or names no columns."""
+def _specs(inputs: object) -> list[Any] | None:
+    """The column specs of a ``signature.inputs`` value (JSON text or already a list);
+    None when it is not a non-empty list."""
     if isinstance(inputs, str):
         try:
             inputs = json.loads(inputs)
@@ -49,8 +49,17 @@ def signature_columns(inputs: object) -> list[str] | None:
             return None
     if not isinstance(inputs, list) or not inputs:
         return None
+    return inputs
+
+
+def signature_columns(inputs: object) -> list[str] | None:
+    """Column names of an MLmodel ``signature.inputs`` value (a JSON string or a list of
+    column specs); None when it is absent, tensor-based or names no columns."""
+    specs = _specs(inputs)
+    if specs is None:
+        return None
     names: list[str] = []
-    for spec in inputs:
+    for spec in specs:
         if not isinstance(spec, dict) or spec.get("type") == "tensor":
             return None
         name = spec.get("name")
@@ -66,15 +75,11 @@ def signature_types(inputs: object) -> list[str] | None:
     """The MLflow type of each column of an MLmodel ``signature.inputs`` value (a JSON
     string or a list of column specs), named or not; None when it is absent or
     tensor-based."""
-    if isinstance(inputs, str):
-        try:
-            inputs = json.loads(inputs)
-        except ValueError:
-            return None
-    if not isinstance(inputs, list) or not inputs:
+    specs = _specs(inputs)
+    if specs is None:
         return None
     types: list[str] = []
-    for spec in inputs:
+    for spec in specs:
         kind = spec.get("type") if isinstance(spec, dict) else None
         if not isinstance(kind, str) or kind == "tensor":
             return None

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +32,23 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the runtime at ``url`` is ready (300 s: a busy CI machine starts
+    slowly); fail with the end of its ``log`` if it exits or never is."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = "not ready after 300 s" if proc.returncode is None \
+                else f"exited with {proc.returncode}"
+            raise RuntimeError(f"{url}: {why}\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def metric(url: str, name: str, **labels: str) -> float:

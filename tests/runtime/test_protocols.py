@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_serving
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 COLUMNS = ["width (cm)", "alpha", "zeta", "beta", "gamma", "delta"]
@@ -61,21 +60,6 @@ def _serve(model_dir: Path, name: str, log: Path) -> tuple[str, subprocess.Popen
     return f"http://127.0.0.1:{port}", proc
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 300  # generous: a busy CI machine starts slowly
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = "not ready after 300 s" if proc.returncode is None \
-                else f"exited with {proc.returncode}"
-            raise RuntimeError(f"{url}: {why}\n{log.read_text()}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import pandas as pd
@@ -102,7 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                _serve(root / "reg", "reg", root / "reg.log")]
     try:
         for (url, proc), log in zip(started, (root / "clf.log", root / "reg.log"), strict=True):
-            _wait(url, proc, log)
+            wait_serving(url, proc, log)
         yield Served(X, clf, reg, started[0][0], started[1][0], root / "clf", root / "reg")
     finally:
         for _, proc in started:

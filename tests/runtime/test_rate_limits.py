@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, metric
+from helpers import free_port, metric, wait_serving
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
 ROW = {"features": [0.1] * 8}
@@ -41,17 +40,8 @@ class Runtimes:
                     env={**base, "MODELSHIP_GRPC_PORT": "0", **env})
             self.procs.append((proc, log))
             urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 120
         for url, (proc, log) in zip(urls, self.procs[-n:], strict=True):
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text())
-                time.sleep(0.05)
+            wait_serving(url, proc, log)
         return urls
 
     def logs(self) -> str:

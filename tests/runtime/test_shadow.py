@@ -252,6 +252,25 @@ def settle(*pods: Pod, sent: dict[str, float]) -> None:
         wait_for(f"{pod.name}: {sent[pod.name]} mirrored requests accounted for", done)
 
 
+def compared(before: Samples, after: Samples) -> dict[str, float]:
+    """Rows a canary compared between two scrapes, by result."""
+    return {r: total(after, "model_shadow_agreement_total", result=r)
+            - total(before, "model_shadow_agreement_total", result=r)
+            for r in ("agree", "disagree")}
+
+
+def sent_and_agreed(stable: Pod, before_out: dict[str, float], requests: int, canary: Pod,
+                    before: Samples, rows: int) -> Samples:
+    """Once settled: every one of `requests` sent by `stable` (none dropped, failed,
+    skipped or shed) and all `rows` agreed at `canary`; the canary's scrape."""
+    settle(stable, sent={stable.name: sum(before_out.values()) + requests})
+    assert delta(stable.outcomes(), before_out) == {"sent": requests, "dropped": 0,
+                                                    "failed": 0, "skipped": 0, "shed": 0}
+    after = canary.scrape()
+    assert compared(before, after) == {"agree": rows, "disagree": 0}
+    return after
+
+
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before[k] for k in after}
 
@@ -302,15 +321,7 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
             assert got == cluster.stable.predict(X[i:i + n]).tolist()
             rows += n
     triton.close()
-    settle(stable, sent={stable.name: sum(before_out.values()) + 70})
-    assert delta(stable.outcomes(), before_out) == {"sent": 70, "dropped": 0, "failed": 0,
-                                                    "skipped": 0, "shed": 0}
-    after = canary.scrape()
-    agree = total(after, "model_shadow_agreement_total", result="agree") - \
-        total(before, "model_shadow_agreement_total", result="agree")
-    disagree = total(after, "model_shadow_agreement_total", result="disagree") - \
-        total(before, "model_shadow_agreement_total", result="disagree")
-    assert (agree, disagree) == (rows, 0)
+    after = sent_and_agreed(stable, before_out, 70, canary, before, rows)
     assert total(after, "model_shadow_uncompared_total") == \
         total(before, "model_shadow_uncompared_total")
     received = {route: total(after, "model_shadow_requests_total", route=route, status="200")
@@ -350,14 +361,7 @@ def test_grpc_predictions_are_mirrored_as_binary_v2_requests(cluster: Cluster) -
         assert got == want.tolist()
         rows += n
     client.close()
-    settle(stable, sent={stable.name: sum(before_out.values()) + 12})
-    assert delta(stable.outcomes(), before_out) == {"sent": 12, "dropped": 0, "failed": 0,
-                                                    "skipped": 0, "shed": 0}
-    after = canary.scrape()
-    compared = {r: total(after, "model_shadow_agreement_total", result=r)
-                - total(before, "model_shadow_agreement_total", result=r)
-                for r in ("agree", "disagree")}
-    assert compared == {"agree": rows, "disagree": 0}
+    after = sent_and_agreed(stable, before_out, 12, canary, before, rows)
     assert total(after, "model_shadow_requests_total", route="/v2/models/{name}/infer",
                  status="200") - total(before, "model_shadow_requests_total",
                                        route="/v2/models/{name}/infer", status="200") == 12

@@ -21,7 +21,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import clean_env, free_port
+from helpers import clean_env, free_port, wait_serving
 
 pd = pytest.importorskip("pandas")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] missing")
@@ -193,21 +192,6 @@ def _log(case: Case, mlflow: Any) -> None:
                              pip_requirements=[], await_registration_for=0, **kwargs)
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 300  # generous: a busy CI machine starts slowly
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = "not ready after 300 s" if proc.returncode is None \
-                else f"exited with {proc.returncode}"
-            raise RuntimeError(f"{url}: {why}\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-
-
 CASES = [c.name for c in _zoo()]
 
 
@@ -241,7 +225,7 @@ def zoo(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
             started.append((Served(case, f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"),
                             proc, log))
         for served, proc, log in started:
-            _wait(served.url, proc, log)
+            wait_serving(served.url, proc, log)
         yield {s.case.name: s for s, _, _ in started}
     finally:
         for _, proc, _ in started:
