@@ -410,6 +410,14 @@ def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> list[dict[str
     return out
 
 
+def verdict(s: dict[str, Any]) -> str:
+    """The "p99 unchanged" cell: with nothing sent to the canary there is no mirroring
+    to judge (only the choosing and shedding), and the cell says so."""
+    if not s["mirrored"]["sent"]:
+        return "nothing sent: not judged"
+    return "yes" if s["p99_unchanged"] else "**no**"
+
+
 def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float,
            load: float) -> str:
     lines = [
@@ -445,7 +453,7 @@ def render(summary: list[dict[str, Any]], args: argparse.Namespace, load0: float
             f"| {r(s, 'p50_ms', 'ratio')} | {r(s, 'p50_ms', 'aa_ratio')} "
             f"| {s['off']['p99_ms']:.2f} | {s['on']['p99_ms']:.2f} "
             f"| {r(s, 'p99_ms', 'ratio')} | {r(s, 'p99_ms', 'aa_ratio')} "
-            f"| {'yes' if s['p99_unchanged'] else '**no**'} "
+            f"| {verdict(s)} "
             f"| {s['off']['cpu_us_per_request']:.0f} | {r(s, 'cpu_us_per_request', 'ratio')} "
             f"| {r(s, 'cpu_us_per_request', 'aa_ratio')} | {s['sender_cpu_us_per_sent']:.0f} "
             f"| {m['sent']:.0f} / {s['on_requests']} ({s['sent_share']:.0%}; "

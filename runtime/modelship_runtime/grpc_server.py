@@ -266,17 +266,17 @@ class InferenceServicer:
         if rid is None:
             self._counter += 1
             rid = f"{self._prefix}-{self._counter:x}".encode()
-        head = _mirror_head(rows.shape)
         headers = [(k, v) for k, v in call.headers if k in _CREDENTIALS]
         headers.append((b"content-type", b"application/octet-stream"))
-        headers.append((b"inference-header-content-length", str(len(head)).encode()))
         outgoing = mirror.choose("POST", f"/v2/models/{self.plane.model.info.name}/infer",
                                  rid, headers)
-        if outgoing is None:
+        if outgoing is None:  # not sampled, or shed: nothing more to build
             return
         if self.plane.validator.kinds is not None or rows.dtype != np.float64:
             mirror.sender.skipped += 1
             return
+        head = _mirror_head(rows.shape)
+        outgoing.forwarded += b"\r\ninference-header-content-length: %d" % len(head)
         outgoing.chunks = [head, rows.tobytes()]
         outgoing.observe(prediction)
         # after this call's answer is written: the handler returns it first

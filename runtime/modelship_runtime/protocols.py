@@ -189,6 +189,21 @@ def v1_response(pred: Prediction, proba: bool = False) -> bytes:
     return orjson.dumps({"predictions": pred.probabilities if proba else pred.labels})
 
 
+def _tensor_values(shape: Any, data: Any, where: str, form: str) -> list[Any]:
+    """The values of a V2 JSON tensor ``where``, flat: its shape checked (``form``, one
+    or two non-negative integers), its data an array of exactly that many elements."""
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+            or any(type(d) is not int or d < 0 for d in shape)):
+        raise BadRequest(f"{where}.shape must be {form} with non-negative integers")
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}.data must be an array, got {_type_name(data)}")
+    flat = _flatten(data)
+    need = math.prod(shape)
+    if len(flat) != need:
+        raise BadRequest(f"{where}.shape {shape} needs {need} elements; data has {len(flat)}")
+    return flat
+
+
 def _flatten(data: list[Any], depth: int = 0) -> list[Any]:
     if depth > 8:
         raise BadRequest("inputs[0].data is nested too deeply")
@@ -226,16 +241,7 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
     if datatype not in V2_SUPPORTED:
         raise BadRequest(f"inputs[0].datatype {datatype} is not supported; use FP32, FP64, "
                          "INT32 or INT64")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
-            or any(type(d) is not int or d < 0 for d in shape)):
-        raise BadRequest("inputs[0].shape must be [features] or [rows, features] "
-                         "with non-negative integers")
-    if not isinstance(data, list):
-        raise BadRequest(f"inputs[0].data must be an array, got {_type_name(data)}")
-    flat = _flatten(data)
-    need = math.prod(shape)
-    if len(flat) != need:
-        raise BadRequest(f"inputs[0].shape {shape} needs {need} elements; data has {len(flat)}")
+    flat = _tensor_values(shape, data, "inputs[0]", "[features] or [rows, features]")
     kind = V2_SUPPORTED[datatype]
     for i, x in enumerate(flat):
         tx = type(x)
@@ -355,17 +361,7 @@ def v2_typed_rows(inputs: list[Any], v: Validator, info: ModelInfo) -> np.ndarra
         if not isinstance(name, str):
             raise BadRequest(f"{where}.name must be a string")
         datatype = check_input_datatype(t["datatype"], where, v)
-        if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
-                or any(type(d) is not int or d < 0 for d in shape)):
-            raise BadRequest(f"{where}.shape must be [rows] or [rows, columns] with "
-                             "non-negative integers")
-        if not isinstance(data, list):
-            raise BadRequest(f"{where}.data must be an array, got {_type_name(data)}")
-        flat = _flatten(data)
-        need = math.prod(shape)
-        if len(flat) != need:
-            raise BadRequest(f"{where}.shape {shape} needs {need} elements; data has "
-                             f"{len(flat)}")
+        flat = _tensor_values(shape, data, where, "[rows] or [rows, columns]")
         tensors.append((name, shape, datatype,
                         tensor_values(flat, datatype, f"{where}.data")))
     return tensors_to_rows(tensors, v, info)
