@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from . import __version__, binary, fastpath, protocols
+from . import __version__, binary, codings, fastpath, protocols
 from .agreement import Judge
 from .auth import KeyRing
 from .cache import Cache, RedisCache
@@ -254,6 +254,7 @@ class ServingMiddleware:
         per-request Request objects: the hot path."""
         status, headers = 200, _JSON_HEADERS
         try:
+            applied = codings.of_request(scope["headers"])
             chunks: list[bytes] = []
             seen = 0
             plane.batcher.arriving += 1
@@ -272,8 +273,10 @@ class ServingMiddleware:
             finally:
                 plane.batcher.arriving -= 1
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if outgoing is not None:  # the body, kept for the mirror
+            if outgoing is not None:  # the body, kept for the mirror (as it came)
                 outgoing.chunks = chunks
+            if applied:
+                raw = await plane.decoder.offload(codings.decode, raw, applied, self.max_body)
             answer = await fastpath.answer(plane, route, raw, start, scope["headers"], shadow)
             if isinstance(answer, binary.Answer):  # V2 binary outputs asked for
                 body, headers = answer.body, answer.asgi_headers()
@@ -435,7 +438,8 @@ def create_app(settings: RuntimeSettings | None = None, *, model: Model | None =
     plane = DataPlane(model, metrics, cache=cache, microbatch=settings.microbatch,
                       microbatch_max_size=settings.microbatch_max_size,
                       microbatch_max_wait_ms=settings.microbatch_max_wait_ms,
-                      max_batch_size=settings.max_rows, max_columns=settings.max_columns)
+                      max_batch_size=settings.max_rows, max_columns=settings.max_columns,
+                      max_body_bytes=settings.max_body_bytes)
     token = settings.shadow_token.get_secret_value() if settings.shadow_token else None
     judge = Judge(model, metrics, token=token, log_per_minute=settings.shadow_log_per_minute,
                   log_rel_diff=settings.shadow_log_rel_diff)

@@ -76,6 +76,11 @@ class Decoder:
         return await asyncio.get_running_loop().run_in_executor(self._executor, parse, raw,
                                                                 *args)
 
+    async def offload(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the worker thread, whatever its size (decompressing a body,
+        whose size on the wire says nothing of what it inflates to)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
     def close(self) -> None:
         """Stop the worker thread after the bodies already queued."""
         self._executor.shutdown(wait=True)

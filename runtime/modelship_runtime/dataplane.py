@@ -408,8 +408,10 @@ class DataPlane:
         microbatch_max_wait_ms: float = 0.0,
         max_batch_size: int = 1000,
         max_columns: int = 10_000,
+        max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.model = model
+        self.max_body_bytes = max_body_bytes  # what a compressed body may decompress to
         self.metrics = metrics
         self.cache = cache
         self.max_batch_size = max_batch_size

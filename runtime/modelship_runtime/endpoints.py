@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from . import __version__, binary, fastpath, invocations, protocols
+from . import __version__, binary, codings, fastpath, invocations, protocols
 from .dataplane import SHADOW_SCOPE_KEY, DataPlane
 from .drain import Drain
 from .errors import ModelNotReady, ModelshipError
@@ -56,11 +56,16 @@ def build_router(plane: DataPlane, drain: Drain | None = None) -> APIRouter:
         fastpath.check_name(plane, name, version)
 
     async def body(request: Request) -> bytes:
+        applied = codings.of_request(request.scope["headers"])
         batcher.arriving += 1  # lets a micro-batch wait for requests still being read
         try:
-            return await request.body()
+            raw = await request.body()
         finally:
             batcher.arriving -= 1
+        if applied:
+            raw = await plane.decoder.offload(codings.decode, raw, applied,
+                                              plane.max_body_bytes)
+        return raw
 
     @router.post("/predict", tags=["predict"], openapi_extra=_json_body(protocols.PREDICT_BODY),
                  responses=_ERRORS, summary="Predict one row or a batch (seed format)")

@@ -73,7 +73,8 @@ _V1 = re.compile(r"/v1/models/[^/]+:predict")
 _V2 = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 #: The client's headers a copy carries: its credentials, and what says how to read its
 #: body (an Open Inference Protocol binary request, a CSV for ``/invocations``).
-_FORWARDED = (b"authorization", b"x-api-key", b"content-type", b"inference-header-content-length")
+_FORWARDED = (b"authorization", b"x-api-key", b"content-type", b"content-encoding",
+              b"inference-header-content-length")
 _JSON = b"\r\ncontent-type: application/json"
 #: Bytes the socket to the sender may hold (the kernel caps it at net.core.wmem_max,
 #: then doubles it); the largest request handed over is a little under it.

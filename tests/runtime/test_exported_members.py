@@ -24,7 +24,7 @@ def test_exported_names() -> None:
         "model", "protocols", "pull",
         "settings",
         "shadow", "shadow_sender", "sklearn", "fastpath", "invocations", "signature", "auth",
-        "ratelimit", "redact", "trust", "bounds", "guard", "mlflow_rest", "skops_import",
+        "ratelimit", "redact", "trust", "bounds", "codings", "guard", "mlflow_rest", "skops_import",
         "typed"}
 
 

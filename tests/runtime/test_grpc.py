@@ -524,6 +524,95 @@ def test_bad_binary_requests_are_400_naming_the_problem(runtime: Runtime, case: 
     assert words in r.json()["error"]
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_http_compressing_its_requests(runtime: Runtime, local_models: Any,
+                                                    algorithm: str) -> None:
+    """tritonclient.http with ``request_compression_algorithm`` (and asking compressed
+    answers, which the runtime may send plain): binary tensors in a compressed body."""
+    client = httpclient.InferenceServerClient(runtime.http.removeprefix("http://"),
+                                              connection_timeout=60, network_timeout=60)
+    try:
+        for i, datatype in enumerate(NUMPY):
+            rows = rows_for(local_models, 2000 + i, 3, datatype)
+            tensor = httpclient.InferInput("input-0", list(rows.shape), datatype)
+            tensor.set_data_from_numpy(rows)
+            result = client.infer(MODEL, [tensor], headers=dict(AUTH),
+                                  request_compression_algorithm=algorithm,
+                                  response_compression_algorithm=algorithm)
+            labels, probs = expected(local_models, rows)
+            np.testing.assert_array_equal(result.as_numpy("predict"), labels)
+            np.testing.assert_allclose(result.as_numpy("predict_proba"), probs, rtol=1e-12)
+    finally:
+        client.close()
+
+
+def test_compressed_bodies_on_every_http_route(runtime: Runtime, local_models: Any) -> None:
+    """gzip (two members), zlib and raw deflate bodies, and two codings applied in turn."""
+    import gzip
+    import zlib
+
+    rows = rows_for(local_models, 7, 2, "FP64")
+    labels, _ = expected(local_models, rows)
+    v1 = json.dumps({"instances": rows.tolist()}).encode()
+    raw = zlib.compressobj(wbits=-15)
+    csv = "\n".join([",".join(f"f{i}" for i in range(N_FEATURES)),
+                     *(",".join(repr(float(v)) for v in row) for row in rows)]).encode()
+    seed = json.dumps({"instances": rows.tolist()}).encode()
+    cases = [
+        (f"/v1/models/{MODEL}:predict", gzip.compress(v1[:10]) + gzip.compress(v1[10:]),
+         {"Content-Encoding": "gzip", "Content-Type": "application/json"}, "predictions"),
+        ("/invocations", raw.compress(csv) + raw.flush(),
+         {"Content-Encoding": "deflate", "Content-Type": "text/csv"}, "predictions"),
+        ("/predict", gzip.compress(zlib.compress(seed)),
+         {"Content-Encoding": "deflate, gzip", "Content-Type": "application/json"},
+         "predictions"),
+        (f"/v2/models/{MODEL}/infer", gzip.compress(json.dumps({"inputs": [
+            {"name": "input-0", "shape": list(rows.shape), "datatype": "FP64",
+             "data": rows.ravel().tolist()}]}).encode()),
+         {"Content-Encoding": "x-gzip, identity"}, None),
+    ]
+    for path, body, headers, key in cases:
+        r = httpx.post(f"{runtime.http}{path}", content=body, headers={**headers, **AUTH},
+                       timeout=30)
+        assert r.status_code == 200, (path, r.text)
+        if key is None:
+            got = next(o["data"] for o in r.json()["outputs"] if o["name"] == "predict")
+        else:
+            got = r.json()[key]
+        assert list(got) == labels.tolist(), (path, r.text)
+
+
+def test_compressed_bodies_that_cannot_be_read_are_4xx_and_the_server_serves_on(
+        runtime: Runtime, local_models: Any) -> None:
+    """A body that inflates past the byte cap is 413 having inflated no further; corrupt
+    or truncated ones are 400, an unknown coding 415, each naming the problem."""
+    import gzip
+    import zlib
+
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(squeeze.compress(b"[" + b"0," * (1 << 20)) for _ in range(64))
+    bomb += squeeze.flush()  # 128 MiB of JSON in about 128 KiB
+    assert len(bomb) < 1 << 20
+    good = gzip.compress(json.dumps({"instances": rows_for(local_models, 1, 1, "FP64")
+                                     .tolist()}).encode())
+    cases = [
+        (bomb, "gzip", 413, "byte limit once decompressed"),
+        (b"\x1f\x8b not gzip at all", "gzip", 400, "gzip body cannot be decompressed"),
+        (good[:-9], "gzip", 400, "gzip body is truncated"),
+        (zlib.compress(b"{}") + b"junk", "deflate", 400, "bytes after its end"),
+        (good, "br", 415, "Content-Encoding 'br' is not supported"),
+    ]
+    url = f"{runtime.http}/v1/models/{MODEL}:predict"
+    for body, coding, status, words in cases:
+        r = httpx.post(url, content=body, timeout=60,
+                       headers={"Content-Encoding": coding, **AUTH})
+        assert r.status_code == status, (coding, r.text)
+        assert words in r.json()["error"], r.text
+    r = httpx.post(url, content=good, headers={"Content-Encoding": "gzip", **AUTH},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def test_json_request_asking_binary_outputs_gets_them(runtime: Runtime,
                                                       local_models: Any) -> None:
     rows = rows_for(local_models, 3, 1, "FP64")

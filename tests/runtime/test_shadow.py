@@ -303,7 +303,9 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
             elif kind == 4:  # tritonclient at its defaults: binary tensors both ways
                 tensor = httpclient.InferInput("x", [2, X.shape[1]], "FP64")
                 tensor.set_data_from_numpy(X[i:i + 2])
-                result = triton.infer(NAME, [tensor])
+                # every other one gzipped: the copy goes with its Content-Encoding
+                result = triton.infer(NAME, [tensor], request_compression_algorithm=(
+                    "gzip" if i % 14 == 4 else None))
                 got, n = result.as_numpy("predict").tolist(), 2
                 assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"]
                 r = httpx.Response(200)
