@@ -405,6 +405,103 @@ def test_32_kserve_grpc_clients_each_get_their_own_predictions(
         np.testing.assert_allclose(answer["outputs"]["predict_proba"], probs, rtol=1e-12)
 
 
+KSERVE_REST_SCRIPT = r"""
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest
+from kserve.protocol.infer_type import RequestedOutput
+from kserve.inference_client import RESTConfig
+
+url, model, key, path = sys.argv[1:]
+jobs = json.load(open(path))
+auth = {"x-api-key": key}
+
+async def one(job):
+    client = InferenceRESTClient(RESTConfig(protocol=job["protocol"], timeout=60))
+    rows = np.array(job["rows"], dtype=job["numpy"])
+    try:
+        if job["protocol"] == "v1":
+            body = {"instances": rows.tolist()}
+            if job["proba"]:
+                body["parameters"] = {"method": "predict_proba"}
+            answer = await client.infer(url, body, model_name=model, headers=dict(auth))
+            return {"predictions": answer["predictions"]}
+        tensor = InferInput(name="input-0", shape=list(rows.shape), datatype=job["datatype"])
+        tensor.set_data_from_numpy(rows, binary_data=job["raw"])
+        outputs = [RequestedOutput(name, parameters={"binary_data": job["raw"]})
+                   for name in ("predict", "predict_proba")]
+        request = InferRequest(model_name=model, infer_inputs=[tensor], request_id=job["id"],
+                               request_outputs=outputs)
+        response = await client.infer(url, request, model_name=model, headers=dict(auth))
+        return {"id": response.id,
+                "outputs": {o.name: o.as_numpy().tolist() for o in response.outputs}}
+    finally:
+        await client.close()
+
+async def health():
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=60))
+    v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+    try:
+        try:
+            other = await v1.is_model_ready(url, "other", headers=auth)
+        except Exception as exc:  # 404 Not Found: it raises for what is not a 503
+            other = exc.response.status_code
+        return {"v1 live": await v1.is_server_live(url),
+                "v1 model ready": await v1.is_model_ready(url, model, headers=auth),
+                "v1 other model ready": other,
+                "v2 live": await v2.is_server_live(url),
+                "v2 ready": await v2.is_server_ready(url),
+                "v2 model ready": await v2.is_model_ready(url, model, headers=auth),
+                "v2 other model ready": await v2.is_model_ready(url, "other", headers=auth)}
+    finally:
+        await v1.close()
+        await v2.close()
+
+async def main():
+    answers = await asyncio.gather(*(one(job) for job in jobs))
+    return {"answers": answers, "health": await health()}
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_32_kserve_rest_clients_v1_and_v2_each_get_their_own_predictions(
+    runtime: Runtime, local_models: Any, kserve_python: Path, tmp_path: Path
+) -> None:
+    """KServe's InferenceRESTClient at its defaults: V1 instances (labels and, asked,
+    probabilities), V2 with binary tensors (its default) or JSON, and its health calls."""
+    datatypes = list(NUMPY)
+    jobs = []
+    for i in range(CLIENTS):
+        datatype = datatypes[i % len(datatypes)] if i % 3 else "FP64"
+        rows = rows_for(local_models, 800 + i, 1 + i % 3, datatype)
+        jobs.append({"id": f"r{i}", "rows": rows.tolist(), "datatype": datatype,
+                     "numpy": np.dtype(NUMPY[datatype]).name, "raw": i % 2 == 0,
+                     "protocol": "v1" if i % 3 == 0 else "v2", "proba": i % 6 == 3})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = subprocess.run([str(kserve_python), "-c", KSERVE_REST_SCRIPT, runtime.http, MODEL,
+                             KEY, str(tmp_path / "jobs.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["health"] == {"v1 live": True, "v1 model ready": True,
+                             "v1 other model ready": 404, "v2 live": True, "v2 ready": True,
+                             "v2 model ready": True, "v2 other model ready": False}
+    assert len(out["answers"]) == CLIENTS
+    for job, answer in zip(jobs, out["answers"], strict=True):
+        rows = np.array(job["rows"], dtype=job["numpy"])
+        labels, probs = expected(local_models, rows)
+        if job["protocol"] == "v1":
+            if job["proba"]:
+                np.testing.assert_allclose(answer["predictions"], probs, rtol=1e-12)
+            else:
+                assert answer["predictions"] == labels.tolist()
+            continue
+        assert answer["id"] == job["id"]
+        assert answer["outputs"]["predict"] == labels.tolist()
+        np.testing.assert_allclose(answer["outputs"]["predict_proba"], probs, rtol=1e-12)
+
+
 # --- HTTP: the binary tensor extension ------------------------------------------------
 
 
