@@ -106,8 +106,12 @@ def response(pred: Prediction, proba: bool) -> bytes:
 def _order(names: list[Any], info: ModelInfo, where: str) -> list[int] | None:
     """Positions of the model's inputs among ``names`` (None: already in order, or the
     model has no input names and takes them by position)."""
+    # pandas names a frame's columns 0, 1, ... when nobody named them, and its JSON keeps
+    # them numbers: they are the columns "0", "1", ... (as MLflow's signatures name them)
+    names = [str(n) if type(n) is int else n for n in names]
     if not all(isinstance(n, str) for n in names):
-        raise BadRequest(f"{where} must be an array of column names (strings)")
+        raise BadRequest(f"{where} must be an array of column names (strings, or the "
+                         "integers pandas gives unnamed columns)")
     columns = info.input_columns
     if columns is None:
         if len(set(names)) != len(names):

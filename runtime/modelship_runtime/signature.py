@@ -63,6 +63,8 @@ def signature_columns(inputs: object) -> list[str] | None:
         if not isinstance(spec, dict) or spec.get("type") == "tensor":
             return None
         name = spec.get("name")
+        if type(name) is int:  # a pandas frame's unnamed columns 0, 1, ...: "0", "1", ...
+            name = str(name)
         if not isinstance(name, str) or not name:
             return None
         names.append(name)

@@ -9,6 +9,7 @@ scoring protocol is spoken by MLflow's own client (``ScoringServerClient``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -353,6 +354,10 @@ def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str, model:
     ('[{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 4]}}]', None),
     ('[{"type": "double"}, {"type": "double"}]', None),  # unnamed columns
     ('[{"type": "double", "name": "a"}, {"type": "double", "name": "a"}]', None),
+    # a DataFrame's unnamed columns: MLflow keeps pandas' integer names
+    ('[{"type": "double", "name": 1, "required": true}, {"type": "double", "name": 0}]',
+     ["1", "0"]),
+    ('[{"type": "double", "name": true}, {"type": "double", "name": 0}]', None),
     ("not json", None),
     (None, None),
 ])
@@ -399,3 +404,54 @@ def test_invocations_refuses_a_predict_fn_it_does_not_serve() -> None:
     rows, proba = parse(b'{"dataframe_split": {"columns": ["x", "y"], "data": [[3, 4]]}}',
                         b"application/json; charset=utf-8", v, ModelInfo("m", "1"))
     assert rows.tolist() == [[3.0, 4.0]] and not proba
+
+
+def test_a_frame_of_unnamed_columns_is_served_by_its_integer_names(
+        tmp_path: Path) -> None:
+    """Fitted and logged from a DataFrame nobody named (pandas names its columns 0, 1, ...;
+    MLflow's signature keeps the integers): MLflow's own serving input of such a frame, and
+    the same columns sent in another order, by CSV header or as records, are answered as
+    scikit-learn answers the frame."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_classification(n_samples=200, n_features=5, n_informative=3, random_state=5)
+    frame = pd.DataFrame(X)
+    clf = LogisticRegression(max_iter=500).fit(frame, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+        from mlflow.models.utils import convert_input_example_to_serving_input
+
+        mlflow.sklearn.save_model(clf, tmp_path / "model",
+                                  signature=infer_signature(frame, y),
+                                  serialization_format="skops", pip_requirements=[])
+        served_input = convert_input_example_to_serving_input(frame.iloc[:6])
+    assert served_input is not None
+    url, proc = _serve(tmp_path / "model", "unnamed", tmp_path / "serve.log")
+    try:
+        wait_serving(url, proc, tmp_path / "serve.log")
+        want = clf.predict(frame.iloc[:6]).tolist()
+        order = [3, 0, 4, 2, 1]
+        shuffled = frame.iloc[:6][order]
+        bodies = [
+            (served_input.encode(), "application/json"),
+            (json.dumps({"dataframe_split": json.loads(shuffled.to_json(orient="split"))})
+             .encode(), "application/json"),
+            (json.dumps({"dataframe_records": json.loads(shuffled.to_json(orient="records"))})
+             .encode(), "application/json"),
+            (shuffled.to_csv(index=False).encode(), "text/csv"),
+        ]
+        for body, content_type in bodies:
+            r = httpx.post(f"{url}/invocations", content=body,
+                           headers={"Content-Type": content_type}, timeout=30)
+            assert r.status_code == 200, (body[:80], r.text)
+            assert r.json() == {"predictions": want}, body[:80]
+        v1 = httpx.post(f"{url}/v1/models/unnamed:predict", timeout=30, json={
+            "instances": json.loads(shuffled.to_json(orient="records"))})
+        assert v1.status_code == 200 and v1.json() == {"predictions": want}, v1.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
