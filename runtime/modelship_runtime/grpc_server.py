@@ -8,17 +8,20 @@ same validation, cache, micro-batcher (requests over gRPC and HTTP join the same
 and metrics. The service is the specification's
 ``inference.GRPCInferenceService`` (``_proto/grpc_predict_v2.proto``): ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with inputs in
-``contents`` or ``raw_input_contents`` (answered in the same form).
+``contents`` or ``raw_input_contents`` (answered in the same form). gRPC Server Reflection
+(:mod:`.reflection`, v1 and v1alpha) describes it, unless ``grpc_reflection`` is off.
 
 Errors are gRPC status codes with the HTTP route's message: INVALID_ARGUMENT (400),
 UNAUTHENTICATED (401: API keys are configured and neither ``authorization: Bearer KEY``
 nor ``x-api-key: KEY`` metadata holds one), NOT_FOUND (404: another model),
 RESOURCE_EXHAUSTED (429: over the rate limit, counted with HTTP's per key; or a request
 message over ``max_body_bytes``), UNAVAILABLE (503: not loaded yet), INTERNAL (500),
-UNIMPLEMENTED (a method the service does not have). Each call is counted in ``http_requests_total``
-and ``http_request_duration_seconds`` with ``method="GRPC"``, ``route="grpc:<Method>"``
-and the HTTP status its code maps to (:data:`HTTP_STATUS`), so the rollout's error-rate
-queries (``status=~"5.."``) see gRPC failures too.
+UNIMPLEMENTED (a method the service does not have). Reflection requests are guarded
+as ModelMetadata is (API key, rate limit per request message). Each call is counted in
+``http_requests_total`` and ``http_request_duration_seconds`` with ``method="GRPC"``,
+``route="grpc:<Method>"`` and the HTTP status its code maps to (:data:`HTTP_STATUS`), so
+the rollout's error-rate queries (``status=~"5.."``) see gRPC failures too; each
+reflection request message is counted under ``route="grpc:ServerReflectionInfo"``.
 
 Shutdown follows HTTP's (:mod:`.drain`): during the drain period gRPC keeps answering and
 ServerReady says false; when the drain ends the server stops listening, sends GOAWAY on
@@ -38,6 +41,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,6 +62,7 @@ from .grpc_wire import (
     Call,
     GrpcError,
     GrpcWireServer,
+    Handler,
 )
 from .metrics import Metrics
 from .model import Prediction
@@ -68,6 +73,7 @@ from .shadow import Mirror, MirrorSwitch
 if TYPE_CHECKING:
     from .auth import KeyRing
     from .ratelimit import RateLimiter
+    from .reflection import Reflection
 
 logger = logging.getLogger("modelship_runtime")
 
@@ -193,6 +199,50 @@ class InferenceServicer:
             raise GrpcError(code, "internal error") from None
         finally:
             self._observe(name, HTTP_STATUS.get(code, 500), time.perf_counter() - start)
+
+    def reflection(self) -> dict[str, Handler]:
+        """The streaming paths of gRPC Server Reflection (v1, v1alpha) and their handler,
+        describing this service (for :class:`.grpc_wire.GrpcWireServer`)."""
+        from . import reflection
+
+        served = reflection.Reflection([pb.DESCRIPTOR, *(v.DESCRIPTOR
+                                                         for v in reflection.VERSIONS)])
+
+        def handler(version: ModuleType) -> Handler:
+            async def reflect(call: Call, message: bytes) -> bytes:
+                return await self._reflect(served, version, call, message)
+            return reflect
+
+        return {reflection.path(v): handler(v) for v in reflection.VERSIONS}
+
+    async def _reflect(self, served: Reflection, version: ModuleType, call: Call,
+                       message: bytes) -> bytes:
+        """One reflection request message's answer, guarded as ModelMetadata is."""
+        start = time.perf_counter()
+        code = OK
+        try:
+            bucket = ANONYMOUS
+            if self.api_keys is not None:
+                bucket = self._authorize(call.headers)
+            if self.limiter is not None:
+                await self._limit(bucket)
+            return served.answer(message, version)
+        except ModelshipError as exc:
+            code = _CODE_OF.get(exc.status_code, INTERNAL)
+            raise GrpcError(code, exc.message) from None
+        except GrpcError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = DEADLINE_EXCEEDED if call.expired else CANCELLED
+            raise
+        except Exception:
+            logger.exception("unexpected error")
+            code = INTERNAL
+            raise GrpcError(code, "internal error") from None
+        finally:
+            self._observe("ServerReflectionInfo", HTTP_STATUS.get(code, 500),
+                          time.perf_counter() - start)
 
     # --- the calls -------------------------------------------------------------------
 
@@ -412,14 +462,17 @@ class GrpcServer:
         """Listen on ``settings.grpc_port``; RuntimeError when the port cannot be bound."""
         s = self.settings
         server = GrpcWireServer(self.servicer.handle, s.max_body_bytes,
-                                max_connections=s.max_connections)
+                                max_connections=s.max_connections,
+                                streaming=self.servicer.reflection() if s.grpc_reflection
+                                else None)
         where = address(s.host, s.grpc_port)
         try:
             await server.start(s.host, s.grpc_port)
         except OSError as exc:
             raise RuntimeError(f"cannot listen for gRPC on {where}: {exc}") from None
         self.server = server
-        logger.info("gRPC (Open Inference Protocol V2) on %s", where,
+        logger.info("gRPC (Open Inference Protocol V2%s) on %s",
+                    ", server reflection" if s.grpc_reflection else "", where,
                     extra={"grpc_port": s.grpc_port})
 
     async def stop(self, grace: float) -> None:

@@ -1,4 +1,4 @@
-"""Unary gRPC over cleartext HTTP/2 (h2c), as an asyncio protocol on the running loop.
+"""gRPC over cleartext HTTP/2 (h2c), as an asyncio protocol on the running loop.
 
 :mod:`.grpc_server` serves the Open Inference Protocol's gRPC service with this instead of
 ``grpc.aio``: grpc.aio hands each call from its own poller thread to the event loop and
@@ -8,14 +8,23 @@ call is read and answered on the loop that serves HTTP, like an HTTP/1.1 request
 uvicorn: the frames of a call usually arrive in one read and its answer leaves in one
 write.
 
-What it implements is what unary calls need (RFC 9113, the gRPC HTTP/2 protocol):
+What it implements is what unary calls need (RFC 9113, the gRPC HTTP/2 protocol),
+and message-by-message streaming calls for the paths the server is given as streaming
+(gRPC Server Reflection's):
 the connection preface and SETTINGS, PING, WINDOW_UPDATE and flow control both ways,
 HEADERS with CONTINUATION (header blocks decoded by ``hpack``, the HTTP/2 project's HPACK
 codec), DATA (padding allowed), RST_STREAM (the call's task is cancelled), GOAWAY both
 ways; PRIORITY (once checked) and unknown frames are ignored. A request is one
 length-prefixed message (identity, or gzip/deflate compressed); the answer is response
 headers, one message and ``grpc-status`` trailers, or a trailers-only error. Answers are
-not compressed. The
+not compressed. On a streaming call each request message is answered by one response
+message as it arrives, in order, while the stream stays open (response headers with the
+first); the call ends with ``grpc-status`` 0 once the client has ended its side and every
+answer is sent, or with the status of the first error. Such a call reads its next message
+only once the previous answer is written out, and the stream's flow-control window is
+given back to the client only for the messages read, so a stream holds at most one
+window of request bytes and one unsent answer; it is ended DEADLINE_EXCEEDED when no
+message arrives within :data:`REQUEST_TIMEOUT`. The
 client's deadline (``grpc-timeout``, any unit H M S m u n) is kept here too: once it has
 passed (checked every :data:`DEADLINE_TICK`) the call's task is cancelled and the call
 answered DEADLINE_EXCEEDED (a malformed value is answered INTERNAL, as grpc-go does); a
@@ -49,7 +58,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import hpack
@@ -101,7 +110,7 @@ FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
 ENHANCE_YOUR_CALM = 0xB
 # gRPC status codes used here
 OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, \
-    INTERNAL = 0, 1, 3, 4, 8, 12, 13
+    INTERNAL, UNAVAILABLE = 0, 1, 3, 4, 8, 12, 13, 14
 
 _HEAD = struct.Struct(">I")
 _FRAME = struct.Struct(">HBBBI")  # length (24 bits: H then B), type, flags, stream id
@@ -180,11 +189,30 @@ class GrpcError(Exception):
         self.message = message
 
 
+class _Stream:
+    """What a streaming call needs beyond a unary one: its handler (one answer per request
+    message), whether its response headers are out, and the wake-up its task waits on."""
+
+    __slots__ = ("handler", "sent_headers", "wake")
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.sent_headers = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        """Wake the call's task: a message or the client's end arrived, or its last
+        answer went out."""
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+
 class Call:
     """One call: what its request said, and whether it was cancelled."""
 
     __slots__ = ("arrived", "body", "cancelled", "deadline", "expired", "headers", "path",
-                 "send_window", "started", "stream_id", "task", "waiting")
+                 "send_window", "started", "stream", "stream_id", "task", "waiting")
 
     def __init__(self, stream_id: int, path: str, headers: list[tuple[bytes, bytes]],
                  send_window: int) -> None:
@@ -197,10 +225,12 @@ class Call:
         """True once the client reset the stream or the connection went away."""
         self.send_window = send_window
         self.started = False
-        """True once the request is complete and being answered."""
+        """True once the request is complete and being answered (a streaming call: once
+        the client ended its side)."""
+        self.stream: _Stream | None = None  # a streaming call's state; None: unary
         self.task: asyncio.Task[None] | None = None  # while the handler runs
         self.waiting: bytes | None = None  # DATA payload still to send (flow control)
-        self.arrived = 0.0  # the loop's time of its HEADERS
+        self.arrived = 0.0  # the loop's time of its HEADERS (streaming: of its last message)
         self.deadline = 0.0  # its grpc-timeout's end in the loop's time; 0: none
         self.expired = False
         """True once its deadline (grpc-timeout) passed here."""
@@ -231,6 +261,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: GrpcWireServer) -> None:
         self.server = server
         self.handler = server.handler
+        self.streaming = server.streaming
         self.max_message = server.max_message
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()  # made by the server, on its loop
@@ -444,6 +475,10 @@ class Connection(asyncio.Protocol):
         if call is not None:  # trailers, which must end the stream
             if not flags & END_STREAM:
                 raise _ProtocolError(PROTOCOL_ERROR, f"a second HEADERS on stream {sid}")
+            if call.stream is not None:
+                call.started = True
+                call.stream.notify()
+                return
             self._request_done(call)
             return
         if sid <= self.last_stream:
@@ -497,6 +532,13 @@ class Connection(asyncio.Protocol):
                     return
                 if not self.server.ticking:
                     self.server.start_ticking()
+        if self.streaming:
+            handler = self.streaming.get(call.path)
+            if handler is not None:
+                call.stream = _Stream(handler)
+                call.started = bool(flags & END_STREAM)
+                call.task = self.loop.create_task(self._stream(call))
+                return
         if flags & END_STREAM:
             self._request_done(call)
 
@@ -519,6 +561,9 @@ class Connection(asyncio.Protocol):
                 self.unended.pop(sid, None)
             return  # a stream reset or refused here: its late frames are dropped
         payload = self._unpad(flags, payload)
+        if call.stream is not None:
+            self._stream_data(call, flags, payload, n - len(payload))
+            return
         n = len(payload)
         why = None
         if len(call.body) + n > self.max_message + 5:
@@ -668,6 +713,146 @@ class Connection(asyncio.Protocol):
             self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(INTERNAL_ERROR)))
             self._finished(call)
 
+    # --- streaming calls -------------------------------------------------------------
+
+    def _stream_data(self, call: Call, flags: int, payload: bytes, padding: int) -> None:
+        """DATA of a streaming call: held until its task reads the messages out."""
+        n = len(payload)
+        if len(call.body) + n > self.stream_window:  # beyond the window given: not a peer
+            self._reset(call.stream_id, FLOW_CONTROL_ERROR)  # that follows flow control
+            return
+        why = None
+        if self.buffered + n > self.buffer_limit or \
+                self.server.buffered + n > self.server.buffer_limit:
+            why = "too many request bytes in flight; retry later"
+        else:
+            call.body += payload
+            self.buffered += n
+            self.server.buffered += n
+            if len(call.body) >= 5 and _HEAD.unpack_from(call.body, 1)[0] > self.max_message:
+                why = f"request message larger than the maximum of {self.max_message} bytes"
+        if why is not None:
+            self._release(call)
+            self._end_stream(call, RESOURCE_EXHAUSTED, why)
+            self._cancel(call)
+            return
+        if flags & END_STREAM:
+            call.started = True
+        elif padding:  # padding is never read out, so its window is given back now
+            self._write(frame(WINDOW_UPDATE, 0, call.stream_id, _HEAD.pack(padding)))
+        call.arrived = self.seen
+        assert call.stream is not None
+        call.stream.notify()
+
+    async def _stream(self, call: Call) -> None:
+        """A streaming call's task: each request message answered in turn, then the
+        trailers."""
+        stream = call.stream
+        assert stream is not None
+        code, why = OK, ""
+        try:
+            while (message := await self._next_message(call, stream)) is not None:
+                answer = await stream.handler(call, message)
+                self._send_message(call, stream, answer)
+                while call.waiting is not None:  # the next message waits for this answer
+                    await self._wait(stream)
+        except GrpcError as exc:
+            code, why = exc.code, exc.message
+        except asyncio.CancelledError:
+            if call.cancelled:  # the client, the deadline or a limit ended it
+                return
+            code, why = CANCELLED, "the server is shutting down"
+        except Exception:
+            logger.exception("unexpected error in a gRPC streaming call")
+            code, why = INTERNAL, "internal error"
+        finally:
+            call.task = None
+        self._end_stream(call, code, why)
+
+    async def _wait(self, stream: _Stream) -> None:
+        stream.wake = wake = self.loop.create_future()
+        try:
+            await wake
+        finally:
+            stream.wake = None
+
+    async def _next_message(self, call: Call, stream: _Stream) -> bytes | None:
+        """The next request message of a streaming call (decompressed), once all of it has
+        arrived; None once the client ended its side. Its window is given back."""
+        while True:
+            body = call.body
+            if len(body) >= 5:
+                size = _HEAD.unpack_from(body, 1)[0]
+                if size > self.max_message:
+                    raise GrpcError(RESOURCE_EXHAUSTED, "request message larger than the "
+                                    f"maximum of {self.max_message} bytes")
+                end = 5 + size
+                if len(body) >= end:
+                    compressed = body[0]
+                    message = bytes(body[5:end])
+                    del body[:end]
+                    self.buffered -= end
+                    self.server.buffered -= end
+                    if not call.started:  # the client may send as much again
+                        self._write(frame(WINDOW_UPDATE, 0, call.stream_id, _HEAD.pack(end)))
+                    call.arrived = self.loop.time()
+                    return self._decompress(call, message) if compressed else message
+            if call.started:
+                if body:
+                    raise GrpcError(INVALID_ARGUMENT, "the stream ended inside a request "
+                                    "message")
+                return None
+            await self._wait(stream)
+
+    def _send_message(self, call: Call, stream: _Stream, message: bytes) -> None:
+        """One response message of a streaming call (its response headers first)."""
+        if call.cancelled:
+            return
+        sid = call.stream_id
+        data = b"\0" + _HEAD.pack(len(message)) + message
+        n = len(data)
+        head = b""
+        if not stream.sent_headers:
+            stream.sent_headers = True
+            head = frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS)
+        self.answered = True
+        if n <= self.send_window and n <= call.send_window and n <= self.peer_frame:
+            self.send_window -= n
+            call.send_window -= n
+            self._write(head + frame(DATA, 0, sid, data))
+            return
+        if head:
+            self._write(head)
+        call.waiting = data
+        self.blocked.append(call)
+        self._flush_blocked()
+
+    def _end_stream(self, call: Call, code: int, message: str) -> None:
+        """End a streaming call with ``code``: trailers after its response messages, or a
+        trailers-only answer before any (and RST_STREAM NO_ERROR when the client has not
+        ended its side, so it stops sending); an answer part-sent is cut by RST_STREAM
+        CANCEL instead, as no status can follow it."""
+        if call.cancelled or self.calls.get(call.stream_id) is not call:
+            return
+        sid = call.stream_id
+        ended = call.started
+        if call.waiting is not None:
+            call.waiting = None
+            self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(CANCEL)))
+            self._finished(call)
+            return
+        if call.stream is not None and call.stream.sent_headers:
+            block = literal(b"grpc-status", str(code).encode())
+            if message:
+                block += literal(b"grpc-message", percent_encode(message))
+            self.answered = True
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            self._finished(call)
+        else:
+            self._answer_error(call, code, message)
+        if not ended:
+            self._write(frame(RST_STREAM, 0, sid, _HEAD.pack(NO_ERROR)))
+
     def _cancel(self, call: Call) -> None:
         call.cancelled = True
         if call.task is not None and not call.task.done():
@@ -680,13 +865,16 @@ class Connection(asyncio.Protocol):
             return
         call.expired = True
         self._release(call)
+        why = ("deadline exceeded (grpc-timeout "
+               f"{(call.header(b'grpc-timeout') or b'').decode('latin-1')})")
         if call.waiting is not None:  # its response headers are out: no status can follow
             call.waiting = None
             self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(CANCEL)))
             self._finished(call)
+        elif call.stream is not None:
+            self._end_stream(call, DEADLINE_EXCEEDED, why)
         else:
-            self._answer_early(call, DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout "
-                               f"{(call.header(b'grpc-timeout') or b'').decode('latin-1')})")
+            self._answer_early(call, DEADLINE_EXCEEDED, why)
         self._cancel(call)
 
     def _reset(self, sid: int, code: int) -> None:
@@ -755,13 +943,17 @@ class Connection(asyncio.Protocol):
                 still.append(call)
             else:
                 call.waiting = None
-                out.append(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id,
-                                 OK_TRAILERS))
+                if call.stream is None:
+                    out.append(frame(HEADERS, END_HEADERS | END_STREAM, call.stream_id,
+                                     OK_TRAILERS))
             if out:
                 self.answered = True
                 self._write(b"".join(out))
             if not data:
-                self._finished(call)
+                if call.stream is None:
+                    self._finished(call)
+                else:  # its task sends the next answer, or the trailers
+                    call.stream.notify()
         self.blocked = still
 
     def _answer_error(self, call: Call, code: int, message: str) -> None:
@@ -836,6 +1028,11 @@ class Connection(asyncio.Protocol):
                 if not c.started and now - c.arrived > REQUEST_TIMEOUT]
         for call in late:
             self._release(call)
+            if call.stream is not None:
+                self._end_stream(call, DEADLINE_EXCEEDED, "no request message on the "
+                                 f"stream in {REQUEST_TIMEOUT:g} s")
+                self._cancel(call)
+                continue
             self._answer_error(call, DEADLINE_EXCEEDED, "the request did not arrive in "
                                f"{REQUEST_TIMEOUT:g} s")
             self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(CANCEL)))
@@ -844,6 +1041,12 @@ class Connection(asyncio.Protocol):
         """At shutdown: calls whose request has not all arrived are refused at once."""
         for call in [c for c in self.calls.values() if not c.started]:
             self._release(call)
+            if call.stream is not None:
+                if call.stream.sent_headers:  # answered in part: not a refusal
+                    self._end_stream(call, UNAVAILABLE, "the server is shutting down")
+                    self._cancel(call)
+                    continue
+                self._cancel(call)
             self._write(frame(RST_STREAM, 0, call.stream_id, _HEAD.pack(REFUSED_STREAM)))
             self._finished(call)
 
@@ -864,8 +1067,12 @@ class GrpcWireServer:
     """The listening socket and its connections."""
 
     def __init__(self, handler: Handler, max_message: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 streaming: Mapping[str, Handler] | None = None) -> None:
+        """``handler`` answers unary calls; ``streaming`` maps the paths of streaming
+        calls to the handler that answers each of their request messages."""
         self.handler = handler
+        self.streaming: Mapping[str, Handler] = dict(streaming or {})
         self.max_message = max_message
         self.max_connections = max_connections
         self.refused = 0  # connections refused at the cap

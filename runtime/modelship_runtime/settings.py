@@ -55,6 +55,11 @@ class RuntimeSettings(BaseSettings):
     """TCP port of the Open Inference Protocol V2 over gRPC (same host, same process and
     data plane as HTTP); 0: no gRPC server (and grpc is not even imported)."""
 
+    grpc_reflection: bool = True
+    """Serve gRPC Server Reflection (``grpc.reflection.v1`` and ``v1alpha``) on the gRPC
+    port, so grpcurl, grpcui and Postman find the V2 service without its .proto; behind
+    the API keys, when set, as ModelMetadata is. false: not served (UNIMPLEMENTED)."""
+
     allow_pickle: bool = True
     """Load models serialized with pickle, cloudpickle or joblib: unpickling runs code
     from the artifact, so this trusts whoever can write to the registry. On by default
