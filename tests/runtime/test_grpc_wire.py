@@ -6,18 +6,23 @@ serves it on uvicorn's: echo (metadata too), answers larger than the client's fl
 window, gzip-compressed requests, a message over the limit, an error status whose
 message needs percent-encoding, a deadline that cancels the call on the server, 64 calls
 at once on one connection, and a graceful stop that lets the call in flight finish while
-new connections are refused.
+new connections are refused. Streaming calls (``Chat``: one answer per request message,
+as gRPC Server Reflection's) through grpcio's stream-stream client: messages answered in
+turn on one open stream, requests and answers beyond the flow-control windows, the limits
+(message size, deadline, a request that stops coming, a peer past the stream window),
+an error and a cancel mid-stream, and a stop with a stream open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +45,8 @@ class Served:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = free_port()
-        self.server = GrpcWireServer(self.handle, LIMIT)
+        self.server = GrpcWireServer(self.handle, LIMIT, streaming={
+            "/test.Wire/Chat": self.chat, "/test.Wire/ChatBig": self.chat})
         self.cancelled = threading.Event()
         self.expired: list[bool] = []  # call.expired of each cancelled Slow call
         self.slow_started = threading.Event()
@@ -81,6 +87,19 @@ class Served:
                 raise
             return b"done"
         raise GrpcError(12, f"no method {call.path}")
+
+    async def chat(self, call: Call, message: bytes) -> bytes:
+        """A streaming call's answer to one of its messages."""
+        if message == b"fail":
+            raise GrpcError(3, MESSAGE)
+        if message == b"slow":
+            self.slow_started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        return message * 32 if call.path.endswith("Big") else message
 
 
 @pytest.fixture(scope="module")
@@ -706,3 +725,181 @@ def test_a_cap_on_connections() -> None:
         for r in busy:
             r.close()
         s.close()
+
+
+# --- streaming calls -------------------------------------------------------------------
+
+
+class Talk:
+    """A stream's request messages, each sent when the test says (as grpcurl's reflection
+    client sends its next request once the last is answered); ``end`` half-closes."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[bytes | None] = queue.Queue()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (message := self.queue.get()) is not None:
+            yield message
+
+    def send(self, message: bytes) -> None:
+        self.queue.put(message)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+def chat(channel: grpc.Channel, talk: Iterable[bytes], name: str = "Chat",
+         timeout: float = 60) -> Any:
+    return channel.stream_stream(f"/test.Wire/{name}")(iter(talk), timeout=timeout)
+
+
+def open_calls(served: Served) -> int:
+    return int(served.run(_open_calls(served)))
+
+
+def request_bytes(served: Served) -> int:
+    """Request bytes the server holds."""
+    async def buffered() -> int:
+        return served.server.buffered
+
+    return int(served.run(buffered()))
+
+
+def test_a_stream_answers_each_message_in_turn_then_ends_ok(served: Served) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        talk = Talk()
+        answers = chat(channel, talk)
+        for message in (b"one", b"", b"x" * 100_000, b"four"):  # 100 KB: frames over 16 KiB
+            talk.send(message)
+            assert next(answers) == message
+        other = chat(channel, [b"a", b"b", b"c"])  # a second stream at once, sent at once
+        assert list(other) == [b"a", b"b", b"c"]
+        assert other.code() == grpc.StatusCode.OK
+        talk.end()
+        assert list(answers) == []
+        assert answers.code() == grpc.StatusCode.OK
+        assert list(chat(channel, [])) == []  # no message at all: ended OK
+        assert method(channel, "Echo")(b"unary", timeout=30) == b"unary"
+    wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "streams closed")
+
+
+def test_stream_requests_and_answers_beyond_the_flow_control_windows(served: Served) -> None:
+    """Three requests of 200 KiB (more than the stream window the server gives, which it
+    gives back as messages are read) sent at once, each answered with 6.4 MB (beyond the
+    client's windows: sent as its WINDOW_UPDATEs come)."""
+    request = bytes(range(256)) * 800
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}", options=[
+            ("grpc.max_receive_message_length", 16 << 20)]) as channel:
+        answers = chat(channel, [request, request[::-1], request], name="ChatBig")
+        assert [a == m * 32 for a, m in zip(answers, [request, request[::-1], request],
+                                             strict=True)] == [True] * 3
+        assert answers.code() == grpc.StatusCode.OK
+
+
+def test_a_stream_message_over_the_limit_ends_the_stream_not_the_connection(
+        served: Served) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        talk = Talk()
+        answers = chat(channel, talk)
+        talk.send(b"fits")
+        assert next(answers) == b"fits"
+        talk.send(b"x" * (LIMIT + 1))
+        with pytest.raises(grpc.RpcError) as err:
+            next(answers)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(LIMIT) in (err.value.details() or "")
+        talk.end()
+        assert method(channel, "Echo")(b"after", timeout=30) == b"after"
+    wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "nothing held")
+
+
+def test_an_error_or_a_cancel_mid_stream_leaves_the_connection_serving(
+        served: Served) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        answers = chat(channel, [b"ok", b"fail", b"never read"])
+        assert next(answers) == b"ok"
+        with pytest.raises(grpc.RpcError) as err:
+            next(answers)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == MESSAGE
+        served.cancelled.clear()
+        served.slow_started.clear()
+        talk = Talk()
+        answers = chat(channel, talk)
+        talk.send(b"first")
+        assert next(answers) == b"first"
+        talk.send(b"slow")
+        assert served.slow_started.wait(30)
+        answers.cancel()  # RST_STREAM CANCEL while the handler works on "slow"
+        assert answers.code() == grpc.StatusCode.CANCELLED
+        assert served.cancelled.wait(30), "the stream's handler was not cancelled"
+        talk.end()
+        assert method(channel, "Echo")(b"still", timeout=30) == b"still"
+    wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "streams closed")
+
+
+def test_a_streams_deadline_ends_it_deadline_exceeded(served: Served) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        talk = Talk()
+        answers = chat(channel, talk, timeout=1.0)
+        talk.send(b"in time")
+        assert next(answers) == b"in time"
+        with pytest.raises(grpc.RpcError) as err:
+            next(answers)  # no more messages: the deadline passes
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        talk.end()
+    wait_for(lambda: open_calls(served) == 0, "the stream closed on the server too")
+
+
+def test_a_stream_whose_requests_stop_coming_times_out_and_stop_ends_open_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelship_runtime import grpc_wire
+
+    monkeypatch.setattr(grpc_wire, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(grpc_wire, "SWEEP_SECONDS", 0.2)
+    s = Served()
+    s.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:
+            talk = Talk()
+            answers = chat(channel, talk)  # no client deadline
+            talk.send(b"hello")
+            assert next(answers) == b"hello"
+            with pytest.raises(grpc.RpcError) as err:
+                next(answers)  # nothing more is sent: the server's own bound ends it
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no request message" in (err.value.details() or "")
+            talk.end()
+            monkeypatch.setattr(grpc_wire, "REQUEST_TIMEOUT", 600.0)
+            talk = Talk()
+            answers = chat(channel, talk)
+            talk.send(b"open")
+            assert next(answers) == b"open"
+            t0 = time.monotonic()
+            s.run(s.server.stop(30))  # an open stream does not hold the stop up
+            assert time.monotonic() - t0 < 10
+            with pytest.raises(grpc.RpcError) as stopped:
+                next(answers)
+            assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
+            talk.end()
+    finally:
+        s.close()
+
+
+def test_a_peer_sending_past_a_streams_window_is_reset(served: Served) -> None:
+    """The stream's window is given back only for messages read: while its handler works
+    on one, a peer that sends on past the window gets RST_STREAM FLOW_CONTROL_ERROR, and
+    what it sent is not kept."""
+    served.slow_started.clear()
+    raw = Raw(served.port)
+    try:
+        raw.send(raw.headers(1, "Chat"), raw.message(1, b"slow", end=False))
+        assert served.slow_started.wait(30)
+        chunk = b"y" * 16_000
+        raw.send(*[raw.message(1, chunk, end=False) for _ in range(LIMIT // 16_000 + 2)])
+        assert raw.end_of(1) == ("reset", FLOW_CONTROL_ERROR)
+        raw.call(3, "Echo", b"next")
+        assert raw.end_of(3)[1]["grpc-status"] == "0"
+    finally:
+        raw.close()
+    wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "nothing held")
