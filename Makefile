@@ -122,7 +122,8 @@ clean:
 bench-runtime: $(STAMP)
 	$(BIN)/python benchmarks/runtime/run.py $(BENCH_ARGS)
 
-## protos: regenerate the runtime's gRPC modules from runtime/modelship_runtime/_proto/
-## grpc_predict_v2.proto (grpcio-tools; a test fails when they are stale)
+## protos: regenerate the runtime's gRPC modules from the .proto files in
+## runtime/modelship_runtime/_proto (the V2 service, gRPC Server Reflection v1 and v1alpha;
+## grpcio-tools; a test fails when they are stale)
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

@@ -94,6 +94,12 @@ class OperatorSettings(BaseSettings):
     """Port of the runtime's Open Inference Protocol V2 gRPC server (container and
     Service port named ``grpc``; the Service exposes it as 8081). 0: no gRPC."""
 
+    runtime_grpc_reflection: bool = True
+    """Whether the runtimes serve gRPC Server Reflection on their gRPC port (grpcurl
+    ``list`` and ``describe``, behind the API keys as ModelMetadata is). false: the
+    runtime pods get ``MODELSHIP_GRPC_REFLECTION=false`` (true sets nothing, so pods
+    rendered before this setting existed are not restarted)."""
+
     default_resources: dict[str, Any] = Field(default_factory=_default_resources)
     """Container resources for ModelDeployments that set no spec.runtime.resources
     (JSON in the environment, e.g. '{"requests": {"cpu": "250m"}}')."""

@@ -342,6 +342,20 @@ def test_grpc_port_0_renders_no_grpc_port_anywhere() -> None:
             for p in rule["ports"]} == {8080}
 
 
+def test_grpc_reflection_off_is_passed_to_the_runtime_and_on_renders_nothing() -> None:
+    def runtime_env(settings: OperatorSettings) -> dict[str, str]:
+        children = objects(make(), settings=settings)
+        (main,) = (c for c in children["Deployment"]["spec"]["template"]["spec"]["containers"]
+                   if c["name"] == "runtime")
+        return env_of(main)
+
+    off = OperatorSettings(default_tracking_uri="x", runtime_grpc_reflection=False)
+    assert runtime_env(off)["MODELSHIP_GRPC_REFLECTION"] == "false"
+    # on (the runtime's default) adds nothing: Deployments rendered before stay the same
+    assert "MODELSHIP_GRPC_REFLECTION" not in runtime_env(
+        OperatorSettings(default_tracking_uri="x"))
+
+
 def test_grpc_port_must_differ_from_the_http_port() -> None:
     with pytest.raises(ValueError, match="runtime_grpc_port 8080 is runtime_port"):
         OperatorSettings(default_tracking_uri="x", runtime_grpc_port=8080)

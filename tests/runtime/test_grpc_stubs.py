@@ -1,5 +1,7 @@
-"""The committed gRPC modules are what grpcio-tools makes of the committed .proto, and
-that .proto is wire-compatible with the service real V2 clients call.
+"""The committed gRPC modules are what grpcio-tools makes of the committed .proto files,
+the V2 .proto is wire-compatible with the service real V2 clients call, and the gRPC
+Server Reflection ones with the messages real reflection clients send (grpcio-reflection's
+v1alpha, grpclib's v1 and v1alpha).
 
 Neither test imports the runtime's generated modules: they register the ``inference``
 protobuf package, as tritonclient's do, and one process cannot hold both (the gRPC tests
@@ -18,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gen_protos.py"
 PROTO = REPO / "runtime" / "modelship_runtime" / "_proto" / "grpc_predict_v2.proto"
+REFLECTION = {v: PROTO.parent / f"reflection_{v}.proto" for v in ("v1", "v1alpha")}
 
 
 def test_committed_modules_match_a_fresh_generation() -> None:
@@ -27,13 +30,13 @@ def test_committed_modules_match_a_fresh_generation() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _compiled(tmp_path: Path) -> object:
+def _compiled(tmp_path: Path, proto: Path = PROTO) -> object:
     from google.protobuf import descriptor_pb2
     from grpc_tools import protoc
 
-    out = tmp_path / "set.pb"
-    assert protoc.main(["protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}",
-                        str(PROTO)]) == 0
+    out = tmp_path / f"{proto.stem}.pb"
+    assert protoc.main(["protoc", f"-I{proto.parent}", f"--descriptor_set_out={out}",
+                        str(proto)]) == 0
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     assert len(files.file) == 1
     return files.file[0]
@@ -80,3 +83,42 @@ def test_the_proto_is_wire_compatible_with_tritonclient(tmp_path: Path) -> None:
                 f"{their.get(field)}"
             compared += 1
     assert compared > 50  # ModelInferRequest alone has more than 15
+
+
+def _shape(file: object) -> tuple[str, dict[str, tuple[int, int, int, str]],
+                                  set[tuple[str, str, str, bool, bool]]]:
+    """A file's package, every field of its messages (type names without the package)
+    and its methods with their streaming."""
+    package = file.package  # type: ignore[attr-defined]
+    fields = {}
+    for message in file.message_type:  # type: ignore[attr-defined]
+        for name, (number, kind, label, type_name) in _fields(message, message.name).items():
+            fields[name] = (number, kind, label, type_name.replace(f".{package}.", "."))
+    methods = {(f"{s.name}.{m.name}", m.input_type.replace(f".{package}.", "."),
+                m.output_type.replace(f".{package}.", "."), m.client_streaming,
+                m.server_streaming)
+               for s in file.service for m in s.method}  # type: ignore[attr-defined]
+    return package, fields, methods
+
+
+def test_the_reflection_protos_match_the_published_ones(tmp_path: Path) -> None:
+    """Ours, v1 and v1alpha, against grpcio-reflection's v1alpha and grpclib's v1: the
+    same package, service, methods (both ways streaming) and fields, number for number."""
+    pytest.importorskip("grpc_tools", reason="grpcio-tools missing (make setup installs it)")
+    pytest.importorskip("grpc_reflection", reason="grpcio-reflection missing (make setup "
+                        "installs it)")
+    pytest.importorskip("grpclib", reason="grpclib missing (make setup installs it)")
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as alpha
+    from grpclib.reflection.v1 import reflection_pb2 as v1
+
+    for version, module in (("v1", v1), ("v1alpha", alpha)):
+        theirs = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(theirs)
+        ours = _compiled(tmp_path, REFLECTION[version])
+        package, fields, methods = _shape(ours)
+        assert package == f"grpc.reflection.{version}"
+        assert (package, fields, methods) == _shape(theirs), version
+        assert ("ServerReflection.ServerReflectionInfo", ".ServerReflectionRequest",
+                ".ServerReflectionResponse", True, True) in methods
+        assert len(fields) > 15

@@ -84,6 +84,7 @@ PYTHON_COMMAND = "python3"  # the runtime is a Python console script: its image 
 PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"
 ENV_GRPC_PORT = "MODELSHIP_GRPC_PORT"
+ENV_GRPC_REFLECTION = "MODELSHIP_GRPC_REFLECTION"
 READINESS_PATH = "/readyz"
 LIVENESS_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -264,6 +265,9 @@ def render(
         # in the environment, not a flag: a runtime image from before gRPC ignores it
         {"name": ENV_GRPC_PORT, "value": str(settings.runtime_grpc_port)},
     ]
+    if settings.runtime_grpc_port and not settings.runtime_grpc_reflection:
+        # only when off: the runtime's default is on, and pods rendered without it stay
+        serve_env.append({"name": ENV_GRPC_REFLECTION, "value": "false"})
     serve_env += tuning_env(md, settings)
     size = storage_limit(md, settings)
     volumes: list[dict[str, Any]] = [
