@@ -29,8 +29,10 @@ every connection and finishes the calls in flight (at most ``shutdown_timeout_se
 before the model is released.
 
 The generated modules register the ``inference`` protobuf package in the process's
-default descriptor pool, as tritonclient's do: the two cannot be imported into one
-process (the runtime imports only its own; tests drive it from another process).
+default descriptor pool, as tritonclient's do, and the reflection ones
+``grpc.reflection.v1`` and ``v1alpha``, as grpcio-reflection's and grpclib's do: such
+modules cannot be imported into one process (the runtime imports only its own; tests
+drive it from another process).
 """
 
 from __future__ import annotations

@@ -834,6 +834,7 @@ class Connection(asyncio.Protocol):
         CANCEL instead, as no status can follow it."""
         if call.cancelled or self.calls.get(call.stream_id) is not call:
             return
+        self._release(call)
         sid = call.stream_id
         ended = call.started
         if call.waiting is not None:

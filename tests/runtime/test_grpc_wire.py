@@ -903,3 +903,24 @@ def test_a_peer_sending_past_a_streams_window_is_reset(served: Served) -> None:
     finally:
         raw.close()
     wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "nothing held")
+
+
+def test_a_later_message_over_the_limit_on_a_stream_is_refused_and_nothing_kept(
+        served: Served) -> None:
+    """A message over the limit whose length comes after a smaller one in the same DATA
+    frame: the first is answered, then the stream ends RESOURCE_EXHAUSTED (trailers after
+    the answer) and the bytes held for it are let go."""
+    raw = Raw(served.port)
+    try:
+        first = b"\0" + struct.pack(">I", 5) + b"first"
+        huge = b"\0" + struct.pack(">I", LIMIT + 1) + b"zz"
+        raw.send(raw.headers(1, "Chat"), raw_frame(H_DATA, 0, 1, first + huge))
+        _, _, _, answer = raw.until(lambda k, fl, s, p: k == H_DATA and s == 1)
+        assert answer == first
+        how, trailers = raw.end_of(1)
+        assert how == "status" and trailers["grpc-status"] == "8", trailers
+        assert ":status" not in trailers  # trailers, after the response headers
+        assert str(LIMIT) in trailers["grpc-message"]
+    finally:
+        raw.close()
+    wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "nothing held")
