@@ -924,3 +924,25 @@ def test_a_later_message_over_the_limit_on_a_stream_is_refused_and_nothing_kept(
     finally:
         raw.close()
     wait_for(lambda: open_calls(served) == 0 and request_bytes(served) == 0, "nothing held")
+
+
+def test_a_stream_gives_back_the_window_of_each_message_read_and_of_padding(
+        served: Served) -> None:
+    raw = Raw(served.port)
+    try:
+        message = b"\0" + struct.pack(">I", 2) + b"hi"
+        padded = bytes([100]) + message + b"\0" * 100  # Pad Length, data, padding
+        raw.send(raw.headers(1, "Chat"), raw_frame(H_DATA, 0x8, 1, padded))
+        given = 0
+        while True:
+            kind, _, _, payload = raw.until(lambda k, fl, s, p: s == 1)
+            if kind == H_WINDOW:
+                given += struct.unpack(">I", payload)[0]
+            elif kind == H_DATA:
+                assert payload == message
+                break
+        assert given == len(padded)  # the message's 7 bytes, the padding and its length
+        raw.send(raw_frame(H_DATA, 0x1, 1, b""))  # the client's end: trailers, status 0
+        assert raw.end_of(1)[1] == {"grpc-status": "0"}
+    finally:
+        raw.close()
