@@ -31,11 +31,13 @@ from .dataplane import Validator, _type_name
 from .errors import BadRequest
 from .model import ModelInfo, Prediction
 from .protocols import (
-    TYPED_DATATYPES,
+    V2_DTYPES,
+    V2_KNOWN,
     check_input_datatype,
     flat_labels,
     tensor_values,
     tensors_to_rows,
+    unsupported,
     v2_response,
 )
 from .typed import decode_bytes
@@ -47,14 +49,8 @@ HEADER = "inference-header-content-length"
 #: The V2 extensions this runtime implements (server metadata lists them).
 EXTENSIONS = ("binary_tensor_data",)
 #: Input datatypes as little-endian numpy types (those the JSON V2 route accepts).
-INPUT_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-}
-KNOWN_DATATYPES = frozenset({
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES", "BF16",
-})
+INPUT_DTYPES: dict[str, np.dtype[Any]] = V2_DTYPES
+KNOWN_DATATYPES = frozenset(V2_KNOWN)
 OUTPUT_NAMES = ("predict", "predict_proba")
 _OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "BOOL": np.dtype("?"),
@@ -67,8 +63,7 @@ def check_datatype(datatype: object, where: str) -> str:
     if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
         raise BadRequest(f"{where}.datatype {datatype!r} is not a V2 datatype")
     if datatype not in INPUT_DTYPES:
-        raise BadRequest(f"{where}.datatype {datatype} is not supported; use FP32, FP64, "
-                         "INT32 or INT64")
+        raise unsupported(datatype, where)
     return datatype
 
 
@@ -87,9 +82,19 @@ def to_rows(values: np.ndarray, shape: list[int], datatype: str, v: Validator,
     checked against the model's width, the batch limit and finiteness."""
     n_rows, width = v.tensor_shape(shape, where)
     rows = values.astype(np.float64).reshape(n_rows, width)
-    if datatype in ("FP32", "FP64"):
+    if values.dtype.kind == "f":
         v.check_finite(rows, f"{where}.data")
     return rows
+
+
+def _bools(raw: bytes | memoryview, source: str) -> np.ndarray:
+    """A raw BOOL tensor, each byte 0 (false) or 1 (true)."""
+    values = np.frombuffer(raw, dtype=np.uint8)
+    if (values > 1).any():
+        i = int(np.argmax(values > 1))
+        raise BadRequest(f"{source}: element {i} is byte {int(values[i])}; BOOL elements "
+                         "are 0 (false) or 1 (true)")
+    return values.view(np.bool_)
 
 
 def rows_from_bytes(raw: bytes | memoryview, shape: list[int], datatype: str, v: Validator,
@@ -101,7 +106,8 @@ def rows_from_bytes(raw: bytes | memoryview, shape: list[int], datatype: str, v:
     if len(raw) != need:
         raise BadRequest(f"{source} has {len(raw)} bytes; {where}.shape {shape} of {datatype} "
                          f"needs {need}")
-    return to_rows(np.frombuffer(raw, dtype=dtype), shape, datatype, v, where)
+    values = _bools(raw, source) if datatype == "BOOL" else np.frombuffer(raw, dtype=dtype)
+    return to_rows(values, shape, datatype, v, where)
 
 
 def wanted_outputs(names: list[str], where: str = "outputs") -> list[str]:
@@ -198,7 +204,7 @@ def parse(body: bytes, json_length: int | None, v: Validator, info: ModelInfo
         raise BadRequest('missing field: "inputs" must be a non-empty array of tensors')
     t = inputs[0]
     if len(inputs) != 1 or v.kinds is not None or (
-            isinstance(t, dict) and t.get("datatype") in TYPED_DATATYPES):
+            isinstance(t, dict) and t.get("datatype") == "BYTES"):
         _check_outputs(obj, info)
         return _by_columns(inputs, tail, v, info), obj
     if not isinstance(t, dict):
@@ -240,12 +246,13 @@ def raw_values(raw: bytes | memoryview, shape: list[int], datatype: str, where: 
     count = math.prod(shape)
     if datatype == "BYTES":
         return decode_bytes(raw, count, source)
-    dtype = np.dtype("?") if datatype == "BOOL" else INPUT_DTYPES[datatype]
+    dtype = INPUT_DTYPES[datatype]
     need = count * dtype.itemsize
     if len(raw) != need:
         raise BadRequest(f"{source} has {len(raw)} bytes; {where}.shape {shape} of {datatype} "
                          f"needs {need}")
-    values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+    array = _bools(raw, source) if datatype == "BOOL" else np.frombuffer(raw, dtype=dtype)
+    values: list[Any] = array.tolist()
     return values
 
 

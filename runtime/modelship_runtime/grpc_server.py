@@ -92,9 +92,18 @@ _CODE_OF: dict[int, int] = {
     400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND, 429: RESOURCE_EXHAUSTED,
     415: INVALID_ARGUMENT, 503: UNAVAILABLE,
 }
-_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
-             "INT64": "int64_contents"}
-_TYPED_CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents"}
+#: The ``contents`` field of each datatype, and the numpy type of its values (wider than
+#: the datatype for INT8, INT16, UINT8 and UINT16, whose range is then checked). FP16 has
+#: none: it is sent in ``raw_input_contents`` only.
+_CONTENTS: dict[str, tuple[str, type[np.generic]]] = {
+    "BOOL": ("bool_contents", np.bool_),
+    "INT8": ("int_contents", np.int32), "INT16": ("int_contents", np.int32),
+    "INT32": ("int_contents", np.int32), "INT64": ("int64_contents", np.int64),
+    "UINT8": ("uint_contents", np.uint32), "UINT16": ("uint_contents", np.uint32),
+    "UINT32": ("uint_contents", np.uint32), "UINT64": ("uint64_contents", np.uint64),
+    "FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64),
+    "BYTES": ("bytes_contents", np.object_),
+}
 _OUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
 
 
@@ -338,8 +347,7 @@ class InferenceServicer:
     def _rows(request: pb.ModelInferRequest, plane: DataPlane) -> np.ndarray:
         v = plane.validator
         n = len(request.inputs)
-        if n != 1 or v.kinds is not None or (
-                n and request.inputs[0].datatype in protocols.TYPED_DATATYPES):
+        if n != 1 or v.kinds is not None or (n and request.inputs[0].datatype == "BYTES"):
             return InferenceServicer._by_columns(request, plane)
         t = request.inputs[0]
         datatype = binary.check_datatype(t.datatype, "inputs[0]")
@@ -353,13 +361,7 @@ class InferenceServicer:
                 raise BadRequest("inputs[0] has both contents and raw_input_contents; send one")
             return binary.rows_from_bytes(raws[0], shape, datatype, v, "inputs[0]",
                                           "raw_input_contents[0]")
-        field = _CONTENTS[datatype]
-        values = getattr(t.contents, field)
-        need = math.prod(shape)
-        if len(values) != need:
-            raise BadRequest(f"inputs[0].contents.{field} has {len(values)} values; shape "
-                             f"{shape} of {datatype} needs {need}")
-        array = np.array(values, dtype=binary.INPUT_DTYPES[datatype])
+        array = _contents(t, datatype, shape, "inputs[0]")
         return binary.to_rows(array, shape, datatype, v, "inputs[0]")
 
     @staticmethod
@@ -383,21 +385,15 @@ class InferenceServicer:
             if raws:
                 flat = binary.raw_values(raws[i], shape, datatype, where,
                                          f"raw_input_contents[{i}]")
+            elif datatype == "BYTES":
+                values = _field(t, datatype, shape, where)
+                try:
+                    flat = [b.decode() for b in values]
+                except UnicodeDecodeError:
+                    raise BadRequest(f"{where}.contents.bytes_contents holds an element "
+                                     "that is not UTF-8") from None
             else:
-                field = _TYPED_CONTENTS.get(datatype) or _CONTENTS[datatype]
-                values = getattr(t.contents, field)
-                need = math.prod(shape)
-                if len(values) != need:
-                    raise BadRequest(f"{where}.contents.{field} has {len(values)} values; "
-                                     f"shape {shape} of {datatype} needs {need}")
-                if datatype == "BYTES":
-                    try:
-                        flat = [b.decode() for b in values]
-                    except UnicodeDecodeError:
-                        raise BadRequest(f"{where}.contents.bytes_contents holds an element "
-                                         "that is not UTF-8") from None
-                else:
-                    flat = list(values)
+                flat = _contents(t, datatype, shape, where).tolist()
             tensors.append((t.name, shape, datatype,
                             protocols.tensor_values(flat, datatype, where)))
         return protocols.tensors_to_rows(tensors, v, plane.model.info)
@@ -443,6 +439,40 @@ class InferenceServicer:
             hist = self._durations[method] = self.metrics.http_duration.labels(
                 "GRPC", f"grpc:{method}")
         hist.observe(seconds)
+
+
+def _field(t: Any, datatype: str, shape: list[int], where: str) -> Any:
+    """The ``contents`` values of input tensor ``t`` (``where``), as many as its shape
+    holds."""
+    if datatype not in _CONTENTS:  # FP16
+        raise BadRequest(f"{where}.datatype {datatype} has no contents field in the V2 gRPC "
+                         f"protocol: send it in raw_input_contents")
+    field = _CONTENTS[datatype][0]
+    values = getattr(t.contents, field)
+    need = math.prod(shape)
+    if len(values) != need:
+        raise BadRequest(f"{where}.contents.{field} has {len(values)} values; shape {shape} "
+                         f"of {datatype} needs {need}")
+    return values
+
+
+def _contents(t: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """The numbers (or booleans) in input tensor ``t``'s ``contents`` as a flat array,
+    each within ``datatype``'s range."""
+    values = _field(t, datatype, shape, where)
+    field, container = _CONTENTS[datatype]
+    array = np.array(values, dtype=container)
+    if datatype in _NARROW:
+        low, high = protocols.INT_RANGES[datatype]
+        bad = (array < low) | (array >= high)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise protocols.out_of_range(f"{where}.contents.{field}[{i}]", int(array[i]),
+                                         datatype)
+    return array
+
+
+_NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 
 
 def address(host: str, port: int) -> str:

@@ -27,13 +27,27 @@ from .errors import BadRequest, ModelshipError, NotJSON, UnsupportedMediaType
 from .model import ModelInfo, Prediction
 from .typed import V2_DATATYPE, columns_to_rows, tensor_columns
 
-V2_SUPPORTED = {"FP32": "f", "FP64": "f", "INT32": "i", "INT64": "i"}
-V2_KNOWN = {
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+#: The V2 input datatypes a model of numbers takes, each with the little-endian numpy
+#: type of its raw bytes (BOOL: false and true as 0 and 1). Every value becomes the exact
+#: float64 that numpy's cast of the client's array gives (FP16 and FP32 JSON values are
+#: rounded through their own precision first).
+V2_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
+#: Each of those datatypes' kind of JSON value: "f" numbers, "i" integers, "b" booleans.
+V2_SUPPORTED = {dt: {"f": "f", "b": "b"}.get(d.kind, "i") for dt, d in V2_DTYPES.items()}
+#: The integer datatypes' ranges, [low, high).
+INT_RANGES = {dt: (int(np.iinfo(d).min), int(np.iinfo(d).max) + 1)
+              for dt, d in V2_DTYPES.items() if d.kind in "iu"}
+#: The datatypes a model of numbers takes, as error messages list them.
+NUMERIC_NAMES = ", ".join(list(V2_DTYPES)[:-1]) + " or " + list(V2_DTYPES)[-1]
+V2_KNOWN = {*V2_DTYPES, "BYTES", "BF16"}
 V2_OUTPUTS = ("predict", "predict_proba")
-_INT_BOUNDS = {"INT32": 2**31, "INT64": 2**63}
 
 
 def _object(body: object, example: str) -> dict[str, Any]:
@@ -226,7 +240,7 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
         raise BadRequest('missing field: "inputs" must be a non-empty array of tensors')
     t = inputs[0]
     if len(inputs) != 1 or v.kinds is not None or (
-            isinstance(t, dict) and t.get("datatype") in TYPED_DATATYPES):
+            isinstance(t, dict) and t.get("datatype") == "BYTES"):
         return v2_typed_rows(inputs, v, info), _checked_outputs(obj, info)
     if not isinstance(t, dict):
         raise BadRequest(f"inputs[0] must be an object, got {_type_name(t)}")
@@ -239,30 +253,93 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
     if not isinstance(datatype, str) or datatype not in V2_KNOWN:
         raise BadRequest(f"inputs[0].datatype {datatype!r} is not a V2 datatype")
     if datatype not in V2_SUPPORTED:
-        raise BadRequest(f"inputs[0].datatype {datatype} is not supported; use FP32, FP64, "
-                         "INT32 or INT64")
+        raise unsupported(datatype, "inputs[0]")
     flat = _tensor_values(shape, data, "inputs[0]", "[features] or [rows, features]")
     kind = V2_SUPPORTED[datatype]
-    for i, x in enumerate(flat):
-        tx = type(x)
-        if kind == "i":
-            if tx is not int:
+    if kind == "f":
+        for i, x in enumerate(flat):
+            tx = type(x)
+            if tx is not float and tx is not int and not (x is None and v.allow_nan):
+                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
+                                 f"{datatype} needs numbers")
+    elif kind == "i":
+        low, high = INT_RANGES[datatype]
+        for i, x in enumerate(flat):
+            if type(x) is not int:
                 raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
                                  f"{datatype} needs integers")
-            bound = _INT_BOUNDS[datatype]
-            if not -bound <= x < bound:
-                raise BadRequest(f"inputs[0].data[{i}] does not fit in {datatype}")
-        elif tx is not float and tx is not int and not (x is None and v.allow_nan):
-            raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; {datatype} needs numbers")
+            if not low <= x < high:
+                raise out_of_range(f"inputs[0].data[{i}]", x, datatype)
+    else:
+        for i, x in enumerate(flat):
+            if type(x) is not bool:
+                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
+                                 "BOOL needs true or false")
     n_rows, width = v.tensor_shape(shape, "inputs[0]")
     try:
         rows = np.array(flat, dtype=np.float64).reshape(n_rows, width)
     except (OverflowError, ValueError) as exc:
         raise BadRequest(f"inputs[0].data: a value is out of the float64 range ({exc})") from None
-    if datatype == "FP32":
-        rows = rows.astype(np.float32).astype(np.float64)
-    v.check_finite(rows, "inputs[0].data")
+    if kind == "f":
+        rows = rounded_finite(rows, datatype, v, "inputs[0].data")
     return rows, _checked_outputs(obj, info)
+
+
+def out_of_range(where: str, x: int, datatype: str) -> BadRequest:
+    """The 400 for integer ``x`` at ``where``, beyond ``datatype``'s range."""
+    low, high = INT_RANGES[datatype]
+    return BadRequest(f"{where} ({x}) does not fit in {datatype}: its range is "
+                      f"{low}..{high - 1}")
+
+
+def unsupported(datatype: str, where: str, typed: bool = False) -> BadRequest:
+    """The 400 for a V2 datatype this runtime does not take (BF16; BYTES for a model of
+    numbers), listing those it does (with strings, for a model of ``typed`` columns)."""
+    why = " (numpy has no bfloat16: send FP32 or FP16)" if datatype == "BF16" else ""
+    takes = NUMERIC_NAMES.replace(" or ", ", ") + " or BYTES (strings)" if typed \
+        else NUMERIC_NAMES
+    return BadRequest(f"{where}.datatype {datatype} is not supported{why}; use {takes}")
+
+
+_FLOAT_MAX = {dt: float(np.finfo(V2_DTYPES[dt]).max) for dt in ("FP16", "FP32")}
+
+
+def _cast(values: np.ndarray, datatype: str) -> np.ndarray:
+    """Float64 ``values`` rounded through FP16 or FP32 (a value beyond its range becomes
+    infinite), as the client's array of that type holds them."""
+    dtype = V2_DTYPES[datatype]
+    try:  # numpy warns of an overflow; no errstate on the way of every request
+        return values.astype(dtype).astype(np.float64)
+    except RuntimeWarning:  # where warnings are errors
+        with np.errstate(over="ignore"):
+            return values.astype(dtype).astype(np.float64)
+
+
+def _overflow(values: np.ndarray, rounded: np.ndarray, datatype: str, where: str) -> None:
+    """A 400 naming the first finite value of ``values`` (by its row-major index) that
+    overflowed ``datatype`` in ``rounded``, when there is one."""
+    overflow = (np.isinf(rounded) & np.isfinite(values)).reshape(-1)
+    if overflow.any():
+        i = int(np.argmax(overflow))
+        raise BadRequest(f"{where}[{i}] ({float(values.reshape(-1)[i])!r}) overflows "
+                         f"{datatype}: its finite values are within "
+                         f"±{_FLOAT_MAX[datatype]:g}")
+
+
+def rounded_finite(rows: np.ndarray, datatype: str, v: Validator, where: str) -> np.ndarray:
+    """Float64 ``rows`` of a float ``datatype`` as the client's array of that type holds
+    them (FP16 and FP32 rounded through their precision), checked finite; a finite value
+    that overflows FP16 or FP32 is a 400 saying so."""
+    if datatype == "FP64":
+        v.check_finite(rows, where)
+        return rows
+    rounded = _cast(rows, datatype)
+    try:
+        v.check_finite(rounded, where)
+    except BadRequest:
+        _overflow(rows, rounded, datatype, where)
+        raise
+    return rounded
 
 
 def _checked_outputs(obj: dict[str, Any], info: ModelInfo) -> dict[str, Any]:
@@ -292,7 +369,8 @@ TYPED_DATATYPES = ("BYTES", "BOOL")
 
 def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
     """The checked elements of one input tensor of ``datatype`` (JSON values, or decoded
-    from bytes): strings for BYTES, booleans for BOOL, numbers (null: missing) else."""
+    from bytes): strings for BYTES, booleans for BOOL, numbers (null: missing) else,
+    integers within their datatype's range, FP16 and FP32 rounded through it."""
     if datatype == "BYTES":  # null: a missing value, for a model that takes them
         for i, x in enumerate(flat):
             if type(x) is not str and x is not None:
@@ -303,31 +381,40 @@ def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
             if type(x) is not bool and x is not None:
                 raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BOOL needs true or false")
         return flat
-    kind = V2_SUPPORTED[datatype]
+    if V2_SUPPORTED[datatype] == "i":
+        low, high = INT_RANGES[datatype]
+        for i, x in enumerate(flat):
+            if x is None:
+                continue  # a missing value: refused by the validator unless the model takes NaN
+            if type(x) is not int:
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs integers")
+            if not low <= x < high:
+                raise out_of_range(f"{where}[{i}]", x, datatype)
+        return flat
     for i, x in enumerate(flat):
         tx = type(x)
-        if x is None:
-            continue  # a missing value: refused by the validator unless the model takes NaN
-        if kind == "i":
-            if tx is not int:
-                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs integers")
-        elif tx is not float and tx is not int:
+        if tx is not float and tx is not int and x is not None:
             raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs numbers")
-    if datatype == "FP32":
-        return [None if x is None else float(np.float32(x)) for x in flat]
-    return flat
+    if datatype == "FP64":
+        return flat
+    try:
+        values = np.array(flat, dtype=np.float64)
+    except (OverflowError, ValueError) as exc:
+        raise BadRequest(f"{where}: a value is out of the float64 range ({exc})") from None
+    rounded = _cast(values, datatype)
+    _overflow(values, rounded, datatype, where)
+    return [None if x is None else y for x, y in zip(flat, rounded.tolist(), strict=True)]
 
 
 def check_input_datatype(datatype: object, where: str, v: Validator) -> str:
     """``datatype`` of an input tensor of a request going by columns."""
     if not isinstance(datatype, str) or datatype not in V2_KNOWN:
         raise BadRequest(f"{where}.datatype {datatype!r} is not a V2 datatype")
-    if datatype in TYPED_DATATYPES and v.kinds is None:
-        raise BadRequest(f"{where}.datatype {datatype}: this model takes numbers only; use "
-                         "FP32, FP64, INT32 or INT64")
+    if datatype == "BYTES" and v.kinds is None:
+        raise BadRequest(f"{where}.datatype BYTES: this model takes numbers only; use "
+                         f"{NUMERIC_NAMES}")
     if datatype not in V2_SUPPORTED and datatype not in TYPED_DATATYPES:
-        raise BadRequest(f"{where}.datatype {datatype} is not supported; use FP32, FP64, "
-                         "INT32, INT64, BYTES (strings) or BOOL")
+        raise unsupported(datatype, where, typed=v.kinds is not None)
     return datatype
 
 
@@ -335,9 +422,12 @@ def tensors_to_rows(tensors: list[tuple[str, list[int], str, list[Any]]], v: Val
                     info: ModelInfo) -> np.ndarray:
     """Rows from V2 input tensors given by column (name, shape, datatype, checked flat
     values): several tensors of one column each (named as the model's inputs, or in its
-    order), or one of [rows, columns]; each column of the kind the model takes."""
+    order), or one of [rows, columns]; each column of the kind the model takes (a model
+    of numbers takes booleans as 0 and 1)."""
     columns: list[tuple[str | None, list[Any]]] = []
-    for i, (name, shape, _, flat) in enumerate(tensors):
+    for i, (name, shape, datatype, flat) in enumerate(tensors):
+        if datatype == "BOOL" and v.kinds is None:
+            flat = [x if x is None else int(x) for x in flat]
         columns.extend(tensor_columns(name, shape, flat, f"inputs[{i}]"))
     if not columns:
         raise BadRequest("inputs is empty: send at least one row")
@@ -500,7 +590,7 @@ V2_BODY = {
                 "name": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer"}},
                 "datatype": {"type": "string",
-                             "enum": sorted([*V2_SUPPORTED, *TYPED_DATATYPES])},
+                             "enum": sorted({*V2_SUPPORTED, *TYPED_DATATYPES})},
                 "data": {"type": "array", "items": {
                     "type": ["number", "string", "boolean", "null"]}},
             },

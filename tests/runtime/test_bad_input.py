@@ -70,8 +70,35 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("v2-int-with-floats", V2, v2([1, 8], "INT64", GOOD), 400, "INT64 needs integers"),
     ("v2-int32-overflow", V2, v2([1, 8], "INT32", [2**40] + [1] * 7), 400,
      "does not fit in INT32"),
+    ("v2-uint8-over", V2, v2([1, 8], "UINT8", [0, 1, 256, 3, 4, 5, 6, 7]), 400,
+     "inputs[0].data[2] (256) does not fit in UINT8: its range is 0..255"),
+    ("v2-uint-negative", V2, v2([1, 8], "UINT32", [0, 1, 2, 3, 4, -1, 6, 7]), 400,
+     "inputs[0].data[5] (-1) does not fit in UINT32: its range is 0..4294967295"),
+    ("v2-int64-over", V2, v2([1, 8], "INT64", [0, 2**63] + [0] * 6), 400,
+     "inputs[0].data[1] (9223372036854775808) does not fit in INT64"),
+    ("v2-uint64-negative", V2, v2([1, 8], "UINT64", [-1] + [0] * 7), 400,
+     "inputs[0].data[0] (-1) does not fit in UINT64"),
+    ("v2-int8-under", V2, v2([1, 8], "INT8", [0] * 7 + [-129]), 400,
+     "inputs[0].data[7] (-129) does not fit in INT8: its range is -128..127"),
+    ("v2-int16-with-floats", V2, v2([1, 8], "INT16", [1.5] * 8), 400,
+     "inputs[0].data[0] is float; INT16 needs integers"),
+    ("v2-uint8-with-bools", V2, v2([1, 8], "UINT8", [True] * 8), 400,
+     "inputs[0].data[0] is boolean; UINT8 needs integers"),
+    ("v2-fp16-overflow", V2, v2([1, 8], "FP16", [0.5, 1, 2, 3, 4, 5, 70000, 7]), 400,
+     "inputs[0].data[6] (70000.0) overflows FP16: its finite values are within ±65504"),
+    ("v2-fp16-overflow-by-column", V2, {"inputs": [
+        {"name": f"c{i}", "shape": [2], "datatype": "FP16", "data": [1, -1e5 if i == 3 else 1]}
+        for i in range(8)]}, 400, "inputs[3].data[1] (-100000.0) overflows FP16"),
+    ("v2-uint16-over-by-column", V2, {"inputs": [
+        {"name": f"c{i}", "shape": [1], "datatype": "UINT16", "data": [65536 if i else 0]}
+        for i in range(8)]}, 400, "inputs[1].data[0] (65536) does not fit in UINT16"),
+    ("v2-bool-with-numbers", V2, v2([1, 8], "BOOL", [1] * 8), 400,
+     "inputs[0].data[0] is int; BOOL needs true or false"),
+    ("v2-bf16", V2, v2([1, 8], "BF16", GOOD), 400,
+     "inputs[0].datatype BF16 is not supported (numpy has no bfloat16"),
     ("v2-unsupported-datatype", V2, v2([1, 8], "BYTES", ["a"] * 8), 400,
-     "BYTES: this model takes numbers only"),
+     "BYTES: this model takes numbers only; use BOOL, UINT8, UINT16, UINT32, UINT64, INT8, "
+     "INT16, INT32, INT64, FP16, FP32 or FP64"),
     ("v2-unknown-datatype", V2, v2([1, 8], "FLOAT", GOOD), 400, "is not a V2 datatype"),
     ("v2-string-in-fp", V2, v2([1, 8], "FP64", ["x", *GOOD[1:]]), 400, "FP64 needs numbers"),
     ("v2-nan", V2, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP64",'

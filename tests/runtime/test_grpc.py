@@ -50,7 +50,17 @@ AUTH = {"x-api-key": KEY}
 MODEL = "lr"
 CLIENTS = 32
 ROUNDS = 3
-NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
+#: Every numeric V2 datatype a model of numbers takes, and the numpy type clients send.
+NUMPY: dict[str, type[np.generic]] = {
+    "FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64,
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "FP16": np.float16,
+}
+#: The gRPC ``contents`` field of each (FP16 has none: raw only).
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+            "INT64": "int64_contents", "BOOL": "bool_contents", "UINT8": "uint_contents",
+            "UINT16": "uint_contents", "UINT32": "uint_contents",
+            "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents"}
 KSERVE = "kserve==0.21.0"
 N_FEATURES = 8  # the local models' width (conftest.py)
 
@@ -106,12 +116,21 @@ def runtime(local_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def rows_for(local_models: Any, client: int, n: int, datatype: str) -> np.ndarray:
-    """Client ``client``'s own ``n`` rows, as ``datatype`` (integers: rounded x10)."""
+    """Client ``client``'s own ``n`` rows, as ``datatype``: integers rounded x10 (unsigned:
+    their magnitude), clipped to the type's range; booleans: the positive values; floats
+    as numpy casts them (the server must round FP16 and FP32 JSON values the same way)."""
     X = local_models.X
     rows = X[(np.arange(n) + client * 7) % len(X)]
-    if datatype.startswith("INT"):
+    dtype = np.dtype(NUMPY[datatype])
+    if dtype.kind == "b":
+        return rows > 0
+    if dtype.kind in "iu":
         rows = np.round(rows * 10)
-    return rows.astype(NUMPY[datatype])
+        if dtype.kind == "u":
+            rows = np.abs(rows)
+        limits = np.iinfo(dtype)
+        rows = np.clip(rows, limits.min, limits.max)
+    return rows.astype(dtype)
 
 
 def expected(local_models: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,12 +214,11 @@ def test_32_tritonclient_grpc_clients_each_get_their_own_predictions(
     assert metric(runtime.http, "grpc:ModelInfer", "200") - before == CLIENTS * ROUNDS
 
 
-@pytest.mark.parametrize("datatype", list(NUMPY))
+@pytest.mark.parametrize("datatype", list(CONTENTS))
 def test_contents_in_contents_out(runtime: Runtime, local_models: Any, datatype: str) -> None:
     """Inputs in typed ``contents`` (not raw bytes) are answered in ``contents``."""
     rows = rows_for(local_models, 99, 4, datatype)
-    field = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
-             "INT64": "int64_contents"}[datatype]
+    field = CONTENTS[datatype]
     request = service_pb2.ModelInferRequest(model_name=MODEL, id="typed")
     tensor = request.inputs.add(name="input-0", datatype=datatype, shape=list(rows.shape))
     getattr(tensor.contents, field).extend(rows.reshape(-1).tolist())
@@ -260,6 +278,17 @@ def _typed_short() -> Any:
     return request
 
 
+def _contents(datatype: str, values: list[Any], columns: int = 1) -> Any:
+    """``values`` in the contents of one [1, 8] tensor, or of ``columns`` [1] tensors."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    shape = [1, N_FEATURES] if columns == 1 else [1]
+    for c in range(columns):
+        tensor = request.inputs.add(name=f"input-{c}", datatype=datatype, shape=shape)
+        if datatype in CONTENTS:
+            getattr(tensor.contents, CONTENTS[datatype]).extend(values)
+    return request
+
+
 def _unknown_output() -> Any:
     request = _request()
     request.outputs.add(name="logits")
@@ -279,6 +308,26 @@ BAD = {
     "rank": (lambda: _request(shape=(1, 2, 4)), "shape must be [features] or [rows"),
     "empty": (lambda: _request(shape=(0, N_FEATURES)), "is empty"),
     "output": (_unknown_output, "'logits' is not an output"),
+    "BF16": (lambda: _request(datatype="BF16", raw=bytes(16)),
+             "BF16 is not supported (numpy has no bfloat16"),
+    "UINT16 raw size": (lambda: _request(datatype="UINT16", raw=bytes(15)),
+                        "has 15 bytes; inputs[0].shape [1, 8] of UINT16 needs 16"),
+    "FP16 infinity": (lambda: _request(datatype="FP16",
+                                       raw=np.full(N_FEATURES, np.inf, np.float16).tobytes()),
+                      "inputs[0].data[0][0] is Infinity"),
+    "BOOL byte": (lambda: _request(datatype="BOOL", raw=bytes([0, 1, 2, 0, 0, 0, 0, 0])),
+                  "element 2 is byte 2; BOOL elements are 0 (false) or 1 (true)"),
+    "FP16 contents": (lambda: _contents("FP16", []),
+                      "FP16 has no contents field in the V2 gRPC protocol: send it in "
+                      "raw_input_contents"),
+    "UINT8 range": (lambda: _contents("UINT8", [0, 1, 2, 300, 0, 0, 0, 0]),
+                    "inputs[0].contents.uint_contents[3] (300) does not fit in UINT8: its "
+                    "range is 0..255"),
+    "INT8 range": (lambda: _contents("INT8", [0, -129, 0, 0, 0, 0, 0, 0]),
+                   "int_contents[1] (-129) does not fit in INT8"),
+    "INT16 range by column": (lambda: _contents("INT16", [40000], columns=N_FEATURES),
+                              "inputs[0].contents.int_contents[0] (40000) does not fit in "
+                              "INT16: its range is -32768..32767"),
 }
 
 
@@ -389,7 +438,9 @@ def test_32_kserve_grpc_clients_each_get_their_own_predictions(
         datatype = datatypes[i % len(datatypes)]
         rows = rows_for(local_models, 500 + i, 1 + i % 3, datatype)
         jobs.append({"id": f"k{i}", "rows": rows.tolist(), "datatype": datatype,
-                     "numpy": np.dtype(NUMPY[datatype]).name, "raw": i % 2 == 0})
+                     "numpy": np.dtype(NUMPY[datatype]).name,
+                     # each datatype both ways; FP16 has no contents field: raw only
+                     "raw": (i // len(datatypes)) % 2 == 0 or datatype == "FP16"})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     result = subprocess.run([str(kserve_python), "-c", KSERVE_SCRIPT, runtime.grpc, MODEL,
                              KEY, str(tmp_path / "jobs.json")],
@@ -476,7 +527,9 @@ def test_32_kserve_rest_clients_v1_and_v2_each_get_their_own_predictions(
         datatype = datatypes[i % len(datatypes)] if i % 3 else "FP64"
         rows = rows_for(local_models, 800 + i, 1 + i % 3, datatype)
         jobs.append({"id": f"r{i}", "rows": rows.tolist(), "datatype": datatype,
-                     "numpy": np.dtype(NUMPY[datatype]).name, "raw": i % 2 == 0,
+                     "numpy": np.dtype(NUMPY[datatype]).name,
+                     # KServe sends no FP16 in JSON
+                     "raw": (i // len(datatypes)) % 2 == 0 or datatype == "FP16",
                      "protocol": "v1" if i % 3 == 0 else "v2", "proba": i % 6 == 3})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     result = subprocess.run([str(kserve_python), "-c", KSERVE_REST_SCRIPT, runtime.http, MODEL,
@@ -598,8 +651,17 @@ BAD_HTTP = {
     "data and size": (lambda: _binary_body(
         {"inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP64", "data": [0] * 8,
                      "parameters": {"binary_data_size": 64}}]}, bytes(64)), "both"),
-    "datatype": (lambda: _binary_body(_header(8, [1, 8], "UINT8"), bytes(8)),
-                 "UINT8 is not supported"),
+    "datatype": (lambda: _binary_body(_header(16, [1, 8], "BF16"), bytes(16)),
+                 "BF16 is not supported (numpy has no bfloat16"),
+    "UINT32 size against shape": (lambda: _binary_body(_header(28, [1, 8], "UINT32"), bytes(28)),
+                                  "has 28 bytes; inputs[0].shape [1, 8] of UINT32 needs 32"),
+    "FP16 infinity": (lambda: _binary_body(_header(16, [1, 8], "FP16"),
+                                           np.full(8, -np.inf, np.float16).tobytes()),
+                      "-Infinity"),
+    "FP16 NaN": (lambda: _binary_body(_header(16, [1, 8], "FP16"),
+                                      np.full(8, np.nan, np.float16).tobytes()), "NaN"),
+    "BOOL byte": (lambda: _binary_body(_header(8, [1, 8], "BOOL"), bytes([1] * 7 + [255])),
+                  "element 7 is byte 255"),
     "features": (lambda: _binary_body(_header(40, [1, 5]), bytes(40)),
                  "5 features; the model takes 8"),
     "infinity": (lambda: _binary_body(_header(64), np.full(8, np.inf).tobytes()), "Infinity"),

@@ -509,7 +509,9 @@ _bodies = st.one_of(
     st.fixed_dictionaries({"instances": st.lists(_row, max_size=MAX_ROWS + 5) | _json}),
     st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries({
         "name": st.text(max_size=5), "shape": st.lists(st.integers(-2, 200), max_size=3),
-        "datatype": st.sampled_from(["FP32", "FP64", "INT32", "INT64", "BYTES", "x"]),
+        "datatype": st.sampled_from(["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8",
+                                     "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+                                     "BF16", "BYTES", "x"]),
         "data": st.lists(_number, max_size=40) | st.lists(_row, max_size=5) | _json,
     }), max_size=2)}, optional={"outputs": _json, "id": _json}),
 )

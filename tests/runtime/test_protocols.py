@@ -170,6 +170,58 @@ def test_kserve_v1_inputs_and_batches_of_named_features(served: Served) -> None:
         assert r.json() == {"predictions": served.labels(rows)}
 
 
+def _cast(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``values`` as a client would hold them in ``dtype``: integers rounded x10 (unsigned:
+    their magnitude) within its range, booleans the positive values."""
+    if dtype.kind == "b":
+        return values > 0
+    if dtype.kind in "iu":
+        values = np.round(values * 10)
+        values = np.abs(values) if dtype.kind == "u" else values
+        values = np.clip(values, np.iinfo(dtype).min, np.iinfo(dtype).max)
+    return values.astype(dtype)
+
+
+NUMERIC = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+           "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
+           "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
+
+
+@pytest.mark.parametrize("first", [0, 6], ids=["first-six", "last-six"])
+def test_v2_columns_of_every_numeric_datatype(served: Served, first: int) -> None:
+    """One V2 tensor per named column, each of another numeric datatype, in JSON and (by
+    tritonclient.http at its defaults) in binary: the answer is scikit-learn's for the
+    client's arrays cast to float64."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    rows = served.X[50:57]
+    datatypes = list(NUMERIC)[first:first + len(SHUFFLED)]
+    arrays = {c: _cast(rows[:, COLUMNS.index(c)], np.dtype(NUMERIC[dt]))
+              for c, dt in zip(SHUFFLED, datatypes, strict=True)}
+    as_f64 = np.column_stack([arrays[c].astype(np.float64) for c in COLUMNS])
+    want = served.labels(as_f64)
+    body = {"inputs": [{"name": c, "shape": [len(rows)], "datatype": dt,
+                        "data": arrays[c].tolist()}
+                       for c, dt in zip(SHUFFLED, datatypes, strict=True)]}
+    r = httpx.post(f"{served.clf_url}/v2/models/clf/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["predict"]["data"] == want
+    np.testing.assert_allclose(np.reshape(out["predict_proba"]["data"], (-1, 3)),
+                               served.proba(as_f64), rtol=1e-12)
+    client = httpclient.InferenceServerClient(served.clf_url.removeprefix("http://"))
+    try:
+        tensors = []
+        for c, dt in zip(SHUFFLED, datatypes, strict=True):
+            tensors.append(httpclient.InferInput(c, [len(rows)], dt))
+            tensors[-1].set_data_from_numpy(arrays[c])
+        result = client.infer("clf", tensors)
+    finally:
+        client.close()
+    assert result.as_numpy("predict").tolist() == want
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), served.proba(as_f64),
+                               rtol=1e-12)
+
+
 def test_mlflow_scoring_client_and_serving_input(served: Served) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -334,32 +334,59 @@ def test_a_canary_with_the_same_model_agrees_on_every_row(cluster: Cluster) -> N
                         "/v2/models/{name}/infer": 20, "/invocations": 20}
 
 
+#: Datatypes of the mirrored gRPC calls: raw (tritonclient) and typed contents.
+RAW_TYPES = {"FP32": np.float32, "UINT8": np.uint8, "INT16": np.int16, "FP16": np.float16,
+             "BOOL": np.bool_, "UINT64": np.uint64}
+CONTENTS_TYPES = {"FP64": (np.float64, "fp64_contents"), "UINT16": (np.uint16, "uint_contents"),
+                  "INT8": (np.int8, "int_contents"), "BOOL": (np.bool_, "bool_contents")}
+
+
+def _as(batch: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+    """``batch`` as a client holding ``dtype`` sends it: integers rounded x10 (unsigned:
+    their magnitude) within range, booleans the positive values."""
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return batch > 0
+    if kind in "iu":
+        batch = np.round(batch * 10)
+        batch = np.abs(batch) if kind == "u" else batch
+        batch = np.clip(batch, np.iinfo(dtype).min, np.iinfo(dtype).max)
+    return batch.astype(dtype)
+
+
 def test_grpc_predictions_are_mirrored_as_binary_v2_requests(cluster: Cluster) -> None:
-    """tritonclient.grpc at its defaults (raw tensors) and typed contents: the canary
-    gets each call's rows over its V2 HTTP route and compares them row by row."""
+    """tritonclient.grpc at its defaults (raw tensors) and typed contents, of the numeric
+    datatypes: the canary gets each call's rows (as FP64) over its V2 HTTP route and
+    compares them row by row."""
     stable, canary = cluster["grpc-to-same"], cluster["same"]
     X = cluster.X
     before_out, before = stable.outcomes(), canary.scrape()
     client = grpcclient.InferenceServerClient(stable.grpc)
     rows = 0
+    raw_types, contents_types = list(RAW_TYPES), list(CONTENTS_TYPES)
     for i in range(12):
         n = 1 + i % 3
         batch = X[i:i + n]
         if i % 2:
-            tensor = grpcclient.InferInput("input-0", list(batch.shape), "FP32")
-            tensor.set_data_from_numpy(batch.astype(np.float32))
+            datatype = raw_types[i // 2 % len(raw_types)]
+            sent = _as(batch, RAW_TYPES[datatype])
+            tensor = grpcclient.InferInput("input-0", list(batch.shape), datatype)
+            tensor.set_data_from_numpy(sent)
             got = client.infer(NAME, [tensor], headers={"x-request-id": f"g-{i}"}
                                ).as_numpy("predict").tolist()
-            want = cluster.stable.predict(batch.astype(np.float32).astype(np.float64))
         else:
+            datatype = contents_types[i // 2 % len(contents_types)]
+            dtype, field = CONTENTS_TYPES[datatype]
+            sent = _as(batch, dtype)
             request = service_pb2.ModelInferRequest(model_name=NAME, id=f"typed-{i}")
-            request.inputs.add(name="input-0", datatype="FP64", shape=list(batch.shape)
-                               ).contents.fp64_contents.extend(batch.ravel().tolist())
+            tensor = request.inputs.add(name="input-0", datatype=datatype,
+                                        shape=list(batch.shape))
+            getattr(tensor.contents, field).extend(sent.ravel().tolist())
             with grpc.insecure_channel(stable.grpc) as channel:
                 response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
                     request, timeout=30)
             got = list(response.outputs[0].contents.int64_contents)
-            want = cluster.stable.predict(batch)
+        want = cluster.stable.predict(sent.astype(np.float64))
         assert got == want.tolist()
         rows += n
     client.close()

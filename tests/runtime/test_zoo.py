@@ -300,13 +300,14 @@ def _strings(column: Any) -> bool:
 
 def _v2_tensors(case: Case) -> list[tuple[str, str, np.ndarray]]:
     """(name, datatype, values) of the V2 input tensors: one numeric matrix for a model
-    of numbers, else one tensor per column (BYTES for strings)."""
+    of numbers (float32 columns as FP32; the int64 case's counts, 0 to 9, as a client
+    holding them in uint8 sends them), else one tensor per column (BYTES for strings)."""
     frame = case.frame()
     if not any(_strings(frame[c]) for c in frame.columns):
-        datatype = {"f": "FP32" if case.name == "float32" else "FP64", "i": "INT64"}
+        datatype = {"f": "FP32" if case.name == "float32" else "FP64", "i": "UINT8"}
         kind = frame.to_numpy().dtype.kind
         dt = datatype.get(kind, "FP64")
-        values = frame.to_numpy(dtype={"FP32": np.float32, "INT64": np.int64}.get(dt,
+        values = frame.to_numpy(dtype={"FP32": np.float32, "UINT8": np.uint8}.get(dt,
                                                                                    np.float64))
         return [("input-0", dt, values)]
     out = []
