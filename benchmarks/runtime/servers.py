@@ -11,6 +11,7 @@ KServe its V1 `/v1/models/{name}:predict`, and the bare FastAPI baseline a plain
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     predict_url: str
+    #: where it serves gRPC (the Open Inference Protocol's), and Prometheus metrics
+    grpc_port: int | None = None
+    metrics_url: str | None = None
 
 
 def base_env() -> dict[str, str]:
@@ -96,8 +100,10 @@ class Modelship(Target):
         env["MODELSHIP_MODEL_NAME"] = model.name
         env["MODELSHIP_DRAIN_SECONDS"] = "0"  # no router in front: stop at SIGTERM
         # gRPC stays on, as by default, on a port of its own: several runtimes run at once
-        env["MODELSHIP_GRPC_PORT"] = str(free_port())
-        return Launch(argv, env, f"http://127.0.0.1:{port}/predict")
+        grpc_port = free_port()
+        env["MODELSHIP_GRPC_PORT"] = str(grpc_port)
+        return Launch(argv, env, f"http://127.0.0.1:{port}/predict", grpc_port,
+                      f"http://127.0.0.1:{port}/metrics")
 
     def body(self, rows: list[list[float]], single: bool) -> str:
         if single:
@@ -114,7 +120,7 @@ class ModelshipV1(Modelship):
     def launch(self, model: ModelFiles, workdir: Path) -> Launch:
         launch = super().launch(model, workdir)
         url = launch.predict_url.replace("/predict", f"/v1/models/{model.name}:predict")
-        return Launch(launch.argv, launch.env, url)
+        return dataclasses.replace(launch, predict_url=url)
 
     def body(self, rows: list[list[float]], single: bool) -> str:
         return json.dumps({"instances": rows})
@@ -130,7 +136,7 @@ class ModelshipV2(Modelship):
     def launch(self, model: ModelFiles, workdir: Path) -> Launch:
         launch = super().launch(model, workdir)
         url = launch.predict_url.replace("/predict", f"/v2/models/{model.name}/infer")
-        return Launch(launch.argv, launch.env, url)
+        return dataclasses.replace(launch, predict_url=url)
 
     def body(self, rows: list[list[float]], single: bool) -> str:
         return MLServer().body(rows, single)
@@ -152,16 +158,17 @@ class MLServer(Target):
                 }
             )
         )
-        port = free_port()
+        port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         env = base_env()
         env.update(
             MLSERVER_HOST="127.0.0.1",
             MLSERVER_HTTP_PORT=str(port),
-            MLSERVER_GRPC_PORT=str(free_port()),
-            MLSERVER_METRICS_PORT=str(free_port()),
+            MLSERVER_GRPC_PORT=str(grpc_port),
+            MLSERVER_METRICS_PORT=str(metrics_port),
         )
         argv = [str(VENVS / self.venv / "bin" / "mlserver"), "start", str(repo)]
-        return Launch(argv, env, f"http://127.0.0.1:{port}/v2/models/{model.name}/infer")
+        return Launch(argv, env, f"http://127.0.0.1:{port}/v2/models/{model.name}/infer",
+                      grpc_port, f"http://127.0.0.1:{metrics_port}/metrics")
 
     def body(self, rows: list[list[float]], single: bool) -> str:
         flat = [x for row in rows for x in row]
@@ -179,7 +186,7 @@ class KServe(Target):
     venv = "kserve"
 
     def launch(self, model: ModelFiles, workdir: Path) -> Launch:
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         argv = [
             str(self.python()),
             str(PEERS / "kserve_server.py"),
@@ -190,9 +197,10 @@ class KServe(Target):
             "--http_port",
             str(port),
             "--grpc_port",
-            str(free_port()),
+            str(grpc_port),
         ]
-        return Launch(argv, base_env(), f"http://127.0.0.1:{port}/v1/models/{model.name}:predict")
+        return Launch(argv, base_env(), f"http://127.0.0.1:{port}/v1/models/{model.name}:predict",
+                      grpc_port, f"http://127.0.0.1:{port}/metrics")
 
 
 class BareFastAPI(Target):

@@ -1,10 +1,12 @@
 """KServe peer: `kserve.ModelServer` with default settings and a small `kserve.Model`.
 
 The model class follows KServe's own sklearnserver (load a joblib file, `predict` on
-the V1 `instances`). Runs inside benchmarks/runtime/.venvs/kserve, never imported by
-the project. The only change to KServe's defaults: ModelServer hard-codes 0.0.0.0
-(REST) and [::] (gRPC) as listen addresses, and the benchmark binds loopback only, so
-both are rewritten to 127.0.0.1 before the server starts.
+the V1 `instances`; a V2 request, over REST or gRPC, arrives as an `InferRequest` and is
+read and answered with KServe's own helpers, as sklearnserver does). Runs inside
+benchmarks/runtime/.venvs/kserve, never imported by the project. The only change to
+KServe's defaults: ModelServer hard-codes 0.0.0.0 (REST) and [::] (gRPC) as listen
+addresses, and the benchmark binds loopback only, so both are rewritten to 127.0.0.1
+before the server starts.
 
     python kserve_server.py --model_name light --model_file model.joblib \
         --http_port 8080 --grpc_port 8081
@@ -21,6 +23,8 @@ import kserve
 import numpy as np
 import uvicorn
 from kserve.model_server import parser as kserve_parser
+from kserve.protocol.infer_type import InferRequest
+from kserve.utils.utils import get_predict_input, get_predict_response
 
 _LOOPBACK = "127.0.0.1"
 _UvicornConfig = uvicorn.Config
@@ -54,7 +58,12 @@ class SKLearnModel(kserve.Model):  # type: ignore[misc]
         self.ready = True
         return True
 
-    def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    def predict(
+        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
+    ) -> Any:
+        if isinstance(payload, InferRequest):
+            result = self._model.predict(get_predict_input(payload))
+            return get_predict_response(payload, result, self.name)
         inputs = np.asarray(payload["instances"])
         return {"predictions": self._model.predict(inputs).tolist()}
 
