@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # ports.py, for every test directory
 
 os.environ.setdefault("MODELSHIP_GRPC_PORT", "0")
 

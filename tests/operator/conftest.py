@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import ports
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -113,9 +113,7 @@ def operator(
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 __all__ = ["OPERATOR_AGENT", "Operator"]

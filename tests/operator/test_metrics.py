@@ -3,9 +3,9 @@ exposition format the way Prometheus reads it, and the HTTP endpoint that serves
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
+import ports
 import pytest
 from modelship_operator import metrics
 from modelship_operator.api import AnalysisSpec, RolloutSpec
@@ -214,9 +214,7 @@ def test_every_way_a_rollout_ends_is_an_outcome_counted() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 def test_served_over_http() -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ports
 import pytest
 from kube_emulator import Cluster
 from lightkube import KubeConfig
@@ -37,9 +37,7 @@ NS = "ml"
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 def golden_json(rows: list[list[float]], expected: list[Any]) -> str:

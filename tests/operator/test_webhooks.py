@@ -3,10 +3,10 @@ what is sent, retries, timeouts, refusals, the promotion gate and the host allow
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
+import ports
 import pytest
 from hook_server import HANG, HookServer, hook_server
 from modelship_operator import webhooks
@@ -41,9 +41,7 @@ def body(event: str = "StepPassed") -> dict[str, Any]:
 
 def closed_port() -> int:
     """A loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 # --- what a hook receives -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ports
 import pytest
 import yaml
 from artifacts import REPO
@@ -162,11 +163,7 @@ def test_traffic_reaches_the_runtime_and_is_counted(iris_runtime: Runtime) -> No
 
 
 def test_traffic_that_gets_no_answer_says_so(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port that nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = ports.free_port()  # a port that nothing listens on
     result = subprocess.run([str(TRAFFIC), f"http://127.0.0.1:{port}", "--count", "3"],
                             capture_output=True, text=True, timeout=BOUND)
     assert result.returncode == 1

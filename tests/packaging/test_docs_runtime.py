@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import kubelet
+import ports
 import pytest
 import secret_examples as se
 import yaml
@@ -232,9 +233,7 @@ def _redis(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is missing (apt-get install redis-server; make setup does)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = ports.free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ports
 import pytest
 from dockerfiles import DISTRIBUTIONS, IMAGES, REPO, arg_default, copies, exec_form, stages
 
@@ -234,10 +234,7 @@ def test_version_names_the_distribution(image: str, build: Callable[[str], Built
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return ports.free_port()
 
 
 @pytest.fixture()

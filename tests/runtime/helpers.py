@@ -4,19 +4,17 @@ metric, and an environment without the runtime's own settings."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+__all__ = ["free_port"]  # the tests import it from here
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -36,11 +34,13 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
 
 def wait_serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until the runtime at ``url`` is ready (300 s: a busy CI machine starts
-    slowly); fail with the end of its ``log`` if it exits or never is."""
+    slowly); fail with the end of its ``log`` if it exits or never is. A ready answer
+    while ``proc`` has exited came from another server on its port: a failure too."""
     deadline = time.monotonic() + 300
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 \
+                    and proc.poll() is None:
                 return
         except httpx.HTTPError:
             pass

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port
 from modelship_runtime.errors import PullError
 from modelship_runtime.pull import parse_model_uri, pull, read_metadata
 
@@ -134,9 +134,7 @@ def test_cli_pull_of_a_missing_model_exits_4(registry: Any, tmp_path: Path) -> N
 
 
 def test_cli_pull_from_an_unreachable_registry_retries_then_exits_6(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     r = run_cli("pull", "--model-uri", "models:/m@champion", "--dest", str(tmp_path / "x"),
                 env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                      "MODELSHIP_PULL_ATTEMPTS": "3", "MODELSHIP_PULL_BACKOFF_SECONDS": "0.05"},

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from modelship_runtime.redact import redact
 
 RUNTIME = str(Path(sys.executable).parent / "modelship-runtime")
@@ -61,9 +61,7 @@ def test_every_log_line_is_redacted_extra_fields_and_tracebacks_too() -> None:
 
 
 def test_a_failed_pull_names_the_registry_without_its_password(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSHIP_", "MLFLOW_"))}
     r = subprocess.run(
         [RUNTIME, "pull", "--model-uri", "models:/iris/1", "--dest", str(tmp_path / "m")],

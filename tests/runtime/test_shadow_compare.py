@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import orjson
 import pytest
 import uvicorn
+from helpers import free_port
 from modelship_operator.rollout.analysis import parse_metrics
 from modelship_runtime import RuntimeSettings, create_app
 from modelship_runtime.shadow import encode_predictions, mirror_path
@@ -341,9 +341,7 @@ class _Thread:
 
 def test_a_restarted_canary_is_reconnected_to(local_models: Any, serve: Callable[..., str]
                                                ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     canary_url = f"http://127.0.0.1:{port}"
 
     def canary() -> _Thread:
