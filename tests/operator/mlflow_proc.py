@@ -18,6 +18,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+# ports.py lives in tests/, which pytest puts on the path; scripts that import this
+# module from elsewhere (benchmarks/operator) do not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ports import free_port
 
 BIN = Path(sys.executable).parent

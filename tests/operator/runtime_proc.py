@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+# ports.py lives in tests/, which pytest puts on the path; scripts that import this
+# module from elsewhere (benchmarks/operator) do not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ports import free_port
 
 RUNTIME = Path(sys.executable).parent / "modelship-runtime"

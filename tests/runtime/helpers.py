@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
-from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+# ports.py lives in tests/, which pytest puts on the path; scripts that import this
+# module from elsewhere (benchmarks/operator) do not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ports import free_port
 
 __all__ = ["free_port"]  # the tests import it from here
 
