@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 HEADER = "inference-header-content-length"
 #: The V2 extensions this runtime implements (server metadata lists them).
 EXTENSIONS = ("binary_tensor_data",)
-#: Input datatypes as little-endian numpy types (those the JSON V2 route accepts).
-INPUT_DTYPES: dict[str, np.dtype[Any]] = V2_DTYPES
-KNOWN_DATATYPES = frozenset(V2_KNOWN)
 OUTPUT_NAMES = ("predict", "predict_proba")
 _OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "BOOL": np.dtype("?"),
@@ -60,9 +57,9 @@ _MAX_DIMS = 2
 
 def check_datatype(datatype: object, where: str) -> str:
     """``datatype`` when it is one this runtime takes; a BadRequest naming it otherwise."""
-    if not isinstance(datatype, str) or datatype not in KNOWN_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in V2_KNOWN:
         raise BadRequest(f"{where}.datatype {datatype!r} is not a V2 datatype")
-    if datatype not in INPUT_DTYPES:
+    if datatype not in V2_DTYPES:
         raise unsupported(datatype, where)
     return datatype
 
@@ -101,7 +98,7 @@ def rows_from_bytes(raw: bytes | memoryview, shape: list[int], datatype: str, v:
                     where: str, source: str) -> np.ndarray:
     """Rows of input ``where`` from ``source``, a raw little-endian tensor whose size must
     be shape x datatype exactly."""
-    dtype = INPUT_DTYPES[datatype]
+    dtype = V2_DTYPES[datatype]
     need = math.prod(shape) * dtype.itemsize
     if len(raw) != need:
         raise BadRequest(f"{source} has {len(raw)} bytes; {where}.shape {shape} of {datatype} "
@@ -246,7 +243,7 @@ def raw_values(raw: bytes | memoryview, shape: list[int], datatype: str, where: 
     count = math.prod(shape)
     if datatype == "BYTES":
         return decode_bytes(raw, count, source)
-    dtype = INPUT_DTYPES[datatype]
+    dtype = V2_DTYPES[datatype]
     need = count * dtype.itemsize
     if len(raw) != need:
         raise BadRequest(f"{source} has {len(raw)} bytes; {where}.shape {shape} of {datatype} "

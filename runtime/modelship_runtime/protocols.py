@@ -255,32 +255,13 @@ def v2_rows(body: object, v: Validator, info: ModelInfo
     if datatype not in V2_SUPPORTED:
         raise unsupported(datatype, "inputs[0]")
     flat = _tensor_values(shape, data, "inputs[0]", "[features] or [rows, features]")
-    kind = V2_SUPPORTED[datatype]
-    if kind == "f":
-        for i, x in enumerate(flat):
-            tx = type(x)
-            if tx is not float and tx is not int and not (x is None and v.allow_nan):
-                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
-                                 f"{datatype} needs numbers")
-    elif kind == "i":
-        low, high = INT_RANGES[datatype]
-        for i, x in enumerate(flat):
-            if type(x) is not int:
-                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
-                                 f"{datatype} needs integers")
-            if not low <= x < high:
-                raise out_of_range(f"inputs[0].data[{i}]", x, datatype)
-    else:
-        for i, x in enumerate(flat):
-            if type(x) is not bool:
-                raise BadRequest(f"inputs[0].data[{i}] is {_type_name(x)}; "
-                                 "BOOL needs true or false")
+    _check_elements(flat, datatype, "inputs[0].data", v.allow_nan)
     n_rows, width = v.tensor_shape(shape, "inputs[0]")
     try:
         rows = np.array(flat, dtype=np.float64).reshape(n_rows, width)
     except (OverflowError, ValueError) as exc:
         raise BadRequest(f"inputs[0].data: a value is out of the float64 range ({exc})") from None
-    if kind == "f":
+    if V2_SUPPORTED[datatype] == "f":
         rows = rounded_finite(rows, datatype, v, "inputs[0].data")
     return rows, _checked_outputs(obj, info)
 
@@ -367,6 +348,31 @@ TYPED_DATATYPES = ("BYTES", "BOOL")
 """V2 datatypes of non-numeric columns (typed models, :mod:`.typed`)."""
 
 
+def _check_elements(flat: list[Any], datatype: str, where: str, nulls: bool) -> None:
+    """A 400 naming the first element of ``flat`` (``where``) that is not a value of the
+    numeric or BOOL ``datatype``: a number, an integer within its range, true or false;
+    or null, when ``nulls``."""
+    kind = V2_SUPPORTED[datatype]
+    if kind == "f":
+        for i, x in enumerate(flat):
+            tx = type(x)
+            if tx is not float and tx is not int and not (x is None and nulls):
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs numbers")
+    elif kind == "i":
+        low, high = INT_RANGES[datatype]
+        for i, x in enumerate(flat):
+            if x is None and nulls:
+                continue
+            if type(x) is not int:
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs integers")
+            if not low <= x < high:
+                raise out_of_range(f"{where}[{i}]", x, datatype)
+    else:
+        for i, x in enumerate(flat):
+            if type(x) is not bool and not (x is None and nulls):
+                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BOOL needs true or false")
+
+
 def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
     """The checked elements of one input tensor of ``datatype`` (JSON values, or decoded
     from bytes): strings for BYTES, booleans for BOOL, numbers (null: missing) else,
@@ -376,26 +382,9 @@ def tensor_values(flat: list[Any], datatype: str, where: str) -> list[Any]:
             if type(x) is not str and x is not None:
                 raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BYTES needs strings")
         return flat
-    if datatype == "BOOL":
-        for i, x in enumerate(flat):
-            if type(x) is not bool and x is not None:
-                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; BOOL needs true or false")
-        return flat
-    if V2_SUPPORTED[datatype] == "i":
-        low, high = INT_RANGES[datatype]
-        for i, x in enumerate(flat):
-            if x is None:
-                continue  # a missing value: refused by the validator unless the model takes NaN
-            if type(x) is not int:
-                raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs integers")
-            if not low <= x < high:
-                raise out_of_range(f"{where}[{i}]", x, datatype)
-        return flat
-    for i, x in enumerate(flat):
-        tx = type(x)
-        if tx is not float and tx is not int and x is not None:
-            raise BadRequest(f"{where}[{i}] is {_type_name(x)}; {datatype} needs numbers")
-    if datatype == "FP64":
+    # null: a missing value, refused by the validator unless the model takes NaN
+    _check_elements(flat, datatype, where, True)
+    if V2_SUPPORTED[datatype] != "f" or datatype == "FP64":
         return flat
     try:
         values = np.array(flat, dtype=np.float64)
